@@ -1,0 +1,20 @@
+"""Neural Prior Estimation (NPE) for timm and torchvision models.
+
+Importing the package registers every model with timm (and torchvision for segmentation).
+"""
+from .losses import logit_adjusted_cross_entropy, one_way_logistic_loss, one_way_logistic_loss_from_true_class
+from .npe import NPEClassifierMixin, NPEHead, NPEOutput
+from .models import add_npe
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "NPEClassifierMixin",
+    "NPEHead",
+    "NPEOutput",
+    "add_npe",
+    "logit_adjusted_cross_entropy",
+    "one_way_logistic_loss",
+    "one_way_logistic_loss_from_true_class",
+    "__version__",
+]

@@ -1,0 +1,209 @@
+"""CIFAR ResNets (He et al., 2016, Sec. 4.2): ResNet-20/32/44/56/110 and their NPE variants.
+
+Three stages of basic blocks with widths 16/32/64 and parameter-free option-A shortcuts, as
+used by LDAM-DRW, logit adjustment and the NPE paper on CIFAR-LT. ``<arch>_npe<K>`` puts K
+PEMs beside the classifier; merged, its state_dict loads strictly into ``<arch>``.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from timm.layers import SelectAdaptivePool2d
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+
+from ..npe import NPEClassifierMixin, NPEHead, fill_missing_pem_params
+
+__all__ = ["CifarResNet", "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR_DEPTHS", "NUM_PEMS_VARIANTS"]
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2023, 0.1994, 0.2010)
+CIFAR_DEPTHS = (20, 32, 44, 56, 110)
+NUM_PEMS_VARIANTS = (1, 4, 8, 16)
+
+
+def _shortcut_option_a(x: Tensor, out_chs: int) -> Tensor:
+    """Parameter-free shortcut: subsample by 2 and zero-pad the new channels equally on both sides."""
+    pad = (out_chs - x.shape[1]) // 2
+    return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, pad, out_chs - x.shape[1] - pad))
+
+
+class BasicBlock(nn.Module):
+    """conv3x3-BN-ReLU-conv3x3-BN plus an identity or option-A shortcut, then ReLU."""
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_chs, out_chs, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_chs)
+        self.act1 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(out_chs, out_chs, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_chs)
+        self.act2 = nn.ReLU(inplace=True)
+        self.downsample = stride != 1 or in_chs != out_chs
+        self.out_chs = out_chs
+
+    def forward(self, x: Tensor) -> Tensor:
+        shortcut = _shortcut_option_a(x, self.out_chs) if self.downsample else x
+        x = self.act1(self.bn1(self.conv1(x)))
+        x = self.bn2(self.conv2(x))
+        return self.act2(x + shortcut)
+
+
+class CifarResNet(NPEClassifierMixin, nn.Module):
+    """ResNet-(6n+2) for 32x32 inputs; ``num_pems > 0`` makes the classifier an NPEHead."""
+
+    def __init__(
+        self,
+        depth: int = 32,
+        num_classes: int = 10,
+        in_chans: int = 3,
+        widths: tuple[int, int, int] = (16, 32, 64),
+        num_pems: int = 0,
+        npe_t: int = 1,
+        npe_alpha: float = 1.0,
+        global_pool: str = "avg",
+        drop_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if (depth - 2) % 6 != 0 or depth < 8:
+            raise ValueError(f"depth must be 6n+2 (20, 32, 44, 56, 110, ...), got {depth}.")
+        if num_pems < 0:
+            raise ValueError(f"num_pems must be >= 0 (0 for the plain model), got {num_pems}.")
+        blocks_per_stage = (depth - 2) // 6
+        self.num_classes = num_classes
+        self.num_pems = num_pems
+        self.npe_t = npe_t
+        self.npe_alpha = npe_alpha
+        self.drop_rate = drop_rate
+        self.grad_checkpointing = False
+
+        self.conv1 = nn.Conv2d(in_chans, widths[0], 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.act1 = nn.ReLU(inplace=True)
+        self.feature_info = [dict(num_chs=widths[0], reduction=1, module="act1")]
+        in_chs = widths[0]
+        for stage, width in enumerate(widths):
+            stride = 1 if stage == 0 else 2
+            blocks = [BasicBlock(in_chs if i == 0 else width, width, stride if i == 0 else 1) for i in range(blocks_per_stage)]
+            self.add_module(f"layer{stage + 1}", nn.Sequential(*blocks))
+            self.feature_info.append(dict(num_chs=width, reduction=2 ** stage, module=f"layer{stage + 1}"))
+            in_chs = width
+        self.num_features = self.head_hidden_size = in_chs
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.fc = self._make_classifier(num_classes)
+        self._init_weights()
+
+    def _make_classifier(self, num_classes: int) -> nn.Module:
+        """Plain linear classifier, wrapped with the model's PEMs when it has any."""
+        if num_classes <= 0:
+            return nn.Identity()
+        fc = nn.Linear(self.num_features * self.global_pool.feat_mult(), num_classes)
+        nn.init.kaiming_normal_(fc.weight)
+        if self.num_pems == 0:
+            return fc
+        return NPEHead.from_layer(fc, self.num_pems, t=self.npe_t, alpha=self.npe_alpha)
+
+    def _init_weights(self) -> None:
+        """Kaiming-normal convolutions, as the CIFAR-LT reference code initialises ResNet-32."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        return dict(stem=r"^conv1|bn1", blocks=r"^layer(\d+)" if coarse else r"^layer(\d+)\.(\d+)")
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """New classifier (and PEMs, when the model has them) for ``num_classes`` classes."""
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.fc = self._make_classifier(num_classes)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        x = self.act1(self.bn1(self.conv1(x)))
+        for stage in (self.layer1, self.layer2, self.layer3):
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = torch.utils.checkpoint.checkpoint_sequential(stage, len(stage), x, use_reentrant=False)
+            else:
+                x = stage(x)
+        return x
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        x = self.global_pool(x)
+        if self.drop_rate:
+            x = F.dropout(x, p=self.drop_rate, training=self.training)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _cfg(**kwargs: Any) -> dict[str, Any]:
+    return {
+        "url": "",
+        "num_classes": 10,
+        "input_size": (3, 32, 32),
+        "pool_size": (8, 8),
+        "crop_pct": 1.0,
+        "interpolation": "bilinear",
+        "fixed_input_size": False,
+        "mean": CIFAR10_MEAN,
+        "std": CIFAR10_STD,
+        "first_conv": "conv1",
+        "classifier": "fc",
+        "license": "apache-2.0",
+        **kwargs,
+    }
+
+
+def _variant_name(depth: int, num_pems: int) -> str:
+    return f"resnet{depth}" if num_pems == 0 else f"resnet{depth}_npe{num_pems}"
+
+
+_VARIANTS = {_variant_name(d, k): (d, k) for d in CIFAR_DEPTHS for k in (0, *NUM_PEMS_VARIANTS)}
+
+default_cfgs = generate_default_cfgs({name: _cfg() for name in _VARIANTS})
+
+
+def _create_cifar_resnet(variant: str, pretrained: bool = False, **kwargs: Any) -> CifarResNet:
+    depth, num_pems = _VARIANTS[variant]
+    return build_model_with_cfg(
+        CifarResNet,
+        variant,
+        pretrained,
+        depth=depth,
+        num_pems=num_pems,
+        pretrained_filter_fn=fill_missing_pem_params,
+        feature_cfg=dict(out_indices=(0, 1, 2, 3)),
+        **kwargs,
+    )
+
+
+def _make_entrypoint(variant: str) -> Callable[..., CifarResNet]:
+    depth, num_pems = _VARIANTS[variant]
+
+    def entrypoint(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
+        return _create_cifar_resnet(variant, pretrained, **kwargs)
+
+    entrypoint.__name__ = entrypoint.__qualname__ = variant
+    entrypoint.__module__ = __name__
+    pems = f" with {num_pems} PEM{'s' if num_pems > 1 else ''} (NPE)" if num_pems else ""
+    entrypoint.__doc__ = f"ResNet-{depth} for CIFAR (widths 16/32/64, option-A shortcuts){pems}."
+    return entrypoint
+
+
+for _name in _VARIANTS:
+    setattr(sys.modules[__name__], _name, register_model(_make_entrypoint(_name)))
