@@ -1,10 +1,9 @@
 """Neural Prior Estimation (NPE) for timm and torchvision models.
 
-Importing the package registers every model with timm (and torchvision for segmentation).
 """
 from .losses import logit_adjusted_cross_entropy, one_way_logistic_loss, one_way_logistic_loss_from_true_class
 from .npe import NPEClassifierMixin, NPEHead, NPEOutput
-from .models import add_npe
+from .models import add_npe, list_classifiers
 
 __version__ = "0.1.0"
 
@@ -13,6 +12,7 @@ __all__ = [
     "NPEHead",
     "NPEOutput",
     "add_npe",
+    "list_classifiers",
     "logit_adjusted_cross_entropy",
     "one_way_logistic_loss",
     "one_way_logistic_loss_from_true_class",

@@ -35,7 +35,8 @@ def one_way_logistic_loss_from_true_class(true_class_logits: Tensor, valid: Tens
     if t not in (0, 1):
         raise ValueError(f"t must be 0 or 1, got {t!r}.")
     sign = -1.0 if t == 1 else 1.0
-    per_entry = F.softplus(-sign * true_class_logits.float())
+    logits = true_class_logits.to(torch.promote_types(true_class_logits.dtype, torch.float32))
+    per_entry = F.softplus(-sign * logits)
     mask = valid.unsqueeze(0).to(per_entry.dtype)
     return (per_entry * mask).sum() / mask.sum().clamp(min=1.0)
 

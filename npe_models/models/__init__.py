@@ -1,5 +1,13 @@
 """Model families; importing a module registers its models with timm (or torchvision)."""
+import timm
+
 from .cifar_resnet import CifarResNet
 from .timm_npe import add_npe
 
-__all__ = ["CifarResNet", "add_npe"]
+__all__ = ["CifarResNet", "add_npe", "list_classifiers"]
+
+
+def list_classifiers(npe_only: bool = False) -> list[str]:
+    """Names of the timm classifiers this package registers (optionally only those with PEMs)."""
+    names = [name for name in timm.list_models() if timm.models.model_entrypoint(name).__module__.startswith(__package__)]
+    return [name for name in names if "_npe" in name] if npe_only else names

@@ -93,7 +93,7 @@ class CifarResNet(NPEClassifierMixin, nn.Module):
             self.feature_info.append(dict(num_chs=width, reduction=2 ** stage, module=f"layer{stage + 1}"))
             in_chs = width
         self.num_features = self.head_hidden_size = in_chs
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         self.fc = self._make_classifier(num_classes)
         self._init_weights()
 
@@ -129,7 +129,7 @@ class CifarResNet(NPEClassifierMixin, nn.Module):
         """New classifier (and PEMs, when the model has them) for ``num_classes`` classes."""
         self.num_classes = num_classes
         if global_pool is not None:
-            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         self.fc = self._make_classifier(num_classes)
 
     def forward_features(self, x: Tensor) -> Tensor:

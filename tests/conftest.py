@@ -1,0 +1,27 @@
+"""Shared pytest fixtures: the real data sets' location and deterministic seeding."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """Root of the shared data sets: $NPE_DATA_DIR, else ../shared/data beside the repository."""
+    configured = os.environ.get("NPE_DATA_DIR")
+    path = Path(configured) if configured else REPO_ROOT.parent / "shared" / "data"
+    if not path.is_dir():
+        if configured:
+            pytest.fail(f"NPE_DATA_DIR={configured} is not a directory")
+        pytest.skip(f"shared data not found at {path}; set NPE_DATA_DIR")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)

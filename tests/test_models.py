@@ -1,0 +1,210 @@
+"""Conformance of every registered classifier: timm interface, NPE training path and merging."""
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from timm.utils import reparameterize_model
+from torch import nn
+
+import npe_models
+from npe_models import NPEHead, one_way_logistic_loss, logit_adjusted_cross_entropy
+
+ALL_MODELS = npe_models.list_classifiers()
+NPE_MODELS = npe_models.list_classifiers(npe_only=True)
+CIFAR_MODELS = [name for name in ALL_MODELS if timm.get_pretrained_cfg_value(name, "input_size") == (3, 32, 32)]
+IMAGENET_NPE_MODELS = [name for name in NPE_MODELS if name not in CIFAR_MODELS]
+
+
+def _small_model(name: str, **kwargs) -> nn.Module:
+    """Build a model cheap enough for CPU tests (ViT at 32x32 patches)."""
+    if name.startswith("vit_"):
+        kwargs.setdefault("img_size", 32)
+    return timm.create_model(name, **kwargs)
+
+
+def _input_for(name: str, batch: int = 4) -> torch.Tensor:
+    size = 32 if name in CIFAR_MODELS or name.startswith("vit_") else 64
+    return torch.randn(batch, 3, size, size)
+
+
+def _base_name(name: str) -> str:
+    return name.rsplit("_npe", 1)[0]
+
+
+def _calibrate_and_randomise(model: nn.Module, x: torch.Tensor, pem_std: float = 0.5) -> None:
+    """Give BatchNorm realistic running statistics and PEMs a realistic (trained-like) scale."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(x)
+        head = model.get_classifier()
+        head.pem_weight.normal_(0, pem_std)
+        head.pem_bias.normal_(0, pem_std)
+    model.eval()
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_forward_shapes_and_modes(name: str) -> None:
+    model = _small_model(name, num_classes=7)
+    x = _input_for(name, batch=2)
+    train_out = model.train()(x)
+    assert isinstance(train_out, torch.Tensor) and train_out.shape == (2, 7)
+    eval_out = model.eval()(x)
+    assert eval_out.shape == (2, 7) and torch.isfinite(eval_out).all()
+
+
+@pytest.mark.parametrize("name", NPE_MODELS)
+def test_forward_train_backward_reaches_every_parameter(name: str) -> None:
+    model = _small_model(name, num_classes=6).train()
+    x, y = _input_for(name, batch=3), torch.tensor([0, 2, 5])
+    out = model.forward_train(x)
+    num_pems = model.get_classifier().num_pems
+    assert out.logits.shape == (3, 6) and out.pem_logits.shape == (num_pems, 3, 6)
+    log_prior = torch.log(torch.tensor([0.4, 0.2, 0.15, 0.1, 0.1, 0.05]))
+    loss = (
+        F.cross_entropy(out.logits, y)
+        + logit_adjusted_cross_entropy(out.logits, y, log_prior)
+        + one_way_logistic_loss(out.pem_logits, y)
+    )
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, f"no gradient for {missing}"
+
+
+@pytest.mark.parametrize("name", CIFAR_MODELS)
+def test_default_cfg_like_timm(name: str) -> None:
+    """The checks of timm's tests/test_models.py::test_model_default_cfgs."""
+    model = timm.create_model(name).eval()
+    cfg = model.default_cfg
+    state_dict = model.state_dict()
+    x = torch.randn(1, *cfg["input_size"])
+    assert model.forward_features(x).shape[-2:] == cfg["pool_size"]
+    model.reset_classifier(0)
+    assert model(x).shape == (1, model.num_features)
+    model.reset_classifier(0, "")
+    out = model(x)
+    assert out.dim() == 4 and out.shape[-2:] == cfg["pool_size"]
+    assert cfg["classifier"] + ".weight" in state_dict
+    assert cfg["first_conv"] + ".weight" in state_dict
+    assert cfg["num_classes"] == 10 and cfg["mean"] == npe_models.models.cifar_resnet.CIFAR10_MEAN
+
+
+@pytest.mark.parametrize("name", IMAGENET_NPE_MODELS)
+def test_imagenet_variant_cfg_names_base_layers(name: str) -> None:
+    model = _small_model(name)
+    cfg = model.pretrained_cfg
+    assert cfg["architecture"] == name
+    state_dict = model.state_dict()
+    assert cfg["classifier"] + ".weight" in state_dict and cfg["classifier"] + ".pem_weight" in state_dict
+    assert cfg["first_conv"] + ".weight" in state_dict
+    assert model.num_classes == 1000
+
+
+@pytest.mark.parametrize("name", NPE_MODELS)
+def test_reset_classifier_keeps_pems_consistent(name: str) -> None:
+    model = _small_model(name, num_classes=10, npe_alpha=0.5)
+    num_pems = model.get_classifier().num_pems
+    model.reset_classifier(3)
+    head = model.get_classifier()
+    assert isinstance(head, NPEHead)
+    assert (head.num_classes, head.num_pems, head.alpha) == (3, num_pems, 0.5)
+    assert head.pem_weight.shape[0] == 3 * num_pems
+    assert model.forward_train(_input_for(name, batch=2)).pem_logits.shape == (num_pems, 2, 3)
+    model.reset_classifier(0)
+    with pytest.raises(RuntimeError, match="no PEMs"):
+        model.forward_train(_input_for(name, batch=2))
+
+
+@pytest.mark.parametrize("name", NPE_MODELS)
+def test_merge_is_equivalent_and_leaves_base_architecture(name: str) -> None:
+    model = _small_model(name, num_classes=10, npe_alpha=0.7)
+    x = _input_for(name, batch=4)
+    _calibrate_and_randomise(model, x)
+    with torch.no_grad():
+        before = model(x)
+        merged = reparameterize_model(model)
+        after = merged(x)
+    assert (before - after).abs().max().item() <= 1e-5
+    assert not any("pem" in n for n, _ in merged.named_parameters())
+    base = _small_model(_base_name(name), num_classes=10)
+    base.load_state_dict(merged.state_dict(), strict=True)
+    assert sum(p.numel() for p in merged.parameters()) == sum(p.numel() for p in base.parameters())
+    with pytest.raises(RuntimeError, match="merged"):
+        merged.forward_train(x)
+    # Merging an already merged model is a documented no-op.
+    again = reparameterize_model(merged)
+    assert torch.equal(again(x), after)
+
+
+def test_npe_la_is_main_logits_minus_estimate() -> None:
+    model = timm.create_model("resnet20_npe4", num_classes=5, npe_alpha=0.3)
+    x = _input_for("resnet20_npe4", batch=2)
+    _calibrate_and_randomise(model, x)
+    with torch.no_grad():
+        z = model.forward_train(x).logits
+        eta = model.npe_estimate(x)
+        assert torch.allclose(model(x), z - 0.3 * eta, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", [n for n in CIFAR_MODELS if n.startswith("resnet20")])
+def test_features_only(name: str) -> None:
+    model = timm.create_model(name, features_only=True)
+    feats = model(torch.randn(2, 3, 32, 32))
+    assert [f.shape[1] for f in feats] == model.feature_info.channels() == [16, 16, 32, 64]
+    assert [f.shape[-1] for f in feats] == [32, 32, 16, 8]
+
+
+def test_pretrained_variant_loads_base_weights_and_keeps_fresh_pems(tmp_path) -> None:
+    """``<arch>_npe16`` with pretrained=True takes the base's weights offline through a local file."""
+    from safetensors.torch import save_file
+
+    base = timm.create_model("resnet18", num_classes=1000)
+    weights = tmp_path / "resnet18.safetensors"
+    save_file(base.state_dict(), str(weights))
+    model = timm.create_model("resnet18_npe16", pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)))
+    for key, value in base.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    pem = model.get_classifier().pem_weight
+    assert pem.std().item() == pytest.approx(1e-3, rel=0.1)
+
+
+def test_cifar_variant_loads_plain_checkpoint(tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    base = timm.create_model("resnet32")
+    weights = tmp_path / "resnet32.safetensors"
+    save_file(base.state_dict(), str(weights))
+    model = timm.create_model("resnet32_npe4", pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)))
+    assert torch.equal(model.fc.weight, base.fc.weight) and torch.equal(model.layer3[4].conv2.weight, base.layer3[4].conv2.weight)
+
+
+def test_add_npe_on_any_timm_classifier() -> None:
+    model = timm.create_model("mobilenetv3_small_050", num_classes=4)
+    classifier = model.get_classifier()
+    npe_model = npe_models.add_npe(model, num_pems=3, alpha=0.5)
+    assert npe_model is model and isinstance(model.get_classifier(), NPEHead)
+    assert torch.equal(model.get_classifier().weight, classifier.weight)
+    out = model.forward_train(torch.randn(2, 3, 64, 64))
+    assert out.pem_logits.shape == (3, 2, 4)
+    with pytest.raises(ValueError, match="already has PEMs"):
+        npe_models.add_npe(model)
+
+
+@pytest.mark.parametrize("num_pems", [0, -1, 1.5, True])
+def test_bad_num_pems(num_pems) -> None:
+    with pytest.raises(ValueError, match="num_pems"):
+        npe_models.add_npe(timm.create_model("resnet20"), num_pems=num_pems)
+
+
+def test_add_npe_rejects_non_timm_module() -> None:
+    with pytest.raises(TypeError, match="timm classifier"):
+        npe_models.add_npe(nn.Linear(3, 4))
+
+
+def test_add_npe_rejects_bad_sign_convention() -> None:
+    with pytest.raises(ValueError, match="t "):
+        npe_models.add_npe(timm.create_model("resnet20"), num_pems=2, t=2)
