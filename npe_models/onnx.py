@@ -1,0 +1,450 @@
+"""ONNX export of NPE models and its check against ONNX Runtime.
+
+``export_onnx`` exports in eval mode after folding the PEMs into the classifier where they
+merge (dense ``fcn`` / ``replica`` PEMs do not, and export as the full NPE-LA graph), with
+torch's dynamo exporter, into one self-contained file with a dynamic batch axis (and dynamic
+height and width for segmentation), checked by ``onnx.checker`` and labelled with metadata
+(architecture, classes, alpha, mean, std, input size, package version). ``check_parity``
+compares PyTorch's eval output with ONNX Runtime's.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib
+import json
+import os
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .hub import ModelDescription, describe_model
+
+__all__ = [
+    "MIN_OPSET",
+    "PARITY_ATOL",
+    "ParityResult",
+    "export_onnx",
+    "check_parity",
+    "read_onnx_metadata",
+    "onnx_session",
+    "randomize_pems",
+    "calibrate_batchnorm",
+    "random_model_for_parity",
+    "quantize_int8",
+    "normalize_images",
+    "classification_accuracy",
+    "onnx_predictor",
+    "torch_predictor",
+]
+
+MIN_OPSET = 18
+PARITY_ATOL = 1e-4
+INPUT_NAME = "input"
+_EXAMPLE_BATCH = 2  # a batch of 1 would let torch.export specialise the batch axis
+_SEGMENTATION = "semantic-segmentation"
+
+
+def _import_optional(name: str) -> Any:
+    """Import an ONNX dependency, or say how to install it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as error:
+        raise ImportError(f"{name} is needed for ONNX export and checks: pip install 'npe-models[onnx]'.") from error
+
+
+def _check_opset(opset_version: int) -> None:
+    if isinstance(opset_version, bool) or not isinstance(opset_version, int) or opset_version < MIN_OPSET:
+        raise ValueError(f"opset_version must be an integer >= {MIN_OPSET} (the dynamo exporter's floor), got {opset_version!r}.")
+
+
+def _check_input_size(input_size: Sequence[int]) -> tuple[int, int, int]:
+    size = tuple(input_size)
+    if len(size) != 3 or not all(isinstance(v, int) and v > 0 for v in size):
+        raise ValueError(f"input_size must be three positive integers (C, H, W), got {input_size!r}.")
+    return size  # type: ignore[return-value]
+
+
+def _writable_target(path: Path) -> Path:
+    """Create the output folder if needed; fail before the (slow) export when the file cannot be written."""
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory; give the ONNX file name, e.g. {path / 'model.onnx'}.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as error:
+        raise NotADirectoryError(f"cannot write {path}: a file is in the way of its folder {path.parent}.") from error
+    except PermissionError as error:
+        raise PermissionError(f"cannot create {path.parent} for {path}: permission denied; choose a writable location.") from error
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write {path}: {path.parent} is not writable; choose a writable location.")
+    return path
+
+
+def _deployment_copy(model: nn.Module, merge: bool) -> nn.Module:
+    """An eval-mode copy of the model, with PEMs folded in where they merge; the caller's model is untouched."""
+    from timm.utils import reparameterize_model
+
+    deployed = reparameterize_model(model, inplace=False) if merge else copy.deepcopy(model)
+    return deployed.eval()
+
+
+def _output_names(outputs: Any) -> list[str]:
+    if isinstance(outputs, Tensor):
+        return ["logits"]
+    if isinstance(outputs, Mapping):
+        return list(outputs)
+    raise TypeError(f"expected the model to return a Tensor or a dict of Tensors, got {type(outputs).__name__}.")
+
+
+def _dynamic_shapes(dynamic_size: bool) -> tuple[dict[int, Any]]:
+    dims: dict[int, Any] = {0: torch.export.Dim("batch", min=1)}
+    if dynamic_size:
+        dims[2] = torch.export.Dim("height", min=8)
+        dims[3] = torch.export.Dim("width", min=8)
+    return (dims,)
+
+
+def _metadata(description: ModelDescription, dynamic_size: bool) -> dict[str, str]:
+    """ONNX ``metadata_props``: strings, lists as JSON."""
+    from . import __version__
+
+    values: dict[str, Any] = {
+        "architecture": description.architecture,
+        "npe_architecture": description.npe_architecture or "",
+        "task": description.task,
+        "num_classes": description.num_classes,
+        "class_names": list(description.label_names) if description.label_names else None,
+        "num_pems": description.num_pems,
+        "alpha": description.alpha,
+        "t": description.t,
+        "merged": description.merged,
+        "mean": list(description.mean),
+        "std": list(description.std),
+        "input_size": list(description.input_size),
+        "dynamic_size": dynamic_size,
+        "npe_models_version": __version__,
+    }
+    return {key: value if isinstance(value, str) else json.dumps(value) for key, value in values.items()}
+
+
+def export_onnx(
+    model: nn.Module,
+    path: Union[str, os.PathLike],
+    *,
+    input_size: Optional[Sequence[int]] = None,
+    merge: bool = True,
+    dynamic_size: Optional[bool] = None,
+    opset_version: int = MIN_OPSET,
+    label_names: Optional[Sequence[str]] = None,
+) -> Path:
+    """Export ``model`` to a single ONNX file at ``path`` and return the path.
+
+    ``input_size`` (C, H, W) defaults to the model's configured size; the batch axis is
+    always dynamic, height and width when ``dynamic_size`` (default: for segmentation).
+    ``merge`` folds mergeable PEMs first. The file is checked with ``onnx.checker`` (full
+    check) and written under a temporary name, then renamed into place.
+    """
+    onnx = _import_optional("onnx")
+    _check_opset(opset_version)
+    path = _writable_target(Path(path))
+    source = describe_model(model, label_names)
+    size = _check_input_size(input_size if input_size is not None else source.input_size)
+    if dynamic_size is None:
+        dynamic_size = source.task == _SEGMENTATION
+    deployed = _deployment_copy(model, merge)
+    # the deployed graph names the architecture (the base one once merged); NPE-LA settings come from the source
+    description = dataclasses.replace(describe_model(deployed, label_names), alpha=source.alpha, t=source.t, input_size=size)
+    example = torch.zeros(_EXAMPLE_BATCH, *size)
+    with torch.no_grad():
+        output_names = _output_names(deployed(example))
+    program = torch.onnx.export(
+        deployed,
+        (example,),
+        dynamo=True,
+        verbose=False,
+        opset_version=opset_version,
+        input_names=[INPUT_NAME],
+        output_names=output_names,
+        dynamic_shapes=_dynamic_shapes(dynamic_size),
+    )
+    program.model.metadata_props.update(_metadata(description, dynamic_size))
+    program.model.doc_string = f"{description.npe_architecture or description.architecture} exported by npe-models"
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
+    try:
+        program.save(temporary, external_data=False)
+        onnx.checker.check_model(temporary, full_check=True)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    return path
+
+
+def read_onnx_metadata(path: Union[str, os.PathLike]) -> dict[str, Any]:
+    """The metadata ``export_onnx`` stored, decoded (lists and numbers from JSON)."""
+    onnx = _import_optional("onnx")
+    model = onnx.load(os.fspath(path), load_external_data=False)
+    metadata: dict[str, Any] = {}
+    for prop in model.metadata_props:
+        try:
+            metadata[prop.key] = json.loads(prop.value)
+        except json.JSONDecodeError:
+            metadata[prop.key] = prop.value
+    return metadata
+
+
+def onnx_session(path: Union[str, os.PathLike], threads: Optional[int] = None) -> "onnxruntime.InferenceSession":  # noqa: F821
+    """An ONNX Runtime CPU session for ``path`` (``threads`` intra-op threads; default: runtime's choice)."""
+    onnxruntime = _import_optional("onnxruntime")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"ONNX file {path} not found; export one with export_onnx.")
+    options = onnxruntime.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    return onnxruntime.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
+
+
+@dataclasses.dataclass(frozen=True)
+class ParityResult:
+    """PyTorch eval output vs ONNX Runtime output, per input shape ``(batch, height, width)``."""
+
+    atol: float
+    max_abs_diff: dict[tuple[int, int, int], float]
+    """Largest absolute difference over every output element, per input shape."""
+    max_abs_output: dict[tuple[int, int, int], float]
+    """Largest absolute PyTorch output value, per input shape: the scale the difference is judged against."""
+    onnx_path: Optional[Path] = None
+
+    @property
+    def worst(self) -> float:
+        return max(self.max_abs_diff.values())
+
+    @property
+    def passed(self) -> bool:
+        return self.worst <= self.atol
+
+
+def _as_arrays(outputs: Any) -> list[np.ndarray]:
+    values = [outputs] if isinstance(outputs, Tensor) else list(outputs.values())
+    return [value.detach().cpu().numpy() for value in values]
+
+
+def _parity_input_sizes(
+    session: Any, metadata: Mapping[str, Any], image_sizes: Optional[Sequence[tuple[int, int]]]
+) -> tuple[int, list[tuple[int, int]]]:
+    """Channel count and the (H, W) sizes to test: given ones, else the graph's static or recorded size."""
+    _, channels, height, width = session.get_inputs()[0].shape
+    if image_sizes:
+        return channels, [tuple(size) for size in image_sizes]
+    if not (isinstance(height, int) and isinstance(width, int)):
+        if "input_size" not in metadata:
+            raise ValueError("the ONNX input has a dynamic size and no recorded input_size; pass image_sizes=[(H, W)].")
+        height, width = metadata["input_size"][1:]
+    return channels, [(height, width)]
+
+
+def check_parity(
+    model: nn.Module,
+    onnx_path: Optional[Union[str, os.PathLike]] = None,
+    *,
+    batch_sizes: Sequence[int] = (1, 3),
+    image_sizes: Optional[Sequence[tuple[int, int]]] = None,
+    atol: float = PARITY_ATOL,
+    seed: int = 0,
+    **export_kwargs: Any,
+) -> ParityResult:
+    """Compare ``model``'s eval-mode output with ONNX Runtime's on seeded random inputs.
+
+    Exports to a temporary file first unless ``onnx_path`` names an existing export
+    (``export_kwargs`` go to ``export_onnx``). Inputs are every ``batch_sizes`` x
+    ``image_sizes`` (default: the model's input size) combination.
+    """
+    if not batch_sizes or any(b < 1 for b in batch_sizes):
+        raise ValueError(f"batch_sizes must be positive integers, got {batch_sizes!r}.")
+    with tempfile.TemporaryDirectory(prefix="npe-onnx-") as tmp:
+        if onnx_path is None:
+            path = export_onnx(model, Path(tmp) / "model.onnx", **export_kwargs)
+        else:
+            path = Path(onnx_path)
+        session = onnx_session(path)
+        channels, sizes = _parity_input_sizes(session, read_onnx_metadata(path), image_sizes)
+        generator = torch.Generator().manual_seed(seed)
+        diffs: dict[tuple[int, int, int], float] = {}
+        scales: dict[tuple[int, int, int], float] = {}
+        was_training = model.training
+        model.eval()
+        try:
+            for batch in batch_sizes:
+                for h, w in sizes:
+                    x = torch.randn(batch, channels, h, w, generator=generator)
+                    with torch.no_grad():
+                        expected = _as_arrays(model(x))
+                    found = session.run(None, {INPUT_NAME: x.numpy()})
+                    if len(found) != len(expected):
+                        raise ValueError(f"{path} has {len(found)} outputs but the model returns {len(expected)}.")
+                    diffs[(batch, h, w)] = max(float(np.abs(e - f).max()) for e, f in zip(expected, found))
+                    scales[(batch, h, w)] = max(float(np.abs(e).max()) for e in expected)
+        finally:
+            model.train(was_training)
+    return ParityResult(atol=atol, max_abs_diff=diffs, max_abs_output=scales, onnx_path=Path(onnx_path) if onnx_path else None)
+
+
+def _pem_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters of the Prior Estimation Modules (any parameter under a name part starting with ``pem``)."""
+    return [param for name, param in model.named_parameters() if any(part.startswith("pem") for part in name.split("."))]
+
+
+@torch.no_grad()
+def randomize_pems(model: nn.Module, std: float = 0.5, *, seed: int = 0) -> nn.Module:
+    """Draw every PEM weight and bias from N(0, ``std``) so that NPE-LA visibly changes the output.
+
+    Fresh PEMs start at N(0, 0.001), which would let a wrong PEM path pass any numeric check.
+    Returns the model, changed in place.
+    """
+    params = _pem_parameters(model)
+    if not params:
+        raise ValueError(f"{type(model).__name__} has no PEM parameters to randomise (is it merged or a plain model?).")
+    generator = torch.Generator().manual_seed(seed)
+    for param in params:
+        param.copy_(torch.randn(param.shape, generator=generator) * std)
+    return model
+
+
+@torch.no_grad()
+def calibrate_batchnorm(
+    model: nn.Module,
+    input_size: Sequence[int],
+    *,
+    batches: int = 2,
+    batch_size: int = 4,
+    seed: int = 0,
+) -> nn.Module:
+    """Set BatchNorm running statistics from a few seeded random train-mode batches.
+
+    At random weights, default running statistics (mean 0, variance 1) let eval-mode
+    activations grow with depth; calibrated ones keep them at their train-mode scale, so
+    numeric checks see realistic magnitudes. Returns the model, in its original mode.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    momenta = [m.momentum for m in norms]
+    generator = torch.Generator().manual_seed(seed)
+    was_training = model.training
+    try:
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None  # cumulative average over the calibration batches
+        model.train()
+        for _ in range(batches):
+            model(torch.randn(batch_size, *input_size, generator=generator))
+    finally:
+        for norm, momentum in zip(norms, momenta):
+            norm.momentum = momentum
+        model.train(was_training)
+    return model
+
+
+def random_model_for_parity(
+    name: str,
+    *,
+    num_classes: int = 10,
+    image_size: Optional[int] = None,
+    pem_std: float = 0.5,
+    seed: int = 0,
+    **model_kwargs: Any,
+) -> tuple[nn.Module, tuple[int, int, int]]:
+    """A registered model at random weights, fit for numeric checks, and the input size to check it at.
+
+    PEMs are drawn at ``pem_std`` (``randomize_pems``) and BatchNorm statistics calibrated
+    (``calibrate_batchnorm``), so outputs are O(1-10) and NPE-LA visibly changes them.
+    ``image_size`` overrides the configured size (fixed-size models such as ViT are built for
+    it); ``model_kwargs`` go to the builder.
+    """
+    import timm
+
+    if not timm.is_model(name):
+        raise ValueError(f"unknown model {name!r}; see timm.list_models() after importing npe_models.")
+    cfg = timm.models.get_pretrained_cfg(name)
+    channels, height, width = cfg.input_size if cfg else (3, 224, 224)
+    kwargs: dict[str, Any] = {"num_classes": num_classes, **model_kwargs}
+    if image_size is not None:
+        height = width = image_size
+        if cfg and cfg.fixed_input_size:
+            kwargs["img_size"] = image_size
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = timm.create_model(name, **kwargs)
+    size = (channels, height, width)
+    if _pem_parameters(model):
+        randomize_pems(model, pem_std, seed=seed + 1)
+    calibrate_batchnorm(model, size, seed=seed + 2)
+    return model.eval(), size
+
+
+def quantize_int8(source: Union[str, os.PathLike], destination: Union[str, os.PathLike]) -> Path:
+    """ONNX Runtime int8 dynamic quantisation of ``source`` (weights int8, activations quantised at run time).
+
+    Runs ONNX Runtime's pre-processing (shape inference, graph optimisation) first, keeps
+    the metadata, and writes ``destination`` atomically.
+    """
+    onnx = _import_optional("onnx")
+    quantization = _import_optional("onnxruntime.quantization")
+    source, destination = Path(source), _writable_target(Path(destination))
+    if not source.is_file():
+        raise FileNotFoundError(f"ONNX file {source} not found; export one with export_onnx.")
+    with tempfile.TemporaryDirectory(prefix="npe-quant-", dir=destination.parent) as tmp:
+        prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "quantized.onnx"
+        quantization.quant_pre_process(str(source), str(prepared))
+        quantization.quantize_dynamic(str(prepared), str(quantized), weight_type=quantization.QuantType.QInt8)
+        model = onnx.load(str(quantized))
+        metadata = {prop.key: prop.value for prop in onnx.load(str(source), load_external_data=False).metadata_props}
+        onnx.helper.set_model_props(model, {**metadata, "quantization": "int8-dynamic"})
+        onnx.save_model(model, str(quantized))
+        os.replace(quantized, destination)
+    return destination
+
+
+def normalize_images(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """uint8 NHWC images to float32 NCHW scaled to [0, 1] and normalised with ``mean`` / ``std``."""
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(f"images must be uint8 (N, H, W, C), got {images.dtype} with shape {images.shape}.")
+    scaled = images.astype(np.float32) / 255.0
+    normalised = (scaled - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(normalised.transpose(0, 3, 1, 2))
+
+
+def classification_accuracy(
+    predict: Callable[[np.ndarray], np.ndarray],
+    images: np.ndarray,
+    labels: np.ndarray,
+    mean: Sequence[float],
+    std: Sequence[float],
+    batch_size: int = 250,
+) -> tuple[float, np.ndarray]:
+    """Top-1 accuracy (%) and the predicted classes of ``predict`` (normalised NCHW batch -> logits)."""
+    if len(images) != len(labels):
+        raise ValueError(f"images ({len(images)}) and labels ({len(labels)}) differ in length.")
+    predictions = np.concatenate(
+        [predict(normalize_images(images[i:i + batch_size], mean, std)).argmax(1) for i in range(0, len(images), batch_size)]
+    )
+    return float((predictions == labels).mean() * 100.0), predictions
+
+
+def onnx_predictor(session: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """``predict`` for ``classification_accuracy`` from an ONNX Runtime session (first output)."""
+    return lambda batch: session.run(None, {INPUT_NAME: batch})[0]
+
+
+def torch_predictor(model: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
+    """``predict`` for ``classification_accuracy`` from a PyTorch model, run in eval mode without gradients."""
+    model.eval()
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(batch)).numpy()
+
+    return predict

@@ -1,0 +1,206 @@
+"""ONNX export of every registered model, checked against ONNX Runtime, plus metadata, quantisation and bad input."""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import safetensors.torch
+import timm
+import torch
+
+import npe_models
+from npe_models.npe import NPEHead
+from npe_models.onnx import (
+    MIN_OPSET,
+    check_parity,
+    classification_accuracy,
+    export_onnx,
+    onnx_predictor,
+    onnx_session,
+    quantize_int8,
+    random_model_for_parity,
+    randomize_pems,
+    read_onnx_metadata,
+    torch_predictor,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CLASSIFIERS = sorted(
+    name for name in timm.list_models() if timm.models.model_entrypoint(name).__module__.startswith("npe_models")
+)
+# ImageNet architectures are checked at 64x64 (ViT rebuilt for it) to keep the exports small.
+IMAGENET = {"resnet18_npe16", "resnet50_npe16", "convnext_tiny_npe16", "efficientnet_b0_npe16", "vit_small_patch16_224_npe16"}
+# Exports take 4-40 s each on 2 cores: the ResNet-20 family stays in the default suite, the rest is slow.
+SLOW = {name for name in CLASSIFIERS if not name.startswith("resnet20")}
+NPE_MODEL = "resnet20_npe16"
+LABELS = [f"class{i}" for i in range(10)]
+
+
+def _realistic_model(name: str, **kwargs) -> tuple[torch.nn.Module, tuple[int, int, int]]:
+    """Random weights with PEMs at a realistic scale and calibrated BatchNorm, so outputs are O(1-10)."""
+    return random_model_for_parity(name, image_size=64 if name in IMAGENET else None, seed=1, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def npe_export(tmp_path_factory) -> tuple[torch.nn.Module, Path, Path]:
+    """A realistic resnet20_npe16 (alpha 0.5) and its merged and unmerged exports, shared by the tests below."""
+    folder = tmp_path_factory.mktemp("npe_export")
+    model, _ = _realistic_model(NPE_MODEL, npe_alpha=0.5)
+    merged = export_onnx(model, folder / "merged" / "model.onnx", label_names=LABELS)
+    unmerged = export_onnx(model, folder / "unmerged.onnx", merge=False)
+    return model, merged, unmerged
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in CLASSIFIERS])
+def test_parity_every_classifier(name: str, tmp_path: Path) -> None:
+    model, size = _realistic_model(name)
+    path = export_onnx(model, tmp_path / f"{name}.onnx", input_size=size)
+    result = check_parity(model, path, batch_sizes=(1, 3))
+    assert set(result.max_abs_diff) == {(1, *size[1:]), (3, *size[1:])}
+    assert result.passed, result
+    assert min(result.max_abs_output.values()) > 0.5, "outputs too small for the comparison to mean anything"
+
+
+def test_merged_and_unmerged_graphs(npe_export) -> None:
+    model, merged, unmerged = npe_export
+    merged_inits = {i.name: list(i.dims) for i in onnx.load(str(merged)).graph.initializer}
+    unmerged_inits = {i.name: list(i.dims) for i in onnx.load(str(unmerged)).graph.initializer}
+    assert not any("pem" in name for name in merged_inits), "merged export still carries PEM weights"
+    assert unmerged_inits["fc.pem_weight"] == [16 * 10, 64]
+    for path in (merged, unmerged):
+        result = check_parity(model, path)
+        assert result.passed, result
+    # at this PEM scale NPE-LA changes the logits: the main classifier alone is far from the export
+    x = torch.ones(1, 3, 32, 32)
+    z = torch.nn.functional.linear(model.forward_head(model.forward_features(x), pre_logits=True), model.fc.weight, model.fc.bias)
+    out = onnx_session(merged).run(None, {"input": x.numpy()})[0]
+    assert np.abs(out - z.detach().numpy()).max() > 0.1
+
+
+def test_onnx_file_structure_and_metadata(npe_export) -> None:
+    model, path, _ = npe_export
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto, full_check=True)
+    assert sorted(os.listdir(path.parent)) == ["model.onnx"], "the export must be one self-contained file"
+    assert max(op.version for op in proto.opset_import if op.domain in ("", "ai.onnx")) >= MIN_OPSET
+    (graph_input,) = proto.graph.input
+    dims = graph_input.type.tensor_type.shape.dim
+    assert dims[0].dim_param == "batch" and [d.dim_value for d in dims[1:]] == [3, 32, 32]
+    assert [o.name for o in proto.graph.output] == ["logits"]
+    metadata = read_onnx_metadata(path)
+    assert metadata == {
+        **metadata,
+        "architecture": "resnet20",
+        "npe_architecture": NPE_MODEL,
+        "task": "image-classification",
+        "num_classes": 10,
+        "class_names": LABELS,
+        "num_pems": 16,
+        "alpha": 0.5,
+        "merged": True,
+        "mean": list(model.pretrained_cfg["mean"]),
+        "std": list(model.pretrained_cfg["std"]),
+        "input_size": [3, 32, 32],
+        "npe_models_version": npe_models.__version__,
+    }
+    assert read_onnx_metadata(npe_export[2])["merged"] is False
+    assert model.training is False and isinstance(model.fc, NPEHead), "export must not change the caller's model"
+
+
+def test_dynamic_size_for_a_classifier(tmp_path: Path) -> None:
+    model, _ = _realistic_model("resnet20")
+    path = export_onnx(model, tmp_path / "model.onnx", dynamic_size=True)
+    result = check_parity(model, path, batch_sizes=(1, 3), image_sizes=[(32, 32), (40, 48)])
+    assert set(result.max_abs_diff) == {(1, 32, 32), (3, 32, 32), (1, 40, 48), (3, 40, 48)}
+    assert result.passed, result
+
+
+def test_parity_detects_a_mismatch(npe_export) -> None:
+    model, path, _ = npe_export
+    changed = copy.deepcopy(model)
+    with torch.no_grad():
+        changed.fc.pem_bias.add_(0.01)
+    result = check_parity(changed, path)
+    assert not result.passed and result.worst > 1e-3
+
+
+def test_int8_quantization_keeps_metadata_and_outputs_close(npe_export, tmp_path: Path) -> None:
+    _, path, _ = npe_export
+    quantized = quantize_int8(path, tmp_path / "model.int8.onnx")
+    ops = {node.op_type for node in onnx.load(str(quantized)).graph.node}
+    assert "ConvInteger" in ops and "DynamicQuantizeLinear" in ops
+    assert read_onnx_metadata(quantized) == {**read_onnx_metadata(path), "quantization": "int8-dynamic"}
+    assert os.path.getsize(quantized) < 0.5 * os.path.getsize(path)
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(3)).numpy()
+    fp32 = onnx_session(path).run(None, {"input": x})[0]
+    int8 = onnx_session(quantized).run(None, {"input": x})[0]
+    assert np.abs(int8 - fp32).max() < 0.1 * np.abs(fp32).max()
+    assert sorted(os.listdir(tmp_path)) == ["model.int8.onnx"]
+
+
+def test_onnx_accuracy_matches_pytorch_on_cifar10(npe_export, data_dir: Path) -> None:
+    model, path, _ = npe_export
+    test = np.load(data_dir / "cifar10" / "test.npz")
+    images, labels = test["x"][::20], test["y"][::20]  # 500 images, every class (the file is class-major)
+    mean, std = read_onnx_metadata(path)["mean"], read_onnx_metadata(path)["std"]
+    onnx_acc, onnx_pred = classification_accuracy(onnx_predictor(onnx_session(path)), images, labels, mean, std)
+    torch_acc, torch_pred = classification_accuracy(torch_predictor(model), images, labels, mean, std)
+    assert (onnx_pred == torch_pred).mean() >= 0.998
+    assert abs(onnx_acc - torch_acc) <= 0.2
+
+
+def test_onnx_validate_script_reports_matching_accuracy(npe_export, data_dir: Path, tmp_path: Path, capsys) -> None:
+    model, path, _ = npe_export
+    weights = tmp_path / "weights.safetensors"
+    safetensors.torch.save_file(model.state_dict(), str(weights))
+    spec = importlib.util.spec_from_file_location("onnx_validate", REPO_ROOT / "export" / "onnx_validate.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    argv = [NPE_MODEL, "--weights", str(weights), "--alpha", "0.5", "--onnx", str(path),
+            "--data-dir", str(data_dir), "--limit", "500", "--quantize"]
+    status = script.main(argv)
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert "parity ok" in out and "matches" in out and "int8 dynamic quantisation" in out
+    path.with_suffix(".int8.onnx").unlink()
+
+
+def test_bad_input(tmp_path: Path) -> None:
+    model = timm.create_model("resnet20_npe1").eval()
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("not a directory")
+    with pytest.raises(NotADirectoryError, match="in the way"):
+        export_onnx(model, blocker / "model.onnx")
+    with pytest.raises(IsADirectoryError):
+        export_onnx(model, tmp_path)
+    with pytest.raises(ValueError, match="opset_version"):
+        export_onnx(model, tmp_path / "m.onnx", opset_version=17)
+    with pytest.raises(ValueError, match="input_size"):
+        export_onnx(model, tmp_path / "m.onnx", input_size=(32, 32))
+    with pytest.raises(ValueError, match="label_names"):
+        export_onnx(model, tmp_path / "m.onnx", label_names=["a", "b"])
+    with pytest.raises(FileNotFoundError):
+        check_parity(model, tmp_path / "missing.onnx")
+    with pytest.raises(ValueError, match="no PEM parameters"):
+        randomize_pems(timm.create_model("resnet20"))
+    assert sorted(os.listdir(tmp_path)) == ["file.txt"], "a failed export must leave nothing behind"
+
+
+def test_failed_write_leaves_the_old_file_and_no_partial(tmp_path: Path, monkeypatch) -> None:
+    model = timm.create_model("resnet20").eval()
+    target = tmp_path / "model.onnx"
+    target.write_bytes(b"previous export")
+
+    def failing_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("npe_models.onnx.os.replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        export_onnx(model, target)
+    assert target.read_bytes() == b"previous export"
+    assert sorted(os.listdir(tmp_path)) == ["model.onnx"]
