@@ -1,0 +1,345 @@
+"""Long-tailed CIFAR-10/100 (CIFAR-LT) and a fast whole-batch augmentation pipeline.
+
+The long-tailed subsets are built exactly as LDAM-DRW and the NPE reference code build them,
+from either torchvision's downloader or the ``train.npz`` / ``test.npz`` array format. Images
+stay in memory as uint8 (on the GPU when training there); random crop, flip and
+normalisation run on whole batches as tensor operations.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "CIFAR_NUM_CLASSES",
+    "GROUP_NAMES",
+    "EXACT_TEST_SUBSET_SIZE",
+    "ImageArrays",
+    "CifarLT",
+    "long_tailed_counts",
+    "long_tailed_indices",
+    "class_groups",
+    "load_cifar",
+    "load_cifar_lt",
+    "BatchStream",
+]
+
+CIFAR_NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
+GROUP_NAMES = ("many", "medium", "few")
+EXACT_TEST_SUBSET_SIZE = 1000
+_TORCHVISION_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+
+PathLike = Union[str, Path]
+
+
+@dataclass(frozen=True)
+class ImageArrays:
+    """Images ``(N, H, W, 3)`` uint8 and labels ``(N,)`` int64, plus which images are bit-exact (lossless)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    exact: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, mask_or_index: np.ndarray) -> "ImageArrays":
+        """The images selected by a boolean mask or an index array, in that order."""
+        return ImageArrays(self.images[mask_or_index], self.labels[mask_or_index], self.exact[mask_or_index])
+
+
+@dataclass(frozen=True)
+class CifarLT:
+    """A long-tailed CIFAR training set, the balanced test set and the per-class training counts."""
+
+    dataset: str
+    rho: float
+    train: ImageArrays
+    test: ImageArrays
+    counts: np.ndarray
+    jpeg_twins: Optional[ImageArrays] = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.counts)
+
+    @property
+    def groups(self) -> np.ndarray:
+        """Many / Medium / Few group of each class (0, 1, 2), from the training counts."""
+        return class_groups(self.counts)
+
+
+def _check_rho(rho: float) -> None:
+    if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not math.isfinite(rho) or rho < 1:
+        raise ValueError(f"rho (the imbalance ratio, largest / smallest class) must be a number >= 1, got {rho!r}.")
+
+
+def long_tailed_counts(num_classes: int, n_max: int, rho: float) -> list[int]:
+    """Images per class of a long-tailed subset: ``int(n_max * (1 / rho) ** (c / (C - 1)))``, class 0 largest."""
+    _check_rho(rho)
+    if num_classes < 1 or n_max < 1:
+        raise ValueError(f"num_classes and n_max must be >= 1, got {num_classes} and {n_max}.")
+    if num_classes == 1:
+        return [int(n_max)]
+    return [int(n_max * (1.0 / rho) ** (c / (num_classes - 1.0))) for c in range(num_classes)]
+
+
+def long_tailed_indices(
+    labels: np.ndarray, rho: float, num_classes: Optional[int] = None, n_max: Optional[int] = None, seed: int = 0
+) -> np.ndarray:
+    """Indices of the long-tailed subset of a balanced training set, as the reference code selects them.
+
+    A ``RandomState(seed)`` shuffles each class's index list in class order and keeps the first
+    ``n_c``; the result is class-major. ``n_max`` defaults to the size of the largest class
+    (5,000 for CIFAR-10); a smaller value gives a nested, smaller subset with the same shape.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be a 1-D array of class indices, got shape {labels.shape}.")
+    num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
+    per_class = np.bincount(labels, minlength=num_classes)
+    n_max = int(per_class.max()) if n_max is None else n_max
+    counts = long_tailed_counts(num_classes, n_max, rho)
+    rng = np.random.RandomState(seed)
+    selected = []
+    for cls, count in enumerate(counts):
+        if count > per_class[cls]:
+            raise ValueError(
+                f"class {cls} has {per_class[cls]} training images but the long-tailed subset needs {count}; "
+                f"lower n_max (max_per_class) to at most {per_class[cls]}."
+            )
+        index = np.flatnonzero(labels == cls)
+        rng.shuffle(index)
+        selected.append(index[:count])
+    return np.concatenate(selected)
+
+
+def class_groups(counts: Sequence[int], many_above: int = 100, few_below: int = 20) -> np.ndarray:
+    """Group of each class from its training count: 0 Many (> 100), 1 Medium (20-100), 2 Few (< 20)."""
+    counts = np.asarray(counts)
+    return np.where(counts > many_above, 0, np.where(counts < few_below, 2, 1))
+
+
+def _missing_data_message(root: Path, dataset: str) -> str:
+    return (
+        f"no {dataset} data found in '{root}'. Either pass --download (Python: download=True) to fetch it with "
+        f"torchvision into that directory, or point --data-dir (Python: root) at a folder holding train.npz and "
+        f"test.npz (arrays x uint8 NHWC and y), or at its parent with a '{dataset}/' subfolder."
+    )
+
+
+def _npz_folder(root: Path, dataset: str) -> Optional[Path]:
+    for folder in (root, root / dataset):
+        if (folder / "train.npz").is_file() and (folder / "test.npz").is_file():
+            return folder
+    return None
+
+
+def _load_npz(path: Path, exact_key: Optional[str]) -> ImageArrays:
+    with np.load(path) as arrays:
+        images, labels = arrays["x"], arrays["y"].astype(np.int64)
+        exact = arrays[exact_key].astype(bool) if exact_key and exact_key in arrays.files else np.ones(len(labels), bool)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"{path}: 'x' must be uint8 images (N, H, W, 3), got {images.dtype} {images.shape}.")
+    return ImageArrays(images, labels, exact)
+
+
+def _load_torchvision(root: Path, dataset: str, train: bool, download: bool) -> ImageArrays:
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    cls = CIFAR10 if dataset == "cifar10" else CIFAR100
+    data = cls(str(root), train=train, download=download)
+    labels = np.asarray(data.targets, dtype=np.int64)
+    # torchvision's files are lossless; the "exact" subset is the official test set's first 1,000
+    # images, the same images the npz format marks as lossless, so numbers compare across sources.
+    exact = np.ones(len(labels), bool) if train else np.arange(len(labels)) < EXACT_TEST_SUBSET_SIZE
+    return ImageArrays(np.ascontiguousarray(data.data), labels, exact)
+
+
+def _check_dataset(dataset: str) -> None:
+    if dataset not in CIFAR_NUM_CLASSES:
+        raise ValueError(f"dataset must be one of {sorted(CIFAR_NUM_CLASSES)}, got {dataset!r}.")
+
+
+def load_cifar(root: PathLike, dataset: str = "cifar10", train: bool = True, download: bool = False) -> ImageArrays:
+    """The full CIFAR training or test split from ``root``.
+
+    ``root`` may hold ``train.npz``/``test.npz`` (or a ``<dataset>/`` folder with them), or
+    torchvision's extracted files; ``download=True`` fetches the latter when missing. The npz
+    test file's ``lossless`` array marks its exact images.
+    """
+    _check_dataset(dataset)
+    root = Path(root).expanduser()
+    folder = _npz_folder(root, dataset)
+    if folder is not None:
+        return _load_npz(folder / ("train.npz" if train else "test.npz"), None if train else "lossless")
+    if download or (root / _TORCHVISION_FOLDERS[dataset]).is_dir():
+        return _load_torchvision(root, dataset, train, download)
+    raise FileNotFoundError(_missing_data_message(root, dataset))
+
+
+def _load_jpeg_twins(root: Path, dataset: str) -> Optional[ImageArrays]:
+    """The JPEG copies of the exact test images, when the npz folder provides them."""
+    folder = _npz_folder(root, dataset)
+    path = folder / "test_jpeg_twins.npz" if folder is not None else None
+    if path is None or not path.is_file():
+        return None
+    twins = _load_npz(path, None)
+    return ImageArrays(twins.images, twins.labels, np.zeros(len(twins), bool))
+
+
+def load_cifar_lt(
+    root: PathLike,
+    dataset: str = "cifar10",
+    rho: float = 100.0,
+    download: bool = False,
+    max_per_class: Optional[int] = None,
+) -> CifarLT:
+    """CIFAR-10-LT / CIFAR-100-LT with imbalance ratio ``rho`` and the full balanced test set.
+
+    ``max_per_class`` caps the largest class (default: all its images, 5,000 / 500), for quick runs.
+    """
+    _check_dataset(dataset)
+    _check_rho(rho)
+    num_classes = CIFAR_NUM_CLASSES[dataset]
+    train = load_cifar(root, dataset, train=True, download=download)
+    test = load_cifar(root, dataset, train=False, download=download)
+    for name, split in (("training", train), ("test", test)):
+        if len(split) == 0 or split.labels.min() < 0 or split.labels.max() >= num_classes:
+            raise ValueError(f"{dataset} {name} labels must be in 0..{num_classes - 1}; check --data-dir / --dataset.")
+    largest = int(np.bincount(train.labels, minlength=num_classes).max())
+    n_max = largest if max_per_class is None else max_per_class
+    if not 1 <= n_max <= largest:
+        raise ValueError(f"max_per_class must be in 1..{largest} (the largest class of {dataset}), got {max_per_class}.")
+    if min(long_tailed_counts(num_classes, n_max, rho)) < 1:
+        raise ValueError(
+            f"with max_per_class={n_max} and rho={rho:g} the rarest classes get no training image; "
+            f"use max_per_class >= {math.ceil(rho)} or a smaller rho."
+        )
+    subset = train.subset(long_tailed_indices(train.labels, rho, num_classes, n_max))
+    counts = np.bincount(subset.labels, minlength=num_classes)
+    return CifarLT(dataset, float(rho), subset, test, counts, _load_jpeg_twins(Path(root).expanduser(), dataset))
+
+
+def _epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
+    """A CPU generator that depends only on (seed, epoch, stream), so a resumed run draws the same batches."""
+    mixed = np.random.SeedSequence([seed, epoch, stream]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(mixed))
+
+
+class BatchStream:
+    """Batches of normalised float images and labels from an in-memory uint8 image set.
+
+    Training streams shuffle (or sample class-balanced), then apply random crop with zero
+    padding and horizontal flip to the whole batch at once by gathering pixels; evaluation
+    streams keep the order. Under data parallelism each rank takes its share of one shared
+    permutation, so ``batch_size`` is per process.
+    """
+
+    def __init__(
+        self,
+        data: ImageArrays,
+        batch_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        *,
+        train: bool,
+        device: Union[str, torch.device] = "cpu",
+        sampling: str = "uniform",
+        padding: int = 4,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        channels_last: bool = False,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        if sampling not in ("uniform", "class_balanced"):
+            raise ValueError(f"sampling must be 'uniform' or 'class_balanced', got {sampling!r}.")
+        if len(data) == 0:
+            raise ValueError("the image set is empty.")
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.train = train
+        self.sampling = sampling
+        self.padding = padding if train else 0
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.channels_last = channels_last
+        self.epoch = 0
+        images = torch.from_numpy(np.ascontiguousarray(data.images))
+        if self.padding:
+            images = torch.nn.functional.pad(images, (0, 0, self.padding, self.padding, self.padding, self.padding))
+        self.images = images.to(self.device)
+        self.labels = torch.from_numpy(data.labels).to(self.device)
+        self.height, self.width = data.images.shape[1:3]
+        self._scale = (1.0 / (255.0 * torch.tensor(std, dtype=torch.float32))).view(1, 3, 1, 1).to(self.device)
+        self._shift = (-torch.tensor(mean, dtype=torch.float32) / torch.tensor(std)).view(1, 3, 1, 1).to(self.device)
+        labels = torch.from_numpy(data.labels)
+        self._by_class = torch.argsort(labels, stable=True)
+        self._class_counts = torch.bincount(labels)
+        self._class_starts = torch.cumsum(self._class_counts, 0) - self._class_counts
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose shuffle and augmentation the next iteration draws."""
+        self.epoch = epoch
+
+    @property
+    def num_samples(self) -> int:
+        """Images this process sees per epoch."""
+        if not self.train:
+            return len(self.labels)
+        return math.ceil(len(self.labels) / self.world_size)
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def _epoch_order(self) -> Tensor:
+        """This rank's sample indices for the epoch (all ranks share one global order)."""
+        shared = _epoch_generator(self.seed, self.epoch, 0)
+        total = len(self.labels)
+        if self.sampling == "uniform":
+            order = torch.randperm(total, generator=shared)
+        else:
+            present = torch.nonzero(self._class_counts).flatten()
+            classes = present[torch.randint(len(present), (total,), generator=shared)]
+            offsets = (torch.rand(total, generator=shared) * self._class_counts[classes]).long()
+            order = self._by_class[self._class_starts[classes] + offsets]
+        padded_total = self.num_samples * self.world_size
+        order = torch.cat([order, order[: padded_total - total]])
+        return order[self.rank::self.world_size]
+
+    def _normalise(self, batch: Tensor) -> Tensor:
+        """uint8 NHWC -> normalised float NCHW (channels-last memory when requested)."""
+        x = batch.permute(0, 3, 1, 2).float().mul_(self._scale).add_(self._shift)
+        return x if self.channels_last else x.contiguous()
+
+    def _crop_and_flip(self, index: Tensor, generator: torch.Generator) -> Tensor:
+        """Random ``H x W`` crops of the padded images with random horizontal flips, gathered in one indexing op."""
+        count = len(index)
+        top = torch.randint(2 * self.padding + 1, (count, 1), generator=generator)
+        left = torch.randint(2 * self.padding + 1, (count, 1), generator=generator)
+        flip = torch.rand(count, 1, generator=generator) < 0.5
+        rows = top + torch.arange(self.height)
+        columns = torch.arange(self.width)
+        columns = left + torch.where(flip, columns.flip(0), columns)
+        index, rows, columns = (t.to(self.device, non_blocking=True) for t in (index, rows, columns))
+        return self.images[index.view(-1, 1, 1), rows.unsqueeze(2), columns.unsqueeze(1)]
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        if not self.train:
+            for start in range(0, len(self.labels), self.batch_size):
+                stop = start + self.batch_size
+                yield self._normalise(self.images[start:stop]), self.labels[start:stop]
+            return
+        order = self._epoch_order()
+        augment = _epoch_generator(self.seed, self.epoch, 1 + self.rank)
+        for start in range(0, len(order), self.batch_size):
+            index = order[start:start + self.batch_size]
+            images = self._crop_and_flip(index, augment)
+            yield self._normalise(images), self.labels[index.to(self.device, non_blocking=True)]
