@@ -1,0 +1,148 @@
+"""Training configuration: the CIFAR-LT recipes HP-1 and HP-2, and a config that records every setting.
+
+A run's resolved :class:`TrainConfig` is saved as ``config.json`` in its run directory; resuming
+checks that the settings that shape the result have not changed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Any, Optional
+
+__all__ = ["TrainConfig", "RECIPES", "METHODS", "RUNTIME_FIELDS", "resolve_config", "num_pems_of"]
+
+METHODS = ("ce", "la", "posthoc_la", "crt", "npe")
+METHODS_FROM_CE = ("crt", "posthoc_la")
+
+# The CIFAR-LT protocol of the NPE paper (ResNet-32, SGD momentum 0.9, no warm-up).
+RECIPES: dict[str, dict[str, Any]] = {
+    "hp1": dict(lr=0.1, weight_decay=2e-4, batch_size=128, epochs=200, milestones=(160, 180)),
+    "hp2": dict(lr=0.05, weight_decay=1e-3, batch_size=64, epochs=120, milestones=(100, 110)),
+}
+# cRT re-trains only the classifier: a short cosine schedule at the recipe's lr and weight decay.
+CRT_OVERRIDES: dict[str, Any] = dict(epochs=10, schedule="cosine", milestones=())
+
+# Settings that may change between sittings of one run (paths, hardware) without changing its result.
+RUNTIME_FIELDS = ("data_dir", "download", "device", "amp", "channels_last", "eval_batch_size")
+
+_NPE_NAME = re.compile(r"_npe(\d+)$")
+
+
+def num_pems_of(model_name: str) -> int:
+    """Number of PEMs a model name declares (``resnet32_npe16`` -> 16, ``resnet32`` -> 0)."""
+    match = _NPE_NAME.search(model_name.split(".", 1)[0])
+    return int(match.group(1)) if match else 0
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run; ``resolve_config`` fills it from a recipe and overrides."""
+
+    model: str = "resnet32_npe16"
+    method: str = "npe"
+    recipe: str = "hp2"
+    dataset: str = "cifar10"
+    rho: float = 100.0
+    max_per_class: Optional[int] = None
+    data_dir: str = "data"
+    download: bool = False
+    epochs: int = 120
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 1e-3
+    schedule: str = "step"
+    milestones: tuple[int, ...] = (100, 110)
+    gamma: float = 0.1
+    tau: float = 1.0
+    npe_alpha: float = 1.0
+    npe_t: int = 1
+    init: Optional[str] = None
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"
+    amp: bool = False
+    channels_last: bool = True
+    eval_every: int = 10
+    eval_batch_size: int = 500
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (tuples become lists)."""
+        data = dataclasses.asdict(self)
+        data["milestones"] = list(self.milestones)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        """Rebuild a config saved with ``to_dict``; unknown keys are an error (a config from another version)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"config has unknown settings {unknown}; it was written by another version of npe-models.")
+        data = dict(data)
+        if "milestones" in data:
+            data["milestones"] = tuple(data["milestones"])
+        return cls(**data)
+
+    def differences(self, other: "TrainConfig") -> dict[str, tuple[Any, Any]]:
+        """Settings (other than runtime ones) whose values differ: name -> (self's, other's)."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return {k: (mine[k], theirs[k]) for k in mine if k not in RUNTIME_FIELDS and mine[k] != theirs[k]}
+
+
+def _validate(config: TrainConfig) -> None:
+    """Raise a clear error for settings that cannot train."""
+    if config.method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}; got {config.method!r}.")
+    pems = num_pems_of(config.model)
+    if config.method == "npe" and pems == 0:
+        raise ValueError(f"method 'npe' needs a model with PEMs, e.g. '{config.model}_npe16'; got {config.model!r}.")
+    if config.method != "npe" and pems:
+        raise ValueError(
+            f"method {config.method!r} trains a plain model, but {config.model!r} has PEMs; use method 'npe' "
+            f"or the model without the '_npe{pems}' suffix."
+        )
+    if config.method in METHODS_FROM_CE and not config.init:
+        raise ValueError(f"method {config.method!r} starts from a trained CE model: pass --init RUN_DIR_OR_CHECKPOINT.")
+    if config.method == "posthoc_la" and config.epochs:
+        raise ValueError(f"method 'posthoc_la' adjusts a trained CE model and does not train; got epochs={config.epochs}.")
+    if config.schedule not in ("step", "cosine"):
+        raise ValueError(f"schedule must be 'step' or 'cosine', got {config.schedule!r}.")
+    for name in ("epochs", "batch_size", "eval_batch_size"):
+        if getattr(config, name) < (0 if name == "epochs" else 1):
+            raise ValueError(f"{name} must be positive, got {getattr(config, name)}.")
+    if config.lr <= 0 or config.weight_decay < 0 or not 0 <= config.momentum < 1:
+        raise ValueError(
+            f"need lr > 0, weight_decay >= 0 and 0 <= momentum < 1; got lr={config.lr}, "
+            f"weight_decay={config.weight_decay}, momentum={config.momentum}."
+        )
+    if list(config.milestones) != sorted(config.milestones):
+        raise ValueError(f"milestones must be increasing epochs, got {list(config.milestones)}.")
+    if config.eval_every < 0:
+        raise ValueError(f"eval_every must be >= 0 (0: only after the last epoch), got {config.eval_every}.")
+
+
+def resolve_config(recipe: str = "hp2", method: str = "npe", **overrides: Any) -> TrainConfig:
+    """The recipe's settings (plus cRT's classifier-only schedule) updated with ``overrides``, validated.
+
+    ``overrides`` set any :class:`TrainConfig` field; ``None`` values are ignored, so a command
+    line's unset options fall through to the recipe.
+    """
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe must be one of {sorted(RECIPES)}, got {recipe!r}.")
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise TypeError(f"unknown training settings {unknown}; valid settings: {sorted(names)}.")
+    settings: dict[str, Any] = dict(RECIPES[recipe], model="resnet32_npe16" if method == "npe" else "resnet32")
+    if method == "crt":
+        settings.update(CRT_OVERRIDES)
+    if method == "posthoc_la":
+        settings["epochs"] = 0
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    if "milestones" in settings:
+        settings["milestones"] = tuple(int(m) for m in settings["milestones"])
+    config = TrainConfig(recipe=recipe, method=method, **settings)
+    _validate(config)
+    return config

@@ -1,0 +1,223 @@
+"""Evaluation on long-tailed CIFAR: accuracy overall, balanced, by Many/Medium/Few group and per class,
+confusion matrices, and for NPE models how well the learned estimate tracks the training prior.
+
+Every prediction variant is scored: ``plain`` (the model's logits, or for NPE models the
+unadjusted main logits ``z``), ``npe_la`` (``z - alpha * eta``, the NPE model's eval output) and
+``posthoc_la`` (``z - tau * log prior``) when asked for.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..data.cifar import GROUP_NAMES, BatchStream, CifarLT, ImageArrays, class_groups
+from ..npe import NPEHead
+
+__all__ = [
+    "Predictions",
+    "predict",
+    "classification_metrics",
+    "prior_diagnostics",
+    "evaluate_model",
+    "evaluation_sets",
+    "summary",
+]
+
+
+@dataclass
+class Predictions:
+    """Labels ``(N,)``, logits ``(N, C)`` per prediction variant, and the NPE estimate ``(N, C)`` if any."""
+
+    labels: Tensor
+    logits: dict[str, Tensor]
+    estimate: Optional[Tensor] = None
+
+    def subset(self, mask: Tensor) -> "Predictions":
+        estimate = None if self.estimate is None else self.estimate[mask]
+        return Predictions(self.labels[mask], {k: v[mask] for k, v in self.logits.items()}, estimate)
+
+
+def _npe_head(model: nn.Module) -> Optional[NPEHead]:
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    return head if isinstance(head, NPEHead) else None
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    log_prior: Optional[Tensor] = None,
+    tau: float = 1.0,
+    amp: bool = False,
+) -> Predictions:
+    """Run ``model`` in eval mode over ``batches``; NPE models give both NPE-LA and unadjusted logits.
+
+    With ``log_prior``, the ``posthoc_la`` variant ``plain - tau * log_prior`` is added.
+    """
+    model.eval()
+    head = _npe_head(model)
+    labels, estimates = [], []
+    logits: dict[str, list[Tensor]] = {"plain": []} if head is None else {"npe_la": [], "plain": []}
+    if log_prior is not None:
+        logits["posthoc_la"] = []
+    for images, targets in batches:
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
+            if head is None:
+                plain = model(images).float()
+            else:
+                output = model.forward_train(images)
+                plain = output.logits.float()
+                eta = head.estimate_from_pem_logits(output.pem_logits.float())
+                logits["npe_la"].append((plain - head.alpha * eta).cpu())
+                estimates.append(eta.cpu())
+        logits["plain"].append(plain.cpu())
+        if log_prior is not None:
+            logits["posthoc_la"].append((plain - tau * log_prior.to(plain)).cpu())
+        labels.append(targets.cpu())
+    return Predictions(
+        torch.cat(labels), {k: torch.cat(v) for k, v in logits.items()}, torch.cat(estimates) if estimates else None
+    )
+
+
+def _mean_or_none(values: np.ndarray) -> Optional[float]:
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if len(values) else None
+
+
+def classification_metrics(predicted: Tensor, labels: Tensor, train_counts: Sequence[int]) -> dict[str, object]:
+    """Top-1 and balanced accuracy, Many/Medium/Few accuracy (mean per-class accuracy in each group), per class, confusion.
+
+    Accuracies are percentages; classes absent from ``labels`` have per-class accuracy ``None``
+    and are left out of the means.
+    """
+    num_classes = len(train_counts)
+    predicted, labels = predicted.numpy().astype(np.int64), labels.numpy().astype(np.int64)
+    confusion = np.bincount(labels * num_classes + predicted, minlength=num_classes**2).reshape(num_classes, num_classes)
+    support = confusion.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_class = np.where(support > 0, 100.0 * np.diag(confusion) / support, np.nan)
+    groups = class_groups(train_counts)
+    result: dict[str, object] = {
+        "num_images": int(len(labels)),
+        "top1": float(100.0 * (predicted == labels).mean()) if len(labels) else None,
+        "balanced": _mean_or_none(per_class),
+    }
+    for index, name in enumerate(GROUP_NAMES):
+        result[name] = _mean_or_none(per_class[groups == index])
+    result["per_class"] = [None if np.isnan(v) else float(v) for v in per_class]
+    result["confusion"] = confusion.tolist()
+    return result
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks with ties averaged (as Spearman's correlation uses them)."""
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(len(values), dtype=float)
+    for value in np.unique(values):
+        tied = values == value
+        ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> Optional[float]:
+    x, y = x - x.mean(), y - y.mean()
+    denominator = np.sqrt((x * x).sum() * (y * y).sum())
+    return float((x * y).sum() / denominator) if denominator > 0 else None
+
+
+def prior_diagnostics(estimate: Tensor, train_counts: Sequence[int]) -> dict[str, object]:
+    """How the NPE estimate, averaged over images per class coordinate, tracks the log training count.
+
+    Returns the per-class mean estimate, Pearson and Spearman correlation with ``log n_c`` and
+    the least-squares slope and intercept (a slope near 1 means the estimate is a log prior up
+    to a constant). Correlations are ``None`` when the counts are all equal.
+    """
+    mean_estimate = estimate.double().mean(0).numpy()
+    log_counts = np.log(np.asarray(train_counts, dtype=float))
+    constant = np.ptp(log_counts) == 0
+    slope, intercept = (None, None) if constant else np.polyfit(log_counts, mean_estimate, 1)
+    return {
+        "mean_estimate": mean_estimate.tolist(),
+        "log_count": log_counts.tolist(),
+        "pearson": None if constant else _pearson(log_counts, mean_estimate),
+        "spearman": None if constant else _pearson(_ranks(log_counts), _ranks(mean_estimate)),
+        "slope": None if slope is None else float(slope),
+        "intercept": None if intercept is None else float(intercept),
+    }
+
+
+def evaluation_sets(data: CifarLT) -> dict[str, ImageArrays]:
+    """The image sets to score: the full test set, its exact (lossless) images, and their JPEG twins if present."""
+    sets = {"full": data.test, "exact": data.test.subset(data.test.exact)}
+    if data.jpeg_twins is not None:
+        sets["jpeg_twins"] = data.jpeg_twins
+    return sets
+
+
+def _score(predictions: Predictions, train_counts: Sequence[int]) -> dict[str, object]:
+    scores: dict[str, object] = {
+        variant: classification_metrics(logits.argmax(1), predictions.labels, train_counts)
+        for variant, logits in predictions.logits.items()
+    }
+    if predictions.estimate is not None:
+        scores["prior"] = prior_diagnostics(predictions.estimate, train_counts)
+    return scores
+
+
+def evaluate_model(
+    model: nn.Module,
+    data: CifarLT,
+    device: torch.device,
+    batch_size: int = 500,
+    posthoc_tau: Optional[float] = None,
+    channels_last: bool = False,
+    amp: bool = False,
+    sets: Optional[Sequence[str]] = None,
+) -> dict[str, object]:
+    """Score ``model`` on the test sets of ``data`` (all of :func:`evaluation_sets`, or the named ``sets``).
+
+    Returns ``{"primary": variant, "train_counts": [...], "groups": [...], "sets": {set: {variant:
+    metrics, "prior": diagnostics}}}``; ``primary`` is ``npe_la`` for NPE models, else ``plain``.
+    """
+    available = evaluation_sets(data)
+    names = list(available) if sets is None else list(sets)
+    unknown = sorted(set(names) - set(available))
+    if unknown:
+        raise ValueError(f"unknown evaluation sets {unknown}; available: {sorted(available)}.")
+    mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
+    log_prior = None
+    if posthoc_tau is not None:
+        log_prior = torch.log(torch.as_tensor(data.counts, dtype=torch.float32) / float(data.counts.sum()))
+    results: dict[str, object] = {}
+    full_predictions = None
+    for name in names:
+        if name == "exact" and full_predictions is not None:
+            predictions = full_predictions.subset(torch.from_numpy(data.test.exact))
+        else:
+            stream = BatchStream(available[name], batch_size, mean, std, train=False, device=device, channels_last=channels_last)
+            predictions = predict(model, stream, log_prior, posthoc_tau or 0.0, amp)
+            if name == "full":
+                full_predictions = predictions
+        results[name] = _score(predictions, data.counts)
+    return {
+        "primary": "npe_la" if _npe_head(model) is not None else "plain",
+        "train_counts": data.counts.tolist(),
+        "groups": [GROUP_NAMES[g] for g in data.groups],
+        "sets": results,
+    }
+
+
+def summary(metrics: dict[str, object], variant: Optional[str] = None) -> dict[str, dict[str, Optional[float]]]:
+    """``{set: {top1, balanced, many, medium, few}}`` for one prediction variant (default: the primary one)."""
+    variant = variant or metrics["primary"]
+    keys = ("top1", "balanced", *GROUP_NAMES)
+    return {
+        name: {key: scores[variant][key] for key in keys}
+        for name, scores in metrics["sets"].items()
+        if variant in scores
+    }

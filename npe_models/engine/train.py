@@ -1,0 +1,346 @@
+"""The training loop for long-tailed CIFAR: SGD with a per-epoch schedule, a checkpoint every epoch,
+exact resumption, a JSON-lines log, final-epoch evaluation, and data parallelism under ``torchrun``.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ..data.cifar import GROUP_NAMES, BatchStream, CifarLT, class_groups, load_cifar_lt
+from .checkpoint import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    LOG_FILE,
+    METRICS_FILE,
+    WEIGHTS_FILE,
+    append_jsonl,
+    atomic_write,
+    build_model,
+    load_checkpoint,
+    read_jsonl,
+    restore_rng_state,
+    save_checkpoint,
+    save_weights,
+    write_json,
+)
+from .config import TrainConfig
+from .distributed import DistributedContext, all_reduce_sum, barrier, init_distributed
+from .evaluate import evaluate_model, summary
+from .methods import TrainingMethod, make_method
+from .plots import save_evaluation_plots
+
+__all__ = ["train", "TrainResult", "NonFiniteLossError", "ProgressFactory"]
+
+logger = logging.getLogger(__name__)
+
+# Wraps the batch iterable for display, e.g. ``tqdm.tqdm``; called as ``progress(batches, total=, desc=, leave=)``.
+ProgressFactory = Callable[..., Iterable]
+_CHECK_EVERY = 20
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the run stopped and kept its last good checkpoint."""
+
+
+@dataclass
+class TrainResult:
+    """Where the run lives, how many epochs it has completed and its final metrics (``None`` until finished)."""
+
+    run_dir: Path
+    epochs_done: int
+    metrics: Optional[dict[str, Any]]
+    already_finished: bool = False
+
+
+class _TrainingForward(nn.Module):
+    """The method's training forward pass as a module, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, model: nn.Module, method: TrainingMethod) -> None:
+        super().__init__()
+        self.model = model
+        self.method = method
+
+    def forward(self, images: Tensor) -> Any:
+        return self.method.forward(self.model, images)
+
+
+@contextlib.contextmanager
+def _determinism(enabled: bool, device: torch.device) -> Iterator[None]:
+    """Deterministic kernels (and no cuDNN autotuning) for the duration of a run, restoring the previous settings."""
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)
+    if enabled and device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(enabled)
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not enabled
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0])
+        torch.backends.cudnn.benchmark = previous[1]
+
+
+def _group_accuracy(correct: np.ndarray, seen: np.ndarray, train_counts: np.ndarray) -> dict[str, Optional[float]]:
+    """Training accuracy overall and per group (mean per-class accuracy over the classes seen)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_class = np.where(seen > 0, 100.0 * correct / seen, np.nan)
+    groups = class_groups(train_counts)
+    result: dict[str, Optional[float]] = {"top1": float(100.0 * correct.sum() / max(1, seen.sum()))}
+    for index, name in enumerate(GROUP_NAMES):
+        values = per_class[(groups == index) & ~np.isnan(per_class)]
+        result[name] = float(values.mean()) if len(values) else None
+    return result
+
+
+def _make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config.epochs))
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.milestones), gamma=config.gamma)
+
+
+class _Run:
+    """One training run in one process: its data, model, optimiser, schedule and run directory."""
+
+    def __init__(
+        self, config: TrainConfig, run_dir: Path, context: DistributedContext, progress: Optional[ProgressFactory]
+    ) -> None:
+        self.config = config
+        self.run_dir = run_dir
+        self.context = context
+        self.device = context.device
+        self.progress = progress if context.is_main else None
+        if config.batch_size % context.world_size:
+            raise ValueError(
+                f"batch_size {config.batch_size} (the global batch) must be divisible by the {context.world_size} processes."
+            )
+        self.data: CifarLT = load_cifar_lt(config.data_dir, config.dataset, config.rho, config.download, config.max_per_class)
+        counts = torch.as_tensor(self.data.counts, dtype=torch.float32)
+        log_prior = torch.log(counts / counts.sum()).to(self.device)
+        torch.manual_seed(config.seed)
+        self.model = build_model(config, self.data.num_classes)
+        self.method = make_method(config, log_prior)
+        parameters = self.method.setup(self.model)
+        memory_format = torch.channels_last if config.channels_last else torch.preserve_format
+        self.model.to(self.device, memory_format=memory_format)
+        self.optimizer = torch.optim.SGD(
+            parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+        self.scheduler = _make_scheduler(self.optimizer, config)
+        forward = _TrainingForward(self.model, self.method)
+        self.forward = DistributedDataParallel(forward) if context.enabled else forward
+        mean, std = self.model.pretrained_cfg["mean"], self.model.pretrained_cfg["std"]
+        self.stream = BatchStream(
+            self.data.train, config.batch_size // context.world_size, mean, std, train=True, device=self.device,
+            sampling=self.method.sampling, seed=config.seed, rank=context.rank, world_size=context.world_size,
+            channels_last=config.channels_last,
+        )
+
+    def load_state(self, checkpoint: dict[str, Any]) -> int:
+        """Continue from a checkpoint; returns the number of completed epochs."""
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        restore_rng_state(checkpoint["rng"])
+        return int(checkpoint["epoch"])
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.amp)
+
+    def _non_finite(self, epoch: int, losses: Tensor) -> NonFiniteLossError:
+        checkpoint = self.run_dir / CHECKPOINT_FILE
+        kept = (
+            f"The last good state (after epoch {epoch}) is kept in {checkpoint}."
+            if epoch > 0 else "No epoch had completed, so no checkpoint was written."
+        )
+        return NonFiniteLossError(
+            f"the training loss became non-finite ({losses[0].item()}) during epoch {epoch + 1}; training stopped. "
+            f"{kept} Start a new run with a lower --lr (or without --amp), or --resume to retry from the checkpoint."
+        )
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        """One pass over the training stream; returns the epoch's log fields."""
+        num_classes = self.data.num_classes
+        parts = self.method.loss_parts
+        loss_sums = torch.zeros(1 + len(parts), device=self.device)
+        correct = torch.zeros(num_classes, dtype=torch.long, device=self.device)
+        seen = torch.zeros(num_classes, dtype=torch.long, device=self.device)
+        self.stream.set_epoch(epoch)
+        self.method.set_train_mode(self.model)
+        batches: Iterable = self.stream
+        if self.progress is not None:
+            batches = self.progress(batches, total=len(self.stream), desc=f"epoch {epoch + 1}/{self.config.epochs}", leave=False)
+        start = time.perf_counter()
+        for step, (images, labels) in enumerate(batches):
+            with self._autocast():
+                output = self.forward(images)
+                loss, loss_parts = self.method.loss(output, labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            with torch.no_grad():
+                values = torch.stack([loss.detach(), *(loss_parts[name].detach() for name in parts)]).float()
+                loss_sums += values * len(labels)
+                predicted = self.method.logits(output).detach().argmax(1)
+                correct += torch.bincount(labels[predicted == labels], minlength=num_classes)
+                seen += torch.bincount(labels, minlength=num_classes)
+            if step % _CHECK_EVERY == 0 and not self.context.enabled:
+                if not torch.isfinite(loss_sums).all():
+                    raise self._non_finite(epoch, loss_sums)
+                if hasattr(batches, "set_postfix"):
+                    batches.set_postfix(loss=f"{loss_sums[0].item() / max(1, seen.sum().item()):.4f}")
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - start
+        for tensor in (loss_sums, correct, seen):
+            all_reduce_sum(tensor, self.context)
+        if not torch.isfinite(loss_sums).all():
+            raise self._non_finite(epoch, loss_sums)
+        images = int(seen.sum().item())
+        means = (loss_sums / max(1, images)).tolist()
+        record: dict[str, Any] = {"loss": means[0], **{f"loss_{name}": value for name, value in zip(parts, means[1:])}}
+        record.update(
+            seconds=seconds, images=images, images_per_s=images / seconds if seconds > 0 else None,
+            device=str(self.device), train=_group_accuracy(correct.cpu().numpy(), seen.cpu().numpy(), self.data.counts),
+        )
+        return record
+
+    def evaluate(self, sets: Optional[list[str]] = None) -> dict[str, Any]:
+        return evaluate_model(
+            self.model, self.data, self.device, self.config.eval_batch_size,
+            channels_last=self.config.channels_last, amp=self.config.amp, sets=sets,
+        )
+
+
+def _log_test_summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The per-epoch log's test fields: primary variant per set, and the unadjusted one for NPE models."""
+    fields = {"test": summary(metrics)}
+    if metrics["primary"] != "plain":
+        fields["test_unadjusted"] = summary(metrics, "plain")
+    return fields
+
+
+def _prepare_run_dir(config: TrainConfig, run_dir: Path, resume: bool) -> None:
+    """Refuse to overwrite a run, or check that a resumed run's settings match its config.json."""
+    config_path = run_dir / CONFIG_FILE
+    if not config_path.is_file():
+        if (run_dir / CHECKPOINT_FILE).is_file():
+            raise FileExistsError(f"{run_dir} has a {CHECKPOINT_FILE} but no {CONFIG_FILE}; use a new --out.")
+        return
+    if not resume:
+        raise FileExistsError(
+            f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out."
+        )
+    saved = TrainConfig.from_dict(json.loads(config_path.read_text()))
+    changed = saved.differences(config)
+    if changed:
+        listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in sorted(changed.items()))
+        raise ValueError(
+            f"cannot resume {run_dir} with different settings ({listed}); resume with the original settings "
+            "or start a new run in another --out."
+        )
+
+
+def _truncate_log(path: Path, epochs_done: int) -> None:
+    """Drop log lines of epochs after the checkpoint (written just before an interruption)."""
+    records = read_jsonl(path)
+    kept = [r for r in records if r.get("epoch", 0) <= epochs_done]
+    if len(kept) != len(records):
+        atomic_write(path, lambda temp: temp.write_text("".join(json.dumps(r) + "\n" for r in kept)))
+
+
+def _training_totals(log_path: Path) -> dict[str, Any]:
+    records = read_jsonl(log_path)
+    seconds = sum(r["seconds"] for r in records)
+    images = sum(r["images"] for r in records)
+    return {
+        "epochs": len(records),
+        "seconds": seconds,
+        "images_per_s": images / seconds if seconds > 0 else None,
+        "devices": sorted({r["device"] for r in records}),
+    }
+
+
+def _finish(run: _Run, metrics: Optional[dict[str, Any]]) -> dict[str, Any]:
+    """Write the final weights, metrics.json and plots (main process)."""
+    run_dir, config = run.run_dir, run.config
+    metrics = metrics if metrics is not None else run.evaluate()
+    metrics = {"model": config.model, "method": config.method, "dataset": config.dataset, "rho": config.rho,
+               **metrics, "training": _training_totals(run_dir / LOG_FILE), "config": config.to_dict()}
+    save_weights(run_dir / WEIGHTS_FILE, run.model, config)
+    title = f"{config.model} {config.method} {config.dataset}-LT rho={config.rho:g}"
+    save_evaluation_plots(metrics, run_dir, "full", title)
+    write_json(run_dir / METRICS_FILE, metrics)
+    return metrics
+
+
+def _train(config: TrainConfig, run_dir: Path, resume: bool, context: DistributedContext,
+           progress: Optional[ProgressFactory]) -> TrainResult:
+    if (run_dir / METRICS_FILE).is_file() and (run_dir / WEIGHTS_FILE).is_file():
+        if not resume:
+            raise FileExistsError(f"{run_dir} holds a finished run; choose another --out.")
+        _prepare_run_dir(config, run_dir, resume)
+        metrics = json.loads((run_dir / METRICS_FILE).read_text())
+        return TrainResult(run_dir, config.epochs, metrics, already_finished=True)
+    _prepare_run_dir(config, run_dir, resume)
+    barrier(context)
+    run = _Run(config, run_dir, context, progress)
+    start_epoch = 0
+    checkpoint_path = run_dir / CHECKPOINT_FILE
+    if resume and checkpoint_path.is_file():
+        start_epoch = run.load_state(load_checkpoint(checkpoint_path))
+        logger.info("resuming %s after epoch %d of %d", run_dir, start_epoch, config.epochs)
+    if context.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / CONFIG_FILE, config.to_dict())
+        _truncate_log(run_dir / LOG_FILE, start_epoch)
+    final_metrics = None
+    for epoch in range(start_epoch, config.epochs):
+        lr = run.optimizer.param_groups[0]["lr"]
+        record = {"epoch": epoch + 1, "lr": lr, **run.train_epoch(epoch)}
+        last = epoch + 1 == config.epochs
+        if context.is_main and (last or (config.eval_every and (epoch + 1) % config.eval_every == 0)):
+            metrics = run.evaluate() if last else run.evaluate(["full", "exact"])
+            record.update(_log_test_summary(metrics))
+            final_metrics = metrics if last else None
+        run.scheduler.step()
+        if context.is_main:
+            append_jsonl(run_dir / LOG_FILE, record)
+            save_checkpoint(checkpoint_path, run.model, run.optimizer, run.scheduler, epoch + 1, config)
+            logger.info(
+                "epoch %d/%d loss %.4f %.1f images/s%s", epoch + 1, config.epochs, record["loss"], record["images_per_s"],
+                f" test top-1 {record['test']['full']['top1']:.2f}" if "test" in record else "",
+            )
+        barrier(context)
+    metrics = _finish(run, final_metrics) if context.is_main else None
+    barrier(context)
+    return TrainResult(run_dir, config.epochs, metrics)
+
+
+def train(
+    config: TrainConfig, out_dir: Union[str, Path], resume: bool = False, progress: Optional[ProgressFactory] = None
+) -> TrainResult:
+    """Train (or, with ``resume``, continue) the run ``config`` describes in ``out_dir``; return its final metrics.
+
+    Under ``torchrun`` every process calls this; rank 0 writes the run directory. Raises
+    :class:`NonFiniteLossError` when the loss diverges (the last good checkpoint stays).
+    """
+    run_dir = Path(out_dir)
+    started_group = not dist.is_initialized()
+    context = init_distributed(config.device)
+    try:
+        with _determinism(config.deterministic, context.device):
+            return _train(config, run_dir, resume, context, progress)
+    finally:
+        if context.enabled and started_group and dist.is_initialized():
+            dist.destroy_process_group()

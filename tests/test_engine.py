@@ -1,0 +1,243 @@
+"""Training engine: recipes, methods, metrics, determinism, exact resumption, divergence handling and DDP."""
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file
+
+from npe_models.engine import (
+    NonFiniteLossError,
+    TrainConfig,
+    classification_metrics,
+    evaluate_model,
+    load_trained_model,
+    predict,
+    prior_diagnostics,
+    resolve_config,
+    train,
+)
+from npe_models.data import BatchStream, load_cifar_lt
+
+train_module = importlib.import_module("npe_models.engine.train")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models train several times faster on one thread when other processes share the CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """A learnable 10-class toy set in the npz format: 30 training and 6 test images per class."""
+    folder = tmp_path_factory.mktemp("tiny_cifar")
+    rng = np.random.default_rng(0)
+    colours = rng.integers(40, 216, (10, 3))
+    for name, per_class in (("train", 30), ("test", 6)):
+        labels = np.repeat(np.arange(10), per_class)
+        noise = rng.integers(-40, 40, (len(labels), 32, 32, 3))
+        images = np.clip(colours[labels][:, None, None, :] + noise, 0, 255).astype(np.uint8)
+        extra = {"lossless": np.arange(len(labels)) % 3 == 0} if name == "test" else {}
+        np.savez(folder / f"{name}.npz", x=images, y=labels, **extra)
+    return folder
+
+
+def _config(data_dir, **overrides) -> TrainConfig:
+    settings = dict(
+        model="resnet20", data_dir=str(data_dir), rho=10, epochs=3, batch_size=32, lr=0.05,
+        milestones=(2,), device="cpu", deterministic=True, eval_every=0, eval_batch_size=64,
+    )
+    settings.update(overrides)
+    method = settings.pop("method", "ce")
+    return resolve_config("hp2", method, **settings)
+
+
+def _weights(run_dir):
+    return load_file(str(run_dir / "model.safetensors"))
+
+
+def _assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_recipes_and_overrides():
+    hp1 = resolve_config("hp1", "ce")
+    assert (hp1.lr, hp1.weight_decay, hp1.batch_size, hp1.epochs, hp1.milestones) == (0.1, 2e-4, 128, 200, (160, 180))
+    hp2 = resolve_config("hp2", "npe", lr=0.2, milestones=[5])
+    assert (hp2.lr, hp2.weight_decay, hp2.batch_size, hp2.epochs, hp2.milestones) == (0.2, 1e-3, 64, 120, (5,))
+    assert hp2.model == "resnet32_npe16" and hp2.momentum == 0.9
+    crt = resolve_config("hp2", "crt", init="somewhere", model="resnet32")
+    assert (crt.epochs, crt.schedule) == (10, "cosine")
+    assert TrainConfig.from_dict(json.loads(json.dumps(hp2.to_dict()))) == hp2
+
+
+@pytest.mark.parametrize(
+    "method, overrides, message",
+    [
+        ("sgd", {}, "method must be one of"),
+        ("npe", {"model": "resnet32"}, "needs a model with PEMs"),
+        ("ce", {"model": "resnet32_npe16"}, "has PEMs"),
+        ("crt", {"model": "resnet32"}, "--init"),
+        ("ce", {"lr": -1.0}, "lr > 0"),
+    ],
+)
+def test_invalid_settings_are_rejected(method, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        resolve_config("hp2", method, **overrides)
+
+
+def test_classification_metrics_by_hand():
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2])
+    predicted = torch.tensor([0, 0, 0, 1, 1, 0, 2, 0])
+    result = classification_metrics(predicted, labels, train_counts=[500, 50, 5])
+    assert result["top1"] == pytest.approx(100 * 5 / 8)
+    assert result["per_class"] == pytest.approx([75.0, 50.0, 50.0])
+    assert result["balanced"] == pytest.approx(175 / 3)
+    assert (result["many"], result["medium"], result["few"]) == pytest.approx((75.0, 50.0, 50.0))
+    assert result["confusion"] == [[3, 1, 0], [1, 1, 0], [1, 0, 1]]
+
+
+def test_prior_diagnostics_recover_a_log_prior():
+    counts = [1000, 300, 100, 30, 10]
+    estimate = torch.log(torch.tensor(counts, dtype=torch.float64)) * 0.8 + 2.0
+    noisy = estimate.expand(50, 5) + 0.01 * torch.randn(50, 5, dtype=torch.float64)
+    result = prior_diagnostics(noisy, counts)
+    assert result["pearson"] > 0.999 and result["spearman"] == pytest.approx(1.0)
+    assert result["slope"] == pytest.approx(0.8, abs=0.01) and result["intercept"] == pytest.approx(2.0, abs=0.05)
+    assert prior_diagnostics(noisy, [7] * 5)["spearman"] is None
+
+
+def test_npe_predictions_give_npe_la_and_unadjusted_logits(tiny_data):
+    data = load_cifar_lt(tiny_data, "cifar10", rho=10)
+    model = timm.create_model("resnet20_npe4", num_classes=10).eval()
+    with torch.no_grad():
+        model.get_classifier().pem_bias.normal_()  # a visible adjustment
+    stream = BatchStream(data.test, 32, (0.5,) * 3, (0.25,) * 3, train=False)
+    result = predict(model, stream)
+    images = torch.cat([x for x, _ in stream])
+    with torch.no_grad():
+        torch.testing.assert_close(result.logits["npe_la"], model(images))
+        torch.testing.assert_close(result.logits["plain"], model.forward_train(images).logits)
+    assert not torch.allclose(result.logits["npe_la"], result.logits["plain"])
+    merged = timm.utils.reparameterize_model(model)
+    merged_metrics = evaluate_model(merged, data, torch.device("cpu"), 32)
+    metrics = evaluate_model(model, data, torch.device("cpu"), 32)
+    assert metrics["primary"] == "npe_la" and merged_metrics["primary"] == "plain"
+    assert set(metrics["sets"]) == {"full", "exact"} and "prior" in metrics["sets"]["full"]
+    for name in ("full", "exact"):
+        assert merged_metrics["sets"][name]["plain"]["per_class"] == metrics["sets"][name]["npe_la"]["per_class"]
+    assert metrics["sets"]["exact"]["npe_la"]["num_images"] == int(data.test.exact.sum())
+
+
+def test_deterministic_runs_match_and_resume_reproduces_them(tiny_data, tmp_path, monkeypatch):
+    config = _config(tiny_data, model="resnet20_npe4", method="npe")
+    first = train(config, tmp_path / "a")
+    train(config, tmp_path / "b")
+    _assert_same_weights(_weights(tmp_path / "a"), _weights(tmp_path / "b"))
+    assert first.metrics["sets"]["full"]["prior"]["spearman"] is not None
+
+    original = train_module._Run.train_epoch
+
+    def interrupted(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return original(self, epoch)
+
+    monkeypatch.setattr(train_module._Run, "train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "c")
+    checkpoint = torch.load(tmp_path / "c" / "checkpoint.pt", weights_only=True)
+    assert checkpoint["epoch"] == 2 and set(checkpoint) >= {"model", "optimizer", "scheduler", "rng", "config"}
+    assert not (tmp_path / "c" / "model.safetensors").exists()
+    monkeypatch.setattr(train_module._Run, "train_epoch", original)
+    resumed = train(config, tmp_path / "c", resume=True)
+    _assert_same_weights(_weights(tmp_path / "a"), _weights(tmp_path / "c"))
+    assert resumed.metrics["sets"] == first.metrics["sets"]
+    log = [json.loads(line) for line in (tmp_path / "c" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2, 3]
+    assert [r["lr"] for r in log] == pytest.approx([0.05, 0.05, 0.005])
+    assert {"loss_ce", "loss_npe", "images_per_s", "train"} <= set(log[0]) and "test" in log[-1]
+
+    again = train(config, tmp_path / "c", resume=True)
+    assert again.already_finished
+    with pytest.raises(FileExistsError, match="finished"):
+        train(config, tmp_path / "c")
+    with pytest.raises(ValueError, match="lr"):
+        os.remove(tmp_path / "c" / "metrics.json")
+        train(_config(tiny_data, model="resnet20_npe4", method="npe", lr=0.1), tmp_path / "c", resume=True)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path):
+    config = _config(tiny_data, epochs=3, milestones=(1,), gamma=1e30)
+    with pytest.raises(NonFiniteLossError, match="epoch 2") as error:
+        train(config, tmp_path / "run")
+    assert "after epoch 1" in str(error.value)
+    checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert checkpoint["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point())
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_crt_and_posthoc_la_start_from_the_ce_run(tiny_data, tmp_path):
+    train(_config(tiny_data, epochs=1), tmp_path / "ce")
+    ce = _weights(tmp_path / "ce")
+    train(_config(tiny_data, method="crt", init=str(tmp_path / "ce"), epochs=1), tmp_path / "crt")
+    crt = _weights(tmp_path / "crt")
+    for key, value in ce.items():
+        if key.startswith("fc."):
+            assert not torch.equal(crt[key], value), f"{key}: the classifier is re-trained"
+        else:
+            assert torch.equal(crt[key], value), f"{key}: the backbone (and its BN statistics) stays frozen"
+
+    result = train(_config(tiny_data, method="posthoc_la", init=str(tmp_path / "ce"), tau=1.5, epochs=0), tmp_path / "posthoc")
+    counts = torch.tensor(result.metrics["train_counts"], dtype=torch.float32)
+    shift = ce["fc.bias"] - _weights(tmp_path / "posthoc")["fc.bias"]
+    torch.testing.assert_close(shift, 1.5 * torch.log(counts / counts.sum()))
+    assert result.metrics["training"]["epochs"] == 0
+
+
+def test_la_run_logs_its_loss(tiny_data, tmp_path):
+    result = train(_config(tiny_data, method="la", epochs=1), tmp_path / "la")
+    log = json.loads((tmp_path / "la" / "log.jsonl").read_text())
+    assert "loss_la" in log and math.isfinite(log["loss_la"])
+    assert (tmp_path / "la" / "per_class_accuracy_full.png").stat().st_size > 1000
+    assert result.metrics["sets"]["full"]["plain"]["num_images"] == 60
+
+
+def test_checkpoint_for_another_class_count_is_rejected(tiny_data, tmp_path):
+    train(_config(tiny_data, epochs=1), tmp_path / "ce")
+    with pytest.raises(ValueError, match="has 10 classes but the data set has 100"):
+        load_trained_model(tmp_path / "ce" / "checkpoint.pt", num_classes=100)
+    model, config = load_trained_model(tmp_path / "ce")
+    assert config.model == "resnet20" and model.num_classes == 10 and not model.training
+
+
+def test_two_process_ddp_on_cpu(tiny_data, tmp_path):
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "npe_models.cli", "train", "--model", "resnet20", "--method", "ce", "--data-dir", str(tiny_data),
+        "--rho", "10", "--epochs", "1", "--batch-size", "32", "--device", "cpu", "--eval-every", "0",
+        "--out", str(tmp_path / "ddp"), "--no-progress",
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = json.loads((tmp_path / "ddp" / "log.jsonl").read_text())
+    train_images = sum(json.loads((tmp_path / "ddp" / "metrics.json").read_text())["train_counts"])
+    assert log["images"] == 2 * math.ceil(train_images / 2)
+    assert (tmp_path / "ddp" / "model.safetensors").is_file()
