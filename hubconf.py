@@ -12,14 +12,6 @@ import npe_models as _npe_models
 dependencies = ["torch", "torchvision", "timm", "huggingface_hub", "safetensors"]
 
 
-def _registered_classifiers() -> list:
-    """timm names whose entrypoint lives in npe_models."""
-    return [
-        name for name in _timm.list_models()
-        if _timm.models.model_entrypoint(name).__module__.startswith(_npe_models.__name__)
-    ]
-
-
 def _classifier_entrypoint(name: str):
     def entrypoint(pretrained: bool = False, **kwargs):
         return _timm.create_model(name, pretrained=pretrained, **kwargs)
@@ -32,5 +24,5 @@ def _classifier_entrypoint(name: str):
     return entrypoint
 
 
-for _name in _registered_classifiers():
+for _name in _npe_models.list_classifiers():
     globals()[_name] = _classifier_entrypoint(_name)

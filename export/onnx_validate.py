@@ -120,13 +120,6 @@ def sweep(names: Sequence[str]) -> int:
     return 1 if failures else 0
 
 
-def registered_models() -> list[str]:
-    return sorted(
-        name for name in timm.list_models()
-        if timm.models.model_entrypoint(name).__module__.startswith(npe_models.__name__)
-    )
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser, required=False)
@@ -139,7 +132,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="parity of these (default: all registered) models at random weights; no accuracy")
     args = parser.parse_args(argv)
     if args.sweep is not None:
-        return sweep(args.sweep or registered_models())
+        return sweep(args.sweep or npe_models.list_classifiers())
     if args.model is None:
         parser.error("give a model (or --sweep)")
     try:

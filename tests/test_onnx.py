@@ -30,9 +30,7 @@ from npe_models.onnx import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CLASSIFIERS = sorted(
-    name for name in timm.list_models() if timm.models.model_entrypoint(name).__module__.startswith("npe_models")
-)
+CLASSIFIERS = npe_models.list_classifiers()
 # ImageNet architectures are checked at 64x64 (ViT rebuilt for it) to keep the exports small.
 IMAGENET = {"resnet18_npe16", "resnet50_npe16", "convnext_tiny_npe16", "efficientnet_b0_npe16", "vit_small_patch16_224_npe16"}
 # Exports take 4-40 s each on 2 cores: the ResNet-20 family stays in the default suite, the rest is slow.
@@ -204,3 +202,20 @@ def test_failed_write_leaves_the_old_file_and_no_partial(tmp_path: Path, monkeyp
         export_onnx(model, target)
     assert target.read_bytes() == b"previous export"
     assert sorted(os.listdir(tmp_path)) == ["model.onnx"]
+
+
+def test_export_onnx_command(tmp_path: Path, capsys) -> None:
+    import argparse
+
+    from npe_models.export_cli import add_onnx_arguments, run_onnx
+
+    parser = add_onnx_arguments(argparse.ArgumentParser())
+    assert run_onnx(parser.parse_args(["resnet20_npe1", "-o", str(tmp_path / "m.onnx"), "--check", "--opset", "20"])) == 0
+    out = capsys.readouterr().out
+    assert "parity ok" in out and "resnet20, merged" in out
+    assert read_onnx_metadata(tmp_path / "m.onnx")["npe_architecture"] == "resnet20_npe1"
+    assert run_onnx(parser.parse_args(["resnet21", "-o", str(tmp_path / "x.onnx")])) == 1
+    assert "unknown model 'resnet21'" in capsys.readouterr().err
+    assert run_onnx(parser.parse_args(["resnet20", "--alpha", "0.5", "-o", str(tmp_path / "x.onnx")])) == 1
+    assert "--alpha needs a model with PEMs" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["m.onnx"]
