@@ -213,7 +213,13 @@ def load_cifar_lt(
     for name, split in (("training", train), ("test", test)):
         if len(split) == 0 or split.labels.min() < 0 or split.labels.max() >= num_classes:
             raise ValueError(f"{dataset} {name} labels must be in 0..{num_classes - 1}; check --data-dir / --dataset.")
-    largest = int(np.bincount(train.labels, minlength=num_classes).max())
+    per_class = np.bincount(train.labels, minlength=num_classes)
+    if (per_class == 0).any():
+        raise ValueError(
+            f"the training data in '{root}' has images of only {int((per_class > 0).sum())} of {dataset}'s "
+            f"{num_classes} classes; point --data-dir at {dataset} data."
+        )
+    largest = int(per_class.max())
     n_max = largest if max_per_class is None else max_per_class
     if not 1 <= n_max <= largest:
         raise ValueError(f"max_per_class must be in 1..{largest} (the largest class of {dataset}), got {max_per_class}.")

@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
+import timm
+
 __all__ = ["TrainConfig", "RECIPES", "METHODS", "RUNTIME_FIELDS", "resolve_config", "num_pems_of"]
 
 METHODS = ("ce", "la", "posthoc_la", "crt", "npe")
@@ -95,6 +97,10 @@ def _validate(config: TrainConfig) -> None:
     """Raise a clear error for settings that cannot train."""
     if config.method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}; got {config.method!r}.")
+    if not timm.is_model(config.model.split(".", 1)[0]):
+        raise ValueError(f"unknown model {config.model!r}; run `npe-models list` to see the available models.")
+    if not config.rho >= 1:
+        raise ValueError(f"rho (the imbalance ratio, largest / smallest class) must be >= 1, got {config.rho}.")
     pems = num_pems_of(config.model)
     if config.method == "npe" and pems == 0:
         raise ValueError(f"method 'npe' needs a model with PEMs, e.g. '{config.model}_npe16'; got {config.model!r}.")
