@@ -4,6 +4,7 @@
 from .losses import logit_adjusted_cross_entropy, one_way_logistic_loss, one_way_logistic_loss_from_true_class
 from .npe import NPEClassifierMixin, NPEHead, NPEOutput
 from .models import add_npe, list_classifiers
+from .models.segmentation import create_segmentation_model
 
 __version__ = "0.1.0"
 
@@ -12,6 +13,7 @@ __all__ = [
     "NPEHead",
     "NPEOutput",
     "add_npe",
+    "create_segmentation_model",
     "list_classifiers",
     "logit_adjusted_cross_entropy",
     "one_way_logistic_loss",

@@ -3,6 +3,7 @@ import timm
 
 from .cifar_resnet import CifarResNet
 from .timm_npe import add_npe
+from . import segmentation
 
 __all__ = ["CifarResNet", "add_npe", "list_classifiers"]
 

@@ -1,0 +1,584 @@
+"""NPE versions of torchvision's segmentation models and of a UNet with an FCN head.
+
+Names follow ``<arch>_npe<K>`` (``deeplabv3_resnet50_npe16``: 16 PEMs). The ``_npe1`` and
+``_npe16`` variants of every architecture in ``SEGMENTATION_ARCHITECTURES`` are registered with
+``torchvision.models.get_model`` / ``list_models``; ``create_segmentation_model`` builds any K,
+any PEM type, and the plain base models (the baselines). PEM types:
+
+- ``linear``: a 1x1 conv on the features that feed the final 1x1 classifier conv (an
+  :class:`~npe_models.npe.NPEHead`); ``timm.utils.reparameterize_model`` folds it into that
+  conv, before upsampling. LR-ASPP's classifier is two 1x1 convs whose outputs are summed
+  (``low_classifier`` on low-level features, ``high_classifier`` on the attention branch),
+  i.e. one 1x1 conv on the concatenation of both feature maps; its linear PEMs are the same
+  thing, so each of the two convs carries K PEM halves whose outputs are summed, and both fold.
+- ``fcn``: a single-layer FCN (3x3 conv, ReLU, dropout, 1x1 conv) on the backbone features the
+  decode head reads (LR-ASPP: its high-level features), as the paper's ``FCNHead`` PEM.
+- ``replica``: a copy of the decode head with its BatchNorm layers removed (the paper's ASPP
+  and UPerNet PEMs). ``fcn`` and ``replica`` PEMs are not linear in the classifier's features:
+  reparameterising keeps them and warns once, with :class:`PEMNotMergedWarning`.
+
+Like torchvision's builders, nothing is downloaded unless asked: ``weights`` (the base
+model's torchvision weights; PEMs stay fresh) and ``weights_backbone`` both default to None.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import re
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable, NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models import segmentation as tv_segmentation
+from torchvision.models.segmentation.fcn import FCN
+from torchvision.models.segmentation.lraspp import LRASPP
+
+from ..npe import PEM_INIT_STD, NPEHead, validate_npe_args
+
+__all__ = [
+    "DEFAULT_SEGMENTATION_ALPHA",
+    "PEM_TYPES",
+    "SEGMENTATION_ARCHITECTURES",
+    "DensePEMs",
+    "NPESegmentationMixin",
+    "NPESegmentationOutput",
+    "PEMNotMergedWarning",
+    "UNetBackbone",
+    "add_segmentation_npe",
+    "create_segmentation_model",
+    "list_segmentation_models",
+    "parse_segmentation_model_name",
+    "unet_fcn",
+]
+
+DEFAULT_SEGMENTATION_ALPHA = 0.1  # dense heads need alpha < 1 (0.1-0.2 in the paper): BatchNorm already rescaled rare classes
+PEM_TYPES = ("linear", "fcn", "replica")
+REGISTERED_NUM_PEMS = (1, 16)
+_NAME_PATTERN = re.compile(r"^(?P<arch>.+)_npe(?P<num_pems>\d+)$")
+
+
+class PEMNotMergedWarning(UserWarning):
+    """``reparameterize_model`` met PEMs (``fcn`` / ``replica``) that cannot be folded into the classifier."""
+
+
+class NPESegmentationOutput(NamedTuple):
+    """What ``forward_train`` returns for a dense model.
+
+    ``logits`` are the main logits ``(B, C, H, W)`` upsampled to the input size, ``pem_logits``
+    the PEM logits ``(K, B, C, h, w)`` at the resolution the PEMs produce (pass them to
+    ``npe_models.segmentation.dense_npe_loss``, which upsamples only each pixel's true class),
+    and ``aux_logits`` the auxiliary head's upsampled logits, or None without one.
+    """
+
+    logits: Tensor
+    pem_logits: Tensor
+    aux_logits: Optional[Tensor]
+
+
+def _upsample(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear resize to ``size`` exactly as torchvision's segmentation models do."""
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def _init_pem_convs(module: nn.Module) -> None:
+    """Every conv of a PEM drawn from N(0, 0.001) with zero bias, as the paper initialises PEMs."""
+    for conv in module.modules():
+        if isinstance(conv, nn.Conv2d):
+            nn.init.normal_(conv.weight, std=PEM_INIT_STD)
+            if conv.bias is not None:
+                nn.init.zeros_(conv.bias)
+
+
+def _with_bias(conv: nn.Conv2d) -> nn.Conv2d:
+    """A conv configured like ``conv`` but with a bias (it takes over the role of a removed BatchNorm's shift)."""
+    return nn.Conv2d(
+        conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+        dilation=conv.dilation, groups=conv.groups, bias=True, padding_mode=conv.padding_mode,
+        device=conv.weight.device, dtype=conv.weight.dtype,
+    )
+
+
+def _replica_head(head: nn.Module) -> nn.Module:
+    """A freshly initialised copy of a decode head without BatchNorm: each conv -> BN pair becomes one biased conv."""
+    replica = copy.deepcopy(head)
+    for sequence in [m for m in replica.modules() if isinstance(m, nn.Sequential)]:
+        for index in range(1, len(sequence)):
+            if isinstance(sequence[index], nn.BatchNorm2d) and isinstance(sequence[index - 1], nn.Conv2d):
+                sequence[index - 1] = _with_bias(sequence[index - 1])
+                sequence[index] = nn.Identity()
+    leftover = [name for name, m in replica.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if leftover:
+        raise ValueError(
+            f"cannot build a 'replica' PEM of {type(head).__name__}: BatchNorm layers {leftover} do not directly "
+            "follow a conv inside an nn.Sequential. Use pem_type='fcn' or 'linear' for this head."
+        )
+    _init_pem_convs(replica)
+    return replica
+
+
+def _fcn_pem(in_channels: int, channels: int, num_classes: int) -> nn.Sequential:
+    """The paper's single-layer FCN PEM: 3x3 conv, ReLU, dropout, 1x1 classifier conv; no BatchNorm."""
+    pem = nn.Sequential(
+        nn.Conv2d(in_channels, channels, 3, padding=1),
+        nn.ReLU(),
+        nn.Dropout(0.1),
+        nn.Conv2d(channels, num_classes, 1),
+    )
+    _init_pem_convs(pem)
+    return pem
+
+
+class DensePEMs(nn.ModuleList):
+    """K non-linear PEM heads (``fcn`` or ``replica``) applied to the same input; returns ``(K, B, C, h, w)``."""
+
+    def __init__(self, heads: list[nn.Module], pem_type: str) -> None:
+        super().__init__(heads)
+        self.pem_type = pem_type
+
+    def forward(self, x: Any) -> Tensor:
+        return torch.stack([head(x) for head in self])
+
+    def reparameterize(self) -> None:
+        """Called by ``reparameterize_model``: these PEMs cannot be folded, so they stay and a warning says why."""
+        warnings.warn(
+            f"{len(self)} '{self.pem_type}' PEM(s) kept: they are non-linear networks, not linear maps of the "
+            "classifier's input features, so reparameterize_model cannot fold them into the final 1x1 conv. "
+            "The model still returns NPE-LA logits but runs the PEMs at inference; use pem_type='linear' "
+            "for a model that costs the same as the plain one after merging.",
+            PEMNotMergedWarning,
+            stacklevel=2,
+        )
+
+    def extra_repr(self) -> str:
+        return f"pem_type={self.pem_type}"
+
+
+class NPESegmentationMixin:
+    """NPE for a torchvision segmentation model: PEMs, ``forward_train``, ``npe_estimate`` and NPE-LA in eval mode.
+
+    Training-mode ``forward`` is the base model's (main logits in ``"out"``); eval-mode ``forward``
+    returns NPE-LA logits ``z - alpha * eta`` in ``"out"``, upsampled to the input size, with
+    ``"aux"`` unchanged where the base model has an auxiliary head. The family mixins below say
+    where the PEMs read from and where linear PEMs sit (``_classifier_input``, ``_fcn_pem_input``,
+    ``_final_convs``, ``_linear_logits``).
+    """
+
+    pem_type: str
+    num_pems: int
+    t: int
+    pems: Optional[DensePEMs]
+
+    def _attach_pems(self, num_pems: int, pem_type: str, alpha: float, t: int) -> None:
+        self.pem_type, self.num_pems, self.t, self._alpha = pem_type, num_pems, t, float(alpha)
+        if pem_type == "linear":
+            self.pems = None
+            for parent, name in self._final_convs():
+                setattr(parent, name, NPEHead.from_layer(getattr(parent, name), num_pems, t=t, alpha=alpha))
+            return
+        final = getattr(*self._final_convs()[-1])
+        if pem_type == "fcn":
+            in_channels = next(m for m in self.classifier.modules() if isinstance(m, nn.Conv2d)).in_channels
+            heads = [_fcn_pem(in_channels, final.in_channels, final.out_channels) for _ in range(num_pems)]
+        else:
+            heads = [_replica_head(self.classifier) for _ in range(num_pems)]
+        self.pems = DensePEMs(heads, pem_type).to(final.weight.device)
+
+    @property
+    def alpha(self) -> float:
+        """NPE-LA strength used by eval-mode ``forward``; ``forward_logits_and_estimate`` allows any alpha."""
+        return self._alpha
+
+    @alpha.setter
+    def alpha(self, value: float) -> None:
+        validate_npe_args(self.num_pems, self.t, value)
+        if self.pem_type == "linear" and not self.npe_heads():
+            raise RuntimeError("alpha is folded into the classifier after reparameterize_model; set it before merging.")
+        self._alpha = float(value)
+        for head in self.npe_heads():
+            head.alpha = float(value)
+
+    @property
+    def sign(self) -> float:
+        """(-1)^t: maps PEM outputs to the log-prior estimate."""
+        return -1.0 if self.t == 1 else 1.0
+
+    def npe_heads(self) -> list[NPEHead]:
+        """The NPEHeads carrying linear PEMs (empty for fcn/replica PEMs and after merging)."""
+        return [m for m in self.modules() if isinstance(m, NPEHead)]
+
+    def _check_has_pems(self) -> None:
+        if self.pem_type == "linear" and not self.npe_heads():
+            raise RuntimeError(
+                f"{type(self).__name__} has no PEMs left: reparameterize_model folded them into the classifier. "
+                "Train or estimate priors with the unmerged model."
+            )
+
+    def _main_and_pem_logits(self, x: Tensor) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+        """Backbone features, main logits and PEM logits ``(K, B, C, h, w)`` at the heads' resolutions."""
+        self._check_has_pems()
+        features = self.backbone(x)
+        if self.pems is None:
+            logits, pem_logits = self._linear_logits(features)
+        else:
+            logits = self.classifier(self._classifier_input(features))
+            pem_input = self._fcn_pem_input(features) if self.pem_type == "fcn" else self._classifier_input(features)
+            pem_logits = self.pems(pem_input)
+        return features, logits, pem_logits
+
+    def _aux_logits(self, features: dict[str, Tensor], size: tuple[int, int]) -> Optional[Tensor]:
+        aux_classifier = getattr(self, "aux_classifier", None)
+        return None if aux_classifier is None else _upsample(aux_classifier(features["aux"]), size)
+
+    def forward_train(self, x: Tensor) -> NPESegmentationOutput:
+        """Main logits (upsampled), PEM logits (PEM resolution) and aux logits, for ``CE + dense_npe_loss``."""
+        size = x.shape[-2:]
+        features, logits, pem_logits = self._main_and_pem_logits(x)
+        return NPESegmentationOutput(_upsample(logits, size), pem_logits, self._aux_logits(features, size))
+
+    def forward_logits_and_estimate(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Main logits ``z`` and estimate ``eta``, both ``(B, C, H, W)``: NPE-LA at any alpha is ``z - alpha * eta``."""
+        size = x.shape[-2:]
+        _, logits, pem_logits = self._main_and_pem_logits(x)
+        return _upsample(logits, size), _upsample(pem_logits.mean(0) * self.sign, size)
+
+    def npe_estimate(self, x: Tensor) -> Tensor:
+        """The per-pixel log-prior estimate ``eta`` ``(B, C, H, W)`` for images ``x``."""
+        return self.forward_logits_and_estimate(x)[1]
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        """torchvision's ``{"out", "aux"}``: main logits in training mode, NPE-LA logits in eval mode."""
+        if self.training or self.pems is None:
+            return super().forward(x)  # linear PEMs: each NPEHead applies NPE-LA itself in eval mode
+        size = x.shape[-2:]
+        features, logits, pem_logits = self._main_and_pem_logits(x)
+        eta = pem_logits.mean(0) * self.sign
+        result = OrderedDict(out=_upsample(logits, size) - self._alpha * _upsample(eta, size))
+        aux = self._aux_logits(features, size)
+        if aux is not None:
+            result["aux"] = aux
+        return result
+
+
+class _NPESimpleSegmentation(NPESegmentationMixin):
+    """DeepLabV3, FCN and the UNet: ``classifier`` is an ``nn.Sequential`` ending in the 1x1 classifier conv."""
+
+    def _classifier_input(self, features: dict[str, Tensor]) -> Tensor:
+        return features["out"]
+
+    def _fcn_pem_input(self, features: dict[str, Tensor]) -> Tensor:
+        return features["out"]
+
+    def _final_convs(self) -> list[tuple[nn.Module, str]]:
+        return [(self.classifier, str(len(self.classifier) - 1))]
+
+    def _linear_logits(self, features: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        *body, final = self.classifier  # Sequential subclasses (DeepLabHead) cannot be sliced
+        hidden = features["out"]
+        for layer in body:
+            hidden = layer(hidden)
+        return final.forward_train(hidden)
+
+
+class _NPELRASPP(NPESegmentationMixin):
+    """LR-ASPP: the classifier reads the backbone's ``low`` and ``high`` features and sums two 1x1 convs."""
+
+    def _classifier_input(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
+        return features
+
+    def _fcn_pem_input(self, features: dict[str, Tensor]) -> Tensor:
+        return features["high"]
+
+    def _final_convs(self) -> list[tuple[nn.Module, str]]:
+        return [(self.classifier, "low_classifier"), (self.classifier, "high_classifier")]
+
+    def _linear_logits(self, features: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        head, low, high = self.classifier, features["low"], features["high"]
+        attention = _upsample(head.cbr(high) * head.scale(high), low.shape[-2:])  # as LRASPPHead.forward
+        low_logits, low_pems = head.low_classifier.forward_train(low)
+        high_logits, high_pems = head.high_classifier.forward_train(attention)
+        return low_logits + high_logits, low_pems + high_pems
+
+
+@functools.lru_cache(maxsize=None)
+def _npe_class(base_cls: type) -> type:
+    """One NPE subclass per torchvision segmentation class, created once and reused."""
+    family = _NPELRASPP if issubclass(base_cls, LRASPP) else _NPESimpleSegmentation
+    return type(f"NPE{base_cls.__name__}", (family, base_cls), {"__module__": __name__})
+
+
+def add_segmentation_npe(
+    model: nn.Module,
+    num_pems: int = 1,
+    pem_type: str = "linear",
+    alpha: float = DEFAULT_SEGMENTATION_ALPHA,
+    t: int = 1,
+) -> nn.Module:
+    """Give a torchvision segmentation model (DeepLabV3, FCN, LR-ASPP, or one built alike) ``num_pems`` PEMs in place.
+
+    The classifier keeps its weights; the model gains ``forward_train``, ``npe_estimate`` and
+    ``forward_logits_and_estimate``, and returns NPE-LA logits in eval mode. Returns the same object.
+    """
+    validate_npe_args(num_pems, t, alpha)
+    if pem_type not in PEM_TYPES:
+        raise ValueError(f"pem_type must be one of {PEM_TYPES}, got {pem_type!r}.")
+    if isinstance(model, NPESegmentationMixin):
+        raise ValueError(f"{type(model).__name__} already has PEMs; add_segmentation_npe applies once.")
+    simple = isinstance(model, tv_segmentation._utils._SimpleSegmentationModel) and isinstance(
+        getattr(model, "classifier", None), nn.Sequential
+    )
+    if not (simple or isinstance(model, LRASPP)):
+        raise TypeError(
+            "add_segmentation_npe needs a torchvision segmentation model (DeepLabV3, FCN or LRASPP) whose "
+            f"classifier ends in a 1x1 conv; got {type(model).__name__}."
+        )
+    model.__class__ = _npe_class(type(model))
+    model._attach_pems(num_pems, pem_type, alpha, t)
+    return model
+
+
+class _DoubleConv(nn.Sequential):
+    """Two 3x3 conv - BatchNorm - ReLU layers: one UNet stage."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+class _UpBlock(nn.Module):
+    """UNet decoder stage: upsample to the skip's size, 1x1 conv to its width, concatenate, two 3x3 convs."""
+
+    def __init__(self, in_channels: int, skip_channels: int) -> None:
+        super().__init__()
+        self.reduce = nn.Sequential(
+            nn.Conv2d(in_channels, skip_channels, 1, bias=False), nn.BatchNorm2d(skip_channels), nn.ReLU(inplace=True)
+        )
+        self.convs = _DoubleConv(2 * skip_channels, skip_channels)
+
+    def forward(self, x: Tensor, skip: Tensor) -> Tensor:
+        x = self.reduce(_upsample(x, skip.shape[-2:]))
+        return self.convs(torch.cat([skip, x], dim=1))
+
+
+class UNetBackbone(nn.Module):
+    """UNet encoder-decoder laid out as MMSegmentation's UNet-S5-D16 (the paper's STARE backbone).
+
+    ``num_stages`` encoder stages of two 3x3 convs, widths ``base_channels * 2**i``, max-pooling
+    between them (total stride 16 for 5 stages), and a mirrored decoder. Returns torchvision's
+    feature dict: ``"out"`` is the last decoder stage (full resolution, ``base_channels`` wide) and
+    ``"aux"`` the stage before it (half resolution, ``2 * base_channels``). Any input size works.
+    """
+
+    def __init__(self, in_channels: int = 3, base_channels: int = 64, num_stages: int = 5) -> None:
+        super().__init__()
+        if num_stages < 2:
+            raise ValueError(f"num_stages must be >= 2 (an encoder and a decoder stage), got {num_stages}.")
+        widths = [base_channels * 2**i for i in range(num_stages)]
+        self.encoder = nn.ModuleList([_DoubleConv(in_channels, widths[0])])
+        self.encoder.extend(nn.Sequential(nn.MaxPool2d(2), _DoubleConv(a, b)) for a, b in zip(widths, widths[1:]))
+        self.decoder = nn.ModuleList(_UpBlock(b, a) for a, b in reversed(list(zip(widths, widths[1:]))))
+        self.out_channels = widths[0]
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        skips = []
+        for stage in self.encoder:
+            x = stage(x)
+            skips.append(x)
+        outputs = [skips.pop()]
+        for block in self.decoder:
+            outputs.append(block(outputs[-1], skips.pop()))
+        return OrderedDict(out=outputs[-1], aux=outputs[-2])
+
+
+def _unet_fcn_head(in_channels: int, channels: int, num_classes: int) -> nn.Sequential:
+    """MMSegmentation's one-conv ``FCNHead`` in torchvision's layout: conv-BN-ReLU, dropout, 1x1 classifier."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(channels),
+        nn.ReLU(),
+        nn.Dropout(0.1),
+        nn.Conv2d(channels, num_classes, 1),
+    )
+
+
+def unet_fcn(
+    *,
+    weights: None = None,
+    progress: bool = True,
+    num_classes: Optional[int] = None,
+    aux_loss: Optional[bool] = None,
+    weights_backbone: None = None,
+    base_channels: int = 64,
+    num_stages: int = 5,
+    **kwargs: Any,
+) -> FCN:
+    """UNet (UNet-S5-D16 layout) with an FCN head, as torchvision's ``FCN``; 2 classes by default (STARE).
+
+    There are no published weights: ``weights`` / ``weights_backbone`` must be None (load a
+    checkpoint instead). ``aux_loss=True`` adds an FCN head on the half-resolution decoder stage.
+    """
+    if weights is not None or weights_backbone is not None:
+        raise ValueError("unet_fcn has no pretrained torchvision weights; leave weights/weights_backbone None "
+                         "and load a trained checkpoint with load_state_dict.")
+    if kwargs:
+        raise TypeError(f"unet_fcn got unexpected arguments {sorted(kwargs)}.")
+    num_classes = 2 if num_classes is None else num_classes
+    backbone = UNetBackbone(3, base_channels, num_stages)
+    width = backbone.out_channels
+    classifier = _unet_fcn_head(width, width, num_classes)
+    aux_classifier = _unet_fcn_head(2 * width, width, num_classes) if aux_loss else None
+    return FCN(backbone, classifier, aux_classifier)
+
+
+@dataclass(frozen=True)
+class _Architecture:
+    builder: Callable[..., nn.Module]
+    weights_enum: Optional[type]
+
+
+SEGMENTATION_ARCHITECTURES: dict[str, _Architecture] = {
+    "deeplabv3_resnet50": _Architecture(
+        tv_segmentation.deeplabv3_resnet50, tv_segmentation.DeepLabV3_ResNet50_Weights
+    ),
+    "deeplabv3_mobilenet_v3_large": _Architecture(
+        tv_segmentation.deeplabv3_mobilenet_v3_large, tv_segmentation.DeepLabV3_MobileNet_V3_Large_Weights
+    ),
+    "fcn_resnet50": _Architecture(tv_segmentation.fcn_resnet50, tv_segmentation.FCN_ResNet50_Weights),
+    "lraspp_mobilenet_v3_large": _Architecture(
+        tv_segmentation.lraspp_mobilenet_v3_large, tv_segmentation.LRASPP_MobileNet_V3_Large_Weights
+    ),
+    "unet_fcn": _Architecture(unet_fcn, None),
+}
+
+
+def _build_base(arch: str, **kwargs: Any) -> nn.Module:
+    """The plain base model from its builder; ``kwargs`` always name ``weights_backbone`` (torchvision would download)."""
+    if kwargs.get("aux_loss") is None:
+        kwargs.pop("aux_loss", None)  # lraspp rejects the argument; the others treat None as False
+    return SEGMENTATION_ARCHITECTURES[arch].builder(**kwargs)
+
+
+def parse_segmentation_model_name(name: str) -> tuple[str, Optional[int]]:
+    """Split ``<arch>_npe<K>`` into ``(arch, K)``; a bare architecture gives ``(arch, None)``."""
+    if not isinstance(name, str):
+        raise TypeError(f"model name must be a string, got {type(name).__name__}.")
+    match = _NAME_PATTERN.match(name)
+    arch, num_pems = (match["arch"], int(match["num_pems"])) if match else (name, None)
+    if arch not in SEGMENTATION_ARCHITECTURES:
+        raise ValueError(
+            f"unknown segmentation model {name!r}; expected one of {sorted(SEGMENTATION_ARCHITECTURES)}, "
+            "optionally followed by _npe<K> (e.g. deeplabv3_resnet50_npe16)."
+        )
+    return arch, num_pems
+
+
+def create_segmentation_model(
+    name: str,
+    *,
+    num_classes: Optional[int] = None,
+    num_pems: Optional[int] = None,
+    pem_type: str = "linear",
+    alpha: float = DEFAULT_SEGMENTATION_ALPHA,
+    t: int = 1,
+    weights: Any = None,
+    weights_backbone: Any = None,
+    aux_loss: Optional[bool] = None,
+    progress: bool = True,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build a segmentation model by name: ``<arch>_npe<K>``, or ``<arch>`` with ``num_pems`` (plain when None / 0).
+
+    ``weights`` / ``weights_backbone`` take the base architecture's torchvision weights (an
+    enum member or its name, e.g. ``"IMAGENET1K_V1"``); both default to None, so nothing is
+    downloaded unless asked. Extra keyword arguments go to the base builder
+    (``unet_fcn``: ``base_channels``, ``num_stages``).
+    """
+    arch, named_pems = parse_segmentation_model_name(name)
+    if named_pems is not None and num_pems is not None and num_pems != named_pems:
+        raise ValueError(f"{name!r} has {named_pems} PEMs by name but num_pems={num_pems}; pass one or the other.")
+    num_pems = named_pems if named_pems is not None else num_pems
+    model = _build_base(
+        arch, weights=weights, weights_backbone=weights_backbone, num_classes=num_classes, aux_loss=aux_loss,
+        progress=progress, **kwargs,
+    )
+    if not num_pems:
+        if named_pems == 0:
+            raise ValueError(f"{name!r} asks for 0 PEMs; use the plain name {arch!r} for a model without PEMs.")
+        return model
+    return add_segmentation_npe(model, num_pems, pem_type=pem_type, alpha=alpha, t=t)
+
+
+def _make_builder(arch: str, num_pems: int) -> Callable[..., nn.Module]:
+    """A torchvision-style builder (keyword-only, ``weights=None``) for ``<arch>_npe<num_pems>``."""
+
+    def builder(
+        *,
+        weights: Any = None,
+        progress: bool = True,
+        num_classes: Optional[int] = None,
+        pem_type: str = "linear",
+        alpha: float = DEFAULT_SEGMENTATION_ALPHA,
+        t: int = 1,
+        **kwargs: Any,
+    ) -> nn.Module:
+        return create_segmentation_model(
+            f"{arch}_npe{num_pems}", weights=weights, progress=progress, num_classes=num_classes,
+            pem_type=pem_type, alpha=alpha, t=t, **kwargs,
+        )
+
+    builder.__name__ = builder.__qualname__ = f"{arch}_npe{num_pems}"
+    builder.__module__ = __name__
+    builder.__doc__ = (
+        f"torchvision-style builder for ``{arch}`` with {num_pems} PEM(s) (``pem_type`` linear/fcn/replica); "
+        "``weights`` loads the base model's torchvision weights and keeps fresh PEMs; nothing downloads by default."
+    )
+    weights_enum = SEGMENTATION_ARCHITECTURES[arch].weights_enum
+    if weights_enum is not None:  # lets torchvision.models.get_model_weights(name) find the base weights
+        builder.__annotations__ = {**builder.__annotations__, "weights": Optional[weights_enum]}
+    return builder
+
+
+def _register_with_torchvision(name: str, builder: Callable[..., nn.Module]) -> None:
+    """Add ``builder`` to torchvision's model registry through its private helper, failing clearly if that changed."""
+    try:
+        from torchvision.models import _api
+        registry, register = _api.BUILTIN_MODELS, _api.register_model
+    except (ImportError, AttributeError) as error:
+        raise ImportError(
+            "npe_models registers its segmentation models through torchvision.models._api.register_model / "
+            f"BUILTIN_MODELS, which this torchvision lacks ({error}). Use npe_models.create_segmentation_model, "
+            "or install a torchvision version supported by npe_models."
+        ) from error
+    existing = registry.get(name)
+    if existing is not None:
+        if getattr(existing, "__module__", None) != __name__:
+            raise RuntimeError(
+                f"torchvision already has a model named {name!r} (from {getattr(existing, '__module__', '?')}); "
+                "npe_models will not overwrite it. Rename or unregister the other model."
+            )
+        del registry[name]  # this module was imported again (e.g. importlib.reload): replace our own entry
+    register(name)(builder)
+    if _api.get_model_builder(name) is not builder:
+        raise RuntimeError(
+            f"registering {name!r} with torchvision did not make get_model find it; torchvision's private registry "
+            "changed. Use npe_models.create_segmentation_model instead."
+        )
+
+
+def list_segmentation_models() -> list[str]:
+    """Names registered with torchvision by this module (``<arch>_npe<K>``)."""
+    return sorted(f"{arch}_npe{k}" for arch in SEGMENTATION_ARCHITECTURES for k in REGISTERED_NUM_PEMS)
+
+
+for _arch in SEGMENTATION_ARCHITECTURES:
+    for _num_pems in REGISTERED_NUM_PEMS:
+        _register_with_torchvision(f"{_arch}_npe{_num_pems}", _make_builder(_arch, _num_pems))
