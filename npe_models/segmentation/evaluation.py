@@ -1,0 +1,165 @@
+"""Evaluating segmentation models: whole-image or sliding-window inference, several NPE-LA strengths from one
+forward pass (NPE-LA is ``z - alpha * eta``), per-class metrics and overlay images of the predictions."""
+from __future__ import annotations
+
+import colorsys
+import math
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+from PIL import Image
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+from torchvision.utils import draw_segmentation_masks
+
+from ..engine.checkpoint import atomic_write
+from .losses import DEFAULT_IGNORE_INDEX
+from .metrics import SegmentationMetrics, confusion_matrix
+from .sampling import normalize_images
+from .training import has_pems
+
+__all__ = ["EVAL_MODES", "predict_logits", "evaluate_segmentation", "overlay_panels", "class_palette"]
+
+EVAL_MODES = ("whole", "slide")
+
+
+def _window_starts(size: int, crop: int, stride: int) -> list[int]:
+    """Window offsets covering ``size`` with windows of ``crop`` every ``stride``, the last one flush with the edge."""
+    if size <= crop:
+        return [0]
+    count = math.ceil((size - crop) / stride) + 1
+    return sorted({min(i * stride, size - crop) for i in range(count)})
+
+
+def _logits_and_estimate(model: nn.Module, images: Tensor, npe: bool) -> tuple[Tensor, Optional[Tensor]]:
+    if npe:
+        return model.forward_logits_and_estimate(images)
+    return model(images)["out"], None
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module,
+    images: Tensor,
+    mode: str = "whole",
+    crop_size: Optional[tuple[int, int]] = None,
+    stride: Optional[tuple[int, int]] = None,
+    window_batch: int = 16,
+) -> tuple[Tensor, Optional[Tensor]]:
+    """Main logits ``z`` and, for a model with PEMs, the estimate ``eta``; each ``(B, C, H, W)`` (``eta`` None otherwise).
+
+    ``mode="slide"`` runs ``crop_size`` windows every ``stride`` pixels (``window_batch`` at a
+    time) and averages the overlaps, as MMSegmentation's slide inference does.
+    """
+    if mode not in EVAL_MODES:
+        raise ValueError(f"mode must be one of {EVAL_MODES}, got {mode!r}.")
+    npe = has_pems(model)
+    if mode == "whole":
+        return _logits_and_estimate(model, images, npe)
+    if crop_size is None or stride is None or min(*crop_size, *stride) < 1:
+        raise ValueError(f"slide mode needs positive crop_size and stride, got {crop_size} and {stride}.")
+    height, width = images.shape[-2:]
+    crop_h, crop_w = min(crop_size[0], height), min(crop_size[1], width)
+    windows = [(top, left) for top in _window_starts(height, crop_h, stride[0])
+               for left in _window_starts(width, crop_w, stride[1])]
+    batch = images.shape[0]
+    logits_sum: Optional[Tensor] = None
+    estimate_sum: Optional[Tensor] = None
+    count = images.new_zeros(1, 1, height, width)
+    per_call = max(1, window_batch // batch)
+    for first in range(0, len(windows), per_call):
+        group = windows[first:first + per_call]
+        crops = torch.cat([images[:, :, t:t + crop_h, l:l + crop_w] for t, l in group])
+        logits, estimate = _logits_and_estimate(model, crops, npe)
+        if logits_sum is None:
+            logits_sum = images.new_zeros(batch, logits.shape[1], height, width)
+            estimate_sum = None if estimate is None else torch.zeros_like(logits_sum)
+        for i, (top, left) in enumerate(group):
+            part = slice(i * batch, (i + 1) * batch)
+            logits_sum[:, :, top:top + crop_h, left:left + crop_w] += logits[part]
+            if estimate_sum is not None:
+                estimate_sum[:, :, top:top + crop_h, left:left + crop_w] += estimate[part]
+            count[:, :, top:top + crop_h, left:left + crop_w] += 1
+    return logits_sum / count, None if estimate_sum is None else estimate_sum / count
+
+
+def class_palette(num_classes: int) -> list[tuple[int, int, int]]:
+    """Distinct, fixed RGB colours (evenly spaced hues)."""
+    colours = [colorsys.hsv_to_rgb(i / max(num_classes, 1), 0.9, 1.0) for i in range(num_classes)]
+    return [tuple(int(255 * c) for c in rgb) for rgb in colours]
+
+
+def overlay_panels(
+    image: Tensor, label_maps: Sequence[Tensor], num_classes: int, background_class: Optional[int] = 0,
+    opacity: float = 0.5,
+) -> Tensor:
+    """uint8 ``(3, H, W * n)``: the image with each label map drawn over it, side by side (``background_class`` undrawn)."""
+    palette = class_palette(num_classes)
+    drawn = [c for c in range(num_classes) if c != background_class]
+    panels = []
+    for labels in label_maps:
+        masks = torch.stack([labels == c for c in drawn]) if drawn else torch.zeros(0, *labels.shape, dtype=torch.bool)
+        panels.append(draw_segmentation_masks(image.cpu(), masks.cpu(), alpha=opacity, colors=[palette[c] for c in drawn]))
+    return torch.cat(panels, dim=-1)
+
+
+def _write_overlay(path: Path, panels: Tensor) -> None:
+    picture = Image.fromarray(panels.permute(1, 2, 0).contiguous().numpy())
+    atomic_write(path, lambda temp: picture.save(temp, format="PNG"))
+
+
+@torch.no_grad()
+def evaluate_segmentation(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    num_classes: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    alphas: Sequence[float] = (0.0,),
+    mode: str = "whole",
+    crop_size: Optional[tuple[int, int]] = None,
+    stride: Optional[tuple[int, int]] = None,
+    ignore_index: int = DEFAULT_IGNORE_INDEX,
+    device: Union[str, torch.device] = "cpu",
+    class_names: Optional[Sequence[str]] = None,
+    overlay_dir: Union[str, Path, None] = None,
+    num_overlays: int = 0,
+    on_image: Optional[Callable[[int], None]] = None,
+) -> dict[float, SegmentationMetrics]:
+    """Metrics of NPE-LA at every alpha in ``alphas`` over ``dataset``'s ``(uint8 image, mask)`` pairs, one pass.
+
+    alpha 0 is the main logits ``z`` (the baseline when the main head was frozen). A model
+    without PEMs (plain, or merged by ``reparameterize_model``) is evaluated as it is, under
+    alpha 0 only. With ``overlay_dir``, the first ``num_overlays`` images get a PNG: the ground
+    truth, then the prediction at each alpha, drawn over the image.
+    """
+    alphas = [float(a) for a in alphas]
+    if not alphas:
+        raise ValueError("alphas must name at least one NPE-LA strength (0 for the main logits).")
+    npe = has_pems(model)
+    if not npe and alphas != [0.0]:
+        raise ValueError(
+            f"{type(model).__name__} has no PEMs (plain or merged), so only its own output can be evaluated: "
+            "pass alphas=[0]."
+        )
+    model.eval().to(device)
+    confusions = {a: torch.zeros(num_classes, num_classes, dtype=torch.int64) for a in alphas}
+    ids = getattr(dataset, "ids", None)
+    for index in range(len(dataset)):
+        image, mask = dataset[index]
+        inputs = normalize_images(image[None].to(device), mean, std)
+        logits, estimate = predict_logits(model, inputs, mode, crop_size, stride)
+        predictions = {}
+        for alpha in alphas:
+            adjusted = logits if alpha == 0 or estimate is None else logits - alpha * estimate
+            predictions[alpha] = adjusted.argmax(1)[0].cpu()
+            confusions[alpha] += confusion_matrix(predictions[alpha], mask, num_classes, ignore_index)
+        if overlay_dir is not None and index < num_overlays:
+            name = ids[index] if ids is not None else f"{index:04d}"
+            panels = overlay_panels(image, [mask, *predictions.values()], num_classes)
+            _write_overlay(Path(overlay_dir) / f"{name}.png", panels)
+        if on_image is not None:
+            on_image(index)
+    return {a: SegmentationMetrics(confusions[a], class_names) for a in alphas}

@@ -1,0 +1,101 @@
+"""Segmentation metrics from a confusion matrix: per-class IoU, Dice and accuracy, their means, pixel accuracy.
+
+Definitions follow MMSegmentation: a class's accuracy is its recall (correct pixels over its
+ground-truth pixels); a class with no ground truth and no prediction has undefined (NaN)
+IoU and Dice and is left out of the means, as is the accuracy of a class with no ground truth.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["confusion_matrix", "SegmentationMetrics"]
+
+
+def confusion_matrix(prediction: Tensor, target: Tensor, num_classes: int, ignore_index: int = 255) -> Tensor:
+    """``(C, C)`` int64 counts, rows the target class and columns the predicted one; ``ignore_index`` pixels skipped."""
+    if prediction.shape != target.shape:
+        raise ValueError(f"prediction {tuple(prediction.shape)} and target {tuple(target.shape)} must have one shape.")
+    valid = target != ignore_index
+    target, prediction = target[valid].long(), prediction[valid].long()
+    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= num_classes):
+        raise ValueError(
+            f"target holds labels in [{int(target.min())}, {int(target.max())}] but num_classes={num_classes} "
+            f"(and ignore_index={ignore_index}); check the label encoding."
+        )
+    counts = torch.bincount(target * num_classes + prediction, minlength=num_classes * num_classes)
+    return counts.view(num_classes, num_classes).cpu()
+
+
+@dataclass
+class SegmentationMetrics:
+    """Metrics of one confusion matrix (rows target, columns prediction); per-class values are float64 tensors."""
+
+    confusion: Tensor
+    class_names: Optional[Sequence[str]] = None
+
+    @property
+    def _true_positive(self) -> Tensor:
+        return self.confusion.diagonal().double()
+
+    @property
+    def _target_area(self) -> Tensor:
+        return self.confusion.sum(1).double()
+
+    @property
+    def _predicted_area(self) -> Tensor:
+        return self.confusion.sum(0).double()
+
+    @property
+    def iou(self) -> Tensor:
+        """Per-class intersection over union."""
+        return self._true_positive / (self._target_area + self._predicted_area - self._true_positive)
+
+    @property
+    def dice(self) -> Tensor:
+        """Per-class Dice (F1): ``2 TP / (target area + predicted area)``."""
+        return 2 * self._true_positive / (self._target_area + self._predicted_area)
+
+    @property
+    def accuracy(self) -> Tensor:
+        """Per-class accuracy (recall): correct pixels over the class's ground-truth pixels."""
+        return self._true_positive / self._target_area
+
+    @property
+    def mean_iou(self) -> float:
+        return float(self.iou.nanmean())
+
+    @property
+    def mean_dice(self) -> float:
+        return float(self.dice.nanmean())
+
+    @property
+    def mean_accuracy(self) -> float:
+        return float(self.accuracy.nanmean())
+
+    @property
+    def pixel_accuracy(self) -> float:
+        """Correct pixels over all counted pixels (MMSegmentation's aAcc)."""
+        return float(self._true_positive.sum() / self.confusion.sum().clamp(min=1))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain numbers (NaN kept as None) for JSON: per-class lists and the means."""
+        names = list(self.class_names) if self.class_names else [str(i) for i in range(len(self.confusion))]
+
+        def as_list(values: Tensor) -> list[Optional[float]]:
+            return [None if torch.isnan(v) else float(v) for v in values]
+
+        return {
+            "classes": names,
+            "iou": as_list(self.iou),
+            "dice": as_list(self.dice),
+            "accuracy": as_list(self.accuracy),
+            "mean_iou": self.mean_iou,
+            "mean_dice": self.mean_dice,
+            "mean_accuracy": self.mean_accuracy,
+            "pixel_accuracy": self.pixel_accuracy,
+            "confusion": self.confusion.tolist(),
+        }
