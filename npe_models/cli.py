@@ -14,7 +14,10 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+
+if TYPE_CHECKING:
+    from .engine.config import TrainConfig
 
 __all__ = ["main", "build_parser", "Task", "TASKS"]
 
@@ -101,7 +104,8 @@ def _given_settings(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name) for name in _TRAIN_SETTINGS if getattr(args, name, None) is not None}
 
 
-def _resolve_train_config(args: argparse.Namespace):
+def _resolve_train_config(args: argparse.Namespace) -> "TrainConfig":
+    """The run's settings: the recipe plus the given options, or on --resume the run's config.json plus them."""
     from .engine.checkpoint import CONFIG_FILE, read_saved_config
     from .engine.config import METHODS_FROM_CE, TrainConfig, num_pems_of, resolve_config
 
@@ -114,6 +118,7 @@ def _resolve_train_config(args: argparse.Namespace):
         if args.recipe is not None:
             saved["recipe"] = args.recipe
         return TrainConfig.from_dict({**saved, **given})
+    given.setdefault("data_dir", _default_data_dir())
     method = args.method
     if method is None:
         method = "npe" if num_pems_of(given.get("model", "resnet32_npe16")) else "ce"
@@ -166,8 +171,14 @@ def _load_evaluation_model(args: argparse.Namespace):
     if not args.pretrained:
         raise ValueError(f"'{args.source}' is a model name: pass --pretrained to evaluate its pretrained weights.")
     try:
-        model = timm.create_model(args.source, pretrained=True)
+        cfg = timm.models.get_pretrained_cfg(args.source)
     except RuntimeError as error:
+        raise ValueError(f"{error} See `npe-models list --pretrained`.") from error
+    if cfg is None or not (cfg.url or cfg.hf_hub_id or cfg.file or cfg.state_dict):
+        raise ValueError(f"'{args.source}' has no pretrained weights; see `npe-models list --pretrained`.")
+    try:
+        model = timm.create_model(args.source, pretrained=True)
+    except (RuntimeError, OSError) as error:
         raise ValueError(f"could not load pretrained weights for '{args.source}': {error}") from error
     return model.eval(), None
 
@@ -189,7 +200,7 @@ def _evaluate_classification(args: argparse.Namespace) -> int:
     max_per_class = args.max_per_class or (config.max_per_class if config else None)
     data_dir = args.data_dir or (config.data_dir if config else None) or _default_data_dir()
     check_num_classes(model, CIFAR_NUM_CLASSES[dataset], args.source)
-    data = load_cifar_lt(data_dir, dataset, rho, args.download, max_per_class)
+    data = load_cifar_lt(data_dir, dataset, rho, bool(args.download), max_per_class)
     if args.merge:
         model = timm.utils.reparameterize_model(model)
     device = resolve_device(args.device or "auto")

@@ -87,46 +87,45 @@ class TrainConfig:
             data["milestones"] = tuple(data["milestones"])
         return cls(**data)
 
+    def validate(self) -> None:
+        """Raise a clear error for settings that cannot train."""
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}; got {self.method!r}.")
+        if not timm.is_model(self.model.split(".", 1)[0]):
+            raise ValueError(f"unknown model {self.model!r}; run `npe-models list` to see the available models.")
+        if not self.rho >= 1:
+            raise ValueError(f"rho (the imbalance ratio, largest / smallest class) must be >= 1, got {self.rho}.")
+        pems = num_pems_of(self.model)
+        if self.method == "npe" and pems == 0:
+            raise ValueError(f"method 'npe' needs a model with PEMs, e.g. '{self.model}_npe16'; got {self.model!r}.")
+        if self.method != "npe" and pems:
+            raise ValueError(
+                f"method {self.method!r} trains a plain model, but {self.model!r} has PEMs; use method 'npe' "
+                f"or the model without the '_npe{pems}' suffix."
+            )
+        if self.method in METHODS_FROM_CE and not self.init:
+            raise ValueError(f"method {self.method!r} starts from a trained CE model: pass --init RUN_DIR_OR_CHECKPOINT.")
+        if self.method == "posthoc_la" and self.epochs:
+            raise ValueError(f"method 'posthoc_la' adjusts a trained CE model and does not train; got epochs={self.epochs}.")
+        if self.schedule not in ("step", "cosine"):
+            raise ValueError(f"schedule must be 'step' or 'cosine', got {self.schedule!r}.")
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if getattr(self, name) < (0 if name == "epochs" else 1):
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
+        if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
+            raise ValueError(
+                f"need lr > 0, weight_decay >= 0 and 0 <= momentum < 1; got lr={self.lr}, "
+                f"weight_decay={self.weight_decay}, momentum={self.momentum}."
+            )
+        if list(self.milestones) != sorted(self.milestones):
+            raise ValueError(f"milestones must be increasing epochs, got {list(self.milestones)}.")
+        if self.eval_every < 0:
+            raise ValueError(f"eval_every must be >= 0 (0: only after the last epoch), got {self.eval_every}.")
+
     def differences(self, other: "TrainConfig") -> dict[str, tuple[Any, Any]]:
         """Settings (other than runtime ones) whose values differ: name -> (self's, other's)."""
         mine, theirs = self.to_dict(), other.to_dict()
         return {k: (mine[k], theirs[k]) for k in mine if k not in RUNTIME_FIELDS and mine[k] != theirs[k]}
-
-
-def _validate(config: TrainConfig) -> None:
-    """Raise a clear error for settings that cannot train."""
-    if config.method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}; got {config.method!r}.")
-    if not timm.is_model(config.model.split(".", 1)[0]):
-        raise ValueError(f"unknown model {config.model!r}; run `npe-models list` to see the available models.")
-    if not config.rho >= 1:
-        raise ValueError(f"rho (the imbalance ratio, largest / smallest class) must be >= 1, got {config.rho}.")
-    pems = num_pems_of(config.model)
-    if config.method == "npe" and pems == 0:
-        raise ValueError(f"method 'npe' needs a model with PEMs, e.g. '{config.model}_npe16'; got {config.model!r}.")
-    if config.method != "npe" and pems:
-        raise ValueError(
-            f"method {config.method!r} trains a plain model, but {config.model!r} has PEMs; use method 'npe' "
-            f"or the model without the '_npe{pems}' suffix."
-        )
-    if config.method in METHODS_FROM_CE and not config.init:
-        raise ValueError(f"method {config.method!r} starts from a trained CE model: pass --init RUN_DIR_OR_CHECKPOINT.")
-    if config.method == "posthoc_la" and config.epochs:
-        raise ValueError(f"method 'posthoc_la' adjusts a trained CE model and does not train; got epochs={config.epochs}.")
-    if config.schedule not in ("step", "cosine"):
-        raise ValueError(f"schedule must be 'step' or 'cosine', got {config.schedule!r}.")
-    for name in ("epochs", "batch_size", "eval_batch_size"):
-        if getattr(config, name) < (0 if name == "epochs" else 1):
-            raise ValueError(f"{name} must be positive, got {getattr(config, name)}.")
-    if config.lr <= 0 or config.weight_decay < 0 or not 0 <= config.momentum < 1:
-        raise ValueError(
-            f"need lr > 0, weight_decay >= 0 and 0 <= momentum < 1; got lr={config.lr}, "
-            f"weight_decay={config.weight_decay}, momentum={config.momentum}."
-        )
-    if list(config.milestones) != sorted(config.milestones):
-        raise ValueError(f"milestones must be increasing epochs, got {list(config.milestones)}.")
-    if config.eval_every < 0:
-        raise ValueError(f"eval_every must be >= 0 (0: only after the last epoch), got {config.eval_every}.")
 
 
 def resolve_config(recipe: str = "hp2", method: str = "npe", **overrides: Any) -> TrainConfig:
@@ -150,5 +149,5 @@ def resolve_config(recipe: str = "hp2", method: str = "npe", **overrides: Any) -
     if "milestones" in settings:
         settings["milestones"] = tuple(int(m) for m in settings["milestones"])
     config = TrainConfig(recipe=recipe, method=method, **settings)
-    _validate(config)
+    config.validate()
     return config

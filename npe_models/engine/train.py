@@ -78,17 +78,25 @@ class _TrainingForward(nn.Module):
 
 @contextlib.contextmanager
 def _determinism(enabled: bool, device: torch.device) -> Iterator[None]:
-    """Deterministic kernels (and no cuDNN autotuning) for the duration of a run, restoring the previous settings."""
-    previous = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)
+    """Deterministic kernels (and no cuDNN autotuning) for the duration of a run, restoring the previous settings.
+
+    On the CPU every kernel the engine uses is deterministic. On CUDA some backward kernels (e.g.
+    adaptive average pooling) have no deterministic version: they warn instead of failing.
+    """
+    previous = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+    )
     if enabled and device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(enabled)
+    torch.use_deterministic_algorithms(enabled, warn_only=device.type == "cuda")
     torch.backends.cudnn.benchmark = device.type == "cuda" and not enabled
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(previous[0])
-        torch.backends.cudnn.benchmark = previous[1]
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.backends.cudnn.benchmark = previous[2]
 
 
 def _group_accuracy(correct: np.ndarray, seen: np.ndarray, train_counts: np.ndarray) -> dict[str, Optional[float]]:
@@ -295,6 +303,11 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, context: Distribute
     _prepare_run_dir(config, run_dir, resume)
     barrier(context)
     run = _Run(config, run_dir, context, progress)
+    logger.info(
+        "%s (%s) on %s-LT rho=%g: %d training images, %d epochs, device %s, %d process(es) -> %s",
+        config.model, config.method, config.dataset, config.rho, len(run.data.train), config.epochs,
+        context.device, context.world_size, run_dir,
+    )
     start_epoch = 0
     checkpoint_path = run_dir / CHECKPOINT_FILE
     if resume and checkpoint_path.is_file():
@@ -335,6 +348,7 @@ def train(
     Under ``torchrun`` every process calls this; rank 0 writes the run directory. Raises
     :class:`NonFiniteLossError` when the loss diverges (the last good checkpoint stays).
     """
+    config.validate()
     run_dir = Path(out_dir)
     started_group = not dist.is_initialized()
     context = init_distributed(config.device)
