@@ -7,7 +7,7 @@ and step: per-image PIL random crop + flip + ToTensor + Normalize in two DataLoa
 Variants run interleaved in one process so their ratios share the machine's conditions.
 
     python benchmarks/bench_train_throughput.py --data-dir ../shared/data
-    python benchmarks/bench_train_throughput.py --variants npe16-b128 npe16-b128-nchw pil-npe16-b128
+    python benchmarks/bench_train_throughput.py --variants npe16-b128 npe16-b128-1thread --max-batches 20
 """
 from __future__ import annotations
 
@@ -29,14 +29,16 @@ from npe_models.engine.distributed import DistributedContext
 from npe_models.engine.train import _Run
 
 VARIANTS = {
-    # name: (model, batch size, channels_last, input pipeline)
-    "npe16-b128": ("resnet32_npe16", 128, True, "tensor"),
-    "plain-b128": ("resnet32", 128, True, "tensor"),
-    "npe16-b64": ("resnet32_npe16", 64, True, "tensor"),
-    "plain-b64": ("resnet32", 64, True, "tensor"),
-    "npe16-b128-nchw": ("resnet32_npe16", 128, False, "tensor"),
-    "pil-npe16-b128": ("resnet32_npe16", 128, False, "pil"),
+    # name: (model, batch size, channels_last, input pipeline, torch threads; None = torch's default)
+    "npe16-b128": ("resnet32_npe16", 128, True, "tensor", None),
+    "plain-b128": ("resnet32", 128, True, "tensor", None),
+    "npe16-b64": ("resnet32_npe16", 64, True, "tensor", None),
+    "plain-b64": ("resnet32", 64, True, "tensor", None),
+    "npe16-b128-nchw": ("resnet32_npe16", 128, False, "tensor", None),
+    "npe16-b128-1thread": ("resnet32_npe16", 128, True, "tensor", 1),
+    "pil-npe16-b128": ("resnet32_npe16", 128, False, "pil", None),
 }
+DEFAULT_VARIANTS = ["npe16-b128", "plain-b128", "npe16-b64", "plain-b64", "npe16-b128-nchw", "pil-npe16-b128"]
 
 
 def engine_epoch(model_name: str, batch_size: int, channels_last: bool, data_dir: str, max_batches: int | None) -> float:
@@ -88,7 +90,7 @@ def pil_epoch(model_name: str, batch_size: int, data_dir: str, max_batches: int 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=os.environ.get("NPE_DATA_DIR", "../shared/data"))
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
     parser.add_argument("--rounds", type=int, default=1, help="epochs per variant, interleaved across variants")
     parser.add_argument("--max-batches", type=int, help="stop each epoch after this many batches (quick checks)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the pil variant")
@@ -101,11 +103,14 @@ def main() -> None:
     results: dict[str, list[float]] = {name: [] for name in args.variants}
     for round_index in range(args.rounds):
         for name in args.variants:
-            model_name, batch_size, channels_last, pipeline = VARIANTS[name]
+            model_name, batch_size, channels_last, pipeline, threads = VARIANTS[name]
+            default_threads = torch.get_num_threads()
+            torch.set_num_threads(threads or default_threads)
             if pipeline == "pil":
                 rate = pil_epoch(model_name, batch_size, args.data_dir, args.max_batches, args.workers)
             else:
                 rate = engine_epoch(model_name, batch_size, channels_last, args.data_dir, args.max_batches)
+            torch.set_num_threads(default_threads)
             results[name].append(rate)
             print(f"round {round_index + 1} {name:<18} {rate:7.1f} images/s  (load {os.getloadavg()[0]:.2f})", flush=True)
     reference = "npe16-b128" if "npe16-b128" in results else args.variants[0]
@@ -113,7 +118,7 @@ def main() -> None:
     print(f"\n| variant | model | batch | images/s (median of {args.rounds}) | vs {reference} |")
     print("| --- | --- | --- | --- | --- |")
     for name, rates in results.items():
-        model_name, batch_size, _, _ = VARIANTS[name]
+        model_name, batch_size = VARIANTS[name][:2]
         median = float(np.median(rates))
         print(f"| {name} | {model_name} | {batch_size} | {median:.1f} | {median / base:.2f} |")
     if args.json:

@@ -10,6 +10,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ..data.cifar import GROUP_NAMES, class_groups
 from .checkpoint import atomic_write
 
 __all__ = ["plot_per_class_accuracy", "plot_estimate_vs_log_count", "save_evaluation_plots"]
@@ -35,13 +36,20 @@ def plot_per_class_accuracy(
     for offset, (variant, accuracy) in enumerate(per_class.items()):
         values = [np.nan if accuracy[c] is None else accuracy[c] for c in order]
         axes.bar(positions + (offset - (len(per_class) - 1) / 2) * width, values, width, label=_LABELS.get(variant, variant))
+    groups = class_groups(np.asarray(train_counts)[order])
+    for index, name in enumerate(GROUP_NAMES):
+        members = positions[groups == index]
+        if len(members):
+            axes.axvspan(members[0] - 0.5, members[-1] + 0.5, color=f"0.{9 - index}", alpha=0.3, zorder=0)
+            axes.text((members[0] + members[-1]) / 2, 101, name.capitalize(), ha="center", va="bottom", fontsize=8)
     axes.set_xlabel("class, most frequent first (training count)")
     axes.set_ylabel("test accuracy (%)")
     axes.set_ylim(0, 100)
+    axes.set_xlim(-0.5, len(order) - 0.5)
     if len(order) <= 20:
         axes.set_xticks(positions, [f"{c}\n({train_counts[c]})" for c in order], fontsize=7)
-    axes.legend(loc="lower left", fontsize=8)
-    axes.set_title(title, fontsize=9)
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    axes.set_title(title, fontsize=9, pad=14)
     _save(figure, path)
 
 
