@@ -196,6 +196,10 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp
 def test_crt_and_posthoc_la_start_from_the_ce_run(tiny_data, tmp_path):
     train(_config(tiny_data, epochs=1), tmp_path / "ce")
     ce = _weights(tmp_path / "ce")
+    (tmp_path / "unfinished").mkdir()
+    (tmp_path / "unfinished" / "checkpoint.pt").write_bytes((tmp_path / "ce" / "checkpoint.pt").read_bytes())
+    with pytest.raises(ValueError, match="has not finished"):
+        train(_config(tiny_data, method="crt", init=str(tmp_path / "unfinished")), tmp_path / "crt_early")
     train(_config(tiny_data, method="crt", init=str(tmp_path / "ce"), epochs=1), tmp_path / "crt")
     crt = _weights(tmp_path / "crt")
     for key, value in ce.items():

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..losses import logit_adjusted_cross_entropy, one_way_logistic_loss
-from .checkpoint import load_trained_model
+from .checkpoint import WEIGHTS_FILE, load_trained_model
 from .config import TrainConfig
 
 __all__ = ["TrainingMethod", "NPEMethod", "LogitAdjustedMethod", "ClassifierRetraining", "PosthocLogitAdjustment", "make_method"]
@@ -77,7 +77,12 @@ class NPEMethod(TrainingMethod):
 
 
 def _load_ce_weights(model: nn.Module, init: Union[str, Path], config: TrainConfig, num_classes: int) -> None:
-    """Copy a trained model's weights (a run directory or checkpoint of the same architecture) into ``model``."""
+    """Copy a trained model's weights (a finished run directory or a checkpoint file) into ``model``."""
+    if Path(init).is_dir() and not (Path(init) / WEIGHTS_FILE).is_file():
+        raise ValueError(
+            f"--init {init} is a run directory that has not finished (no {WEIGHTS_FILE}); finish it with --resume, "
+            f"or pass one of its checkpoint files explicitly."
+        )
     trained, trained_config = load_trained_model(init, config.model, num_classes)
     if trained_config is not None and trained_config.model != config.model:
         raise ValueError(
