@@ -28,12 +28,11 @@ def test_stare_split_and_annotations(data_dir: Path) -> None:
         StareSegmentation(data_dir / "missing")
 
 
-def _evaluate(checkpoint: Path, data_dir: Path, output: Path, alphas: list[str], annotations: list[str]) -> dict:
-    status = main(["evaluate", "--checkpoint", str(checkpoint), "--data-dir", str(data_dir), "--device", "cpu",
-                   "--mode", "whole", "--alpha", *alphas, "--annotation", *annotations, "--overlays", "1",
-                   "--output-json", str(output)])
+def _evaluate(run: Path, data_dir: Path, alphas: list[str], annotations: list[str]) -> dict:
+    status = main(["evaluate", str(run), "--data-dir", str(data_dir), "--device", "cpu", "--mode", "whole",
+                   "--alphas", *alphas, "--annotation", *annotations, "--overlays", "1"])
     assert status == 0
-    return json.loads(output.read_text())["results"]
+    return json.loads((run / "eval" / "metrics.json").read_text())["results"]
 
 
 def test_short_stare_run_baseline_then_frozen_pem(data_dir: Path, tmp_path: Path) -> None:
@@ -41,15 +40,16 @@ def test_short_stare_run_baseline_then_frozen_pem(data_dir: Path, tmp_path: Path
               "--crop-size", "64", "--batch-size", "4"]
     baseline, npe = tmp_path / "baseline", tmp_path / "npe"
     assert main(["train", "--model", "unet_fcn", "--no-freeze-backbone", "--iterations", "20", "--lr", "0.05",
-                 "--schedule", "poly", "--output", str(baseline), *common]) == 0
+                 "--lr-schedule", "poly", "--out", str(baseline), *common]) == 0
     assert main(["train", "--model", "unet_fcn_npe1", "--freeze-decode-head", "--iterations", "20",
-                 "--milestones", "10", "15", "--init-from", str(baseline), "--output", str(npe), *common]) == 0
+                 "--milestones", "10", "15", "--init", str(baseline), "--out", str(npe), *common]) == 0
+    assert main(["train", "--model", "unet_fcn_npe1", "--iterations", "20", "--out", str(npe), *common]) == 1
     log = [json.loads(line) for line in (npe / "log.jsonl").read_text().splitlines()]
     assert set(log[-1]) >= {"npe", "loss"} and "ce" not in log[-1]  # only the PEM trains
     assert log[-1]["npe"] < log[0]["npe"]
 
-    plain = _evaluate(baseline, data_dir, tmp_path / "baseline.json", ["0"], ["ah"])
-    adjusted = _evaluate(npe, data_dir, tmp_path / "npe.json", ["0", "1", "0.2"], ["ah", "vk"])
+    plain = _evaluate(baseline, data_dir, ["0"], ["ah"])
+    adjusted = _evaluate(npe, data_dir, ["0", "1", "0.2"], ["ah", "vk"])
     # alpha 0 of the frozen model is exactly the baseline: nothing frozen moved
     assert adjusted["ah"]["0.0"]["confusion"] == plain["ah"]["0.0"]["confusion"]
     for annotation, images in (("ah", 8), ("vk", 10)):
@@ -57,4 +57,4 @@ def test_short_stare_run_baseline_then_frozen_pem(data_dir: Path, tmp_path: Path
         assert sorted(adjusted[annotation]) == ["0.0", "0.2", "1.0"]
         for metrics in adjusted[annotation].values():
             assert 0 <= metrics["mean_dice"] <= 1 and len(metrics["dice"]) == 2
-    assert (npe / "overlays" / "ah" / "im0162.png").is_file()
+    assert (npe / "eval" / "overlays" / "ah" / "im0162.png").is_file()

@@ -1,6 +1,7 @@
 """Segmentation training and evaluation: frozen parts, resuming, crops, metrics, sliding windows, several alphas."""
 from __future__ import annotations
 
+import argparse
 import math
 from collections import OrderedDict
 from pathlib import Path
@@ -25,7 +26,7 @@ from npe_models.segmentation import (
     set_train_mode,
     train_segmentation,
 )
-from npe_models.segmentation.cli import is_segmentation_model
+from npe_models.segmentation.cli import add_evaluate_arguments, add_train_arguments, is_segmentation_model
 
 
 class _Blobs(Dataset):
@@ -109,15 +110,18 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path: Path) -> None:
     train_segmentation(interrupted, _Blobs(), _train_config(iterations=2, freeze_backbone=False), model_config,
                        output_dir=tmp_path / "resumed")
     resumed = model_config.build()  # fresh weights: everything must come from the checkpoint
+    with pytest.raises(FileExistsError, match="resume"):
+        train_segmentation(resumed, _Blobs(), _train_config(iterations=4, freeze_backbone=False), model_config,
+                           output_dir=tmp_path / "resumed")
     record = train_segmentation(resumed, _Blobs(), _train_config(iterations=4, freeze_backbone=False), model_config,
-                                output_dir=tmp_path / "resumed")
+                                output_dir=tmp_path / "resumed", resume=True)
     assert record["iteration"] == 4
     for name, value in straight.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[name], value, rtol=0, atol=0, msg=name)
     assert (tmp_path / "resumed" / "model.safetensors").is_file()
     with pytest.raises(ValueError, match="lr"):
         train_segmentation(model_config.build(), _Blobs(), _train_config(iterations=5, freeze_backbone=False, lr=0.1),
-                           model_config, output_dir=tmp_path / "resumed")
+                           model_config, output_dir=tmp_path / "resumed", resume=True)
 
 
 def test_random_crops_are_seeded_and_padded() -> None:
@@ -206,3 +210,18 @@ def test_several_alphas_in_one_pass_match_the_models_own_output(tmp_path: Path) 
 def test_is_segmentation_model() -> None:
     assert is_segmentation_model("unet_fcn") and is_segmentation_model("deeplabv3_resnet50_npe16")
     assert not is_segmentation_model("resnet32_npe16") and not is_segmentation_model("unet_fcn_npe")
+
+
+def test_cli_hooks_reuse_options_a_shared_parser_already_defines() -> None:
+    parser = argparse.ArgumentParser()
+    for flag in ("--model", "--out", "--lr", "--init", "--npe-alpha"):  # shared / another task's options
+        parser.add_argument(flag)
+    parser.add_argument("--milestones", type=int, nargs="*")
+    add_train_arguments(parser)
+    args = parser.parse_args(["--model", "unet_fcn_npe1", "--out", "run", "--milestones", "5", "9",
+                              "--lr-schedule", "poly", "--crop-size", "64x48", "--model-arg", "base_channels=8"])
+    assert args.milestones == [5, 9] and args.crop_size == (64, 48) and args.model_arg == [("base_channels", 8)]
+    evaluate = argparse.ArgumentParser()
+    evaluate.add_argument("source")
+    add_evaluate_arguments(evaluate)
+    assert evaluate.parse_args(["run", "--alphas", "0", "0.1"]).alphas == [0.0, 0.1]

@@ -1,9 +1,12 @@
 """Command line for segmentation: training and evaluation of the NPE segmentation models on STARE.
 
-``npe_models.cli`` routes ``npe-models train`` / ``evaluate`` here when
-``is_segmentation_model(--model)`` holds (``add_train_arguments`` / ``run_train`` and
-``add_evaluate_arguments`` / ``run_evaluate``); ``python -m npe_models.segmentation.cli
-train|evaluate ...`` runs the same code directly.
+``npe-models train`` / ``evaluate`` plug these hooks in as a task: their parsers already define
+the shared options (``--model``, ``--dataset``, ``--data-dir``, ``--device``, ``--batch-size``,
+``--lr``, ``--momentum``, ``--weight-decay``, ``--seed``, ``--out``, ``--resume``; evaluate's
+``source`` and ``--merge``), which the hooks read, and ``add_*_arguments`` add the segmentation
+options, reusing options another task already defined with the same meaning (``--npe-alpha``,
+``--npe-t``, ``--init``, ``--milestones``, ``--gamma``). ``python -m npe_models.segmentation.cli
+train|evaluate ...`` builds the same command on its own.
 """
 from __future__ import annotations
 
@@ -14,12 +17,13 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import torch
+from timm.utils import reparameterize_model
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from ..data.stare import STARE_ANNOTATIONS, STARE_CLASSES, STARE_SPLITS, StareSegmentation
 from ..engine.checkpoint import write_json
+from ..engine.distributed import resolve_device
 from ..models.segmentation import DEFAULT_SEGMENTATION_ALPHA, PEM_TYPES, parse_segmentation_model_name
 from .checkpoint import load_segmentation_model, load_weights_for_pem_training
 from .config import SCHEDULES, SegmentationModelConfig, SegmentationTrainConfig
@@ -27,13 +31,21 @@ from .evaluation import EVAL_MODES, evaluate_segmentation
 from .metrics import SegmentationMetrics
 from .training import has_pems, train_segmentation
 
-__all__ = ["is_segmentation_model", "add_train_arguments", "run_train", "add_evaluate_arguments", "run_evaluate", "main"]
+__all__ = [
+    "SEGMENTATION_DATASETS",
+    "is_segmentation_model",
+    "add_train_arguments",
+    "run_train",
+    "add_evaluate_arguments",
+    "run_evaluate",
+    "main",
+]
 
 SEGMENTATION_DATASETS = {"stare": STARE_CLASSES}
 _TRAIN_DEFAULTS = SegmentationTrainConfig()
 
 
-def is_segmentation_model(name: str) -> bool:
+def is_segmentation_model(name: Optional[str]) -> bool:
     """Whether ``name`` is a segmentation model this package builds (``unet_fcn``, ``deeplabv3_resnet50_npe16`` ...)."""
     try:
         parse_segmentation_model_name(name)
@@ -64,113 +76,151 @@ def _model_arg(text: str) -> tuple[str, Any]:
         return key, value
 
 
-def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", default="stare", choices=sorted(SEGMENTATION_DATASETS), help="data set")
-    parser.add_argument("--data-dir", default=os.environ.get("NPE_DATA_DIR"),
-                        help="root of the data sets (holding stare/stare.npz); default $NPE_DATA_DIR")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+def _add_unless_defined(group: Any, *flags: str, **kwargs: Any) -> None:
+    """Add an option another task (or the shared parser) may already define with the same meaning."""
+    try:
+        group.add_argument(*flags, **kwargs)
+    except argparse.ArgumentError:
+        pass  # defined already: the run functions read it and fill in the segmentation default
+
+
+def _setting(args: argparse.Namespace, name: str, default: Any) -> Any:
+    value = getattr(args, name, None)
+    return default if value is None else value
+
+
+def _add_shared_arguments(parser: argparse.ArgumentParser, training: bool) -> None:
+    """The options ``npe-models`` shares between tasks, for the stand-alone command."""
+    if training:
+        parser.add_argument("--model", required=True,
+                            help="unet_fcn, deeplabv3_resnet50, ... (plain baseline) or <arch>_npe<K> (K PEMs)")
+        parser.add_argument("--out", required=True, help="run directory (config.json, log.jsonl, checkpoint.pt, "
+                            "model.safetensors)")
+        parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+        parser.add_argument("--batch-size", type=int, help=f"crops per step (default: {_TRAIN_DEFAULTS.batch_size})")
+        parser.add_argument("--lr", type=float, help=f"initial SGD learning rate (default: {_TRAIN_DEFAULTS.lr})")
+        parser.add_argument("--momentum", type=float, help=f"SGD momentum (default: {_TRAIN_DEFAULTS.momentum})")
+        parser.add_argument("--weight-decay", type=float,
+                            help=f"weight decay (default: {_TRAIN_DEFAULTS.weight_decay})")
+        parser.add_argument("--seed", type=int, help="seed of crops, flips and dropout (default: 0)")
+        parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    else:
+        parser.add_argument("source", help="segmentation run directory or its model.safetensors")
+        parser.add_argument("--out", help="folder for metrics.json and overlays (default: RUN/eval)")
+        parser.add_argument("--merge", action="store_true", help="fold linear PEMs into the classifier first")
+    parser.add_argument("--dataset", choices=sorted(SEGMENTATION_DATASETS), help="data set (default: stare)")
+    parser.add_argument("--data-dir", help="root of the data sets, holding stare/stare.npz (default: $NPE_DATA_DIR)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: auto)")
 
 
 def _dataset(args: argparse.Namespace, split: str, annotation: str) -> Dataset:
-    if not args.data_dir:
+    dataset = _setting(args, "dataset", "stare")
+    if dataset not in SEGMENTATION_DATASETS:
+        raise ValueError(f"{dataset!r} is not a segmentation data set; use one of {sorted(SEGMENTATION_DATASETS)}.")
+    data_dir = _setting(args, "data_dir", os.environ.get("NPE_DATA_DIR"))
+    if not data_dir:
         raise FileNotFoundError("no data directory: pass --data-dir (e.g. ../shared/data) or set NPE_DATA_DIR.")
-    return StareSegmentation(args.data_dir, split, annotation)
+    return StareSegmentation(data_dir, split, annotation)
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """Every option ``run_train`` reads, including ``--model``; call it on a fresh (sub)parser."""
-    model = parser.add_argument_group("model")
-    model.add_argument("--model", required=True,
-                       help="unet_fcn, deeplabv3_resnet50, ... (plain baseline) or <arch>_npe<K> (K PEMs)")
-    model.add_argument("--num-pems", type=int, default=None, help="PEMs for a plain architecture name")
-    model.add_argument("--pem-type", default="linear", choices=PEM_TYPES, help="PEM architecture")
-    model.add_argument("--alpha", type=float, default=DEFAULT_SEGMENTATION_ALPHA,
-                       help="NPE-LA strength stored in the model (evaluate can try others)")
-    model.add_argument("--num-classes", type=int, default=None, help="default: the data set's class count")
-    model.add_argument("--aux-loss", action="store_true", help="add the auxiliary FCN head (not LR-ASPP)")
-    model.add_argument("--model-arg", type=_model_arg, action="append", default=[], metavar="KEY=VALUE",
+    """Add the segmentation training options to ``npe-models train``'s parser (which holds the shared ones)."""
+    group = parser.add_argument_group("segmentation (STARE; --model unet_fcn, <arch>_npe<K>, ...)")
+    group.add_argument("--num-pems", type=int, help="PEMs for a plain architecture name (default: none / from name)")
+    group.add_argument("--pem-type", choices=PEM_TYPES, help="PEM architecture (default: linear)")
+    group.add_argument("--num-classes", type=int, help="default: the data set's class count")
+    group.add_argument("--aux-loss", action="store_true", help="add the auxiliary FCN head (not for LR-ASPP)")
+    group.add_argument("--model-arg", type=_model_arg, action="append", default=[], metavar="KEY=VALUE",
                        help="extra builder argument, e.g. base_channels=32 for unet_fcn (repeatable)")
-    model.add_argument("--weights", default=None, help="torchvision weights of the base model, e.g. DEFAULT")
-    model.add_argument("--weights-backbone", default=None, help="torchvision backbone weights, e.g. IMAGENET1K_V1")
-    model.add_argument("--init-from", default=None,
-                       help="run directory or .safetensors to start from (e.g. the baseline); PEMs stay fresh")
-    data = parser.add_argument_group("data")
-    _add_data_arguments(data)
-    data.add_argument("--annotation", default="ah", choices=sorted(STARE_ANNOTATIONS), help="STARE training masks")
-    train = parser.add_argument_group("training")
-    train.add_argument("--output", required=True, help="run directory (resumed when it holds a checkpoint)")
-    train.add_argument("--iterations", type=int, default=_TRAIN_DEFAULTS.iterations)
-    train.add_argument("--batch-size", type=int, default=_TRAIN_DEFAULTS.batch_size)
-    train.add_argument("--crop-size", type=_size, default=_TRAIN_DEFAULTS.crop_size, help="random crop, e.g. 128")
-    train.add_argument("--lr", type=float, default=_TRAIN_DEFAULTS.lr)
-    train.add_argument("--momentum", type=float, default=_TRAIN_DEFAULTS.momentum)
-    train.add_argument("--weight-decay", type=float, default=_TRAIN_DEFAULTS.weight_decay)
-    train.add_argument("--schedule", default=_TRAIN_DEFAULTS.schedule, choices=SCHEDULES)
-    train.add_argument("--milestones", type=int, nargs="*", default=list(_TRAIN_DEFAULTS.milestones),
-                       help="multistep: iterations where lr is multiplied by --gamma")
-    train.add_argument("--gamma", type=float, default=_TRAIN_DEFAULTS.gamma)
-    train.add_argument("--aux-weight", type=float, default=_TRAIN_DEFAULTS.aux_weight)
-    train.add_argument("--freeze-backbone", action=argparse.BooleanOptionalAction,
-                       default=_TRAIN_DEFAULTS.freeze_backbone, help="freeze the backbone (BatchNorm in eval mode)")
-    train.add_argument("--freeze-decode-head", action="store_true", help="also freeze the decode and aux heads")
-    train.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
-    train.add_argument("--seed", type=int, default=_TRAIN_DEFAULTS.seed)
-    train.add_argument("--checkpoint-every", type=int, default=_TRAIN_DEFAULTS.checkpoint_every)
+    group.add_argument("--weights", help="torchvision weights of the base model, e.g. DEFAULT (downloads)")
+    group.add_argument("--weights-backbone", help="torchvision backbone weights, e.g. IMAGENET1K_V1 (downloads)")
+    group.add_argument("--annotation", choices=sorted(STARE_ANNOTATIONS), help="STARE training masks (default: ah)")
+    group.add_argument("--iterations", type=int, help=f"SGD steps (default: {_TRAIN_DEFAULTS.iterations})")
+    group.add_argument("--crop-size", type=_size, help="random training crop, e.g. 128 or 128x96 (default: 128)")
+    group.add_argument("--lr-schedule", choices=SCHEDULES, help="multistep (at --milestones) or poly (default: multistep)")
+    group.add_argument("--aux-weight", type=float, help=f"auxiliary loss weight (default: {_TRAIN_DEFAULTS.aux_weight})")
+    group.add_argument("--freeze-backbone", action=argparse.BooleanOptionalAction, default=None,
+                       help="freeze the backbone, BatchNorm in eval mode (default: on)")
+    group.add_argument("--freeze-decode-head", action="store_true", help="also freeze the decode and aux heads")
+    group.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
+    group.add_argument("--checkpoint-every", type=int, help="iterations between checkpoints (default: 100)")
+    _add_unless_defined(group, "--npe-alpha", type=float, help="NPE-LA strength stored in the model")
+    _add_unless_defined(group, "--npe-t", type=int, choices=(0, 1), help="PEM sign convention t (default: 1)")
+    _add_unless_defined(group, "--init", help="trained run directory or .safetensors to start from")
+    _add_unless_defined(group, "--milestones", type=int, nargs="*", help="steps at which lr is multiplied by --gamma")
+    _add_unless_defined(group, "--gamma", type=float, help="multistep factor (default: 0.1)")
+
+
+def _train_config(args: argparse.Namespace) -> SegmentationTrainConfig:
+    defaults = _TRAIN_DEFAULTS
+    return SegmentationTrainConfig(
+        iterations=_setting(args, "iterations", defaults.iterations),
+        batch_size=_setting(args, "batch_size", defaults.batch_size),
+        crop_size=_setting(args, "crop_size", defaults.crop_size),
+        lr=_setting(args, "lr", defaults.lr),
+        momentum=_setting(args, "momentum", defaults.momentum),
+        weight_decay=_setting(args, "weight_decay", defaults.weight_decay),
+        schedule=_setting(args, "lr_schedule", defaults.schedule),
+        milestones=tuple(_setting(args, "milestones", defaults.milestones)),
+        gamma=_setting(args, "gamma", defaults.gamma),
+        aux_weight=_setting(args, "aux_weight", defaults.aux_weight),
+        freeze_backbone=_setting(args, "freeze_backbone", defaults.freeze_backbone),
+        freeze_decode_head=bool(args.freeze_decode_head),
+        flip=not args.no_flip,
+        seed=_setting(args, "seed", defaults.seed),
+        checkpoint_every=_setting(args, "checkpoint_every", defaults.checkpoint_every),
+    )
 
 
 def run_train(args: argparse.Namespace) -> int:
     """Build, train and save a segmentation model from parsed arguments; returns the exit status."""
-    classes = SEGMENTATION_DATASETS[args.dataset]
-    dataset = _dataset(args, "train", args.annotation)
+    if not is_segmentation_model(args.model):
+        raise ValueError(f"--model {args.model!r} is not a segmentation model; e.g. unet_fcn or unet_fcn_npe1.")
+    classes = SEGMENTATION_DATASETS[_setting(args, "dataset", "stare")]
+    annotation = _setting(args, "annotation", "ah")
+    dataset = _dataset(args, "train", annotation)
     model_config = SegmentationModelConfig(
-        name=args.model, num_classes=args.num_classes or len(classes), num_pems=args.num_pems,
-        pem_type=args.pem_type, alpha=args.alpha, aux_loss=args.aux_loss or None,
-        model_kwargs=dict(args.model_arg), class_names=list(classes),
+        name=args.model, num_classes=_setting(args, "num_classes", len(classes)), num_pems=args.num_pems,
+        pem_type=_setting(args, "pem_type", "linear"), alpha=_setting(args, "npe_alpha", DEFAULT_SEGMENTATION_ALPHA),
+        t=_setting(args, "npe_t", 1), aux_loss=args.aux_loss or None, model_kwargs=dict(args.model_arg),
+        class_names=list(classes),
     )
+    config = _train_config(args)
     model = model_config.build(weights=args.weights, weights_backbone=args.weights_backbone)
-    if args.init_from:
-        load_weights_for_pem_training(model, args.init_from)
-    elif args.freeze_backbone and not (args.weights or args.weights_backbone):
-        print("warning: freezing a randomly initialised backbone; pass --init-from, --weights(-backbone) "
+    if args.init:
+        load_weights_for_pem_training(model, args.init)
+    elif config.freeze_backbone and not (args.weights or args.weights_backbone):
+        print("warning: the backbone is frozen but randomly initialised; pass --init, --weights(-backbone) "
               "or --no-freeze-backbone", file=sys.stderr)
-    config = SegmentationTrainConfig(
-        iterations=args.iterations, batch_size=args.batch_size, crop_size=args.crop_size, lr=args.lr,
-        momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule,
-        milestones=tuple(args.milestones), gamma=args.gamma, aux_weight=args.aux_weight,
-        freeze_backbone=args.freeze_backbone, freeze_decode_head=args.freeze_decode_head, flip=not args.no_flip,
-        seed=args.seed, checkpoint_every=args.checkpoint_every,
-    )
-    data_info = {"dataset": args.dataset, "annotation": args.annotation, "images": list(dataset.ids),
-                 "init_from": args.init_from, "weights": args.weights, "weights_backbone": args.weights_backbone}
-    with tqdm(total=config.iterations, desc=f"train {args.model}", unit="it") as bar:
+    data_info = {"dataset": _setting(args, "dataset", "stare"), "annotation": annotation, "images": list(dataset.ids),
+                 "init": args.init, "weights": args.weights, "weights_backbone": args.weights_backbone}
+    device = resolve_device(_setting(args, "device", "auto"))
+    with tqdm(total=config.iterations, desc=f"train {args.model}", unit="it",
+              disable=bool(getattr(args, "no_progress", False))) as bar:
         def on_step(iteration: int, record: dict[str, float]) -> None:
             bar.n = iteration
             bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k not in ("iteration", "seconds")})
 
-        record = train_segmentation(model, dataset, config, model_config, output_dir=args.output,
-                                    device=args.device, data_info=data_info, on_step=on_step)
-    print(f"finished {config.iterations} iterations; last step: "
-          + ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "iteration"))
-    print(f"weights: {Path(args.output) / 'model.safetensors'}")
+        record = train_segmentation(model, dataset, config, model_config, output_dir=args.out, device=device,
+                                    resume=bool(args.resume), data_info=data_info, on_step=on_step)
+    summary = ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "iteration")
+    print(f"finished {config.iterations} iterations{'; last step: ' + summary if summary else ''}")
+    print(f"weights: {Path(args.out) / 'model.safetensors'}")
     return 0
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
-    """Every option ``run_evaluate`` reads; call it on a fresh (sub)parser."""
-    parser.add_argument("--checkpoint", required=True, help="segmentation run directory or its model.safetensors")
-    _add_data_arguments(parser)
-    parser.add_argument("--split", default="val", choices=STARE_SPLITS)
-    parser.add_argument("--annotation", nargs="+", default=["ah", "vk"], choices=sorted(STARE_ANNOTATIONS),
-                        help="STARE masks to score against (each gives its own table)")
-    parser.add_argument("--alpha", type=float, nargs="+", default=None,
-                        help="NPE-LA strengths, all from one forward pass; 0 = main logits. "
-                             "Default: 0 and the model's alpha")
-    parser.add_argument("--mode", default="slide", choices=EVAL_MODES, help="whole-image or sliding-window inference")
-    parser.add_argument("--crop-size", type=_size, default=(128, 128), help="slide window size")
-    parser.add_argument("--stride", type=_size, default=(85, 85), help="slide window stride")
-    parser.add_argument("--overlays", type=int, default=0, help="write overlay PNGs for the first N images")
-    parser.add_argument("--overlay-dir", default=None, help="default: <checkpoint dir>/overlays")
-    parser.add_argument("--output-json", default=None, help="write every metric to this JSON file")
+    """Add the segmentation evaluation options to ``npe-models evaluate``'s parser (which holds the shared ones)."""
+    group = parser.add_argument_group("segmentation (STARE)")
+    group.add_argument("--split", choices=STARE_SPLITS, help="STARE images to score (default: val)")
+    group.add_argument("--annotation", nargs="+", choices=sorted(STARE_ANNOTATIONS),
+                       help="STARE masks to score against, one table each (default: ah vk)")
+    group.add_argument("--alphas", type=float, nargs="+",
+                       help="NPE-LA strengths, all from one forward pass; 0 = main logits (default: 0 and the model's)")
+    group.add_argument("--mode", choices=EVAL_MODES, help="whole-image or sliding-window inference (default: slide)")
+    group.add_argument("--crop-size", type=_size, help="slide window (default: 128)")
+    group.add_argument("--stride", type=_size, help="slide stride (default: 85)")
+    group.add_argument("--overlays", type=int, default=0, help="overlay PNGs for the first N images (default: 0)")
 
 
 def _alpha_label(alpha: float) -> str:
@@ -195,42 +245,52 @@ def _print_table(title: str, results: dict[float, SegmentationMetrics]) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Evaluate a trained segmentation model from parsed arguments; returns the exit status."""
-    model, model_config = load_segmentation_model(args.checkpoint)
-    alphas = args.alpha if args.alpha is not None else ([0.0, model_config.alpha] if has_pems(model) else [0.0])
-    checkpoint_dir = Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(args.checkpoint).parent
-    overlay_root = Path(args.overlay_dir) if args.overlay_dir else checkpoint_dir / "overlays"
-    report: dict[str, Any] = {"checkpoint": str(args.checkpoint), "mode": args.mode, "alphas": alphas, "results": {}}
-    for annotation in args.annotation:
-        dataset = _dataset(args, args.split, annotation)
+    model, model_config = load_segmentation_model(args.source)
+    if getattr(args, "merge", False):
+        model = reparameterize_model(model)
+    default_alphas = [0.0, model_config.alpha] if has_pems(model) else [0.0]
+    alphas = _setting(args, "alphas", default_alphas)
+    source = Path(args.source)
+    out = Path(args.out) if args.out else (source if source.is_dir() else source.parent) / "eval"
+    mode = _setting(args, "mode", "slide")
+    split = _setting(args, "split", "val")
+    device = resolve_device(_setting(args, "device", "auto"))
+    report: dict[str, Any] = {"source": str(source), "merged": bool(getattr(args, "merge", False)), "mode": mode,
+                              "split": split, "alphas": alphas, "results": {}}
+    for annotation in _setting(args, "annotation", ["ah", "vk"]):
+        dataset = _dataset(args, split, annotation)
         with tqdm(total=len(dataset), desc=f"evaluate {annotation}", unit="image") as bar:
             results = evaluate_segmentation(
                 model, dataset, num_classes=model_config.num_classes, mean=model_config.mean, std=model_config.std,
-                alphas=alphas, mode=args.mode, crop_size=args.crop_size, stride=args.stride, device=args.device,
-                class_names=model_config.class_names, overlay_dir=overlay_root / annotation,
-                num_overlays=args.overlays, on_image=lambda _: bar.update(1),
+                alphas=alphas, mode=mode, crop_size=_setting(args, "crop_size", (128, 128)),
+                stride=_setting(args, "stride", (85, 85)), device=device, class_names=model_config.class_names,
+                overlay_dir=out / "overlays" / annotation, num_overlays=args.overlays,
+                on_image=lambda _: bar.update(1),
             )
-        _print_table(f"{args.dataset} {args.split} ({annotation} masks, {len(dataset)} images, {args.mode})", results)
+        _print_table(f"{split} images with '{annotation}' masks ({len(dataset)}), {mode} inference", results)
         report["results"][annotation] = {str(a): m.to_dict() for a, m in results.items()}
-    if args.overlays:
-        print(f"\noverlays (image with ground truth, then each alpha): {overlay_root}")
-    if args.output_json:
-        write_json(args.output_json, report)
-        print(f"metrics: {args.output_json}")
+    write_json(out / "metrics.json", report)
+    print(f"\nmetrics{' and overlays (ground truth, then each alpha)' if args.overlays else ''}: {out}")
     return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m npe_models.segmentation.cli train|evaluate ...``."""
-    parser = argparse.ArgumentParser(prog="python -m npe_models.segmentation.cli", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m npe_models.segmentation.cli", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    add_train_arguments(commands.add_parser("train", help="train a segmentation model"))
-    add_evaluate_arguments(commands.add_parser("evaluate", help="evaluate a trained segmentation model"))
+    train = commands.add_parser("train", help="train a segmentation model")
+    _add_shared_arguments(train, training=True)
+    add_train_arguments(train)
+    evaluate = commands.add_parser("evaluate", help="evaluate a trained segmentation model")
+    _add_shared_arguments(evaluate, training=False)
+    add_evaluate_arguments(evaluate)
     args = parser.parse_args(argv)
     try:
         return run_train(args) if args.command == "train" else run_evaluate(args)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as error:
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return 1
 
 
 if __name__ == "__main__":

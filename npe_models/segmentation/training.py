@@ -107,14 +107,16 @@ def train_segmentation(
     *,
     output_dir: Union[str, Path, None] = None,
     device: Union[str, torch.device] = "cpu",
+    resume: bool = False,
     data_info: Optional[dict[str, Any]] = None,
     on_step: Optional[Callable[[int, dict[str, float]], None]] = None,
 ) -> dict[str, float]:
     """Train ``model`` on random crops of ``dataset``'s ``(uint8 image, mask)`` pairs; returns the last step's record.
 
     NPE models (with PEMs) train on ``CE + aux + dense_npe_loss``; plain models on ``CE + aux``.
-    With ``output_dir``, a checkpoint is written every ``checkpoint_every`` iterations and an
-    interrupted run continues from it; the final weights go to ``model.safetensors``.
+    With ``output_dir``, a checkpoint is written every ``checkpoint_every`` iterations, and with
+    ``resume`` an interrupted run continues from it (without, an existing run is an error); the
+    final weights go to ``model.safetensors``.
     ``config.json`` records the model and training settings and ``data_info`` (the data set used).
     ``on_step(iteration, record)`` is called after every iteration (for progress bars).
     """
@@ -131,6 +133,8 @@ def train_segmentation(
     start = 0
     output = Path(output_dir) if output_dir is not None else None
     if output is not None and (output / CHECKPOINT_FILE).is_file():
+        if not resume:
+            raise FileExistsError(f"{output} already holds a run; resume it (--resume) or choose another output.")
         state = load_checkpoint(output / CHECKPOINT_FILE, map_location=device)
         _check_resumable(state["config"], config, output / CHECKPOINT_FILE)
         model.load_state_dict(state["model"])

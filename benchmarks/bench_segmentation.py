@@ -1,0 +1,197 @@
+"""Segmentation with NPE: what linear PEMs cost, and the STARE experiment (the paper's Table 6 protocol).
+
+    python benchmarks/bench_segmentation.py inference [--size 512] [--rounds 5]
+        deeplabv3_resnet50 with 16 linear PEMs, unmerged vs merged vs the plain model, one process,
+        interleaved rounds, median ratios.
+    python benchmarks/bench_segmentation.py train-step [--classes 150] [--batch 4] [--size 512] [--steps 2]
+        one training step with a frozen backbone, 16 linear PEMs vs 1, each variant in a fresh
+        subprocess: peak resident memory (getrusage ru_maxrss) and seconds per step.
+    python benchmarks/bench_segmentation.py stare --data-dir ../shared/data [--runs runs]
+        train the UNet-FCN baseline, freeze it, train one linear PEM (600 iterations, lr 1e-2,
+        x0.1 at 200 and 400), evaluate alpha 0 (baseline) and NPE-LA at 1, 0.5, 0.2, 0.1. Resumable.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from timm.utils import reparameterize_model
+
+from npe_models import create_segmentation_model
+from npe_models.segmentation import freeze_model_parts, segmentation_loss_terms, set_train_mode
+from npe_models.segmentation.cli import main as segmentation_cli
+
+STARE_ALPHAS = ("0", "1", "0.5", "0.2", "0.1")
+
+
+def _interleaved(fns: dict[str, Callable[[], None]], rounds: int) -> dict[str, list[float]]:
+    for fn in fns.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def bench_inference(args: argparse.Namespace) -> None:
+    images = torch.randn(args.batch, 3, args.size, args.size)
+    npe = create_segmentation_model("deeplabv3_resnet50_npe16", num_classes=args.classes).eval()
+    with torch.no_grad():
+        npe.classifier[-1].pem_weight.normal_(std=0.1)
+    models = {
+        "deeplabv3_resnet50 (plain)": create_segmentation_model("deeplabv3_resnet50", num_classes=args.classes).eval(),
+        "deeplabv3_resnet50_npe16 unmerged": npe,
+        "deeplabv3_resnet50_npe16 merged": reparameterize_model(npe),
+    }
+    with torch.inference_mode():
+        difference = (models["deeplabv3_resnet50_npe16 merged"](images)["out"] - npe(images)["out"]).abs().max()
+
+    def infer(model: torch.nn.Module) -> None:
+        with torch.inference_mode():
+            model(images)
+
+    times = _interleaved({name: (lambda m=m: infer(m)) for name, m in models.items()}, args.rounds)
+    base = times["deeplabv3_resnet50 (plain)"]
+    print(f"\nInference, {args.classes} classes, batch {args.batch}, {args.size}x{args.size}, "
+          f"{args.rounds} interleaved rounds; merged vs unmerged max |diff| {float(difference):.2e}")
+    print("| variant | parameters | s / forward (median) | ratio to plain (median of per-round ratios) |")
+    print("| --- | ---: | ---: | ---: |")
+    for name, values in times.items():
+        ratio = statistics.median(v / b for v, b in zip(values, base))
+        parameters = sum(p.numel() for p in models[name].parameters())
+        print(f"| {name} | {parameters:,} | {statistics.median(values):.3f} | {ratio:.3f} |")
+
+
+def _max_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def train_step_worker(args: argparse.Namespace) -> None:
+    """One variant in this (fresh) process; prints a JSON line with peak memory and step times."""
+    torch.manual_seed(0)
+    model = create_segmentation_model(f"deeplabv3_resnet50_npe{args.num_pems}", num_classes=args.classes)
+    frozen = freeze_model_parts(model, backbone=True)
+    set_train_mode(model, frozen)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
+    images = torch.randn(args.batch, 3, args.size, args.size)
+    target = torch.randint(0, args.classes, (args.batch, args.size, args.size))
+    before = _max_rss_mib()
+    times = []
+    for _ in range(args.steps + 1):  # the first step warms up
+        start = time.perf_counter()
+        loss = sum(segmentation_loss_terms(model.forward_train(images), target).values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+    print(json.dumps({"num_pems": args.num_pems, "rss_before_steps_mib": before, "peak_rss_mib": _max_rss_mib(),
+                      "seconds_per_step": statistics.median(times[1:]), "step_seconds": times}))
+
+
+def bench_train_step(args: argparse.Namespace) -> None:
+    results: dict[int, list[dict]] = {1: [], 16: []}
+    for _ in range(args.rounds):
+        for num_pems in (1, 16):
+            command = [sys.executable, __file__, "train-step-worker", "--num-pems", str(num_pems),
+                       "--classes", str(args.classes), "--batch", str(args.batch), "--size", str(args.size),
+                       "--steps", str(args.steps)]
+            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            results[num_pems].append(json.loads(output.strip().splitlines()[-1]))
+
+    def median(num_pems: int, key: str) -> float:
+        return statistics.median(r[key] for r in results[num_pems])
+
+    print(f"\nTraining step, deeplabv3_resnet50, {args.classes} classes, batch {args.batch}, {args.size}x{args.size}, "
+          f"frozen backbone, linear PEMs; each variant in a fresh process ({args.rounds} round(s), "
+          f"median of {args.steps} steps after a warm-up step); memory = getrusage ru_maxrss")
+    print("| PEMs | RSS before the first step (MiB) | peak RSS (MiB) | peak - before (MiB) | s / step |")
+    print("| ---: | ---: | ---: | ---: | ---: |")
+    for k in (1, 16):
+        before, peak = median(k, "rss_before_steps_mib"), median(k, "peak_rss_mib")
+        print(f"| {k} | {before:.0f} | {peak:.0f} | {peak - before:.0f} | {median(k, 'seconds_per_step'):.2f} |")
+    peak_ratio = median(16, "peak_rss_mib") / median(1, "peak_rss_mib")
+    growth_ratio = (median(16, "peak_rss_mib") - median(16, "rss_before_steps_mib")) / (
+        median(1, "peak_rss_mib") - median(1, "rss_before_steps_mib"))
+    time_ratio = median(16, "seconds_per_step") / median(1, "seconds_per_step")
+    print(f"\n16 PEMs / 1 PEM: peak RSS {peak_ratio:.3f}x, memory the step adds {growth_ratio:.3f}x, "
+          f"time {time_ratio:.3f}x")
+    naive = 16 * args.batch * args.classes * args.size * args.size * 4 / 2**30
+    print(f"(the naive K x B x C x H x W float32 PEM logits alone would take {naive:.1f} GiB)")
+
+
+def _stare_table(title: str, results: dict) -> None:
+    print(f"\n{title}")
+    print("| setting | Dice background | Dice vessel | mDice | Acc background | Acc vessel | mAcc | mIoU |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for alpha, metrics in results.items():
+        label = "baseline (alpha 0)" if float(alpha) == 0 else f"NPE-LA alpha={float(alpha):g}"
+        dice, acc = metrics["dice"], metrics["accuracy"]
+        cells = [dice[0], dice[1], metrics["mean_dice"], acc[0], acc[1], metrics["mean_accuracy"], metrics["mean_iou"]]
+        print(f"| {label} | " + " | ".join(f"{100 * v:.2f}" for v in cells) + " |")
+
+
+def bench_stare(args: argparse.Namespace) -> None:
+    runs = Path(args.runs)
+    baseline, npe = runs / "stare_unet16_baseline", runs / "stare_unet16_npe1"
+    common = ["--data-dir", args.data_dir, "--device", args.device]
+    model = ["--model-arg", f"base_channels={args.base_channels}", "--aux-loss"]
+    steps = [
+        ["train", "--model", "unet_fcn", *model, "--no-freeze-backbone", "--iterations", str(args.baseline_iterations),
+         "--lr-schedule", "poly", "--lr", "0.03", "--out", str(baseline), "--resume", *common],
+        ["train", "--model", "unet_fcn_npe1", *model, "--freeze-decode-head", "--iterations", "600", "--lr", "0.01",
+         "--milestones", "200", "400", "--init", str(baseline), "--out", str(npe), "--resume", *common],
+        ["evaluate", str(npe), "--mode", "slide", "--crop-size", "128", "--stride", "85",
+         "--alphas", *STARE_ALPHAS, "--overlays", "2", *common],
+    ]
+    for argv in steps:
+        print("$ python -m npe_models.segmentation.cli " + " ".join(argv), flush=True)
+        if segmentation_cli(argv) != 0:
+            raise SystemExit(f"step failed: {argv[0]}")
+    report = json.loads((npe / "eval" / "metrics.json").read_text())["results"]
+    _stare_table("STARE validation, 'ah' masks (8 images)", report["ah"])
+    _stare_table("STARE validation, 'vk' masks (10 images)", report["vk"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    commands = parser.add_subparsers(dest="command", required=True)
+    inference = commands.add_parser("inference")
+    inference.add_argument("--classes", type=int, default=21)
+    inference.add_argument("--batch", type=int, default=1)
+    inference.add_argument("--size", type=int, default=512)
+    inference.add_argument("--rounds", type=int, default=5)
+    for name in ("train-step", "train-step-worker"):
+        step = commands.add_parser(name)
+        step.add_argument("--classes", type=int, default=150)
+        step.add_argument("--batch", type=int, default=4)
+        step.add_argument("--size", type=int, default=512)
+        step.add_argument("--steps", type=int, default=2)
+        step.add_argument("--rounds", type=int, default=1)
+        step.add_argument("--num-pems", type=int, default=16)
+    stare = commands.add_parser("stare")
+    stare.add_argument("--data-dir", required=True)
+    stare.add_argument("--runs", default="runs")
+    stare.add_argument("--device", default="cpu")
+    stare.add_argument("--base-channels", type=int, default=16)
+    stare.add_argument("--baseline-iterations", type=int, default=600)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}", flush=True)
+    {"inference": bench_inference, "train-step": bench_train_step, "train-step-worker": train_step_worker,
+     "stare": bench_stare}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
