@@ -21,6 +21,7 @@ __all__ = [
     "Predictions",
     "predict",
     "classification_metrics",
+    "group_accuracy",
     "prior_diagnostics",
     "evaluate_model",
     "evaluation_sets",
@@ -88,6 +89,12 @@ def _mean_or_none(values: np.ndarray) -> Optional[float]:
     return float(values.mean()) if len(values) else None
 
 
+def group_accuracy(per_class: np.ndarray, train_counts: Sequence[int]) -> dict[str, Optional[float]]:
+    """Mean per-class accuracy of the Many, Medium and Few classes (NaN entries, classes not seen, are skipped)."""
+    groups = class_groups(train_counts)
+    return {name: _mean_or_none(per_class[groups == index]) for index, name in enumerate(GROUP_NAMES)}
+
+
 def classification_metrics(predicted: Tensor, labels: Tensor, train_counts: Sequence[int]) -> dict[str, object]:
     """Top-1 and balanced accuracy, Many/Medium/Few accuracy (mean per-class accuracy in each group), per class, confusion.
 
@@ -100,14 +107,12 @@ def classification_metrics(predicted: Tensor, labels: Tensor, train_counts: Sequ
     support = confusion.sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):
         per_class = np.where(support > 0, 100.0 * np.diag(confusion) / support, np.nan)
-    groups = class_groups(train_counts)
     result: dict[str, object] = {
         "num_images": int(len(labels)),
         "top1": float(100.0 * (predicted == labels).mean()) if len(labels) else None,
         "balanced": _mean_or_none(per_class),
+        **group_accuracy(per_class, train_counts),
     }
-    for index, name in enumerate(GROUP_NAMES):
-        result[name] = _mean_or_none(per_class[groups == index])
     result["per_class"] = [None if np.isnan(v) else float(v) for v in per_class]
     result["confusion"] = confusion.tolist()
     return result

@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..data.cifar import GROUP_NAMES, BatchStream, CifarLT, class_groups, load_cifar_lt
+from ..data.cifar import BatchStream, CifarLT, load_cifar_lt
 from .checkpoint import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -37,7 +37,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .distributed import DistributedContext, all_reduce_sum, barrier, init_distributed
-from .evaluate import evaluate_model, summary
+from .evaluate import evaluate_model, group_accuracy, summary
 from .methods import TrainingMethod, make_method
 from .plots import save_evaluation_plots
 
@@ -99,16 +99,11 @@ def _determinism(enabled: bool, device: torch.device) -> Iterator[None]:
         torch.backends.cudnn.benchmark = previous[2]
 
 
-def _group_accuracy(correct: np.ndarray, seen: np.ndarray, train_counts: np.ndarray) -> dict[str, Optional[float]]:
+def _training_accuracy(correct: np.ndarray, seen: np.ndarray, train_counts: np.ndarray) -> dict[str, Optional[float]]:
     """Training accuracy overall and per group (mean per-class accuracy over the classes seen)."""
     with np.errstate(invalid="ignore", divide="ignore"):
         per_class = np.where(seen > 0, 100.0 * correct / seen, np.nan)
-    groups = class_groups(train_counts)
-    result: dict[str, Optional[float]] = {"top1": float(100.0 * correct.sum() / max(1, seen.sum()))}
-    for index, name in enumerate(GROUP_NAMES):
-        values = per_class[(groups == index) & ~np.isnan(per_class)]
-        result[name] = float(values.mean()) if len(values) else None
-    return result
+    return {"top1": float(100.0 * correct.sum() / max(1, seen.sum())), **group_accuracy(per_class, train_counts)}
 
 
 def _make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
@@ -219,7 +214,7 @@ class _Run:
         record: dict[str, Any] = {"loss": means[0], **{f"loss_{name}": value for name, value in zip(parts, means[1:])}}
         record.update(
             seconds=seconds, images=images, images_per_s=images / seconds if seconds > 0 else None,
-            device=str(self.device), train=_group_accuracy(correct.cpu().numpy(), seen.cpu().numpy(), self.data.counts),
+            device=str(self.device), train=_training_accuracy(correct.cpu().numpy(), seen.cpu().numpy(), self.data.counts),
         )
         return record
 
