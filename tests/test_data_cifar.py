@@ -178,3 +178,18 @@ def test_class_balanced_sampling_equalises_classes():
     drawn = np.array(_orders(stream, 0))
     assert len(drawn) == 1000
     assert np.all(np.abs(np.bincount(drawn, minlength=3) - 333) < 60)
+
+
+def test_failed_download_is_a_clear_error(tmp_path, monkeypatch):
+    import urllib.error
+
+    import torchvision.datasets
+
+    class OfflineCIFAR10:
+        def __init__(self, root, train, download):
+            raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", OfflineCIFAR10)
+    with pytest.raises(FileNotFoundError, match="no network.*train.npz"):
+        load_cifar(tmp_path, "cifar10", train=True, download=True)
+

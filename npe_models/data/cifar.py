@@ -154,7 +154,10 @@ def _load_torchvision(root: Path, dataset: str, train: bool, download: bool) -> 
     from torchvision.datasets import CIFAR10, CIFAR100
 
     cls = CIFAR10 if dataset == "cifar10" else CIFAR100
-    data = cls(str(root), train=train, download=download)
+    try:
+        data = cls(str(root), train=train, download=download)
+    except (OSError, RuntimeError) as error:  # no network, or incomplete / corrupted files
+        raise FileNotFoundError(f"{error}. {_missing_data_message(root, dataset)}") from error
     labels = np.asarray(data.targets, dtype=np.int64)
     # torchvision's files are lossless; the "exact" subset is the official test set's first 1,000
     # images, the same images the npz format marks as lossless, so numbers compare across sources.
