@@ -137,8 +137,12 @@ def _train_classification(args: argparse.Namespace) -> int:
 
     config = _resolve_train_config(args)
     progress = None if args.no_progress else tqdm
-    with logging_redirect_tqdm():
-        result = train(config, args.out, resume=args.resume, progress=progress)
+    try:
+        with logging_redirect_tqdm():
+            result = train(config, args.out, resume=args.resume, progress=progress)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; continue with: {_PROG} train --out {args.out} --resume", file=sys.stderr)
+        return 130
     if result.metrics is None:
         return 0
     if result.already_finished:
