@@ -4,8 +4,9 @@
         deeplabv3_resnet50 with 16 linear PEMs, unmerged vs merged vs the plain model, one process,
         interleaved rounds, median ratios.
     python benchmarks/bench_segmentation.py train-step [--classes 150] [--batch 4] [--size 512] [--steps 2]
-        one training step with a frozen backbone, 16 linear PEMs vs 1, each variant in a fresh
-        subprocess: peak resident memory (getrusage ru_maxrss) and seconds per step.
+        one training step with a frozen backbone, 16 linear PEMs vs 1: peak resident memory
+        (getrusage ru_maxrss) of a fresh subprocess per variant, and seconds per step of both
+        variants in one process, interleaved rounds.
     python benchmarks/bench_segmentation.py stare --data-dir ../shared/data [--runs runs]
         train the UNet-FCN baseline, freeze it, train one linear PEM (600 iterations, lr 1e-2,
         x0.1 at 200 and 400), evaluate alpha 0 (baseline) and NPE-LA at 1, 0.5, 0.2, 0.1. Resumable.
@@ -77,57 +78,57 @@ def _max_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def train_step_worker(args: argparse.Namespace) -> None:
-    """One variant in this (fresh) process; prints a JSON line with peak memory and step times."""
+def _training_setup(args: argparse.Namespace, num_pems: int) -> Callable[[], None]:
+    """One SGD step of deeplabv3_resnet50 with ``num_pems`` linear PEMs, frozen backbone, dense NPE loss."""
     torch.manual_seed(0)
-    model = create_segmentation_model(f"deeplabv3_resnet50_npe{args.num_pems}", num_classes=args.classes)
-    frozen = freeze_model_parts(model, backbone=True)
-    set_train_mode(model, frozen)
+    model = create_segmentation_model(f"deeplabv3_resnet50_npe{num_pems}", num_classes=args.classes)
+    set_train_mode(model, freeze_model_parts(model, backbone=True))
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
     images = torch.randn(args.batch, 3, args.size, args.size)
     target = torch.randint(0, args.classes, (args.batch, args.size, args.size))
-    before = _max_rss_mib()
-    times = []
-    for _ in range(args.steps + 1):  # the first step warms up
-        start = time.perf_counter()
+
+    def step() -> None:
         loss = sum(segmentation_loss_terms(model.forward_train(images), target).values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        times.append(time.perf_counter() - start)
-    print(json.dumps({"num_pems": args.num_pems, "rss_before_steps_mib": before, "peak_rss_mib": _max_rss_mib(),
-                      "seconds_per_step": statistics.median(times[1:]), "step_seconds": times}))
+
+    return step
+
+
+def train_step_worker(args: argparse.Namespace) -> None:
+    """Peak memory of one variant, alone in this fresh process; prints a JSON line."""
+    step = _training_setup(args, args.num_pems)
+    before = _max_rss_mib()
+    for _ in range(args.steps):
+        step()
+    print(json.dumps({"num_pems": args.num_pems, "rss_before_steps_mib": before, "peak_rss_mib": _max_rss_mib()}))
 
 
 def bench_train_step(args: argparse.Namespace) -> None:
-    results: dict[int, list[dict]] = {1: [], 16: []}
-    for _ in range(args.rounds):
-        for num_pems in (1, 16):
-            command = [sys.executable, __file__, "train-step-worker", "--num-pems", str(num_pems),
-                       "--classes", str(args.classes), "--batch", str(args.batch), "--size", str(args.size),
-                       "--steps", str(args.steps)]
-            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-            results[num_pems].append(json.loads(output.strip().splitlines()[-1]))
-
-    def median(num_pems: int, key: str) -> float:
-        return statistics.median(r[key] for r in results[num_pems])
-
+    memory = {}
+    for num_pems in (1, 16):
+        command = [sys.executable, __file__, "train-step-worker", "--num-pems", str(num_pems), "--classes",
+                   str(args.classes), "--batch", str(args.batch), "--size", str(args.size), "--steps", str(args.steps)]
+        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        memory[num_pems] = json.loads(output.strip().splitlines()[-1])
+    times = _interleaved({k: _training_setup(args, k) for k in (1, 16)}, args.rounds)
     print(f"\nTraining step, deeplabv3_resnet50, {args.classes} classes, batch {args.batch}, {args.size}x{args.size}, "
-          f"frozen backbone, linear PEMs; each variant in a fresh process ({args.rounds} round(s), "
-          f"median of {args.steps} steps after a warm-up step); memory = getrusage ru_maxrss")
-    print("| PEMs | RSS before the first step (MiB) | peak RSS (MiB) | peak - before (MiB) | s / step |")
+          "frozen backbone, linear PEMs, CE + dense NPE loss. Memory: getrusage ru_maxrss of a fresh process per "
+          f"variant ({args.steps} steps); time: both variants in one process, {args.rounds} interleaved rounds "
+          "after a warm-up step")
+    print("| PEMs | RSS before the first step (MiB) | peak RSS (MiB) | peak - before (MiB) | s / step (median) |")
     print("| ---: | ---: | ---: | ---: | ---: |")
     for k in (1, 16):
-        before, peak = median(k, "rss_before_steps_mib"), median(k, "peak_rss_mib")
-        print(f"| {k} | {before:.0f} | {peak:.0f} | {peak - before:.0f} | {median(k, 'seconds_per_step'):.2f} |")
-    peak_ratio = median(16, "peak_rss_mib") / median(1, "peak_rss_mib")
-    growth_ratio = (median(16, "peak_rss_mib") - median(16, "rss_before_steps_mib")) / (
-        median(1, "peak_rss_mib") - median(1, "rss_before_steps_mib"))
-    time_ratio = median(16, "seconds_per_step") / median(1, "seconds_per_step")
-    print(f"\n16 PEMs / 1 PEM: peak RSS {peak_ratio:.3f}x, memory the step adds {growth_ratio:.3f}x, "
-          f"time {time_ratio:.3f}x")
+        before, peak = memory[k]["rss_before_steps_mib"], memory[k]["peak_rss_mib"]
+        print(f"| {k} | {before:.0f} | {peak:.0f} | {peak - before:.0f} | {statistics.median(times[k]):.2f} |")
+    peak_ratio = memory[16]["peak_rss_mib"] / memory[1]["peak_rss_mib"]
+    growth = {k: memory[k]["peak_rss_mib"] - memory[k]["rss_before_steps_mib"] for k in (1, 16)}
+    time_ratio = statistics.median(a / b for a, b in zip(times[16], times[1]))
+    print(f"\n16 PEMs / 1 PEM: peak RSS {peak_ratio:.3f}x, memory the step adds {growth[16] / growth[1]:.3f}x, "
+          f"time {time_ratio:.3f}x (median of per-round ratios)")
     naive = 16 * args.batch * args.classes * args.size * args.size * 4 / 2**30
-    print(f"(the naive K x B x C x H x W float32 PEM logits alone would take {naive:.1f} GiB)")
+    print(f"(the naive 16 x B x C x H x W float32 PEM logits alone would take {naive:.1f} GiB)")
 
 
 def _stare_table(title: str, results: dict) -> None:
@@ -177,9 +178,9 @@ def main() -> None:
         step.add_argument("--classes", type=int, default=150)
         step.add_argument("--batch", type=int, default=4)
         step.add_argument("--size", type=int, default=512)
-        step.add_argument("--steps", type=int, default=2)
-        step.add_argument("--rounds", type=int, default=1)
-        step.add_argument("--num-pems", type=int, default=16)
+        step.add_argument("--steps", type=int, default=2, help="steps per memory measurement")
+        step.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
+        step.add_argument("--num-pems", type=int, default=16, help="(worker) the variant to measure")
     stare = commands.add_parser("stare")
     stare.add_argument("--data-dir", required=True)
     stare.add_argument("--runs", default="runs")

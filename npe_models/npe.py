@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
-    "NPEOutput", "NPEHead", "NPEClassifierMixin", "validate_npe_args", "fill_missing_pem_params", "upsampled_true_class_logits"
+    "NPEOutput", "NPEHead", "NPEClassifierMixin", "validate_npe_args", "fill_missing_pem_params",
+    "upsampled_true_class_logits",
 ]
 
 PEM_INIT_STD = 0.001
@@ -209,7 +210,7 @@ def fill_missing_pem_params(state_dict: dict[str, Tensor], model: nn.Module) -> 
 
 
 def _bilinear_source(out_size: int, in_size: int, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Lower/upper source index and upper weight of each output row, as ``F.interpolate(bilinear, align_corners=False)``."""
+    """Lower/upper source index and upper weight per output row, as bilinear ``F.interpolate`` (no align_corners)."""
     dtype = torch.float64 if like.dtype == torch.float64 else torch.float32  # the precision interpolate computes in
     scale = in_size / out_size
     coord = ((torch.arange(out_size, device=like.device, dtype=dtype) + 0.5) * scale - 0.5).clamp(min=0)

@@ -209,7 +209,9 @@ def test_registration_guard(monkeypatch: pytest.MonkeyPatch) -> None:
         seg._register_with_torchvision(name, own_builder)
 
 
-@pytest.mark.parametrize("in_size,out_size", [((8, 9), (64, 70)), ((5, 7), (5, 7)), ((10, 10), (7, 13)), ((1, 1), (4, 4))])
+@pytest.mark.parametrize(
+    "in_size,out_size", [((8, 9), (64, 70)), ((5, 7), (5, 7)), ((10, 10), (7, 13)), ((1, 1), (4, 4))]
+)
 def test_upsampled_true_class_logits_match_interpolation(in_size, out_size) -> None:
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(3, 2, 5, *in_size, generator=generator, dtype=torch.float64)

@@ -55,7 +55,8 @@ __all__ = [
     "unet_fcn",
 ]
 
-DEFAULT_SEGMENTATION_ALPHA = 0.1  # dense heads need alpha < 1 (0.1-0.2 in the paper): BatchNorm already rescaled rare classes
+# dense heads need alpha < 1 (0.1-0.2 in the paper): BatchNorm in the main head already rescaled rare classes
+DEFAULT_SEGMENTATION_ALPHA = 0.1
 PEM_TYPES = ("linear", "fcn", "replica")
 REGISTERED_NUM_PEMS = (1, 16)
 _NAME_PATTERN = re.compile(r"^(?P<arch>.+)_npe(?P<num_pems>\d+)$")
@@ -461,7 +462,7 @@ SEGMENTATION_ARCHITECTURES: dict[str, _Architecture] = {
 
 
 def _build_base(arch: str, **kwargs: Any) -> nn.Module:
-    """The plain base model from its builder; ``kwargs`` always name ``weights_backbone`` (torchvision would download)."""
+    """The plain base model; ``kwargs`` always name ``weights_backbone`` (torchvision's default downloads)."""
     if kwargs.get("aux_loss") is None:
         kwargs.pop("aux_loss", None)  # lraspp rejects the argument; the others treat None as False
     return SEGMENTATION_ARCHITECTURES[arch].builder(**kwargs)

@@ -1,26 +1,24 @@
-"""Segmentation run directories: ``config.json``, ``log.jsonl``, resumable ``checkpoint.pt``, final ``model.safetensors``.
+"""Segmentation weights: ``model.safetensors`` with the model settings in its metadata, and loading it back.
 
-The layout matches the classification engine's run directories; ``config.json`` holds the
-model settings (enough to rebuild the model) and the training settings.
+Run directories follow the classification engine's layout (``config.json``, ``log.jsonl``,
+``checkpoint.pt``, ``model.safetensors``); the weights file alone is enough to rebuild the model.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Union
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ..engine.checkpoint import CHECKPOINT_FILE, CONFIG_FILE, WEIGHTS_FILE, atomic_write
+from ..engine.checkpoint import WEIGHTS_FILE, atomic_write
 from ..npe import fill_missing_pem_params
 from .config import SegmentationModelConfig
 
-__all__ = [
-    "checkpoint_path", "load_segmentation_model", "load_weights_for_pem_training", "read_run_config", "save_segmentation_weights"
-]
+__all__ = ["load_segmentation_model", "load_weights_for_pem_training", "save_segmentation_weights"]
 
 PathLike = Union[str, Path]
 
@@ -45,14 +43,6 @@ def _weights_file(source: Path) -> Path:
 def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     with safe_open(str(path), framework="pt") as handle:
         return {name: handle.get_tensor(name) for name in handle.keys()}, handle.metadata() or {}
-
-
-def read_run_config(source: PathLike) -> dict[str, Any]:
-    """The ``config.json`` of a run directory (``{"model": ..., "train": ..., "data": ...}``)."""
-    path = Path(source) / CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"'{source}' has no {CONFIG_FILE}; is it a segmentation run directory?")
-    return json.loads(path.read_text())
 
 
 def load_segmentation_model(source: PathLike) -> tuple[nn.Module, SegmentationModelConfig]:
@@ -89,8 +79,3 @@ def load_weights_for_pem_training(model: nn.Module, source: PathLike) -> None:
             "architecture, class count and options (e.g. aux_loss, base_channels) as the checkpoint."
         ) from error
 
-
-def checkpoint_path(directory: PathLike) -> Optional[Path]:
-    """The resumable checkpoint of a run directory, if one was written."""
-    path = Path(directory) / CHECKPOINT_FILE
-    return path if path.is_file() else None

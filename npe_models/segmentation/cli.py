@@ -137,8 +137,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--annotation", choices=sorted(STARE_ANNOTATIONS), help="STARE training masks (default: ah)")
     group.add_argument("--iterations", type=int, help=f"SGD steps (default: {_TRAIN_DEFAULTS.iterations})")
     group.add_argument("--crop-size", type=_size, help="random training crop, e.g. 128 or 128x96 (default: 128)")
-    group.add_argument("--lr-schedule", choices=SCHEDULES, help="multistep (at --milestones) or poly (default: multistep)")
-    group.add_argument("--aux-weight", type=float, help=f"auxiliary loss weight (default: {_TRAIN_DEFAULTS.aux_weight})")
+    group.add_argument("--lr-schedule", choices=SCHEDULES,
+                       help="multistep (at --milestones) or poly (default: multistep)")
+    group.add_argument("--aux-weight", type=float,
+                       help=f"auxiliary loss weight (default: {_TRAIN_DEFAULTS.aux_weight})")
     group.add_argument("--freeze-backbone", action=argparse.BooleanOptionalAction, default=None,
                        help="freeze the backbone, BatchNorm in eval mode (default: on)")
     group.add_argument("--freeze-decode-head", action="store_true", help="also freeze the decode and aux heads")

@@ -47,7 +47,7 @@ def predict_logits(
     stride: Optional[tuple[int, int]] = None,
     window_batch: int = 16,
 ) -> tuple[Tensor, Optional[Tensor]]:
-    """Main logits ``z`` and, for a model with PEMs, the estimate ``eta``; each ``(B, C, H, W)`` (``eta`` None otherwise).
+    """Main logits ``z`` and, for a model with PEMs, the estimate ``eta`` (else None); each ``(B, C, H, W)``.
 
     ``mode="slide"`` runs ``crop_size`` windows every ``stride`` pixels (``window_batch`` at a
     time) and averages the overlaps, as MMSegmentation's slide inference does.
@@ -94,13 +94,14 @@ def overlay_panels(
     image: Tensor, label_maps: Sequence[Tensor], num_classes: int, background_class: Optional[int] = 0,
     opacity: float = 0.5,
 ) -> Tensor:
-    """uint8 ``(3, H, W * n)``: the image with each label map drawn over it, side by side (``background_class`` undrawn)."""
+    """uint8 ``(3, H, W * n)``: the image with each label map drawn over it, side by side; background undrawn."""
     palette = class_palette(num_classes)
     drawn = [c for c in range(num_classes) if c != background_class]
     panels = []
     for labels in label_maps:
         masks = torch.stack([labels == c for c in drawn]) if drawn else torch.zeros(0, *labels.shape, dtype=torch.bool)
-        panels.append(draw_segmentation_masks(image.cpu(), masks.cpu(), alpha=opacity, colors=[palette[c] for c in drawn]))
+        colours = [palette[c] for c in drawn]
+        panels.append(draw_segmentation_masks(image.cpu(), masks.cpu(), alpha=opacity, colors=colours))
     return torch.cat(panels, dim=-1)
 
 

@@ -1,4 +1,4 @@
-"""Losses for dense NPE training: cross-entropy on the main (and auxiliary) logits plus the dense one-way logistic loss."""
+"""Losses for dense NPE training: cross-entropy on the main (and aux) logits plus the dense one-way logistic loss."""
 from __future__ import annotations
 
 from typing import Mapping, Union
