@@ -1,28 +1,52 @@
 """torch.hub entrypoints: every model npe-models registers, as ``fn(pretrained=False, **kwargs)``.
 
     model = torch.hub.load("path/to/npe-models", "resnet32_npe16", source="local", num_classes=10)
+    model = torch.hub.load("path/to/npe-models", "unet_fcn_npe1", source="local", pem_type="fcn")
 
 Classifiers are built by ``timm.create_model(name, pretrained=pretrained, **kwargs)``, so every
 timm argument works (``num_classes``, ``npe_alpha``, ``pretrained_cfg_overlay`` ...).
+Segmentation models are built by ``npe_models.create_segmentation_model(name, **kwargs)``;
+``pretrained=True`` there loads the base architecture's default torchvision weights (the PEMs
+stay fresh).
 """
 import timm as _timm
+import torchvision as _torchvision
 
 import npe_models as _npe_models
+from npe_models.models.segmentation import list_segmentation_models as _list_segmentation_models
 
 dependencies = ["torch", "torchvision", "timm", "huggingface_hub", "safetensors"]
+
+
+def _named(entrypoint, name: str, doc: str):
+    entrypoint.__name__ = entrypoint.__qualname__ = name
+    entrypoint.__doc__ = doc
+    return entrypoint
 
 
 def _classifier_entrypoint(name: str):
     def entrypoint(pretrained: bool = False, **kwargs):
         return _timm.create_model(name, pretrained=pretrained, **kwargs)
 
-    entrypoint.__name__ = entrypoint.__qualname__ = name
-    entrypoint.__doc__ = (
-        f"{_timm.models.model_entrypoint(name).__doc__.strip()}\n\n"
-        f"Same as ``timm.create_model({name!r}, pretrained=pretrained, **kwargs)`` after ``import npe_models``."
+    doc = _timm.models.model_entrypoint(name).__doc__.strip()
+    return _named(entrypoint, name, f"{doc}\n\nSame as ``timm.create_model({name!r}, pretrained=pretrained, **kwargs)``.")
+
+
+def _segmentation_entrypoint(name: str):
+    def entrypoint(pretrained: bool = False, **kwargs):
+        if pretrained:
+            kwargs.setdefault("weights", "DEFAULT")
+        return _npe_models.create_segmentation_model(name, **kwargs)
+
+    doc = _torchvision.models.get_model_builder(name).__doc__.strip()
+    return _named(
+        entrypoint, name,
+        f"{doc}\n\nSame as ``npe_models.create_segmentation_model({name!r}, **kwargs)``; ``pretrained=True`` adds "
+        "``weights='DEFAULT'`` (the base model's default torchvision weights, fresh PEMs).",
     )
-    return entrypoint
 
 
 for _name in _npe_models.list_classifiers():
     globals()[_name] = _classifier_entrypoint(_name)
+for _name in _list_segmentation_models():
+    globals()[_name] = _segmentation_entrypoint(_name)

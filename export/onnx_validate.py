@@ -3,6 +3,7 @@
     python export/onnx_validate.py resnet32_npe16 --weights model.safetensors --quantize
     python export/onnx_validate.py local-dir:hub/resnet32_npe16 --onnx resnet32_npe16.onnx
     python export/onnx_validate.py --sweep            # every registered model, random weights, non-trivial PEMs
+    python export/onnx_validate.py --sweep unet_fcn_npe16 --pem-type replica
 
 For one model: export it (or take the existing ``--onnx`` file), compare PyTorch's eval
 output with ONNX Runtime's at batch 1 and 3, and for a 10-class classifier evaluate both on
@@ -24,7 +25,9 @@ import timm
 
 import npe_models
 from npe_models.export_cli import add_model_arguments, load_model_from_args
+from npe_models.models.segmentation import list_segmentation_models
 from npe_models.onnx import (
+    PARITY_ATOL,
     check_parity,
     classification_accuracy,
     export_onnx,
@@ -37,7 +40,8 @@ from npe_models.onnx import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SWEEP_MAX_SIZE = 64  # larger (ImageNet) models are checked at 64x64 to keep the exports small
+SWEEP_MAX_SIZE = 128  # ImageNet models are checked at 128x128: small, yet enough for BatchNorm calibration
+SEGMENTATION_SECOND_SIZE = (48, 80)  # segmentation is also checked at a second, non-square size (dynamic H, W)
 
 
 def _default_data_dir() -> Path:
@@ -88,11 +92,12 @@ def _evaluate(model, path: Path, args: argparse.Namespace) -> bool:
 
 
 def validate_one(args: argparse.Namespace) -> int:
-    model = load_model_from_args(args)
+    loaded = load_model_from_args(args)
+    model = loaded.model
     with tempfile.TemporaryDirectory(prefix="npe-validate-") as tmp:
         path = Path(args.onnx) if args.onnx else Path(tmp) / "model.onnx"
         if not path.is_file():
-            export_onnx(model, path)
+            export_onnx(model, path, config=loaded.segmentation_config)
         metadata = read_onnx_metadata(path)
         print(f"{path}: {metadata.get('architecture')} ({'merged' if metadata.get('merged') else 'unmerged'}), "
               f"input {metadata.get('input_size')}")
@@ -102,21 +107,30 @@ def validate_one(args: argparse.Namespace) -> int:
     return 0 if result.passed and accurate else 1
 
 
-def sweep(names: Sequence[str]) -> int:
+def _sweep_model(name: str, pem_type: str):
+    """A random model with realistic PEMs, and the image sizes to check it at (two for segmentation: dynamic H, W)."""
+    if timm.is_model(name):
+        large = timm.models.get_pretrained_cfg(name).input_size[1] > SWEEP_MAX_SIZE
+        model, size = random_model_for_parity(name, image_size=SWEEP_MAX_SIZE if large else None)
+        return model, size, [size[1:]]
+    model, size = random_model_for_parity(name, pem_type=pem_type)
+    return model, size, [size[1:], SEGMENTATION_SECOND_SIZE]
+
+
+def sweep(names: Sequence[str], pem_type: str) -> int:
     """Parity of every named model at random weights with non-trivial PEMs; a table, exit 1 on any failure."""
     failures = 0
-    print(f"{'model':32s} {'input':>10s} {'batch 1':>9s} {'batch 3':>9s} {'|out|':>7s} {'seconds':>8s}")
+    print(f"{'model':36s} {'inputs':>14s} {'batch 1':>9s} {'batch 3':>9s} {'|out|':>7s} {'seconds':>8s}")
     for name in names:
-        large = timm.models.get_pretrained_cfg(name).input_size[1] > SWEEP_MAX_SIZE
         start = time.perf_counter()
-        model, size = random_model_for_parity(name, image_size=SWEEP_MAX_SIZE if large else None)
-        result = check_parity(model, batch_sizes=(1, 3), input_size=size)
-        diffs = [result.max_abs_diff[(b, *size[1:])] for b in (1, 3)]
+        model, size, image_sizes = _sweep_model(name, pem_type)
+        result = check_parity(model, batch_sizes=(1, 3), image_sizes=image_sizes, input_size=size)
+        worst = [max(d for (b, _, _), d in result.max_abs_diff.items() if b == batch) for batch in (1, 3)]
         failures += not result.passed
-        print(f"{name:32s} {'x'.join(map(str, size[1:])):>10s} {diffs[0]:9.1e} {diffs[1]:9.1e} "
-              f"{max(result.max_abs_output.values()):7.2f} {time.perf_counter() - start:8.1f}"
-              f"{'' if result.passed else '  FAILED'}", flush=True)
-    print(f"{len(names) - failures}/{len(names)} models within {result.atol:.0e}")
+        sizes = ",".join(f"{h}x{w}" for h, w in image_sizes)
+        print(f"{name:36s} {sizes:>14s} {worst[0]:9.1e} {worst[1]:9.1e} {max(result.max_abs_output.values()):7.2f} "
+              f"{time.perf_counter() - start:8.1f}{'' if result.passed else '  FAILED'}", flush=True)
+    print(f"{len(names) - failures}/{len(names)} models within {PARITY_ATOL:.0e}")
     return 1 if failures else 0
 
 
@@ -129,10 +143,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="evaluate on this many test images (every class kept)")
     parser.add_argument("--quantize", action="store_true", help="also evaluate an int8 dynamically quantised copy")
     parser.add_argument("--sweep", nargs="*", metavar="MODEL", default=None,
-                        help="parity of these (default: all registered) models at random weights; no accuracy")
+                        help="parity of these (default: every registered classifier and segmentation model) at random "
+                        "weights with non-trivial PEMs (segmentation: of --pem-type); no accuracy")
     args = parser.parse_args(argv)
     if args.sweep is not None:
-        return sweep(args.sweep or npe_models.list_classifiers())
+        return sweep(args.sweep or npe_models.list_classifiers() + list_segmentation_models(), args.pem_type)
     if args.model is None:
         parser.error("give a model (or --sweep)")
     try:

@@ -10,18 +10,26 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
+import safetensors
 import safetensors.torch
 import timm
 import torch
 from torch import nn
 
-from .hub import load_from_hub, push_to_hub, save_for_hub
+from .engine.checkpoint import load_trained_model
+from .hub import CONFIG_NAME, hub_folder, load_from_hub, push_to_hub, read_hub_config, save_for_hub
+from .models.segmentation import PEM_TYPES, NPESegmentationMixin, create_segmentation_model, parse_segmentation_model_name
+from .npe import NPEHead
 from .onnx import MIN_OPSET, check_parity, export_onnx, read_onnx_metadata
+from .segmentation.checkpoint import load_segmentation_model
+from .segmentation.config import SegmentationModelConfig
 
 __all__ = [
+    "LoadedModel",
     "add_model_arguments",
     "load_model_from_args",
     "read_label_names",
@@ -32,18 +40,30 @@ __all__ = [
 ]
 
 _HUB_PREFIXES = ("hf-hub:", "local-dir:")
+# Training settings that describe the machine or the bookkeeping, not the recipe: left out of model cards.
+_NOT_RECIPE = ("data_dir", "download", "device", "channels_last", "eval_every", "eval_batch_size", "init", "deterministic")
+
+
+@dataclass
+class LoadedModel:
+    """A model named on the command line, with what its source says about it."""
+
+    model: nn.Module
+    segmentation_config: Optional[SegmentationModelConfig] = None
+    recipe: Optional[dict[str, Any]] = None
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    """The model to export: a registered name (with optional weights) or a saved Hub folder."""
+    """The model to export: a registered name (with optional weights), a training run or a saved Hub folder."""
     parser.add_argument(
         "model",
         nargs=None if required else "?",
-        help="registered model name (e.g. resnet32_npe16), a folder written by save_for_hub, "
-        "local-dir:DIR or hf-hub:ORG/NAME",
+        help="registered model name (e.g. resnet32_npe16, unet_fcn_npe1), a run directory or weights file "
+        "written by `npe-models train`, a folder written by save_for_hub, local-dir:DIR or hf-hub:ORG/NAME",
     )
     parser.add_argument("--num-classes", type=int, default=None, help="class count for a registered name")
-    parser.add_argument("--pretrained", action="store_true", help="load the registered name's pretrained weights")
+    parser.add_argument("--pem-type", choices=PEM_TYPES, default="linear", help="PEM type for a registered segmentation name")
+    parser.add_argument("--pretrained", action="store_true", help="load the registered classifier's pretrained weights")
     parser.add_argument(
         "--weights", type=Path, default=None,
         help="weights for a registered name: a .safetensors file, or a torch file holding a state dict "
@@ -87,8 +107,9 @@ def read_label_names(path: Optional[Path]) -> Optional[list[str]]:
 
 
 def _set_alpha(model: nn.Module, alpha: float) -> None:
-    from .npe import NPEHead
-
+    if isinstance(model, NPESegmentationMixin):
+        model.alpha = alpha
+        return
     heads = [module for module in model.modules() if isinstance(module, NPEHead)]
     if not heads:
         raise ValueError("--alpha needs a model with PEMs; this one has none (a plain or already merged model).")
@@ -96,23 +117,86 @@ def _set_alpha(model: nn.Module, alpha: float) -> None:
         head.alpha = float(alpha)
 
 
-def load_model_from_args(args: argparse.Namespace) -> nn.Module:
+def _run_kind(path: Path) -> Optional[str]:
+    """'hub', 'classification' or 'segmentation' for a folder or weights file this package wrote, else None."""
+    if path.is_dir():
+        config_file = path / CONFIG_NAME
+        if not config_file.is_file():
+            return None
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        if "architecture" in config:
+            return "hub"
+        return "segmentation" if isinstance(config.get("model"), dict) else "classification"
+    if path.suffix == ".safetensors" and path.is_file():
+        with safetensors.safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        return "segmentation" if "segmentation_model" in metadata else "classification" if "config" in metadata else None
+    return "classification" if path.suffix in (".pt", ".pth") and path.is_file() else None
+
+
+def _recipe(settings: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in settings.items() if key not in _NOT_RECIPE and value is not None}
+
+
+def _load_hub(source: str) -> LoadedModel:
+    folder = hub_folder(source)
+    config = read_hub_config(folder)
+    settings = config.get("segmentation_model")
+    return LoadedModel(load_from_hub(folder), SegmentationModelConfig.from_dict(settings) if settings else None)
+
+
+def _load_run(path: Path, kind: str) -> LoadedModel:
+    if kind == "segmentation":
+        model, settings = load_segmentation_model(path)
+        train = json.loads((path / CONFIG_NAME).read_text(encoding="utf-8")).get("train") if path.is_dir() else None
+        return LoadedModel(model, settings, _recipe(train) if train else None)
+    model, train_config = load_trained_model(path)
+    return LoadedModel(model, None, _recipe(train_config.to_dict()) if train_config else None)
+
+
+def _load_registered(args: argparse.Namespace) -> LoadedModel:
+    kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
+    if timm.is_model(args.model):
+        model = timm.create_model(args.model, pretrained=args.pretrained, **kwargs)
+    else:
+        if args.pretrained:
+            raise ValueError("--pretrained applies to classifiers; load segmentation weights with --weights.")
+        model = create_segmentation_model(args.model, pem_type=args.pem_type, **kwargs)
+    if args.weights is not None:
+        model.load_state_dict(_read_state_dict(args.weights), strict=True)
+    return LoadedModel(model)
+
+
+def _is_segmentation_name(name: str) -> bool:
+    try:
+        parse_segmentation_model_name(name)
+    except ValueError:
+        return False
+    return True
+
+
+def load_model_from_args(args: argparse.Namespace) -> LoadedModel:
     """Build the model named on the command line, with its weights, in eval mode."""
     source = args.model
-    if source.startswith(_HUB_PREFIXES) or Path(source).is_dir():
-        if args.weights or args.pretrained or args.num_classes is not None:
-            raise ValueError("--weights, --pretrained and --num-classes apply to registered names, not to saved folders.")
-        model = load_from_hub(source)
-    elif timm.is_model(source):
-        kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
-        model = timm.create_model(source, pretrained=args.pretrained, **kwargs)
-        if args.weights is not None:
-            model.load_state_dict(_read_state_dict(args.weights), strict=True)
+    registered = timm.is_model(source) or _is_segmentation_name(source)
+    kind = "hub" if source.startswith(_HUB_PREFIXES) else None if registered else _run_kind(Path(source))
+    if kind is not None and (args.weights or args.pretrained or args.num_classes is not None):
+        raise ValueError("--weights, --pretrained and --num-classes apply to registered names, not to saved models.")
+    if kind == "hub":
+        loaded = _load_hub(source)
+    elif kind is not None:
+        loaded = _load_run(Path(source), kind)
+    elif registered:
+        loaded = _load_registered(args)
     else:
-        raise ValueError(f"unknown model {source!r}: not a registered name (see `npe-models list`) nor a saved folder.")
+        raise ValueError(
+            f"unknown model {source!r}: not a registered name (see `npe-models list`), a training run, "
+            "a weights file nor a Hub folder."
+        )
     if args.alpha is not None:
-        _set_alpha(model, args.alpha)
-    return model.eval()
+        _set_alpha(loaded.model, args.alpha)
+    loaded.model.eval()
+    return loaded
 
 
 def add_onnx_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -144,11 +228,12 @@ def _fail(message: str) -> int:
 def run_onnx(args: argparse.Namespace) -> int:
     """Export to ONNX as parsed by ``add_onnx_arguments``; optionally check parity. Returns the exit status."""
     try:
-        model = load_model_from_args(args)
+        loaded = load_model_from_args(args)
+        model = loaded.model
         output = args.output or _default_output(args.model, ".onnx")
         path = export_onnx(
             model, output, input_size=args.input_size, merge=args.merge, dynamic_size=args.dynamic_size,
-            opset_version=args.opset, label_names=read_label_names(args.label_names),
+            opset_version=args.opset, label_names=read_label_names(args.label_names), config=loaded.segmentation_config,
         )
     except (ValueError, TypeError, FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError, ImportError) as error:
         return _fail(str(error))
@@ -205,12 +290,12 @@ def run_hub(args: argparse.Namespace) -> int:
     if not args.push and args.output_dir is None:
         return _fail("give --output-dir DIR, or --push with --repo-id.")
     try:
-        model = load_model_from_args(args)
-        if args.merge:
-            model = reparameterize_model(model)
+        loaded = load_model_from_args(args)
+        model = reparameterize_model(loaded.model) if args.merge else loaded.model
         save_kwargs = dict(
             label_names=read_label_names(args.label_names), metrics=dict(args.metric) or None,
-            dataset=args.dataset, dataset_id=args.dataset_id, split=args.split, recipe=dict(args.recipe) or None,
+            dataset=args.dataset, dataset_id=args.dataset_id, split=args.split,
+            recipe=dict(args.recipe) or loaded.recipe, config=loaded.segmentation_config,
         )
         if args.output_dir is not None:
             folder = save_for_hub(model, args.output_dir, repo_id=args.repo_id, overwrite=args.overwrite, **save_kwargs)

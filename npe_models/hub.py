@@ -10,6 +10,7 @@ weights fit it.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -21,14 +22,24 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import safetensors
+import safetensors.torch
 import timm
 import torch
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, hf_hub_download
 from huggingface_hub.hf_api import CommitInfo
 from timm.models import get_model_args, save_for_hf
 from torch import nn
+from torchvision.models.segmentation import FCN, LRASPP, DeepLabV3
 
+from .models.segmentation import (
+    SEGMENTATION_ARCHITECTURES,
+    NPESegmentationMixin,
+    UNetBackbone,
+    parse_segmentation_model_name,
+)
 from .npe import NPEHead
+from .segmentation.checkpoint import save_segmentation_weights
+from .segmentation.config import SegmentationModelConfig
 
 __all__ = [
     "CONFIG_NAME",
@@ -41,6 +52,7 @@ __all__ = [
     "save_for_hub",
     "push_to_hub",
     "load_from_hub",
+    "hub_folder",
     "read_hub_config",
 ]
 
@@ -49,6 +61,10 @@ WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
 HUB_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
 CLASSIFICATION = "image-classification"
+SEGMENTATION = "semantic-segmentation"
+_PIPELINE_TAGS = {CLASSIFICATION: "image-classification", SEGMENTATION: "image-segmentation"}
+SEGMENTATION_INPUT_SIZE = (3, 512, 512)
+"""Nominal input size recorded for segmentation models, which take any size."""
 
 CITATION = """@article{yavari2026npe,
   title   = {Neural Prior Estimation: Learning Class Priors from Latent Representations},
@@ -193,21 +209,108 @@ def _describe_classifier(model: nn.Module, label_names: Optional[Sequence[str]])
     )
 
 
-def describe_model(model: nn.Module, label_names: Optional[Sequence[str]] = None) -> ModelDescription:
+def _is_segmentation_model(model: nn.Module) -> bool:
+    return isinstance(model, (DeepLabV3, FCN, LRASPP))
+
+
+def _final_classifier(model: nn.Module) -> nn.Module:
+    """The 1x1 conv (or NPEHead) that produces a segmentation model's logits."""
+    return model.classifier.low_classifier if isinstance(model, LRASPP) else model.classifier[-1]
+
+
+def _segmentation_num_classes(model: nn.Module) -> int:
+    final = _final_classifier(model)
+    return final.num_classes if isinstance(final, NPEHead) else final.out_channels
+
+
+def _inferred_segmentation_configs(model: nn.Module) -> list[SegmentationModelConfig]:
+    """Every registered architecture with the model's classes, PEMs and options: candidates to match by weights."""
+    npe = isinstance(model, NPESegmentationMixin)
+    merged = npe and model.pem_type == "linear" and not model.npe_heads()
+    settings: dict[str, Any] = dict(
+        num_classes=_segmentation_num_classes(model),
+        aux_loss=True if getattr(model, "aux_classifier", None) is not None else None,
+    )
+    if npe and not merged:
+        settings.update(num_pems=model.num_pems, pem_type=model.pem_type, alpha=model.alpha, t=model.t)
+    if isinstance(model.backbone, UNetBackbone):
+        unet_kwargs = {"base_channels": model.backbone.out_channels, "num_stages": len(model.backbone.encoder)}
+        return [SegmentationModelConfig(name="unet_fcn", model_kwargs=unet_kwargs, **settings)]
+    return [SegmentationModelConfig(name=arch, **settings) for arch in SEGMENTATION_ARCHITECTURES if arch != "unet_fcn"]
+
+
+def _segmentation_config(model: nn.Module, config: Optional[SegmentationModelConfig]) -> SegmentationModelConfig:
+    """The given settings, or the registered architecture whose parameter shapes match the model's."""
+    if config is not None:
+        return config
+    shapes = {key: value.shape for key, value in model.state_dict().items()}
+    for candidate in _inferred_segmentation_configs(model):
+        reference = _build_on_meta(candidate.name, SEGMENTATION, candidate.to_dict())
+        if not _weights_mismatch({k: v.shape for k, v in reference.state_dict().items()}, shapes):
+            return candidate
+    raise ValueError(
+        f"could not tell which registered architecture this {type(model).__name__} is; pass "
+        "config=SegmentationModelConfig(name=..., ...) as the model was built (load_segmentation_model returns it)."
+    )
+
+
+def _describe_segmentation(
+    model: nn.Module, label_names: Optional[Sequence[str]], config: Optional[SegmentationModelConfig]
+) -> ModelDescription:
+    config = _segmentation_config(model, config)
+    arch, named_pems = parse_segmentation_model_name(config.name)
+    npe = isinstance(model, NPESegmentationMixin)
+    merged = npe and model.pem_type == "linear" and not model.npe_heads()
+    if merged:  # the linear PEMs were folded into the classifier: the weights are the base architecture's
+        config = dataclasses.replace(config, name=arch, num_pems=None)
+    elif npe:  # saved under its NPE name, which carries the PEM count
+        config = dataclasses.replace(config, name=f"{arch}_npe{model.num_pems}", num_pems=model.num_pems)
+    num_classes = _segmentation_num_classes(model)
+    names = _label_names(label_names, config.class_names, num_classes)
+    config = dataclasses.replace(config, num_classes=num_classes, class_names=list(names) if names else None)
+    return ModelDescription(
+        architecture=config.name,
+        task=SEGMENTATION,
+        num_classes=num_classes,
+        input_size=SEGMENTATION_INPUT_SIZE,
+        mean=tuple(config.mean),
+        std=tuple(config.std),
+        num_pems=model.num_pems if npe else 0,
+        merged=merged,
+        alpha=model.alpha if npe else None,
+        t=model.t if npe else None,
+        npe_architecture=f"{arch}_npe{model.num_pems}" if npe else None,
+        label_names=names,
+        model_args=config.to_dict(),
+    )
+
+
+def describe_model(
+    model: nn.Module,
+    label_names: Optional[Sequence[str]] = None,
+    config: Optional[SegmentationModelConfig] = None,
+) -> ModelDescription:
     """Architecture, task, classes, PEMs, NPE-LA settings and preprocessing of a model built by this package.
 
-    A merged NPE model is described by its base architecture, which rebuilds its weights.
+    A merged NPE model is described by its base architecture, which rebuilds its weights. A
+    segmentation model is matched to its registered architecture by its parameter shapes
+    unless ``config`` (how it was built, with its input normalisation) is given.
     """
     if _is_timm_classifier(model):
         return _describe_classifier(model, label_names)
+    if _is_segmentation_model(model):
+        return _describe_segmentation(model, label_names, config)
     raise TypeError(
-        f"expected a timm classifier built with timm.create_model, got {type(model).__name__}."
+        f"expected a timm classifier built with timm.create_model or a segmentation model from "
+        f"create_segmentation_model, got {type(model).__name__}."
     )
 
 
 def _build_on_meta(architecture: str, task: str, model_args: Mapping[str, Any]) -> nn.Module:
     """A parameter-free (meta device) instance, to compare parameter names and shapes."""
     with torch.device("meta"):
+        if task == SEGMENTATION:
+            return SegmentationModelConfig.from_dict(dict(model_args)).build()
         return timm.create_model(architecture, pretrained=False, **model_args)
 
 
@@ -244,6 +347,18 @@ def _write_classifier_files(model: nn.Module, description: ModelDescription, fol
     save_for_hf(model, str(folder), model_config=model_config, safe_serialization=True)
     config = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
     config["model_args"] = description.model_args
+    config["npe"] = description.npe_config()
+    return config
+
+
+def _write_segmentation_files(model: nn.Module, description: ModelDescription, folder: Path) -> dict[str, Any]:
+    """Weights (with their settings in the safetensors metadata, as segmentation runs store them) and the config."""
+    settings = SegmentationModelConfig.from_dict(description.model_args)
+    save_segmentation_weights(folder / WEIGHTS_NAME, model, settings)
+    config: dict[str, Any] = {"architecture": description.architecture, "num_classes": description.num_classes}
+    if description.label_names:
+        config["label_names"] = list(description.label_names)
+    config["segmentation_model"] = description.model_args
     config["npe"] = description.npe_config()
     return config
 
@@ -337,11 +452,11 @@ def _model_card(
         library_name=library,
         license=license,
         model_name=model_name,
-        pipeline_tag=description.task,
-        tags=[description.task, library, "npe-models", "neural-prior-estimation", "long-tailed-recognition"],
+        pipeline_tag=_PIPELINE_TAGS[description.task],
+        tags=[_PIPELINE_TAGS[description.task], library, "npe-models", "neural-prior-estimation", "long-tailed-recognition"],
         datasets=[dataset_id] if dataset_id else None,
         metrics=sorted({_METRICS.get(key, (key,))[0] for key in metrics}) if metrics else None,
-        eval_results=_eval_results(metrics, description.task, dataset, dataset_id, split) if metrics else None,
+        eval_results=_eval_results(metrics, _PIPELINE_TAGS[description.task], dataset, dataset_id, split) if metrics else None,
     )
     details = [
         f"- Architecture to build: `{description.architecture}`",
@@ -422,6 +537,7 @@ def save_for_hub(
     model_name: Optional[str] = None,
     license: Optional[str] = "apache-2.0",
     overwrite: bool = False,
+    config: Optional[SegmentationModelConfig] = None,
 ) -> Path:
     """Write ``config.json``, ``model.safetensors`` and a ``README.md`` model card into ``directory``.
 
@@ -433,15 +549,16 @@ def save_for_hub(
     if metrics and not (dataset and dataset_id):
         raise ValueError("metrics need dataset= (a readable name) and dataset_id= (e.g. 'cifar10') for the model card.")
     directory = Path(directory)
-    description = describe_model(model, label_names)
+    description = describe_model(model, label_names, config)
     parent = _writable_parent(directory)
     staging = parent / f".{directory.name}.{uuid.uuid4().hex}.partial"
     staging.mkdir()
     try:
-        config = _write_classifier_files(model, description, staging)
-        (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        write_files = _write_classifier_files if description.task == CLASSIFICATION else _write_segmentation_files
+        hub_config = write_files(model, description, staging)
+        (staging / CONFIG_NAME).write_text(json.dumps(hub_config, indent=2) + "\n", encoding="utf-8")
         _check_weights_fit(
-            description.architecture, description.task, config.get("model_args", {}),
+            description.architecture, description.task, description.model_args,
             _weight_shapes(staging / WEIGHTS_NAME), f"the {type(model).__name__} being saved",
         )
         card = _model_card(
@@ -491,7 +608,7 @@ def push_to_hub(
 
 
 def _resolve_source(source: Union[str, os.PathLike]) -> tuple[Path, str]:
-    """Local folder holding the files, and the timm model name that loads them."""
+    """Local folder holding the files (downloaded or cached for ``hf-hub:``), and the timm name that loads them."""
     text = os.fspath(source)
     if text.startswith("hf-hub:"):
         repo, _, revision = text[len("hf-hub:"):].partition("@")
@@ -502,6 +619,11 @@ def _resolve_source(source: Union[str, os.PathLike]) -> tuple[Path, str]:
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a directory; pass a folder written by save_for_hub, or 'hf-hub:ORG/NAME'.")
     return folder, f"local-dir:{folder}"
+
+
+def hub_folder(source: Union[str, os.PathLike]) -> Path:
+    """The local folder of a Hub source: a path, ``local-dir:DIR``, or ``hf-hub:ORG/NAME[@revision]`` (downloaded or cached)."""
+    return _resolve_source(source)[0]
 
 
 def read_hub_config(folder: Union[str, os.PathLike]) -> dict[str, Any]:
@@ -525,19 +647,38 @@ def _weight_shapes(path: Path) -> dict[str, list[int]]:
         return {key: weights.get_slice(key).get_shape() for key in weights.keys()}
 
 
+def _load_segmentation(folder: Path, config: Mapping[str, Any], **kwargs: Any) -> nn.Module:
+    """Rebuild a segmentation model from its ``segmentation_model`` settings and load its weights strictly."""
+    if not isinstance(config.get("segmentation_model"), dict):
+        raise ValueError(f"{folder / CONFIG_NAME} has no 'segmentation_model' settings; re-export it with save_for_hub.")
+    try:
+        settings = SegmentationModelConfig.from_dict(dict(config["segmentation_model"]))
+        parse_segmentation_model_name(settings.name)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{folder / CONFIG_NAME}: {error}") from error
+    _check_weights_fit(settings.name, SEGMENTATION, settings.to_dict(), _weight_shapes(folder / WEIGHTS_NAME), str(folder / WEIGHTS_NAME))
+    model = settings.build(**kwargs)
+    model.load_state_dict(safetensors.torch.load_file(str(folder / WEIGHTS_NAME)), strict=True)
+    return model
+
+
 def load_from_hub(source: Union[str, os.PathLike], **kwargs: Any) -> nn.Module:
     """Load a model saved by ``save_for_hub`` from a folder, ``local-dir:DIR`` or ``hf-hub:ORG/NAME[@revision]``.
 
-    Checks first that the config names a known architecture and that every weight fits it,
-    then loads through timm (classifiers) so the result equals ``timm.create_model(source,
-    pretrained=True)``. ``kwargs`` go to the model builder.
+    Checks first that the config names a known architecture and that every weight fits it.
+    Classifiers load through timm (the result equals ``timm.create_model(source,
+    pretrained=True)``; ``kwargs`` go to it), segmentation models through
+    ``create_segmentation_model`` with their saved settings (``kwargs``: e.g.
+    ``weights_backbone``).
     """
     folder, timm_name = _resolve_source(source)
     config = read_hub_config(folder)
     architecture = config["architecture"]
     task = config.get("npe", {}).get("task", CLASSIFICATION)
+    if task == SEGMENTATION:
+        return _load_segmentation(folder, config, **kwargs)
     if task != CLASSIFICATION:
-        raise ValueError(f"{folder / CONFIG_NAME} is for task {task!r}; this version loads {CLASSIFICATION} models.")
+        raise ValueError(f"{folder / CONFIG_NAME} is for task {task!r}; expected {CLASSIFICATION} or {SEGMENTATION}.")
     if not timm.is_model(architecture):
         raise ValueError(
             f"{folder / CONFIG_NAME} names architecture {architecture!r}, which is not registered with timm; "

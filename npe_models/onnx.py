@@ -23,7 +23,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .hub import ModelDescription, describe_model
+from .hub import SEGMENTATION, ModelDescription, describe_model
+from .models.segmentation import DensePEMs, create_segmentation_model, parse_segmentation_model_name
+from .npe import NPEHead
+from .segmentation.config import SegmentationModelConfig
 
 __all__ = [
     "MIN_OPSET",
@@ -47,7 +50,7 @@ MIN_OPSET = 18
 PARITY_ATOL = 1e-4
 INPUT_NAME = "input"
 _EXAMPLE_BATCH = 2  # a batch of 1 would let torch.export specialise the batch axis
-_SEGMENTATION = "semantic-segmentation"
+SEGMENTATION_CHECK_SIZE = 64
 
 
 def _import_optional(name: str) -> Any:
@@ -141,24 +144,28 @@ def export_onnx(
     dynamic_size: Optional[bool] = None,
     opset_version: int = MIN_OPSET,
     label_names: Optional[Sequence[str]] = None,
+    config: Optional[SegmentationModelConfig] = None,
 ) -> Path:
     """Export ``model`` to a single ONNX file at ``path`` and return the path.
 
     ``input_size`` (C, H, W) defaults to the model's configured size; the batch axis is
     always dynamic, height and width when ``dynamic_size`` (default: for segmentation).
-    ``merge`` folds mergeable PEMs first. The file is checked with ``onnx.checker`` (full
+    ``merge`` folds mergeable PEMs first. ``config`` describes a segmentation model (see
+    ``npe_models.hub.describe_model``). The file is checked with ``onnx.checker`` (full
     check) and written under a temporary name, then renamed into place.
     """
     onnx = _import_optional("onnx")
     _check_opset(opset_version)
     path = _writable_target(Path(path))
-    source = describe_model(model, label_names)
+    source = describe_model(model, label_names, config)
     size = _check_input_size(input_size if input_size is not None else source.input_size)
     if dynamic_size is None:
-        dynamic_size = source.task == _SEGMENTATION
+        dynamic_size = source.task == SEGMENTATION
     deployed = _deployment_copy(model, merge)
     # the deployed graph names the architecture (the base one once merged); NPE-LA settings come from the source
-    description = dataclasses.replace(describe_model(deployed, label_names), alpha=source.alpha, t=source.t, input_size=size)
+    description = dataclasses.replace(
+        describe_model(deployed, label_names, config), alpha=source.alpha, t=source.t, input_size=size
+    )
     example = torch.zeros(_EXAMPLE_BATCH, *size)
     with torch.no_grad():
         output_names = _output_names(deployed(example))
@@ -294,24 +301,39 @@ def check_parity(
     return ParityResult(atol=atol, max_abs_diff=diffs, max_abs_output=scales, onnx_path=Path(onnx_path) if onnx_path else None)
 
 
-def _pem_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """Parameters of the Prior Estimation Modules (any parameter under a name part starting with ``pem``)."""
-    return [param for name, param in model.named_parameters() if any(part.startswith("pem") for part in name.split("."))]
+def _has_pems(model: nn.Module) -> bool:
+    return any(isinstance(m, (NPEHead, DensePEMs)) for m in model.modules())
 
 
 @torch.no_grad()
 def randomize_pems(model: nn.Module, std: float = 0.5, *, seed: int = 0) -> nn.Module:
-    """Draw every PEM weight and bias from N(0, ``std``) so that NPE-LA visibly changes the output.
+    """Give the PEMs realistic, seeded random weights so that NPE-LA visibly changes the output.
 
-    Fresh PEMs start at N(0, 0.001), which would let a wrong PEM path pass any numeric check.
-    Returns the model, changed in place.
+    Linear PEMs (``NPEHead``) get weights and biases from N(0, ``std``); the convs of PEM
+    networks (``fcn`` / ``replica``) get He-scaled weights N(0, ``std``^2 * 2 / fan_in) and
+    N(0, ``std``) biases, so activations keep their scale through the layers. Fresh PEMs start
+    at N(0, 0.001), which would let a wrong PEM path pass any numeric check. In place.
     """
-    params = _pem_parameters(model)
-    if not params:
-        raise ValueError(f"{type(model).__name__} has no PEM parameters to randomise (is it merged or a plain model?).")
     generator = torch.Generator().manual_seed(seed)
-    for param in params:
-        param.copy_(torch.randn(param.shape, generator=generator) * std)
+
+    def draw(tensor: Tensor, scale: float) -> None:
+        tensor.copy_(torch.randn(tensor.shape, generator=generator) * scale)
+
+    found = False
+    for module in model.modules():
+        if isinstance(module, NPEHead):
+            draw(module.pem_weight, std)
+            draw(module.pem_bias, std)
+        elif isinstance(module, DensePEMs):
+            for conv in (m for m in module.modules() if isinstance(m, nn.Conv2d)):
+                draw(conv.weight, std * (2.0 / conv.weight[0].numel()) ** 0.5)
+                if conv.bias is not None:
+                    draw(conv.bias, std)
+        else:
+            continue
+        found = True
+    if not found:
+        raise ValueError(f"{type(model).__name__} has no PEMs to randomise (is it merged or a plain model?).")
     return model
 
 
@@ -348,6 +370,43 @@ def calibrate_batchnorm(
     return model
 
 
+def _build_random(name: str, num_classes: int, image_size: Optional[int], model_kwargs: dict[str, Any]) -> tuple[nn.Module, tuple[int, int, int]]:
+    """A registered classifier or segmentation model at its initial weights, and the input size to check it at."""
+    import timm
+
+    if timm.is_model(name):
+        cfg = timm.models.get_pretrained_cfg(name)
+        channels, height, width = cfg.input_size
+        kwargs: dict[str, Any] = {"num_classes": num_classes, **model_kwargs}
+        if image_size is not None:
+            height = width = image_size
+            if cfg.fixed_input_size:
+                kwargs["img_size"] = image_size
+        return timm.create_model(name, **kwargs), (channels, height, width)
+    try:
+        parse_segmentation_model_name(name)
+    except ValueError as error:
+        raise ValueError(f"unknown model {name!r}: neither a timm classifier nor a segmentation model ({error})") from error
+    size = image_size or SEGMENTATION_CHECK_SIZE
+    return create_segmentation_model(name, num_classes=num_classes, **model_kwargs), (3, size, size)
+
+
+@torch.no_grad()
+def _damp_residual_branches(model: nn.Module, scale: float = 0.5) -> None:
+    """Scale the last BatchNorm of every torchvision ResNet block by ``scale``.
+
+    With unit-gain residual branches a random 16-block ResNet-50 amplifies rounding about
+    100-fold (its fp32 and fp64 logits differ by 2e-4), so no fp32 runtime could match it to
+    1e-4; trained networks, and timm's ``zero_init_last``, keep the branches small.
+    """
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    for block in model.modules():
+        if isinstance(block, (BasicBlock, Bottleneck)):
+            last = block.bn3 if isinstance(block, Bottleneck) else block.bn2
+            last.weight.mul_(scale)
+
+
 def random_model_for_parity(
     name: str,
     *,
@@ -359,29 +418,19 @@ def random_model_for_parity(
 ) -> tuple[nn.Module, tuple[int, int, int]]:
     """A registered model at random weights, fit for numeric checks, and the input size to check it at.
 
-    PEMs are drawn at ``pem_std`` (``randomize_pems``) and BatchNorm statistics calibrated
-    (``calibrate_batchnorm``), so outputs are O(1-10) and NPE-LA visibly changes them.
+    PEMs are drawn at ``pem_std`` (``randomize_pems``), BatchNorm statistics calibrated
+    (``calibrate_batchnorm``) and torchvision ResNet blocks damped (``_damp_residual_branches``),
+    so outputs are O(1-10), well conditioned, and NPE-LA visibly changes them.
     ``image_size`` overrides the configured size (fixed-size models such as ViT are built for
-    it); ``model_kwargs`` go to the builder.
+    it; segmentation models default to 64x64); ``model_kwargs`` go to the builder.
     """
-    import timm
-
-    if not timm.is_model(name):
-        raise ValueError(f"unknown model {name!r}; see timm.list_models() after importing npe_models.")
-    cfg = timm.models.get_pretrained_cfg(name)
-    channels, height, width = cfg.input_size if cfg else (3, 224, 224)
-    kwargs: dict[str, Any] = {"num_classes": num_classes, **model_kwargs}
-    if image_size is not None:
-        height = width = image_size
-        if cfg and cfg.fixed_input_size:
-            kwargs["img_size"] = image_size
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = timm.create_model(name, **kwargs)
-    size = (channels, height, width)
-    if _pem_parameters(model):
+        model, size = _build_random(name, num_classes, image_size, model_kwargs)
+    if _has_pems(model):
         randomize_pems(model, pem_std, seed=seed + 1)
     calibrate_batchnorm(model, size, seed=seed + 2)
+    _damp_residual_branches(model)
     return model.eval(), size
 
 

@@ -17,7 +17,9 @@ from huggingface_hub import ModelCard
 from timm.utils import reparameterize_model
 
 from npe_models.hub import CONFIG_NAME, HUB_FILES, WEIGHTS_NAME, load_from_hub, push_to_hub, save_for_hub
+from npe_models.models.segmentation import PEMNotMergedWarning
 from npe_models.npe import NPEHead
+from npe_models.segmentation.config import SegmentationModelConfig
 from npe_models.onnx import random_model_for_parity
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -110,21 +112,23 @@ def _populate_hf_cache(hf_home: Path, repo_id: str, folder: Path) -> None:
 
 
 def test_offline_hf_hub_cache_round_trip(tmp_path: Path) -> None:
-    model = _npe_model()
-    repo_id = "npe-models/resnet20_npe4-test"
-    folder = save_for_hub(model, tmp_path / "upload", repo_id=repo_id)
+    """Classifier through timm's hf-hub: and load_from_hub, segmentation through load_from_hub, with HF_HUB_OFFLINE=1."""
+    model, segmenter = _npe_model(), _segmentation_model()
     hf_home = tmp_path / "hf_home"
-    _populate_hf_cache(hf_home, repo_id, folder)
-    safetensors.torch.save_file({"x": _images()}, str(tmp_path / "x.safetensors"))
+    repos = {"npe-models/resnet20_npe4-test": model, "npe-models/unet_fcn_npe1-test": segmenter}
+    for repo_id, saved in repos.items():
+        _populate_hf_cache(hf_home, repo_id, save_for_hub(saved, tmp_path / repo_id, repo_id=repo_id))
+    safetensors.torch.save_file({"x": _images(), "y": torch.randn(2, 3, 40, 56)}, str(tmp_path / "x.safetensors"))
     script = f"""
 import safetensors.torch, timm, torch
 import npe_models
 from npe_models.hub import load_from_hub
-x = safetensors.torch.load_file({str(tmp_path / 'x.safetensors')!r})["x"]
+x = safetensors.torch.load_file({str(tmp_path / 'x.safetensors')!r})
 with torch.no_grad():
-    a = timm.create_model("hf-hub:{repo_id}", pretrained=True).eval()(x)
-    b = load_from_hub("hf-hub:{repo_id}").eval()(x)
-safetensors.torch.save_file({{"timm": a, "loader": b}}, {str(tmp_path / 'out.safetensors')!r})
+    a = timm.create_model("hf-hub:npe-models/resnet20_npe4-test", pretrained=True).eval()(x["x"])
+    b = load_from_hub("hf-hub:npe-models/resnet20_npe4-test").eval()(x["x"])
+    c = load_from_hub("hf-hub:npe-models/unet_fcn_npe1-test").eval()(x["y"])["out"]
+safetensors.torch.save_file({{"timm": a, "loader": b, "segmentation": c}}, {str(tmp_path / 'out.safetensors')!r})
 """
     env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)}
     env.pop("HF_HUB_CACHE", None)
@@ -133,6 +137,9 @@ safetensors.torch.save_file({{"timm": a, "loader": b}}, {str(tmp_path / 'out.saf
     out = safetensors.torch.load_file(str(tmp_path / "out.safetensors"))
     expected = _outputs(model)
     assert torch.equal(out["timm"], expected) and torch.equal(out["loader"], expected)
+    x = safetensors.torch.load_file(str(tmp_path / "x.safetensors"))["y"]
+    with torch.no_grad():
+        assert torch.equal(out["segmentation"], segmenter.eval()(x)["out"])
 
 
 def test_push_to_hub_uploads_exactly_the_folder(tmp_path: Path, monkeypatch) -> None:
@@ -269,3 +276,113 @@ def test_export_hub_command(tmp_path: Path, capsys) -> None:
     assert "overwrite" in capsys.readouterr().err
     assert run_hub(parser.parse_args(["resnet20_npe4", "--push"])) == 1
     assert "--repo-id" in capsys.readouterr().err
+
+
+def _segmentation_model(pem_type: str = "linear", **kwargs) -> torch.nn.Module:
+    model, _ = random_model_for_parity("unet_fcn_npe1", num_classes=2, pem_type=pem_type, base_channels=8, seed=4, **kwargs)
+    return model
+
+
+def _segmentation_outputs(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    with torch.no_grad():
+        return dict(model.eval()(torch.randn(2, 3, 40, 56, generator=torch.Generator().manual_seed(5))))
+
+
+def test_segmentation_round_trip_unmerged_and_merged(tmp_path: Path) -> None:
+    model = _segmentation_model(aux_loss=True)
+    settings = SegmentationModelConfig(
+        name="unet_fcn_npe1", num_classes=2, num_pems=1, aux_loss=True, model_kwargs={"base_channels": 8},
+        class_names=["background", "vessel"], mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
+    )
+    folder = save_for_hub(model, tmp_path / "unet", config=settings, metrics={"mdice": 80.5}, dataset="STARE", dataset_id="stare")
+    assert sorted(os.listdir(folder)) == sorted(HUB_FILES)
+    config = json.loads((folder / CONFIG_NAME).read_text())
+    assert config["architecture"] == "unet_fcn_npe1" and config["label_names"] == ["background", "vessel"]
+    assert config["segmentation_model"]["mean"] == [0.5, 0.5, 0.5] and config["npe"]["merged"] is False
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.pipeline_tag == "image-segmentation" and 'load_from_hub("local-dir:' in card.text
+    loaded = load_from_hub(folder)
+    assert type(loaded) is type(model)
+    expected = _segmentation_outputs(model)
+    assert all(torch.equal(a, b) for a, b in zip(_segmentation_outputs(loaded).values(), expected.values()))
+    # the weights file is also a segmentation checkpoint that `npe-models evaluate` reads
+    from npe_models.segmentation.checkpoint import load_segmentation_model
+    assert load_segmentation_model(folder / WEIGHTS_NAME)[1].class_names == ["background", "vessel"]
+
+    merged = save_for_hub(reparameterize_model(model), tmp_path / "merged")  # settings inferred from the model
+    config = json.loads((merged / CONFIG_NAME).read_text())
+    assert config["architecture"] == "unet_fcn" and config["segmentation_model"]["num_pems"] is None
+    assert config["segmentation_model"]["model_kwargs"] == {"base_channels": 8, "num_stages": 5}
+    assert config["npe"] == {**config["npe"], "merged": True, "num_pems": 1, "npe_architecture": "unet_fcn_npe1"}
+    plain = load_from_hub(merged)
+    assert not any(isinstance(m, NPEHead) for m in plain.modules())
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(_segmentation_outputs(plain).values(), expected.values()))
+
+
+def test_segmentation_with_unmergeable_pems_keeps_its_npe_name(tmp_path: Path) -> None:
+    model = _segmentation_model(pem_type="replica")
+    with pytest.warns(PEMNotMergedWarning):
+        deployed = reparameterize_model(model)
+    folder = save_for_hub(deployed, tmp_path / "replica")
+    config = json.loads((folder / CONFIG_NAME).read_text())
+    assert config["architecture"] == "unet_fcn_npe1" and config["segmentation_model"]["pem_type"] == "replica"
+    loaded = load_from_hub(folder)
+    assert all(torch.equal(a, b) for a, b in zip(_segmentation_outputs(loaded).values(), _segmentation_outputs(model).values()))
+
+
+def test_segmentation_errors(tmp_path: Path) -> None:
+    model = _segmentation_model()
+    model.classifier[0] = torch.nn.Conv2d(8, 8, 5, padding=2, bias=False)  # no registered architecture looks like this
+    with pytest.raises(ValueError, match="pass config="):
+        save_for_hub(model, tmp_path / "x")
+    folder = save_for_hub(_segmentation_model(), tmp_path / "good")
+    config = json.loads((folder / CONFIG_NAME).read_text())
+    config["segmentation_model"]["model_kwargs"] = {"base_channels": 16}
+    (folder / CONFIG_NAME).write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="do not fit 'unet_fcn_npe1'"):
+        load_from_hub(folder)
+    config["segmentation_model"]["name"] = "segformer_npe1"
+    (folder / CONFIG_NAME).write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="unknown segmentation model 'segformer_npe1'"):
+        load_from_hub(folder)
+    assert sorted(os.listdir(tmp_path)) == ["good"]
+
+
+def test_export_hub_command_from_training_runs(tmp_path: Path, capsys) -> None:
+    """`npe-models export hub RUN_DIR` for a classification and a segmentation run: weights, settings and recipe."""
+    import argparse
+
+    from npe_models.engine.checkpoint import save_weights
+    from npe_models.engine.config import TrainConfig
+    from npe_models.export_cli import add_hub_arguments, run_hub
+    from npe_models.segmentation.checkpoint import save_segmentation_weights
+
+    classifier = _npe_model()
+    train_config = TrainConfig(model="resnet20_npe4", method="npe", recipe="hp2", epochs=120)
+    run = tmp_path / "cls_run"
+    run.mkdir()
+    (run / CONFIG_NAME).write_text(json.dumps(train_config.to_dict()))
+    save_weights(run / WEIGHTS_NAME, classifier, train_config)
+
+    segmenter = _segmentation_model()
+    settings = SegmentationModelConfig(name="unet_fcn_npe1", num_classes=2, model_kwargs={"base_channels": 8},
+                                       class_names=["background", "vessel"])
+    seg_run = tmp_path / "seg_run"
+    seg_run.mkdir()
+    (seg_run / CONFIG_NAME).write_text(json.dumps({"model": settings.to_dict(), "train": {"iterations": 600, "lr": 0.01}}))
+    save_segmentation_weights(seg_run / WEIGHTS_NAME, segmenter, settings)
+
+    parser = add_hub_arguments(argparse.ArgumentParser())
+    assert run_hub(parser.parse_args([str(run), "-o", str(tmp_path / "cls_hub")])) == 0
+    assert run_hub(parser.parse_args([str(seg_run), "--merge", "-o", str(tmp_path / "seg_hub")])) == 0
+    card = (tmp_path / "cls_hub" / "README.md").read_text()
+    assert "| method | npe |" in card and "| epochs | 120 |" in card and "data_dir" not in card
+    assert torch.equal(_outputs(load_from_hub(tmp_path / "cls_hub")), _outputs(classifier))
+    seg_config = json.loads((tmp_path / "seg_hub" / CONFIG_NAME).read_text())
+    assert seg_config["architecture"] == "unet_fcn" and seg_config["label_names"] == ["background", "vessel"]
+    assert "| iterations | 600 |" in (tmp_path / "seg_hub" / "README.md").read_text()
+    loaded = load_from_hub(tmp_path / "seg_hub")
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(_segmentation_outputs(loaded).values(),
+                                                                _segmentation_outputs(segmenter).values()))
+    assert run_hub(parser.parse_args([str(run), "--weights", "x.safetensors", "-o", str(tmp_path / "x")])) == 1
+    assert "apply to registered names" in capsys.readouterr().err

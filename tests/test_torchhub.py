@@ -8,6 +8,7 @@ import torch
 import torch.hub
 
 import npe_models
+from npe_models.models.segmentation import NPESegmentationMixin, list_segmentation_models
 from npe_models.npe import NPEHead
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -21,7 +22,7 @@ def local_repo(monkeypatch) -> str:
 
 
 def _expected_entrypoints() -> set[str]:
-    return set(npe_models.list_classifiers())
+    return set(npe_models.list_classifiers()) | set(list_segmentation_models())
 
 
 def test_list_shows_exactly_the_registered_models(local_repo: str) -> None:
@@ -46,6 +47,28 @@ def test_load_classifier_from_local_checkout() -> None:
     model.eval()
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
     assert model.pretrained_cfg["architecture"] == "resnet32_npe16"
+
+
+def test_load_segmentation_model_from_local_checkout() -> None:
+    model = torch.hub.load(str(REPO_ROOT), "unet_fcn_npe1", source="local", num_classes=3, pem_type="fcn", base_channels=8)
+    assert isinstance(model, NPESegmentationMixin) and model.pem_type == "fcn" and model.num_pems == 1
+    out = model.eval()(torch.randn(1, 3, 48, 64))
+    assert list(out) == ["out"] and out["out"].shape == (1, 3, 48, 64)
+
+
+def test_pretrained_segmentation_asks_for_the_base_torchvision_weights(monkeypatch) -> None:
+    requested = []
+
+    def offline(url, *args, **kwargs):
+        requested.append(url)
+        raise ConnectionError("offline test")
+
+    monkeypatch.setattr("torchvision.models._api.load_state_dict_from_url", offline)  # where torchvision fetches weights
+    with pytest.raises(ConnectionError):
+        torch.hub.load(str(REPO_ROOT), "lraspp_mobilenet_v3_large_npe1", source="local", pretrained=True)
+    assert len(requested) == 1 and "lraspp_mobilenet_v3_large" in requested[0]
+    with pytest.raises(ValueError, match="no pretrained torchvision weights"):
+        torch.hub.load(str(REPO_ROOT), "unet_fcn_npe1", source="local", pretrained=True)
 
 
 def test_unknown_entrypoint_fails_clearly() -> None:
