@@ -163,7 +163,10 @@ def _load_registered(args: argparse.Namespace) -> LoadedModel:
             raise ValueError("--pretrained applies to classifiers; load segmentation weights with --weights.")
         model = create_segmentation_model(args.model, pem_type=args.pem_type, **kwargs)
     if args.weights is not None:
-        model.load_state_dict(_read_state_dict(args.weights), strict=True)
+        try:
+            model.load_state_dict(_read_state_dict(args.weights), strict=True)
+        except RuntimeError as error:
+            raise ValueError(f"--weights {args.weights} do not fit {args.model}: {error}") from error
     return LoadedModel(model)
 
 
@@ -175,19 +178,27 @@ def _is_segmentation_name(name: str) -> bool:
     return True
 
 
+def _source_kind(source: str) -> Optional[str]:
+    """'hub', 'registered', 'classification' or 'segmentation' (a training run or weights file), or None."""
+    if source.startswith(_HUB_PREFIXES):
+        return "hub"
+    if timm.is_model(source) or _is_segmentation_name(source):
+        return "registered"
+    return _run_kind(Path(source))
+
+
 def load_model_from_args(args: argparse.Namespace) -> LoadedModel:
     """Build the model named on the command line, with its weights, in eval mode."""
     source = args.model
-    registered = timm.is_model(source) or _is_segmentation_name(source)
-    kind = "hub" if source.startswith(_HUB_PREFIXES) else None if registered else _run_kind(Path(source))
-    if kind is not None and (args.weights or args.pretrained or args.num_classes is not None):
+    kind = _source_kind(source)
+    if kind not in (None, "registered") and (args.weights or args.pretrained or args.num_classes is not None):
         raise ValueError("--weights, --pretrained and --num-classes apply to registered names, not to saved models.")
-    if kind == "hub":
+    if kind == "registered":
+        loaded = _load_registered(args)
+    elif kind == "hub":
         loaded = _load_hub(source)
     elif kind is not None:
         loaded = _load_run(Path(source), kind)
-    elif registered:
-        loaded = _load_registered(args)
     else:
         raise ValueError(
             f"unknown model {source!r}: not a registered name (see `npe-models list`), a training run, "

@@ -223,10 +223,15 @@ def _segmentation_num_classes(model: nn.Module) -> int:
     return final.num_classes if isinstance(final, NPEHead) else final.out_channels
 
 
+def _is_merged_segmentation(model: nn.Module) -> bool:
+    """An NPE segmentation model whose linear PEMs ``reparameterize_model`` folded into the classifier."""
+    return isinstance(model, NPESegmentationMixin) and model.pem_type == "linear" and not model.npe_heads()
+
+
 def _inferred_segmentation_configs(model: nn.Module) -> list[SegmentationModelConfig]:
     """Every registered architecture with the model's classes, PEMs and options: candidates to match by weights."""
     npe = isinstance(model, NPESegmentationMixin)
-    merged = npe and model.pem_type == "linear" and not model.npe_heads()
+    merged = _is_merged_segmentation(model)
     settings: dict[str, Any] = dict(
         num_classes=_segmentation_num_classes(model),
         aux_loss=True if getattr(model, "aux_classifier", None) is not None else None,
@@ -258,9 +263,9 @@ def _describe_segmentation(
     model: nn.Module, label_names: Optional[Sequence[str]], config: Optional[SegmentationModelConfig]
 ) -> ModelDescription:
     config = _segmentation_config(model, config)
-    arch, named_pems = parse_segmentation_model_name(config.name)
+    arch, _ = parse_segmentation_model_name(config.name)
     npe = isinstance(model, NPESegmentationMixin)
-    merged = npe and model.pem_type == "linear" and not model.npe_heads()
+    merged = _is_merged_segmentation(model)
     if merged:  # the linear PEMs were folded into the classifier: the weights are the base architecture's
         config = dataclasses.replace(config, name=arch, num_pems=None)
     elif npe:  # saved under its NPE name, which carries the PEM count

@@ -205,7 +205,7 @@ def read_onnx_metadata(path: Union[str, os.PathLike]) -> dict[str, Any]:
     return metadata
 
 
-def onnx_session(path: Union[str, os.PathLike], threads: Optional[int] = None) -> "onnxruntime.InferenceSession":  # noqa: F821
+def onnx_session(path: Union[str, os.PathLike], threads: Optional[int] = None) -> Any:
     """An ONNX Runtime CPU session for ``path`` (``threads`` intra-op threads; default: runtime's choice)."""
     onnxruntime = _import_optional("onnxruntime")
     if not Path(path).is_file():
@@ -229,16 +229,29 @@ class ParityResult:
 
     @property
     def worst(self) -> float:
+        """The largest difference over every input shape."""
         return max(self.max_abs_diff.values())
 
     @property
     def passed(self) -> bool:
+        """Every difference within ``atol``."""
         return self.worst <= self.atol
 
 
 def _as_arrays(outputs: Any) -> list[np.ndarray]:
     values = [outputs] if isinstance(outputs, Tensor) else list(outputs.values())
     return [value.detach().cpu().numpy() for value in values]
+
+
+def _compare(model: nn.Module, session: Any, x: Tensor) -> tuple[float, float]:
+    """Largest |PyTorch - ONNX Runtime| over all outputs for input ``x``, and the largest |PyTorch| value."""
+    with torch.no_grad():
+        expected = _as_arrays(model(x))
+    found = session.run(None, {INPUT_NAME: x.numpy()})
+    if len(found) != len(expected):
+        raise ValueError(f"the ONNX graph has {len(found)} outputs but the model returns {len(expected)}; wrong file?")
+    diff = max(float(np.abs(e - f).max()) for e, f in zip(expected, found))
+    return diff, max(float(np.abs(e).max()) for e in expected)
 
 
 def _parity_input_sizes(
@@ -289,13 +302,7 @@ def check_parity(
             for batch in batch_sizes:
                 for h, w in sizes:
                     x = torch.randn(batch, channels, h, w, generator=generator)
-                    with torch.no_grad():
-                        expected = _as_arrays(model(x))
-                    found = session.run(None, {INPUT_NAME: x.numpy()})
-                    if len(found) != len(expected):
-                        raise ValueError(f"{path} has {len(found)} outputs but the model returns {len(expected)}.")
-                    diffs[(batch, h, w)] = max(float(np.abs(e - f).max()) for e, f in zip(expected, found))
-                    scales[(batch, h, w)] = max(float(np.abs(e).max()) for e in expected)
+                    diffs[(batch, h, w)], scales[(batch, h, w)] = _compare(model, session, x)
         finally:
             model.train(was_training)
     return ParityResult(atol=atol, max_abs_diff=diffs, max_abs_output=scales, onnx_path=Path(onnx_path) if onnx_path else None)
