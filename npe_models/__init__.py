@@ -1,5 +1,6 @@
 """Neural Prior Estimation (NPE) for timm and torchvision models.
 
+Importing the package registers every model with timm (and torchvision for segmentation).
 """
 from .losses import logit_adjusted_cross_entropy, one_way_logistic_loss, one_way_logistic_loss_from_true_class
 from .npe import NPEClassifierMixin, NPEHead, NPEOutput
