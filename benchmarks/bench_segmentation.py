@@ -27,22 +27,36 @@ import torch
 from timm.utils import reparameterize_model
 
 from npe_models import create_segmentation_model
-from npe_models.segmentation import freeze_model_parts, segmentation_loss_terms, set_train_mode
+from npe_models.data.stare import StareSegmentation
+from npe_models.segmentation import (
+    freeze_model_parts,
+    load_segmentation_model,
+    normalize_images,
+    predict_logits,
+    segmentation_loss_terms,
+    set_train_mode,
+)
 from npe_models.segmentation.cli import main as segmentation_cli
 
 STARE_ALPHAS = ("0", "1", "0.5", "0.2", "0.1")
 
 
-def _interleaved(fns: dict[str, Callable[[], None]], rounds: int) -> dict[str, list[float]]:
-    for fn in fns.values():  # warm-up
+def _interleaved(fns: dict[str, Callable[[], None]], rounds: int) -> dict[str, dict[str, list[float]]]:
+    """Wall-clock and process CPU seconds of each call, variants interleaved round by round after a warm-up call."""
+    for fn in fns.values():
         fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
+    times: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             fn()
-            times[name].append(time.perf_counter() - start)
+            times[name]["wall"].append(time.perf_counter() - wall)
+            times[name]["cpu"].append(time.process_time() - cpu)
     return times
+
+
+def _ratio(values: list[float], base: list[float]) -> float:
+    return statistics.median(v / b for v, b in zip(values, base))
 
 
 def bench_inference(args: argparse.Namespace) -> None:
@@ -66,12 +80,14 @@ def bench_inference(args: argparse.Namespace) -> None:
     base = times["deeplabv3_resnet50 (plain)"]
     print(f"\nInference, {args.classes} classes, batch {args.batch}, {args.size}x{args.size}, "
           f"{args.rounds} interleaved rounds; merged vs unmerged max |diff| {float(difference):.2e}")
-    print("| variant | parameters | s / forward (median) | ratio to plain (median of per-round ratios) |")
-    print("| --- | ---: | ---: | ---: |")
-    for name, values in times.items():
-        ratio = statistics.median(v / b for v, b in zip(values, base))
+    print("| variant | parameters | wall s / forward | CPU s / forward | wall ratio to plain | CPU ratio to plain |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for name, value in times.items():
         parameters = sum(p.numel() for p in models[name].parameters())
-        print(f"| {name} | {parameters:,} | {statistics.median(values):.3f} | {ratio:.3f} |")
+        print(f"| {name} | {parameters:,} | {statistics.median(value['wall']):.3f} | "
+              f"{statistics.median(value['cpu']):.3f} | {_ratio(value['wall'], base['wall']):.3f} | "
+              f"{_ratio(value['cpu'], base['cpu']):.3f} |")
+    print("(ratios: median of per-round ratios)")
 
 
 def _max_rss_mib() -> float:
@@ -117,16 +133,20 @@ def bench_train_step(args: argparse.Namespace) -> None:
           "frozen backbone, linear PEMs, CE + dense NPE loss. Memory: getrusage ru_maxrss of a fresh process per "
           f"variant ({args.steps} steps); time: both variants in one process, {args.rounds} interleaved rounds "
           "after a warm-up step")
-    print("| PEMs | RSS before the first step (MiB) | peak RSS (MiB) | peak - before (MiB) | s / step (median) |")
-    print("| ---: | ---: | ---: | ---: | ---: |")
+    print("| PEMs | RSS before the first step (MiB) | peak RSS (MiB) | peak - before (MiB) | wall s / step | "
+          "CPU s / step |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
     for k in (1, 16):
         before, peak = memory[k]["rss_before_steps_mib"], memory[k]["peak_rss_mib"]
-        print(f"| {k} | {before:.0f} | {peak:.0f} | {peak - before:.0f} | {statistics.median(times[k]):.2f} |")
+        print(f"| {k} | {before:.0f} | {peak:.0f} | {peak - before:.0f} | {statistics.median(times[k]['wall']):.2f} | "
+              f"{statistics.median(times[k]['cpu']):.2f} |")
     peak_ratio = memory[16]["peak_rss_mib"] / memory[1]["peak_rss_mib"]
     growth = {k: memory[k]["peak_rss_mib"] - memory[k]["rss_before_steps_mib"] for k in (1, 16)}
-    time_ratio = statistics.median(a / b for a, b in zip(times[16], times[1]))
     print(f"\n16 PEMs / 1 PEM: peak RSS {peak_ratio:.3f}x, memory the step adds {growth[16] / growth[1]:.3f}x, "
-          f"time {time_ratio:.3f}x (median of per-round ratios)")
+          f"wall time {_ratio(times[16]['wall'], times[1]['wall']):.3f}x, "
+          f"CPU time {_ratio(times[16]['cpu'], times[1]['cpu']):.3f}x (median of per-round ratios)")
+    for k in (1, 16):
+        print(f"per-round wall seconds, {k} PEM(s): " + ", ".join(f"{v:.1f}" for v in times[k]["wall"]))
     naive = 16 * args.batch * args.classes * args.size * args.size * 4 / 2**30
     print(f"(the naive 16 x B x C x H x W float32 PEM logits alone would take {naive:.1f} GiB)")
 
@@ -142,6 +162,23 @@ def _stare_table(title: str, results: dict) -> None:
         print(f"| {label} | " + " | ".join(f"{100 * v:.2f}" for v in cells) + " |")
 
 
+def estimate_diagnostic(run: Path, data_dir: str) -> None:
+    """Where the trained estimate points: mean vessel-minus-background gap of eta and of z, by pixel group."""
+    model, config = load_segmentation_model(run)
+    groups = ("background pixels", "vessel pixels", "near the boundary: abs(z_vessel - z_background) < 1")
+    totals = {group: torch.zeros(3, dtype=torch.float64) for group in groups}  # eta gap, z gap, count
+    for image, mask in StareSegmentation(data_dir, "val", "ah"):
+        logits, estimate = predict_logits(model, normalize_images(image[None], config.mean, config.std))
+        eta_gap, z_gap = estimate[0, 1] - estimate[0, 0], logits[0, 1] - logits[0, 0]
+        for group, where in zip(groups, (mask == 0, mask == 1, z_gap.abs() < 1)):
+            totals[group] += torch.stack([eta_gap[where].sum(), z_gap[where].sum(), where.sum()]).double()
+    print("\nEstimate vs main logits on the 'ah' validation images (whole-image inference)")
+    print("| pixels | mean eta_vessel - eta_background | mean z_vessel - z_background | pixels counted |")
+    print("| --- | ---: | ---: | ---: |")
+    for group, (eta_sum, z_sum, count) in totals.items():
+        print(f"| {group} | {eta_sum / count:.3f} | {z_sum / count:.3f} | {int(count):,} |")
+
+
 def bench_stare(args: argparse.Namespace) -> None:
     runs = Path(args.runs)
     baseline, npe = runs / "stare_unet16_baseline", runs / "stare_unet16_npe1"
@@ -153,7 +190,7 @@ def bench_stare(args: argparse.Namespace) -> None:
         ["train", "--model", "unet_fcn_npe1", *model, "--freeze-decode-head", "--iterations", "600", "--lr", "0.01",
          "--milestones", "200", "400", "--init", str(baseline), "--out", str(npe), "--resume", *common],
         ["evaluate", str(npe), "--mode", "slide", "--crop-size", "128", "--stride", "85",
-         "--alphas", *STARE_ALPHAS, "--overlays", "2", *common],
+         "--alpha", *STARE_ALPHAS, "--overlays", "2", *common],
     ]
     for argv in steps:
         print("$ python -m npe_models.segmentation.cli " + " ".join(argv), flush=True)
@@ -162,6 +199,7 @@ def bench_stare(args: argparse.Namespace) -> None:
     report = json.loads((npe / "eval" / "metrics.json").read_text())["results"]
     _stare_table("STARE validation, 'ah' masks (8 images)", report["ah"])
     _stare_table("STARE validation, 'vk' masks (10 images)", report["vk"])
+    estimate_diagnostic(npe, args.data_dir)
 
 
 def main() -> None:

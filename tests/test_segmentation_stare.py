@@ -30,7 +30,7 @@ def test_stare_split_and_annotations(data_dir: Path) -> None:
 
 def _evaluate(run: Path, data_dir: Path, alphas: list[str], annotations: list[str]) -> dict:
     status = main(["evaluate", str(run), "--data-dir", str(data_dir), "--device", "cpu", "--mode", "whole",
-                   "--alphas", *alphas, "--annotation", *annotations, "--overlays", "1"])
+                   "--alpha", *alphas, "--annotation", *annotations, "--overlays", "1"])
     assert status == 0
     return json.loads((run / "eval" / "metrics.json").read_text())["results"]
 

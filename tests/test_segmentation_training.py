@@ -224,4 +224,4 @@ def test_cli_hooks_reuse_options_a_shared_parser_already_defines() -> None:
     evaluate = argparse.ArgumentParser()
     evaluate.add_argument("source")
     add_evaluate_arguments(evaluate)
-    assert evaluate.parse_args(["run", "--alphas", "0", "0.1"]).alphas == [0.0, 0.1]
+    assert evaluate.parse_args(["run", "--alpha", "0", "0.1"]).alpha == [0.0, 0.1]

@@ -217,7 +217,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--split", choices=STARE_SPLITS, help="STARE images to score (default: val)")
     group.add_argument("--annotation", nargs="+", choices=sorted(STARE_ANNOTATIONS),
                        help="STARE masks to score against, one table each (default: ah vk)")
-    group.add_argument("--alphas", type=float, nargs="+",
+    group.add_argument("--alpha", type=float, nargs="+",
                        help="NPE-LA strengths, all from one forward pass; 0 = main logits (default: 0 and the model's)")
     group.add_argument("--mode", choices=EVAL_MODES, help="whole-image or sliding-window inference (default: slide)")
     group.add_argument("--crop-size", type=_size, help="slide window (default: 128)")
@@ -251,7 +251,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if getattr(args, "merge", False):
         model = reparameterize_model(model)
     default_alphas = [0.0, model_config.alpha] if has_pems(model) else [0.0]
-    alphas = _setting(args, "alphas", default_alphas)
+    alphas = _setting(args, "alpha", default_alphas)
     source = Path(args.source)
     out = Path(args.out) if args.out else (source if source.is_dir() else source.parent) / "eval"
     mode = _setting(args, "mode", "slide")
