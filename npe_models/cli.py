@@ -1,4 +1,4 @@
-"""The ``npe-models`` command: ``train``, ``evaluate`` and ``list``.
+"""The ``npe-models`` command: ``train``, ``evaluate``, ``export`` and ``list``.
 
 Each task (image classification on long-tailed CIFAR here) registers the data sets it serves
 and its train / evaluate handlers in ``TASKS``; the subcommands pick the task from the data
@@ -253,7 +253,25 @@ TASKS: dict[str, Task] = {
         train=_train_classification,
         evaluate=_evaluate_classification,
     ),
+    "segmentation": Task(
+        datasets=("stare",),
+        add_train_arguments=lambda parser: _segmentation_cli().add_train_arguments(parser),
+        add_evaluate_arguments=lambda parser: _segmentation_cli().add_evaluate_arguments(parser),
+        train=lambda args: _segmentation_cli().run_train(args),
+        evaluate=lambda args: _segmentation_cli().run_evaluate(args),
+    ),
 }
+
+
+def _segmentation_cli():
+    from .segmentation import cli
+
+    return cli
+
+
+def _dataset_of_model(model: Optional[str]) -> Optional[str]:
+    """Segmentation models train on STARE unless told otherwise; classifiers on the classification default."""
+    return "stare" if model and _segmentation_cli().is_segmentation_model(model) else None
 
 
 def _task_for_dataset(dataset: Optional[str]) -> Task:
@@ -277,6 +295,11 @@ def _saved_dataset(source: str) -> Optional[str]:
     path = Path(source)
     if not path.exists():
         return _tag_dataset(source)[0]
+    run_dir = path if path.is_dir() else path.parent
+    if (run_dir / "config.json").is_file():
+        segmentation_data = json.loads((run_dir / "config.json").read_text()).get("data")
+        if isinstance(segmentation_data, dict):  # segmentation runs keep their data settings in a section
+            return segmentation_data.get("dataset")
     config = read_saved_config(path)
     return config.dataset if config else None
 
@@ -289,11 +312,12 @@ def _run_train(args: argparse.Namespace) -> int:
         if Path(args.out).is_dir():
             saved = read_saved_config(args.out)
             dataset = saved.dataset if saved else None
-    return _task_for_dataset(dataset).train(args)
+    return _task_for_dataset(dataset or _dataset_of_model(args.model)).train(args)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    return _task_for_dataset(args.dataset or _saved_dataset(args.source)).evaluate(args)
+    dataset = args.dataset or _saved_dataset(args.source) or _dataset_of_model(args.model)
+    return _task_for_dataset(dataset).evaluate(args)
 
 
 def _run_list(args: argparse.Namespace) -> int:
@@ -343,6 +367,8 @@ def _add_shared_run_arguments(parser: argparse.ArgumentParser, training: bool) -
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``npe-models`` command."""
+    from . import export_cli
+
     parser = argparse.ArgumentParser(
         prog=_PROG, description="Neural Prior Estimation (NPE): train, evaluate and list long-tailed recognition models."
     )
@@ -376,6 +402,13 @@ def build_parser() -> argparse.ArgumentParser:
     for task in TASKS.values():
         task.add_evaluate_arguments(evaluate)
     evaluate.set_defaults(handler=_run_evaluate)
+
+    export = commands.add_parser("export", help="export a model to ONNX or to a Hugging Face Hub folder")
+    formats = export.add_subparsers(dest="format", required=True, metavar="FORMAT")
+    onnx_parser = formats.add_parser("onnx", help="ONNX file (PEMs merged where they merge), checked against ONNX Runtime")
+    export_cli.add_onnx_arguments(onnx_parser).set_defaults(handler=export_cli.run_onnx)
+    hub_parser = formats.add_parser("hub", help="Hub folder: config.json, model.safetensors and a model card; optional upload")
+    export_cli.add_hub_arguments(hub_parser).set_defaults(handler=export_cli.run_hub)
 
     listing = commands.add_parser("list", help="list the models (and pretrained tags) npe-models provides")
     listing.add_argument("filter", nargs="?", help="wildcard filter, e.g. 'resnet32*'")
