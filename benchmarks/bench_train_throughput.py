@@ -4,7 +4,9 @@ Each variant runs one epoch of the engine's real training loop (in-memory uint8 
 crop + flip + normalise, forward, loss, backward, SGD step) for ResNet-32 with and without 16 PEMs
 at batch 128 and 64. The ``pil`` variant is the reference code's input pipeline on the same model
 and step: per-image PIL random crop + flip + ToTensor + Normalize in two DataLoader workers.
-Variants run interleaved in one process so their ratios share the machine's conditions.
+Variants run interleaved in one process so their ratios share the machine's conditions. Besides
+wall-clock images/s it reports images per CPU-second (this process, its threads and its
+DataLoader workers), which other processes sharing the CPU disturb much less.
 
     python benchmarks/bench_train_throughput.py --data-dir ../shared/data
     python benchmarks/bench_train_throughput.py --variants npe16-b128 npe16-b128-1thread --max-batches 20
@@ -41,8 +43,14 @@ VARIANTS = {
 DEFAULT_VARIANTS = ["npe16-b128", "plain-b128", "npe16-b64", "plain-b64", "npe16-b128-nchw", "pil-npe16-b128"]
 
 
-def engine_epoch(model_name: str, batch_size: int, channels_last: bool, data_dir: str, max_batches: int | None) -> float:
-    """Images/s of one epoch of the engine's training loop."""
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (DataLoader workers), all threads included."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+def engine_epoch(model_name: str, batch_size: int, channels_last: bool, data_dir: str, max_batches: int | None):
+    """(images, wall seconds, CPU seconds) of one epoch of the engine's training loop."""
     method = "npe" if "_npe" in model_name else "ce"
     config = resolve_config("hp1", method, model=model_name, batch_size=batch_size, channels_last=channels_last,
                             data_dir=data_dir, device="cpu")
@@ -50,11 +58,13 @@ def engine_epoch(model_name: str, batch_size: int, channels_last: bool, data_dir
     if max_batches is not None:
         keep = max_batches * batch_size
         run.stream.labels, run.stream.images = run.stream.labels[:keep], run.stream.images[:keep]
-    return run.train_epoch(0)["images_per_s"]
+    cpu = _cpu_seconds()
+    record = run.train_epoch(0)
+    return record["images"], record["seconds"], _cpu_seconds() - cpu
 
 
-def pil_epoch(model_name: str, batch_size: int, data_dir: str, max_batches: int | None, workers: int) -> float:
-    """Images/s of one epoch with the reference pipeline: PIL transforms per image in DataLoader workers."""
+def pil_epoch(model_name: str, batch_size: int, data_dir: str, max_batches: int | None, workers: int):
+    """(images, wall seconds, CPU seconds) of one epoch with the reference pipeline: per-image PIL transforms in workers."""
     import timm
     from PIL import Image
     from torchvision import transforms
@@ -76,7 +86,7 @@ def pil_epoch(model_name: str, batch_size: int, data_dir: str, max_batches: int 
 
     loader = torch.utils.data.DataLoader(PilDataset(), batch_size=batch_size, shuffle=True, num_workers=workers,
                                          persistent_workers=False)
-    start, seen = time.perf_counter(), 0
+    start, cpu, seen = time.perf_counter(), _cpu_seconds(), 0
     for images, labels in loader:
         output = model.forward_train(images)
         loss = F.cross_entropy(output.logits, labels) + npe_models.one_way_logistic_loss(output.pem_logits, labels)
@@ -84,7 +94,9 @@ def pil_epoch(model_name: str, batch_size: int, data_dir: str, max_batches: int 
         loss.backward()
         optimizer.step()
         seen += len(labels)
-    return seen / (time.perf_counter() - start)
+    wall = time.perf_counter() - start
+    del loader  # join the workers so that their CPU time is counted
+    return seen, wall, _cpu_seconds() - cpu
 
 
 def main() -> None:
@@ -100,27 +112,30 @@ def main() -> None:
     print(f"# {time.strftime('%Y-%m-%d %H:%M:%S')}  {platform.processor() or platform.machine()}  "
           f"{os.cpu_count()} CPUs  torch {torch.__version__}  threads {torch.get_num_threads()}  "
           f"load average before {os.getloadavg()[0]:.2f}")
-    results: dict[str, list[float]] = {name: [] for name in args.variants}
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in args.variants}
     for round_index in range(args.rounds):
         for name in args.variants:
             model_name, batch_size, channels_last, pipeline, threads = VARIANTS[name]
             default_threads = torch.get_num_threads()
             torch.set_num_threads(threads or default_threads)
             if pipeline == "pil":
-                rate = pil_epoch(model_name, batch_size, args.data_dir, args.max_batches, args.workers)
+                images, wall, cpu = pil_epoch(model_name, batch_size, args.data_dir, args.max_batches, args.workers)
             else:
-                rate = engine_epoch(model_name, batch_size, channels_last, args.data_dir, args.max_batches)
+                images, wall, cpu = engine_epoch(model_name, batch_size, channels_last, args.data_dir, args.max_batches)
             torch.set_num_threads(default_threads)
-            results[name].append(rate)
-            print(f"round {round_index + 1} {name:<18} {rate:7.1f} images/s  (load {os.getloadavg()[0]:.2f})", flush=True)
+            results[name].append((images / wall, images / cpu))
+            print(f"round {round_index + 1} {name:<18} {images / wall:7.1f} images/s  {images / cpu:7.1f} images/CPU-s  "
+                  f"(load {os.getloadavg()[0]:.2f})", flush=True)
     reference = "npe16-b128" if "npe16-b128" in results else args.variants[0]
-    base = float(np.median(results[reference]))
-    print(f"\n| variant | model | batch | images/s (median of {args.rounds}) | vs {reference} |")
-    print("| --- | --- | --- | --- | --- |")
+    base_wall = float(np.median([r[0] for r in results[reference]]))
+    base_cpu = float(np.median([r[1] for r in results[reference]]))
+    print(f"\n| variant | model | batch | images/s | vs {reference} | images per CPU-second | vs {reference} |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, rates in results.items():
         model_name, batch_size = VARIANTS[name][:2]
-        median = float(np.median(rates))
-        print(f"| {name} | {model_name} | {batch_size} | {median:.1f} | {median / base:.2f} |")
+        wall, cpu = float(np.median([r[0] for r in rates])), float(np.median([r[1] for r in rates]))
+        print(f"| {name} | {model_name} | {batch_size} | {wall:.1f} | {wall / base_wall:.2f} | {cpu:.1f} | {cpu / base_cpu:.2f} |")
+    print(f"(medians over {args.rounds} round(s); load average after {os.getloadavg()[0]:.2f})")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 
