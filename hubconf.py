@@ -24,8 +24,19 @@ def _named(entrypoint, name: str, doc: str):
     return entrypoint
 
 
+def _require_default_weights(name: str) -> None:
+    """A clear error instead of timm's warning and random weights when ``name`` has no default weights."""
+    cfg = _timm.models.get_pretrained_cfg(name)
+    if cfg is None or not cfg.has_weights:
+        tags = _timm.list_pretrained(f"{name}.*")
+        hint = f"pass pretrained_cfg='<tag>' for one of {tags}" if tags else "use pretrained=False"
+        raise ValueError(f"{name} has no default pretrained weights; {hint}.")
+
+
 def _classifier_entrypoint(name: str):
     def entrypoint(pretrained: bool = False, **kwargs):
+        if pretrained and not {"pretrained_cfg", "pretrained_cfg_overlay"} & kwargs.keys():
+            _require_default_weights(name)
         return _timm.create_model(name, pretrained=pretrained, **kwargs)
 
     doc = _timm.models.model_entrypoint(name).__doc__.strip()

@@ -49,6 +49,11 @@ def test_load_classifier_from_local_checkout() -> None:
     assert model.pretrained_cfg["architecture"] == "resnet32_npe16"
 
 
+def test_pretrained_without_weights_fails_clearly() -> None:
+    with pytest.raises(ValueError, match="resnet110_npe4 has no default pretrained weights"):
+        torch.hub.load(str(REPO_ROOT), "resnet110_npe4", source="local", pretrained=True)
+
+
 def test_load_segmentation_model_from_local_checkout() -> None:
     model = torch.hub.load(str(REPO_ROOT), "unet_fcn_npe1", source="local", num_classes=3, pem_type="fcn", base_channels=8)
     assert isinstance(model, NPESegmentationMixin) and model.pem_type == "fcn" and model.num_pems == 1
