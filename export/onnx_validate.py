@@ -24,7 +24,7 @@ import numpy as np
 import timm
 
 import npe_models
-from npe_models.export_cli import add_model_arguments, load_model_from_args
+from npe_models.export_cli import add_model_arguments, load_model_from_args, pem_form
 from npe_models.models.segmentation import list_segmentation_models
 from npe_models.onnx import (
     PARITY_ATOL,
@@ -99,7 +99,7 @@ def validate_one(args: argparse.Namespace) -> int:
         if not path.is_file():
             export_onnx(model, path, config=loaded.segmentation_config)
         metadata = read_onnx_metadata(path)
-        print(f"{path}: {metadata.get('architecture')} ({'merged' if metadata.get('merged') else 'unmerged'}), "
+        print(f"{path}: {metadata.get('architecture')} ({pem_form(metadata)}), "
               f"input {metadata.get('input_size')}")
         result = check_parity(model, path)
         _print_parity(result)

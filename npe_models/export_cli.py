@@ -33,6 +33,7 @@ __all__ = [
     "add_model_arguments",
     "load_model_from_args",
     "read_label_names",
+    "pem_form",
     "add_onnx_arguments",
     "run_onnx",
     "add_hub_arguments",
@@ -226,6 +227,14 @@ def add_onnx_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     return parser
 
 
+def pem_form(metadata: Mapping[str, Any]) -> str:
+    """How an export carries its PEMs, from its metadata: 'merged (16 PEMs)', 'unmerged (1 PEM)' or 'no PEMs'."""
+    if not metadata.get("num_pems"):
+        return "no PEMs"
+    count = metadata["num_pems"]
+    return f"{'merged' if metadata.get('merged') else 'unmerged'} ({count} PEM{'s' if count != 1 else ''})"
+
+
 def _default_output(model_arg: str, suffix: str) -> Path:
     name = model_arg.rstrip("/").split("/")[-1].split(":")[-1] or "model"
     return Path(f"{name}{suffix}")
@@ -250,7 +259,7 @@ def run_onnx(args: argparse.Namespace) -> int:
         return _fail(str(error))
     metadata = read_onnx_metadata(path)
     print(f"wrote {path} ({os.path.getsize(path) / 1e6:.1f} MB): {metadata['architecture']}, "
-          f"{'merged' if metadata['merged'] else 'unmerged'}, input {metadata['input_size']}, opset {args.opset}")
+          f"{pem_form(metadata)}, input {metadata['input_size']}, opset {args.opset}")
     if not args.check:
         return 0
     result = check_parity(model, path)

@@ -267,7 +267,7 @@ def test_export_onnx_command(tmp_path: Path, capsys) -> None:
     parser = add_onnx_arguments(argparse.ArgumentParser())
     assert run_onnx(parser.parse_args(["resnet20_npe1", "-o", str(tmp_path / "m.onnx"), "--check", "--opset", "20"])) == 0
     out = capsys.readouterr().out
-    assert "parity ok" in out and "resnet20, merged" in out
+    assert "parity ok" in out and "resnet20, merged (1 PEM)" in out
     assert read_onnx_metadata(tmp_path / "m.onnx")["npe_architecture"] == "resnet20_npe1"
     assert run_onnx(parser.parse_args(["resnet21", "-o", str(tmp_path / "x.onnx")])) == 1
     assert "unknown model 'resnet21'" in capsys.readouterr().err
