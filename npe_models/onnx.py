@@ -9,10 +9,12 @@ compares PyTorch's eval output with ONNX Runtime's.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import importlib
 import json
+import logging
 import os
 import tempfile
 import uuid
@@ -96,6 +98,23 @@ def _deployment_copy(model: nn.Module, merge: bool) -> nn.Module:
     return deployed.eval()
 
 
+_EXPORTER_LOGGERS = ("onnxscript", "onnx_ir")  # log every graph rewrite at INFO level
+
+
+@contextlib.contextmanager
+def _quiet_exporter_logs() -> Any:
+    """Raise the ONNX exporter's loggers to WARNING for the export, so an INFO-level application log stays readable."""
+    loggers = [logging.getLogger(name) for name in _EXPORTER_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 def _output_names(outputs: Any) -> list[str]:
     if isinstance(outputs, Tensor):
         return ["logits"]
@@ -169,16 +188,17 @@ def export_onnx(
     example = torch.zeros(_EXAMPLE_BATCH, *size)
     with torch.no_grad():
         output_names = _output_names(deployed(example))
-    program = torch.onnx.export(
-        deployed,
-        (example,),
-        dynamo=True,
-        verbose=False,
-        opset_version=opset_version,
-        input_names=[INPUT_NAME],
-        output_names=output_names,
-        dynamic_shapes=_dynamic_shapes(dynamic_size),
-    )
+    with _quiet_exporter_logs():
+        program = torch.onnx.export(
+            deployed,
+            (example,),
+            dynamo=True,
+            verbose=False,
+            opset_version=opset_version,
+            input_names=[INPUT_NAME],
+            output_names=output_names,
+            dynamic_shapes=_dynamic_shapes(dynamic_size),
+        )
     program.model.metadata_props.update(_metadata(description, dynamic_size))
     program.model.doc_string = f"{description.npe_architecture or description.architecture} exported by npe-models"
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
