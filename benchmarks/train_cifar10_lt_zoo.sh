@@ -4,6 +4,7 @@
 #   NPE_DATA_DIR=../shared/data nohup nice -n 10 benchmarks/train_cifar10_lt_zoo.sh > zoo/train.log 2>&1 &
 # Runs land in zoo/<name>/ (config.json, log.jsonl, checkpoint.pt, model.safetensors, metrics.json).
 set -euo pipefail
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}  # busy-waiting threads collapse throughput on a shared CPU
 cd "$(dirname "$0")/.."
 out=${ZOO_DIR:-zoo}
 common=(--dataset cifar10 --data-dir "${NPE_DATA_DIR:-../shared/data}" --seed 0 --deterministic --no-progress)
