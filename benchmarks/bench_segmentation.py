@@ -7,7 +7,8 @@
         one training step with a frozen backbone, 16 linear PEMs vs 1: peak resident memory
         (getrusage ru_maxrss) of a fresh subprocess per variant, and seconds per step of both
         variants in one process, interleaved rounds.
-    python benchmarks/bench_segmentation.py stare --data-dir ../shared/data [--runs runs]
+    python benchmarks/bench_segmentation.py stare --data-dir ../shared/data [--runs runs] [--base-channels 16]
+                                                  [--baseline-iterations 600]
         train the UNet-FCN baseline, freeze it, train one linear PEM (600 iterations, lr 1e-2,
         x0.1 at 200 and 400), evaluate alpha 0 (baseline) and NPE-LA at 1, 0.5, 0.2, 0.1. Resumable.
 """
@@ -181,7 +182,8 @@ def estimate_diagnostic(run: Path, data_dir: str) -> None:
 
 def bench_stare(args: argparse.Namespace) -> None:
     runs = Path(args.runs)
-    baseline, npe = runs / "stare_unet16_baseline", runs / "stare_unet16_npe1"
+    name = f"stare_unet{args.base_channels}"
+    baseline, npe = runs / f"{name}_baseline", runs / f"{name}_npe1"
     common = ["--data-dir", args.data_dir, "--device", args.device]
     model = ["--model-arg", f"base_channels={args.base_channels}", "--aux-loss"]
     steps = [
