@@ -225,3 +225,9 @@ def test_cli_hooks_reuse_options_a_shared_parser_already_defines() -> None:
     evaluate.add_argument("source")
     add_evaluate_arguments(evaluate)
     assert evaluate.parse_args(["run", "--alpha", "0", "0.1"]).alpha == [0.0, 0.1]
+
+
+def test_non_finite_loss_stops_training_with_a_clear_error() -> None:
+    model_config = _model_config()
+    with pytest.raises(FloatingPointError, match="lower the learning rate"):
+        train_segmentation(model_config.build(), _Blobs(), _train_config(lr=1e30, freeze_backbone=False), model_config)

@@ -290,7 +290,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return run_train(args) if args.command == "train" else run_evaluate(args)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, RuntimeError) as error:
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, FloatingPointError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
 

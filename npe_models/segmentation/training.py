@@ -114,6 +114,7 @@ def train_segmentation(
     """Train ``model`` on random crops of ``dataset``'s ``(uint8 image, mask)`` pairs; returns the last step's record.
 
     NPE models (with PEMs) train on ``CE + aux + dense_npe_loss``; plain models on ``CE + aux``.
+    The frozen parts (``config.freeze_backbone`` / ``freeze_decode_head``) keep ``requires_grad=False``.
     With ``output_dir``, a checkpoint is written every ``checkpoint_every`` iterations, and with
     ``resume`` an interrupted run continues from it (without, an existing run is an error); the
     final weights go to ``model.safetensors``.
@@ -165,6 +166,12 @@ def train_segmentation(
             aux_weight=config.aux_weight,
         )
         loss = sum(terms.values())
+        if not torch.isfinite(loss):
+            values = {k: v.item() for k, v in terms.items()}
+            raise FloatingPointError(
+                f"the loss became {loss.item()} at iteration {iteration + 1} ({values}); lower the learning rate "
+                "and start a new run (or resume from the last checkpoint)."
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
