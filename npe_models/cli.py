@@ -323,15 +323,36 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 def _run_list(args: argparse.Namespace) -> int:
     import timm
 
+    from .models._bundled import bundled_checkpoints
+
     names = timm.list_models(args.filter or "", pretrained=args.pretrained)
     ours = [n for n in names if timm.models.model_entrypoint(n.split(".", 1)[0]).__module__.startswith("npe_models.")]
-    if not ours:
-        print("no pretrained weights are published yet." if args.pretrained else "no models match.")
+    if not args.pretrained:
+        print("\n".join(f"{name:<45} {_model_summary(name)}" for name in ours) or "no models match.")
         return 0
-    for name in ours:
-        doc = (timm.models.model_entrypoint(name.split(".", 1)[0]).__doc__ or "").strip().splitlines()
-        print(f"{name:<40} {doc[0] if doc else ''}")
+    trained = [name for name in ours if name in bundled_checkpoints()]
+    print("Checkpoints trained by npe-models (bundled; timm.create_model(name, pretrained=True)):")
+    for name in trained:
+        print(f"  {name:<45} {_model_summary(name)}")
+    if not trained:
+        print("  none yet." if not args.filter else "  none match.")
+    base = [name for name in ours if name not in trained]
+    if base:
+        print("Base architectures' own weights with fresh PEMs (to fine-tune):")
+        for name in base:
+            print(f"  {name:<45} {_model_summary(name)}")
     return 0
+
+
+def _model_summary(name: str) -> str:
+    """A pretrained tag's description (what it was trained on, its accuracy), else the model's docstring."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(name) if "." in name else None
+    if cfg is not None and cfg.description:
+        return cfg.description
+    doc = (timm.models.model_entrypoint(name.split(".", 1)[0]).__doc__ or "").strip().splitlines()
+    return doc[0] if doc else ""
 
 
 def _add_shared_run_arguments(parser: argparse.ArgumentParser, training: bool) -> None:

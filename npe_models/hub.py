@@ -451,6 +451,7 @@ def _model_card(
     split: str,
     recipe: Optional[Mapping[str, Any]],
     license: Optional[str],
+    notes: Optional[str] = None,
 ) -> ModelCard:
     library = "timm" if description.task == CLASSIFICATION else "pytorch"
     card_data = ModelCardData(
@@ -490,6 +491,7 @@ def _model_card(
             recipe_text,
             "## Evaluation",
             metrics_text,
+            *([notes] if notes else []),
             "## Citation",
             f"```bibtex\n{CITATION}\n```",
         ]
@@ -543,12 +545,13 @@ def save_for_hub(
     license: Optional[str] = "apache-2.0",
     overwrite: bool = False,
     config: Optional[SegmentationModelConfig] = None,
+    notes: Optional[str] = None,
 ) -> Path:
     """Write ``config.json``, ``model.safetensors`` and a ``README.md`` model card into ``directory``.
 
     ``metrics`` (e.g. ``{"top1": 80.1, "many": 91.0, "medium": 78.2, "few": 70.3}``) become
     the card's ``model-index`` results on ``dataset``; ``recipe`` is shown as the training
-    recipe; ``repo_id`` fills the usage snippet. The folder is assembled under a temporary
+    recipe; ``notes`` (markdown) follows the evaluation; ``repo_id`` fills the usage snippet. The folder is assembled under a temporary
     name beside ``directory`` and renamed into place, so it is complete or absent.
     """
     if metrics and not (dataset and dataset_id):
@@ -570,7 +573,7 @@ def save_for_hub(
             description,
             model_name=model_name or (repo_id.split("/")[-1] if repo_id else description.npe_architecture or description.architecture),
             repo_id=repo_id, metrics=metrics, dataset=dataset, dataset_id=dataset_id, split=split,
-            recipe=recipe, license=license,
+            recipe=recipe, license=license, notes=notes,
         )
         card.save(staging / CARD_NAME)
         _publish_directory(staging, directory, overwrite)

@@ -113,7 +113,7 @@ def test_evaluate_run_checkpoint_and_merged(capsys, toy_run, tmp_path):
 def test_evaluate_errors(capsys, toy_run, tmp_path):
     assert "has 10 classes" in _error(capsys, ["evaluate", str(toy_run), "--dataset", "cifar100", "--out", str(tmp_path)])
     assert "--pretrained" in _error(capsys, ["evaluate", "resnet32_npe16", "--out", str(tmp_path)])
-    assert "no pretrained weights" in _error(capsys, ["evaluate", "resnet32_npe16", "--pretrained", "--out", str(tmp_path)])
+    assert "no pretrained weights" in _error(capsys, ["evaluate", "resnet110_npe4", "--pretrained", "--out", str(tmp_path)])
     assert "neither a run directory" in _error(capsys, ["evaluate", str(tmp_path / "nothing")])
 
 

@@ -14,9 +14,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from timm.layers import SelectAdaptivePool2d
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 
 from ..npe import NPEClassifierMixin, NPEHead, fill_missing_pem_params
+from ._bundled import bundled_pretrained_cfgs, verify_bundled_weights
 
 __all__ = ["CifarResNet", "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR_DEPTHS", "NUM_PEMS_VARIANTS"]
 
@@ -175,11 +176,22 @@ def _variant_name(depth: int, num_pems: int) -> str:
 
 _VARIANTS = {_variant_name(d, k): (d, k) for d in CIFAR_DEPTHS for k in (0, *NUM_PEMS_VARIANTS)}
 
-default_cfgs = generate_default_cfgs({name: _cfg() for name in _VARIANTS})
+default_cfgs = generate_default_cfgs(
+    {tagged: cfg for name in _VARIANTS for tagged, cfg in (bundled_pretrained_cfgs(name, _cfg) or {name: _cfg()}).items()}
+)
+
+
+def _verify_pretrained_file(variant: str, kwargs: dict[str, Any]) -> None:
+    """Check a bundled weights file's sha256 before timm loads it."""
+    cfg = resolve_pretrained_cfg(variant, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay"))
+    if cfg.file and cfg.source != "local-dir":
+        verify_bundled_weights(cfg.file)
 
 
 def _create_cifar_resnet(variant: str, pretrained: bool = False, **kwargs: Any) -> CifarResNet:
     depth, num_pems = _VARIANTS[variant]
+    if pretrained:
+        _verify_pretrained_file(variant, kwargs)
     return build_model_with_cfg(
         CifarResNet,
         variant,

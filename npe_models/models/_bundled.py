@@ -1,0 +1,91 @@
+"""Checkpoints trained by npe-models and bundled with the package: timm pretrained cfgs and sha256 checks.
+
+The weights live in ``npe_models/weights/`` as safetensors files. ``manifest.json`` there records,
+per ``<arch>.<tag>`` name, the file, its sha256, the run that produced it and the accuracy we
+measured, so a corrupted or swapped file fails loudly instead of giving silently wrong outputs.
+timm loads the files offline through the cfg's ``file``; ``hf_hub_id`` names the Hub copy.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+__all__ = [
+    "WEIGHTS_DIR",
+    "MANIFEST_FILE",
+    "HUB_ORGANISATION",
+    "bundled_checkpoints",
+    "bundled_pretrained_cfgs",
+    "file_sha256",
+    "verify_bundled_weights",
+]
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+MANIFEST_FILE = WEIGHTS_DIR / "manifest.json"
+HUB_ORGANISATION = "npe-models"
+
+
+@functools.cache
+def bundled_checkpoints() -> dict[str, dict[str, Any]]:
+    """``{'<arch>.<tag>': entry}`` for every bundled checkpoint, in manifest order (the default tag first)."""
+    if not MANIFEST_FILE.exists():
+        return {}
+    return json.loads(MANIFEST_FILE.read_text(encoding="utf-8"))["checkpoints"]
+
+
+def bundled_pretrained_cfgs(architecture: str, make_cfg: Callable[..., dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """timm cfgs ``{'<arch>.<tag>': cfg}`` for the bundled checkpoints of ``architecture``."""
+    return {
+        name: make_cfg(
+            file=str(WEIGHTS_DIR / entry["file"]),
+            hf_hub_id=f"{HUB_ORGANISATION}/{name}",
+            label_names=tuple(entry["cfg"]["label_names"] or ()) or None,
+            description=entry["cfg"]["description"],
+        )
+        for name, entry in bundled_checkpoints().items()
+        if name.split(".", 1)[0] == architecture
+    }
+
+
+def file_sha256(path: Union[str, os.PathLike]) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _entry_for_file(path: Path) -> Optional[tuple[str, dict[str, Any]]]:
+    for name, entry in bundled_checkpoints().items():
+        if entry["file"] == path.name:
+            return name, entry
+    return None
+
+
+def verify_bundled_weights(path: Union[str, os.PathLike]) -> None:
+    """Raise a clear error when a file named like a bundled checkpoint lacks that checkpoint's sha256.
+
+    Files with other names (a user's own ``pretrained_cfg_overlay=dict(file=...)``) are not checked.
+    """
+    path = Path(path)
+    found = _entry_for_file(path)
+    if found is None:
+        return
+    name, entry = found
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"the weights of '{name}' are missing: {path} does not exist. Reinstall npe-models "
+            f"(pip install --force-reinstall npe-models) or load the Hub copy: timm.create_model('hf-hub:{HUB_ORGANISATION}/{name}')."
+        )
+    actual = file_sha256(path)
+    if actual != entry["sha256"]:
+        raise RuntimeError(
+            f"the weights file of '{name}' is corrupted: {path} has sha256 {actual}, expected {entry['sha256']}. "
+            f"Reinstall npe-models (pip install --force-reinstall npe-models) or load the Hub copy: "
+            f"timm.create_model('hf-hub:{HUB_ORGANISATION}/{name}')."
+        )

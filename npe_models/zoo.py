@@ -1,0 +1,227 @@
+"""Ship finished CIFAR-LT training runs as pretrained checkpoints: bundled weights and Hub folders.
+
+``package_run(run_dir)`` takes a run that ``npe-models train`` finished, writes its weights into
+``npe_models/weights/`` as ``<arch>.<tag>.safetensors`` (plus the merged form of NPE models, a
+plain ``<base>`` checkpoint), records their sha256 and the run's measured accuracy in the
+manifest timm's pretrained cfgs are built from, and writes a ready-to-upload Hub folder with a
+model card per checkpoint. The exported weights are re-scored on the 1,000 exact test images
+and must reproduce the run's own final accuracy.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+from safetensors.torch import save_file
+from timm.utils import reparameterize_model
+from torch import nn
+
+from .data.cifar import load_cifar_lt
+from .engine.checkpoint import METRICS_FILE, WEIGHTS_FILE, atomic_write, load_trained_model, read_saved_config
+from .engine.config import TrainConfig, num_pems_of, resolve_config
+from .engine.evaluate import evaluate_model, summary
+from .hub import save_for_hub
+from .models._bundled import HUB_ORGANISATION, MANIFEST_FILE, WEIGHTS_DIR, file_sha256
+
+__all__ = ["checkpoint_names", "package_run", "read_manifest", "write_manifest", "REPRODUCE_TOLERANCE"]
+
+PathLike = Union[str, os.PathLike]
+
+REPRODUCE_TOLERANCE = 0.1
+"""Points of top-1 on the exact test images by which a shipped checkpoint may differ from its record."""
+
+_RUN_FIELDS = ("model", "method", "recipe", "dataset", "rho", "epochs", "batch_size", "lr", "momentum",
+               "weight_decay", "schedule", "milestones", "gamma", "tau", "npe_alpha", "npe_t", "seed", "deterministic")
+_SCHEDULE_FIELDS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule", "milestones", "gamma")
+_DEFAULT_TAG_SUFFIX = "_lt_r100_hp2"
+_DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+
+
+def _tag(config: TrainConfig) -> str:
+    """``cifar10_lt_r100_hp2``; baselines other than CE on a plain model add the method (``_la``, ``_crt``)."""
+    suffix = "" if config.method in ("ce", "npe") else f"_{config.method}"
+    return f"{config.dataset}_lt_r{config.rho:g}_{config.recipe}{suffix}"
+
+
+def checkpoint_names(config: TrainConfig) -> tuple[str, Optional[str]]:
+    """The unmerged name ``<arch>.<tag>`` and, for NPE models, the merged ``<base>.<tag>_npe<K>_merged``."""
+    tag = _tag(config)
+    num_pems = num_pems_of(config.model)
+    if not num_pems:
+        return f"{config.model}.{tag}", None
+    base = config.model.rsplit("_npe", 1)[0]
+    return f"{config.model}.{tag}", f"{base}.{tag}_npe{num_pems}_merged"
+
+
+def read_manifest(path: PathLike = MANIFEST_FILE) -> dict[str, dict[str, Any]]:
+    path = Path(path)
+    return json.loads(path.read_text(encoding="utf-8"))["checkpoints"] if path.exists() else {}
+
+
+def _manifest_order(name: str) -> tuple[str, bool, str]:
+    """Per architecture, the CIFAR-10-LT rho = 100 HP-2 tag first: timm's default for ``pretrained=True``."""
+    arch, tag = name.split(".", 1)
+    return arch, not tag.endswith(_DEFAULT_TAG_SUFFIX), tag
+
+
+def write_manifest(checkpoints: dict[str, dict[str, Any]], path: PathLike = MANIFEST_FILE) -> None:
+    ordered = {name: checkpoints[name] for name in sorted(checkpoints, key=_manifest_order)}
+    text = json.dumps({"checkpoints": ordered}, indent=2) + "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def _check_full_recipe(run_dir: Path, config: TrainConfig) -> None:
+    """Only runs of the whole named recipe ship under its tag: a shortened run would misname its weights."""
+    reference = resolve_config(config.recipe, config.method, model=config.model, init=config.init)
+    departures = {k: v for k, v in config.differences(reference).items() if k in _SCHEDULE_FIELDS}
+    if departures:
+        details = ", ".join(f"{k} {ours} instead of {theirs}" for k, (ours, theirs) in departures.items())
+        raise ValueError(
+            f"{run_dir} departs from recipe {config.recipe} ({details}); only runs of the full recipe ship as "
+            "pretrained checkpoints."
+        )
+
+
+def _finished_metrics(run_dir: Path) -> dict[str, Any]:
+    """The final evaluation the engine wrote, or a clear error when the run has not finished."""
+    if not (run_dir / WEIGHTS_FILE).is_file() or not (run_dir / METRICS_FILE).is_file():
+        raise ValueError(
+            f"{run_dir} is not a finished run (no {WEIGHTS_FILE} and {METRICS_FILE}); "
+            "finish it with `npe-models train --resume --out RUN_DIR ...` first."
+        )
+    return json.loads((run_dir / METRICS_FILE).read_text())
+
+
+def _class_names(data_dir: PathLike, dataset: str) -> Optional[list[str]]:
+    """Class names from the data directory's ``classes.json``, if it has one."""
+    path = Path(data_dir) / dataset / "classes.json"
+    return list(json.loads(path.read_text())["classes"]) if path.is_file() else None
+
+
+def _recorded_metrics(metrics: dict[str, Any], variant: Optional[str] = None) -> dict[str, Any]:
+    """Top-1 / balanced / group accuracy per test set, the unadjusted scores of NPE models, the prior fit."""
+    record: dict[str, Any] = {"primary": metrics["primary"], **summary(metrics, variant)}
+    if metrics["primary"] == "npe_la" and variant is None:
+        record["unadjusted"] = summary(metrics, "plain")
+        record["prior"] = {
+            key: metrics["sets"]["full"]["prior"][key] for key in ("pearson", "spearman", "slope", "intercept")
+        }
+    return record
+
+
+def _card_notes(name: str, record: dict[str, Any], training: dict[str, Any]) -> str:
+    rows = ["| test images | prediction | top-1 | balanced | Many | Medium | Few |", "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    sets = {"full": "full 10,000", "exact": "exact 1,000", "jpeg_twins": "JPEG twins of the exact 1,000"}
+    prediction = "NPE-LA" if record["primary"] == "npe_la" else "logits"
+    for variant, scores in ((prediction, record), *((("unadjusted", record["unadjusted"]),) if "unadjusted" in record else ())):
+        for key, label in sets.items():
+            if key in scores:
+                values = [scores[key][k] for k in ("top1", "balanced", "many", "medium", "few")]
+                rows.append(f"| {label} | {variant} | " + " | ".join("-" if v is None else f"{v:.2f}" for v in values) + " |")
+    lines = [
+        "## Results by test set",
+        "The full test set's other 9,000 images were recovered from JPEG copies; the 1,000 exact images are the "
+        "official test batch's first 1,000, bit-exact. JPEG penalty = exact minus their JPEG twins.",
+        "\n".join(rows),
+    ]
+    if "jpeg_twins" in record:
+        penalty = record["exact"]["top1"] - record["jpeg_twins"]["top1"]
+        lines.append(f"JPEG penalty ({prediction}): {penalty:+.2f} points (exact minus JPEG twins).")
+    if "prior" in record:
+        prior = record["prior"]
+        lines.append(
+            f"NPE estimate vs log training count (per class, full test set): Pearson {prior['pearson']:.3f}, "
+            f"Spearman {prior['spearman']:.3f}, slope {prior['slope']:.3f}."
+        )
+    lines.append(
+        f"Trained by npe-models in {training['seconds'] / 3600:.2f} h ({training['images_per_s']:.0f} images/s, "
+        f"{', '.join(training['devices'])}). Weights: `npe_models/weights/{name}.safetensors` in the package."
+    )
+    return "\n\n".join(lines)
+
+
+def _write_checkpoint(
+    name: str, model: nn.Module, record: dict[str, Any], config: TrainConfig, training: dict[str, Any],
+    label_names: Optional[list[str]], weights_dir: Path, hub_dir: Path, form: str,
+) -> dict[str, Any]:
+    """Bundle one form of the model; return its manifest entry."""
+    file = weights_dir / f"{name}.safetensors"
+    state = {key: value.detach().contiguous() for key, value in model.state_dict().items()}
+    atomic_write(file, lambda tmp: save_file(state, str(tmp)))
+    file.chmod(0o644)
+    dataset = _DATASET_NAMES[config.dataset]
+    full = record["full"]
+    description = (
+        f"{config.model} ({form}) trained by npe-models on {dataset}-LT rho={config.rho:g}, recipe {config.recipe}, "
+        f"seed {config.seed}: top-1 {full['top1']:.2f}% on the full test set."
+    )
+    save_for_hub(
+        model,
+        hub_dir / name,
+        label_names=label_names,
+        metrics={"top1": round(full["top1"], 2), "balanced_accuracy": round(full["balanced"], 2),
+                 **{key: round(full[key], 2) for key in ("many", "medium", "few") if full[key] is not None}},
+        dataset=f"{dataset}-LT (rho={config.rho:g}) test set",
+        dataset_id=config.dataset,
+        recipe={key: getattr(config, key) for key in _RUN_FIELDS},
+        repo_id=f"{HUB_ORGANISATION}/{name}",
+        model_name=name,
+        overwrite=True,
+        notes=_card_notes(name, record, training),
+    )
+    return {
+        "file": file.name,
+        "sha256": file_sha256(file),
+        "form": form,
+        "cfg": {"label_names": label_names, "description": description},
+        "run": {key: getattr(config, key) for key in _RUN_FIELDS},
+        "training": training,
+        "metrics": record,
+    }
+
+
+def _check_reproduces(name: str, model: nn.Module, data, expected: float, variant: str) -> None:
+    scored = evaluate_model(model, data, torch.device("cpu"), sets=["exact"])
+    top1 = scored["sets"]["exact"][variant]["top1"]
+    if abs(top1 - expected) > REPRODUCE_TOLERANCE:
+        raise RuntimeError(f"{name} scores {top1:.2f} on the exact test images, but its run recorded {expected:.2f}.")
+
+
+def package_run(
+    run_dir: PathLike,
+    *,
+    data_dir: Optional[PathLike] = None,
+    weights_dir: PathLike = WEIGHTS_DIR,
+    hub_dir: PathLike = "zoo/hub",
+    manifest: Optional[PathLike] = None,
+) -> list[str]:
+    """Ship a finished run: bundled weights (unmerged, and merged for NPE), manifest entries, Hub folders.
+
+    Returns the checkpoint names written. ``data_dir`` defaults to the run's own data directory.
+    """
+    run_dir, weights_dir, hub_dir = Path(run_dir), Path(weights_dir), Path(hub_dir)
+    manifest = Path(manifest) if manifest else weights_dir / MANIFEST_FILE.name
+    metrics = _finished_metrics(run_dir)
+    config = read_saved_config(run_dir)
+    _check_full_recipe(run_dir, config)
+    model, _ = load_trained_model(run_dir)
+    data = load_cifar_lt(data_dir or config.data_dir, config.dataset, config.rho)
+    label_names = _class_names(data_dir or config.data_dir, config.dataset)
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    record = _recorded_metrics(metrics)
+    unmerged_name, merged_name = checkpoint_names(config)
+    forms = [(unmerged_name, model, metrics["primary"], "unmerged" if merged_name else "plain")]
+    if merged_name:
+        forms.append((merged_name, reparameterize_model(copy.deepcopy(model)), "plain", "merged"))
+    entries = read_manifest(manifest)
+    for name, form_model, variant, form in forms:
+        _check_reproduces(name, form_model, data, record["exact"]["top1"], variant)
+        entries[name] = _write_checkpoint(
+            name, form_model, record, config, metrics["training"], label_names, weights_dir, hub_dir, form
+        )
+    write_manifest(entries, manifest)
+    return [name for name, *_ in forms]

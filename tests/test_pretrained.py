@@ -1,0 +1,177 @@
+"""Pretrained checkpoints: packaging a finished run, the sha256 check, and every shipped checkpoint.
+
+The packaging tests use a randomly initialised model saved as if it were a finished HP-2 run:
+they check the machinery (files, hashes, manifest, Hub folder, both forms), not accuracy. The
+tests parametrised over the manifest check the real checkpoints we ship.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import torch.hub
+
+from npe_models.data.cifar import load_cifar_lt
+from npe_models.engine.checkpoint import METRICS_FILE, save_weights, write_json
+from npe_models.engine.config import resolve_config
+from npe_models.engine.evaluate import evaluate_model
+from npe_models.hub import load_from_hub
+from npe_models.models import _bundled
+from npe_models.models._bundled import WEIGHTS_DIR, bundled_checkpoints, file_sha256
+from npe_models.npe import NPEHead
+from npe_models.zoo import REPRODUCE_TOLERANCE, package_run, read_manifest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+HUB_FOLDERS = REPO_ROOT / "zoo" / "hub"
+SHIPPED = list(bundled_checkpoints())
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def cifar10_lt(data_dir: Path):
+    return load_cifar_lt(data_dir, "cifar10", 100.0)
+
+
+def _fake_finished_run(run_dir: Path, data_dir: Path, data, **overrides) -> torch.nn.Module:
+    """A randomly initialised resnet32_npe16 saved as a finished HP-2 run (weights, config, final metrics)."""
+    config = resolve_config("hp2", "npe", data_dir=str(data_dir), **overrides)
+    model = timm.create_model(config.model, num_classes=10)
+    with torch.no_grad():
+        model.fc.pem_weight.normal_(0, 0.2)
+    model.eval()
+    run_dir.mkdir(parents=True)
+    write_json(run_dir / "config.json", config.to_dict())
+    save_weights(run_dir / "model.safetensors", model, config)
+    metrics = evaluate_model(model, data, CPU)
+    write_json(run_dir / METRICS_FILE, {**metrics, "training": {"epochs": config.epochs, "seconds": 7200.0, "images_per_s": 200.0, "devices": ["cpu"]}})
+    return model
+
+
+@pytest.fixture(scope="module")
+def packaged(tmp_path_factory, data_dir: Path, cifar10_lt):
+    root = tmp_path_factory.mktemp("zoo")
+    model = _fake_finished_run(root / "run", data_dir, cifar10_lt)
+    names = package_run(root / "run", weights_dir=root / "weights", hub_dir=root / "hub")
+    return root, model, names
+
+
+def test_package_run_names_both_forms(packaged) -> None:
+    _, _, names = packaged
+    assert names == ["resnet32_npe16.cifar10_lt_r100_hp2", "resnet32.cifar10_lt_r100_hp2_npe16_merged"]
+
+
+def test_package_run_records_files_hashes_and_metrics(packaged) -> None:
+    root, _, names = packaged
+    manifest = read_manifest(root / "weights" / "manifest.json")
+    assert list(manifest) == sorted(names)  # per architecture, in tag order
+    run_metrics = json.loads((root / "run" / METRICS_FILE).read_text())
+    for name in names:
+        entry = manifest[name]
+        assert entry["file"] == f"{name}.safetensors"
+        assert entry["sha256"] == file_sha256(root / "weights" / entry["file"])
+        assert entry["metrics"]["exact"]["top1"] == run_metrics["sets"]["exact"]["npe_la"]["top1"]
+        assert entry["run"]["epochs"] == 120 and entry["run"]["recipe"] == "hp2"
+        assert entry["cfg"]["label_names"][0] == "airplane"
+    assert manifest[names[0]]["form"] == "unmerged" and manifest[names[1]]["form"] == "merged"
+    assert manifest[names[0]]["metrics"]["unadjusted"]["exact"]["top1"] == run_metrics["sets"]["exact"]["plain"]["top1"]
+
+
+def test_packaged_forms_load_and_agree(packaged) -> None:
+    root, model, names = packaged
+    x = torch.randn(4, 3, 32, 32)
+    unmerged = timm.create_model("resnet32_npe16", pretrained=True, pretrained_cfg_overlay=dict(file=str(root / "weights" / f"{names[0]}.safetensors")))
+    merged = timm.create_model("resnet32", pretrained=True, pretrained_cfg_overlay=dict(file=str(root / "weights" / f"{names[1]}.safetensors")))
+    assert isinstance(unmerged.fc, NPEHead) and isinstance(merged.fc, torch.nn.Linear)
+    with torch.no_grad():
+        expected = model(x)
+        torch.testing.assert_close(unmerged.eval()(x), expected, rtol=0, atol=0)
+        torch.testing.assert_close(merged.eval()(x), expected, rtol=1e-5, atol=1e-5)  # random weights: logits ~100
+
+
+def test_packaged_hub_folders_load_and_carry_the_metrics(packaged) -> None:
+    root, model, names = packaged
+    x = torch.randn(2, 3, 32, 32)
+    for name in names:
+        folder = root / "hub" / name
+        assert {p.name for p in folder.iterdir()} == {"config.json", "model.safetensors", "README.md"}
+        card = (folder / "README.md").read_text()
+        assert f"npe-models/{name}" in card and "exact 1,000" in card and "JPEG penalty" in card
+        with torch.no_grad():
+            torch.testing.assert_close(load_from_hub(f"local-dir:{folder}").eval()(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_package_run_refuses_shortened_and_unfinished_runs(tmp_path: Path, data_dir: Path, cifar10_lt) -> None:
+    _fake_finished_run(tmp_path / "short", data_dir, cifar10_lt, epochs=10)
+    with pytest.raises(ValueError, match="departs from recipe hp2 \\(epochs 10 instead of 120\\)"):
+        package_run(tmp_path / "short", weights_dir=tmp_path / "w", hub_dir=tmp_path / "hub")
+    (tmp_path / "unfinished").mkdir()
+    shutil.copy(tmp_path / "short" / "config.json", tmp_path / "unfinished")
+    with pytest.raises(ValueError, match="not a finished run"):
+        package_run(tmp_path / "unfinished", weights_dir=tmp_path / "w", hub_dir=tmp_path / "hub")
+    assert not (tmp_path / "w").exists()
+
+
+def test_corrupted_bundled_weights_fail_their_sha256_check(tmp_path: Path, monkeypatch) -> None:
+    weights = tmp_path / "resnet32_npe16.cifar10_lt_r100_hp2.safetensors"
+    save_weights(weights, timm.create_model("resnet32_npe16"))
+    entry = {"file": weights.name, "sha256": file_sha256(weights)}
+    monkeypatch.setattr(_bundled, "bundled_checkpoints", lambda: {"resnet32_npe16.cifar10_lt_r100_hp2": entry})
+    overlay = dict(file=str(weights))
+    timm.create_model("resnet32_npe16", pretrained=True, pretrained_cfg_overlay=overlay)  # intact: loads
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(RuntimeError, match="is corrupted: .* has sha256 .* expected .*Reinstall npe-models"):
+        timm.create_model("resnet32_npe16", pretrained=True, pretrained_cfg_overlay=overlay)
+    weights.unlink()
+    with pytest.raises(FileNotFoundError, match="weights of 'resnet32_npe16.cifar10_lt_r100_hp2' are missing"):
+        timm.create_model("resnet32_npe16", pretrained=True, pretrained_cfg_overlay=overlay)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_checkpoint_reproduces_its_recorded_accuracy(name: str, data_dir: Path) -> None:
+    entry = bundled_checkpoints()[name]
+    model = timm.create_model(name, pretrained=True).eval()
+    data = load_cifar_lt(data_dir, entry["run"]["dataset"], entry["run"]["rho"])
+    scored = evaluate_model(model, data, CPU, sets=["exact"])
+    top1 = scored["sets"]["exact"][scored["primary"]]["top1"]
+    assert abs(top1 - entry["metrics"]["exact"]["top1"]) <= REPRODUCE_TOLERANCE
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_checkpoint_loads_through_torch_hub_and_its_hub_folder(name: str) -> None:
+    arch, tag = name.split(".", 1)
+    reference = timm.create_model(name, pretrained=True).eval()
+    from_hub = torch.hub.load(str(REPO_ROOT), arch, source="local", pretrained=True, pretrained_cfg=tag).eval()
+    from_folder = load_from_hub(f"local-dir:{HUB_FOLDERS / name}").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = reference(x)
+        torch.testing.assert_close(from_hub(x), expected, rtol=0, atol=0)
+        torch.testing.assert_close(from_folder(x), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_checkpoint_is_intact_and_packaged(name: str) -> None:
+    entry = bundled_checkpoints()[name]
+    assert file_sha256(WEIGHTS_DIR / entry["file"]) == entry["sha256"]
+    assert timm.models.get_pretrained_cfg(name).hf_hub_id == f"npe-models/{name}"
+    assert name in timm.list_pretrained(name.split(".", 1)[0] + ".*")
+
+
+def test_cli_lists_every_shipped_checkpoint(capsys) -> None:
+    from npe_models.cli import main
+
+    assert main(["list", "--pretrained"]) == 0
+    out = capsys.readouterr().out
+    trained = out.split("Base architectures")[0]
+    assert trained.startswith("Checkpoints trained by npe-models")
+    if not SHIPPED:
+        assert "none yet." in trained
+    for name in SHIPPED:
+        assert name in trained and bundled_checkpoints()[name]["cfg"]["description"] in trained
+    assert "resnet50_npe16.a1_in1k" in out.split("Base architectures")[1]
