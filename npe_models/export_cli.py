@@ -31,6 +31,7 @@ from .segmentation.config import SegmentationModelConfig
 __all__ = [
     "LoadedModel",
     "add_model_arguments",
+    "key_value_argument",
     "load_model_from_args",
     "read_label_names",
     "pem_form",
@@ -270,7 +271,8 @@ def run_onnx(args: argparse.Namespace) -> int:
     return 0 if result.passed else 1
 
 
-def _key_value(text: str) -> tuple[str, Any]:
+def key_value_argument(text: str) -> tuple[str, Any]:
+    """argparse type for ``KEY=VALUE``: VALUE read as JSON when it parses (numbers, booleans), else a string."""
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
@@ -290,12 +292,12 @@ def add_hub_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     parser.add_argument("--private", action="store_true", help="create the Hub repository as private")
     parser.add_argument("--merge", action="store_true",
                         help="fold the PEMs into the classifier first and save the deployment form under the base name")
-    parser.add_argument("--metric", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--metric", type=key_value_argument, action="append", default=[], metavar="KEY=VALUE",
                         help="evaluation result for the model card, e.g. top1=80.1 many=91 medium=78 few=70 (repeatable)")
     parser.add_argument("--dataset", default=None, help="readable name of the evaluation data, e.g. 'CIFAR-10 test set'")
     parser.add_argument("--dataset-id", default=None, help="Hub dataset id of the evaluation data, e.g. cifar10")
     parser.add_argument("--split", default="test", help="evaluation split (default: test)")
-    parser.add_argument("--recipe", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--recipe", type=key_value_argument, action="append", default=[], metavar="KEY=VALUE",
                         help="training setting for the model card, e.g. epochs=200 lr=0.1 (repeatable)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     return parser

@@ -3,7 +3,7 @@ import timm
 
 from .cifar_resnet import CifarResNet
 from .timm_npe import add_npe
-from . import segmentation
+from . import segmentation  # noqa: F401  (importing registers the segmentation models with torchvision)
 
 __all__ = ["CifarResNet", "add_npe", "list_classifiers"]
 

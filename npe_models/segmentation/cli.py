@@ -11,7 +11,6 @@ train|evaluate ...`` builds the same command on its own.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ from tqdm import tqdm
 from ..data.stare import STARE_ANNOTATIONS, STARE_CLASSES, STARE_SPLITS, StareSegmentation
 from ..engine.checkpoint import write_json
 from ..engine.distributed import resolve_device
+from ..export_cli import key_value_argument
 from ..models.segmentation import DEFAULT_SEGMENTATION_ALPHA, PEM_TYPES, parse_segmentation_model_name
 from .checkpoint import load_segmentation_model, load_weights_for_pem_training
 from .config import SCHEDULES, SegmentationModelConfig, SegmentationTrainConfig
@@ -63,17 +63,6 @@ def _size(text: str) -> tuple[int, int]:
     if len(parts) not in (1, 2) or min(parts) < 1:
         raise argparse.ArgumentTypeError(f"expected a size like 128 or 128x96, got {text!r}")
     return (parts[0], parts[-1])
-
-
-def _model_arg(text: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` with VALUE read as JSON when it parses (numbers, booleans), else as a string."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
 
 
 def _add_unless_defined(group: Any, *flags: str, **kwargs: Any) -> None:
@@ -130,7 +119,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--pem-type", choices=PEM_TYPES, help="PEM architecture (default: linear)")
     group.add_argument("--num-classes", type=int, help="default: the data set's class count")
     group.add_argument("--aux-loss", action="store_true", help="add the auxiliary FCN head (not for LR-ASPP)")
-    group.add_argument("--model-arg", type=_model_arg, action="append", default=[], metavar="KEY=VALUE",
+    group.add_argument("--model-arg", type=key_value_argument, action="append", default=[], metavar="KEY=VALUE",
                        help="extra builder argument, e.g. base_channels=32 for unet_fcn (repeatable)")
     group.add_argument("--weights", help="torchvision weights of the base model, e.g. DEFAULT (downloads)")
     group.add_argument("--weights-backbone", help="torchvision backbone weights, e.g. IMAGENET1K_V1 (downloads)")
