@@ -197,14 +197,21 @@ class NPEClassifierMixin:
 
 
 def fill_missing_pem_params(state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
-    """Complete a base (PEM-free) checkpoint with the model's own fresh PEM parameters.
+    """Give a checkpoint the model's own fresh PEM parameters where it has none, or a classifier of another size.
 
-    Used as a timm ``pretrained_filter_fn`` so that ``<arch>_npe<K>`` loads ``<arch>`` weights
-    strictly: every non-PEM key must still match.
+    Used as a timm ``pretrained_filter_fn``: ``<arch>_npe<K>`` loads ``<arch>`` weights strictly
+    (every non-PEM key must still match), and ``num_classes=`` other than the checkpoint's, for
+    which timm drops the classifier, starts fresh PEMs beside the fresh classifier.
     """
     state_dict = dict(state_dict)
-    for name, value in model.state_dict().items():
-        if name.rsplit(".", 1)[-1] in ("pem_weight", "pem_bias") and name not in state_dict:
+    own = model.state_dict()
+    for name, value in own.items():
+        head, _, leaf = name.rpartition(".")
+        if leaf not in ("pem_weight", "pem_bias"):
+            continue
+        classifier = f"{head}.weight" if head else "weight"
+        resized = classifier in state_dict and state_dict[classifier].shape != own[classifier].shape
+        if name not in state_dict or resized:
             state_dict[name] = value
     return state_dict
 

@@ -92,6 +92,14 @@ def test_packaged_forms_load_and_agree(packaged) -> None:
         torch.testing.assert_close(merged.eval()(x), expected, rtol=1e-5, atol=1e-5)  # random weights: logits ~100
 
 
+def test_packaged_weights_start_fine_tuning_on_another_class_count(packaged) -> None:
+    root, model, names = packaged
+    file = str(root / "weights" / f"{names[0]}.safetensors")
+    tuned = timm.create_model("resnet32_npe16", pretrained=True, num_classes=7, pretrained_cfg_overlay=dict(file=file))
+    assert tuned.fc.weight.shape == (7, 64) and tuned.fc.pem_weight.shape == (16 * 7, 64)
+    torch.testing.assert_close(tuned.layer3[-1].conv2.weight, model.layer3[-1].conv2.weight, rtol=0, atol=0)
+
+
 def test_packaged_hub_folders_load_and_carry_the_metrics(packaged) -> None:
     root, model, names = packaged
     x = torch.randn(2, 3, 32, 32)
@@ -175,3 +183,14 @@ def test_cli_lists_every_shipped_checkpoint(capsys) -> None:
     for name in SHIPPED:
         assert name in trained and bundled_checkpoints()[name]["cfg"]["description"] in trained
     assert "resnet50_npe16.a1_in1k" in out.split("Base architectures")[1]
+
+
+@pytest.mark.parametrize("name", SHIPPED[:1])
+def test_cli_evaluates_a_shipped_checkpoint_by_name(name: str, data_dir: Path, tmp_path: Path, capsys) -> None:
+    from npe_models.cli import main
+
+    argv = ["evaluate", name, "--pretrained", "--sets", "exact", "--data-dir", str(data_dir), "--out", str(tmp_path)]
+    assert main(argv) == 0
+    scored = json.loads((tmp_path / "metrics.json").read_text())
+    top1 = scored["sets"]["exact"][scored["primary"]]["top1"]
+    assert abs(top1 - bundled_checkpoints()[name]["metrics"]["exact"]["top1"]) <= REPRODUCE_TOLERANCE
