@@ -197,14 +197,13 @@ def package_run(
     data_dir: Optional[PathLike] = None,
     weights_dir: PathLike = WEIGHTS_DIR,
     hub_dir: PathLike = "zoo/hub",
-    manifest: Optional[PathLike] = None,
 ) -> list[str]:
     """Ship a finished run: bundled weights (unmerged, and merged for NPE), manifest entries, Hub folders.
 
     Returns the checkpoint names written. ``data_dir`` defaults to the run's own data directory.
     """
     run_dir, weights_dir, hub_dir = Path(run_dir), Path(weights_dir), Path(hub_dir)
-    manifest = Path(manifest) if manifest else weights_dir / MANIFEST_FILE.name
+    manifest = weights_dir / MANIFEST_FILE.name
     metrics = _finished_metrics(run_dir)
     config = read_saved_config(run_dir)
     _check_full_recipe(run_dir, config)
