@@ -72,6 +72,7 @@ def write_manifest(checkpoints: dict[str, dict[str, Any]], path: PathLike = MANI
     ordered = {name: checkpoints[name] for name in sorted(checkpoints, key=_manifest_order)}
     text = json.dumps({"checkpoints": ordered}, indent=2) + "\n"
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    Path(path).chmod(0o644)
 
 
 def _check_full_recipe(run_dir: Path, config: TrainConfig) -> None:
@@ -157,7 +158,8 @@ def _write_checkpoint(
     full = record["full"]
     description = (
         f"{config.model} ({form}) trained by npe-models on {dataset}-LT rho={config.rho:g}, recipe {config.recipe}, "
-        f"seed {config.seed}: top-1 {full['top1']:.2f}% on the full test set."
+        f"seed {config.seed}: top-1 {full['top1']:.2f}% on the full test set, {record['exact']['top1']:.2f}% on its "
+        "1,000 exact images."
     )
     save_for_hub(
         model,

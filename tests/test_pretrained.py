@@ -123,21 +123,36 @@ def test_package_run_refuses_shortened_and_unfinished_runs(tmp_path: Path, data_
     assert not (tmp_path / "w").exists()
 
 
+def _corrupt(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
 def test_corrupted_bundled_weights_fail_their_sha256_check(tmp_path: Path, monkeypatch) -> None:
     weights = tmp_path / "resnet32_npe16.cifar10_lt_r100_hp2.safetensors"
     save_weights(weights, timm.create_model("resnet32_npe16"))
     entry = {"file": weights.name, "sha256": file_sha256(weights)}
+    monkeypatch.setattr(_bundled, "WEIGHTS_DIR", tmp_path)
     monkeypatch.setattr(_bundled, "bundled_checkpoints", lambda: {"resnet32_npe16.cifar10_lt_r100_hp2": entry})
     overlay = dict(file=str(weights))
     timm.create_model("resnet32_npe16", pretrained=True, pretrained_cfg_overlay=overlay)  # intact: loads
-    data = bytearray(weights.read_bytes())
-    data[-1] ^= 0xFF
-    weights.write_bytes(bytes(data))
+    _corrupt(weights)
     with pytest.raises(RuntimeError, match="is corrupted: .* has sha256 .* expected .*Reinstall npe-models"):
         timm.create_model("resnet32_npe16", pretrained=True, pretrained_cfg_overlay=overlay)
     weights.unlink()
     with pytest.raises(FileNotFoundError, match="weights of 'resnet32_npe16.cifar10_lt_r100_hp2' are missing"):
         timm.create_model("resnet32_npe16", pretrained=True, pretrained_cfg_overlay=overlay)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_checkpoint_fails_its_sha256_check_when_corrupted(name: str, tmp_path: Path, monkeypatch) -> None:
+    copy = tmp_path / bundled_checkpoints()[name]["file"]
+    shutil.copy(WEIGHTS_DIR / copy.name, copy)
+    _corrupt(copy)
+    monkeypatch.setattr(_bundled, "WEIGHTS_DIR", tmp_path)
+    with pytest.raises(RuntimeError, match=f"the weights file of '{name}' is corrupted"):
+        timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(copy)))
 
 
 @pytest.mark.parametrize("name", SHIPPED)

@@ -61,6 +61,8 @@ def file_sha256(path: Union[str, os.PathLike]) -> str:
 
 
 def _entry_for_file(path: Path) -> Optional[tuple[str, dict[str, Any]]]:
+    if path.resolve().parent != WEIGHTS_DIR.resolve():
+        return None
     for name, entry in bundled_checkpoints().items():
         if entry["file"] == path.name:
             return name, entry
@@ -68,9 +70,10 @@ def _entry_for_file(path: Path) -> Optional[tuple[str, dict[str, Any]]]:
 
 
 def verify_bundled_weights(path: Union[str, os.PathLike]) -> None:
-    """Raise a clear error when a file named like a bundled checkpoint lacks that checkpoint's sha256.
+    """Raise a clear error when a bundled weights file is missing or lacks its recorded sha256.
 
-    Files with other names (a user's own ``pretrained_cfg_overlay=dict(file=...)``) are not checked.
+    Files outside the package's weights folder (a user's own ``pretrained_cfg_overlay=dict(file=...)``)
+    are not checked.
     """
     path = Path(path)
     found = _entry_for_file(path)
