@@ -103,10 +103,10 @@ def _class_names(data_dir: PathLike, dataset: str) -> Optional[list[str]]:
     return list(json.loads(path.read_text())["classes"]) if path.is_file() else None
 
 
-def _recorded_metrics(metrics: dict[str, Any], variant: Optional[str] = None) -> dict[str, Any]:
+def _recorded_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     """Top-1 / balanced / group accuracy per test set, the unadjusted scores of NPE models, the prior fit."""
-    record: dict[str, Any] = {"primary": metrics["primary"], **summary(metrics, variant)}
-    if metrics["primary"] == "npe_la" and variant is None:
+    record: dict[str, Any] = {"primary": metrics["primary"], **summary(metrics)}
+    if metrics["primary"] == "npe_la":
         record["unadjusted"] = summary(metrics, "plain")
         record["prior"] = {
             key: metrics["sets"]["full"]["prior"][key] for key in ("pearson", "spearman", "slope", "intercept")
@@ -125,8 +125,8 @@ def _card_notes(name: str, record: dict[str, Any], training: dict[str, Any]) -> 
                 rows.append(f"| {label} | {variant} | " + " | ".join("-" if v is None else f"{v:.2f}" for v in values) + " |")
     lines = [
         "## Results by test set",
-        "The full test set's other 9,000 images were recovered from JPEG copies; the 1,000 exact images are the "
-        "official test batch's first 1,000, bit-exact. JPEG penalty = exact minus their JPEG twins.",
+        "9,000 of the full test set's images were recovered from JPEG copies; the 1,000 exact images (the official "
+        "test batch's first 1,000) are bit-exact, and their JPEG twins are the same images read back from JPEG.",
         "\n".join(rows),
     ]
     if "jpeg_twins" in record:
@@ -155,12 +155,15 @@ def _write_checkpoint(
     atomic_write(file, lambda tmp: save_file(state, str(tmp)))
     file.chmod(0o644)
     dataset = _DATASET_NAMES[config.dataset]
+    run = {key: getattr(config, key) for key in _RUN_FIELDS}
     full = record["full"]
     description = (
         f"{config.model} ({form}) trained by npe-models on {dataset}-LT rho={config.rho:g}, recipe {config.recipe}, "
         f"seed {config.seed}: top-1 {full['top1']:.2f}% on the full test set, {record['exact']['top1']:.2f}% on its "
         "1,000 exact images."
     )
+    tag = name.split(".", 1)[1]
+    model.pretrained_cfg = {**model.pretrained_cfg, "tag": tag, "description": description, "label_names": label_names}
     save_for_hub(
         model,
         hub_dir / name,
@@ -169,7 +172,7 @@ def _write_checkpoint(
                  **{key: round(full[key], 2) for key in ("many", "medium", "few") if full[key] is not None}},
         dataset=f"{dataset}-LT (rho={config.rho:g}) test set",
         dataset_id=config.dataset,
-        recipe={key: getattr(config, key) for key in _RUN_FIELDS},
+        recipe=run,
         repo_id=f"{HUB_ORGANISATION}/{name}",
         model_name=name,
         overwrite=True,
@@ -180,7 +183,7 @@ def _write_checkpoint(
         "sha256": file_sha256(file),
         "form": form,
         "cfg": {"label_names": label_names, "description": description},
-        "run": {key: getattr(config, key) for key in _RUN_FIELDS},
+        "run": run,
         "training": training,
         "metrics": record,
     }

@@ -108,6 +108,9 @@ def test_packaged_hub_folders_load_and_carry_the_metrics(packaged) -> None:
         assert {p.name for p in folder.iterdir()} == {"config.json", "model.safetensors", "README.md"}
         card = (folder / "README.md").read_text()
         assert f"npe-models/{name}" in card and "exact 1,000" in card and "JPEG penalty" in card
+        cfg = json.loads((folder / "config.json").read_text())["pretrained_cfg"]
+        entry = read_manifest(root / "weights" / "manifest.json")[name]
+        assert cfg["tag"] == name.split(".", 1)[1] and cfg["description"] == entry["cfg"]["description"]
         with torch.no_grad():
             torch.testing.assert_close(load_from_hub(f"local-dir:{folder}").eval()(x), model(x), rtol=1e-5, atol=1e-5)
 
