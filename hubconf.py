@@ -4,7 +4,8 @@
     model = torch.hub.load("path/to/npe-models", "unet_fcn_npe1", source="local", pem_type="fcn")
 
 Classifiers are built by ``timm.create_model(name, pretrained=pretrained, **kwargs)``, so every
-timm argument works (``num_classes``, ``npe_alpha``, ``pretrained_cfg_overlay`` ...).
+timm argument works (``num_classes``, ``npe_alpha``, ``pretrained_cfg`` ...): ``resnet32_npe16`` with
+``pretrained=True`` is our CIFAR-10-LT checkpoint (``npe-models list --pretrained`` lists them all).
 Segmentation models are built by ``npe_models.create_segmentation_model(name, **kwargs)``;
 ``pretrained=True`` there loads the base architecture's default torchvision weights (the PEMs
 stay fresh).

@@ -449,6 +449,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError, NonFiniteLossError) as error:
         print(f"{_PROG} {args.command}: error: {error}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # output piped into a reader that stopped early (`npe-models list | head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":
