@@ -141,7 +141,7 @@ def test_corrupted_bundled_weights_fail_their_sha256_check(tmp_path: Path, monke
     overlay = dict(file=str(weights))
     timm.create_model("resnet32_npe16", pretrained=True, pretrained_cfg_overlay=overlay)  # intact: loads
     _corrupt(weights)
-    with pytest.raises(RuntimeError, match="is corrupted: .* has sha256 .* expected .*Reinstall npe-models"):
+    with pytest.raises(RuntimeError, match="is corrupted: .* has sha256 .* expected .*reinstall npe-models"):
         timm.create_model("resnet32_npe16", pretrained=True, pretrained_cfg_overlay=overlay)
     weights.unlink()
     with pytest.raises(FileNotFoundError, match="weights of 'resnet32_npe16.cifar10_lt_r100_hp2' are missing"):

@@ -27,6 +27,10 @@ __all__ = [
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 MANIFEST_FILE = WEIGHTS_DIR / "manifest.json"
 HUB_ORGANISATION = "npe-models"
+_RESTORE = (
+    "Restore the package's weights: reinstall npe-models (pip install --force-reinstall npe-models), "
+    "or in a git checkout run `git checkout -- npe_models/weights`."
+)
 
 
 @functools.cache
@@ -82,13 +86,11 @@ def verify_bundled_weights(path: Union[str, os.PathLike]) -> None:
     name, entry = found
     if not path.is_file():
         raise FileNotFoundError(
-            f"the weights of '{name}' are missing: {path} does not exist. Reinstall npe-models "
-            f"(pip install --force-reinstall npe-models) or load the Hub copy: timm.create_model('hf-hub:{HUB_ORGANISATION}/{name}')."
+            f"the weights of '{name}' are missing: {path} does not exist. {_RESTORE}"
         )
     actual = file_sha256(path)
     if actual != entry["sha256"]:
         raise RuntimeError(
             f"the weights file of '{name}' is corrupted: {path} has sha256 {actual}, expected {entry['sha256']}. "
-            f"Reinstall npe-models (pip install --force-reinstall npe-models) or load the Hub copy: "
-            f"timm.create_model('hf-hub:{HUB_ORGANISATION}/{name}')."
+            f"{_RESTORE}"
         )
