@@ -15,17 +15,13 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-from npe_models.engine.config import RECIPES
+from npe_models.engine.config import RECIPES, num_pems_of
 
 # The paper's top-1 (%) for ResNet-32 on CIFAR-10-LT rho = 100 (design guide), by (recipe, method, PEMs).
 PAPER_TOP1 = {
     ("hp1", "ce", 0): 71.24, ("hp1", "la", 0): 77.37, ("hp1", "npe", 1): 77.89, ("hp1", "npe", 16): 78.17,
     ("hp2", "ce", 0): 73.18, ("hp2", "la", 0): 80.13, ("hp2", "npe", 1): 79.35, ("hp2", "npe", 16): 80.12,
 }
-
-
-def _num_pems(model: str) -> int:
-    return int(model.rsplit("_npe", 1)[1]) if "_npe" in model else 0
 
 
 def _fmt(value: Optional[float], digits: int = 2) -> str:
@@ -40,7 +36,7 @@ def _finished_row(name: str, config: dict[str, Any], metrics: dict[str, Any]) ->
     prior = sets["full"].get("prior")
     unadjusted = f" ({sets['full']['plain']['top1']:.2f} / {sets['exact']['plain']['top1']:.2f} unadjusted)" if primary == "npe_la" else ""
     comparable = config["rho"] == 100 and config["epochs"] == RECIPES[config["recipe"]]["epochs"]
-    paper = PAPER_TOP1.get((config["recipe"], config["method"], _num_pems(config["model"]))) if comparable else None
+    paper = PAPER_TOP1.get((config["recipe"], config["method"], num_pems_of(config["model"]))) if comparable else None
     training = metrics["training"]
     gap = f"{full['top1'] - paper:+.2f}" if paper is not None else "-"
     return (
