@@ -27,12 +27,12 @@ from .engine.evaluate import evaluate_model, summary
 from .hub import save_for_hub
 from .models._bundled import HUB_ORGANISATION, MANIFEST_FILE, WEIGHTS_DIR, file_sha256
 
-__all__ = ["checkpoint_names", "package_run", "read_manifest", "write_manifest", "REPRODUCE_TOLERANCE"]
+__all__ = ["checkpoint_names", "package_run", "read_manifest", "reproduces", "write_manifest", "REPRODUCE_TOLERANCE"]
 
 PathLike = Union[str, os.PathLike]
 
 REPRODUCE_TOLERANCE = 0.1
-"""Points of top-1 on the exact test images by which a shipped checkpoint may differ from its record."""
+"""Points of top-1 on the exact test images by which a shipped checkpoint may differ from its record (one image)."""
 
 _RUN_FIELDS = ("model", "method", "recipe", "dataset", "rho", "epochs", "batch_size", "lr", "momentum",
                "weight_decay", "schedule", "milestones", "gamma", "tau", "npe_alpha", "npe_t", "seed", "deterministic")
@@ -189,10 +189,18 @@ def _write_checkpoint(
     }
 
 
+def reproduces(top1: float, expected: float) -> bool:
+    """Whether a re-scored top-1 is within the tolerance of its record (one image, whatever the float rounding).
+
+    A checkpoint trained and scored on a GPU (TF32 convolutions) can flip an image on the CPU.
+    """
+    return round(abs(top1 - expected), 6) <= REPRODUCE_TOLERANCE
+
+
 def _check_reproduces(name: str, model: nn.Module, data, expected: float, variant: str) -> None:
     scored = evaluate_model(model, data, torch.device("cpu"), sets=["exact"])
     top1 = scored["sets"]["exact"][variant]["top1"]
-    if abs(top1 - expected) > REPRODUCE_TOLERANCE:
+    if not reproduces(top1, expected):
         raise RuntimeError(f"{name} scores {top1:.2f} on the exact test images, but its run recorded {expected:.2f}.")
 
 

@@ -23,7 +23,7 @@ from npe_models.hub import load_from_hub
 from npe_models.models import _bundled
 from npe_models.models._bundled import WEIGHTS_DIR, bundled_checkpoints, file_sha256
 from npe_models.npe import NPEHead
-from npe_models.zoo import REPRODUCE_TOLERANCE, package_run, read_manifest
+from npe_models.zoo import package_run, read_manifest, reproduces
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HUB_FOLDERS = REPO_ROOT / "zoo" / "hub"
@@ -158,6 +158,11 @@ def test_shipped_checkpoint_fails_its_sha256_check_when_corrupted(name: str, tmp
         timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(copy)))
 
 
+def test_reproduces_allows_one_exact_image_and_no_more() -> None:
+    assert reproduces(82.0, 81.9) and reproduces(81.9, 82.0) and reproduces(80.9, 80.9)
+    assert not reproduces(82.1, 81.9)
+
+
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_checkpoint_reproduces_its_recorded_accuracy(name: str, data_dir: Path) -> None:
     entry = bundled_checkpoints()[name]
@@ -165,7 +170,7 @@ def test_shipped_checkpoint_reproduces_its_recorded_accuracy(name: str, data_dir
     data = load_cifar_lt(data_dir, entry["run"]["dataset"], entry["run"]["rho"])
     scored = evaluate_model(model, data, CPU, sets=["exact"])
     top1 = scored["sets"]["exact"][scored["primary"]]["top1"]
-    assert abs(top1 - entry["metrics"]["exact"]["top1"]) <= REPRODUCE_TOLERANCE
+    assert reproduces(top1, entry["metrics"]["exact"]["top1"])
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -214,4 +219,4 @@ def test_cli_evaluates_a_shipped_checkpoint_by_name(name: str, data_dir: Path, t
     assert main(argv) == 0
     scored = json.loads((tmp_path / "metrics.json").read_text())
     top1 = scored["sets"]["exact"][scored["primary"]]["top1"]
-    assert abs(top1 - bundled_checkpoints()[name]["metrics"]["exact"]["top1"]) <= REPRODUCE_TOLERANCE
+    assert reproduces(top1, bundled_checkpoints()[name]["metrics"]["exact"]["top1"])
