@@ -113,6 +113,7 @@ def _resolve_train_config(args: argparse.Namespace) -> "TrainConfig":
     saved_path = Path(args.out) / CONFIG_FILE
     if args.resume and saved_path.is_file():
         saved = json.loads(saved_path.read_text())
+        saved.pop("device", None)  # the machine's, not the run's: a run may move between GPU and CPU machines
         if args.method is not None:
             saved["method"] = args.method
         if args.recipe is not None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -116,6 +117,19 @@ def test_resume_finished_run_is_a_no_op(capsys, toy_run):
     assert "already finished" in capsys.readouterr().out
     assert (toy_run / "model.safetensors").read_bytes() == before
     assert "finished run" in _error(capsys, ["train", "--out", str(toy_run), "--model", "resnet20_npe4"])
+
+
+def test_run_trained_on_a_gpu_resumes_on_this_machine(capsys, toy_run, tmp_path):
+    """A run's config.json records device 'cuda'; resuming it where there is no GPU uses this machine's device."""
+    moved = tmp_path / "from_gpu"
+    shutil.copytree(toy_run, moved)
+    config = json.loads((moved / "config.json").read_text())
+    (moved / "config.json").write_text(json.dumps({**config, "device": "cuda", "epochs": 2}))
+    (moved / "metrics.json").unlink()
+    (moved / "model.safetensors").unlink()
+    assert main(["train", "--out", str(moved), "--resume", "--no-progress"]) == 0
+    log = [json.loads(line) for line in (moved / "log.jsonl").read_text().splitlines()]
+    assert [record["epoch"] for record in log] == [1, 2] and (moved / "metrics.json").is_file()
 
 
 def test_short_npe_run_on_real_cifar10_lt(capsys, data_dir, tmp_path):
