@@ -38,12 +38,13 @@ def _finished_row(name: str, config: dict[str, Any], metrics: dict[str, Any]) ->
     comparable = config["rho"] == 100 and config["epochs"] == RECIPES[config["recipe"]]["epochs"]
     paper = PAPER_TOP1.get((config["recipe"], config["method"], num_pems_of(config["model"]))) if comparable else None
     training = metrics["training"]
-    gap = f"{full['top1'] - paper:+.2f}" if paper is not None else "-"
+    gap = f"{full['top1'] - paper:+.2f} / {exact['top1'] - paper:+.2f}" if paper is not None else "-"
+    devices = ", ".join(device.split(":")[0] for device in training["devices"])
     return (
         f"| {name} | {config['method']} | {config['recipe']} | {config['rho']:g} | {full['top1']:.2f} / {exact['top1']:.2f}{unadjusted} "
         f"| {_fmt(full['many'])} / {_fmt(full['medium'])} / {_fmt(full['few'])} | {_fmt(penalty)} "
         f"| {_fmt(prior and prior['spearman'], 3)} / {_fmt(prior and prior['pearson'], 3)} "
-        f"| {training['seconds'] / 3600:.2f} h, {training['images_per_s']:.0f} img/s "
+        f"| {training['seconds'] / 3600:.2f} h, {training['images_per_s']:.0f} img/s, {devices} "
         f"| {_fmt(paper)} | {gap} |"
     )
 
@@ -56,7 +57,7 @@ def _unfinished_row(name: str, config: dict[str, Any], run: Path) -> str:
 
 def report(zoo: Path) -> str:
     header = [
-        "| run | method | recipe | rho | top-1 full / exact | Many / Medium / Few (full) | JPEG penalty | Spearman / Pearson | training | paper | ours - paper |",
+        "| run | method | recipe | rho | top-1 full / exact | Many / Medium / Few (full) | JPEG penalty | Spearman / Pearson | training | paper | ours - paper (full / exact) |",
         "| --- | --- | --- | ---: | --- | --- | ---: | --- | --- | ---: | ---: |",
     ]
     rows = []
