@@ -39,6 +39,8 @@ _RUN_FIELDS = ("model", "method", "recipe", "dataset", "rho", "epochs", "batch_s
 _SCHEDULE_FIELDS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule", "milestones", "gamma")
 _DEFAULT_TAG_SUFFIX = "_lt_r100_hp2"
 _DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+_METHOD_NAMES = {"ce": "cross-entropy", "la": "logit-adjusted loss", "crt": "cRT: classifier re-trained with class-balanced sampling",
+                 "posthoc_la": "cross-entropy + post-hoc logit adjustment", "npe": "NPE"}
 
 
 def _tag(config: TrainConfig) -> str:
@@ -114,7 +116,27 @@ def _recorded_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def _card_notes(name: str, record: dict[str, Any], training: dict[str, Any]) -> str:
+def _starting_point(config: TrainConfig) -> Optional[str]:
+    """The checkpoint a cRT or post-hoc LA run starts from, by its shipped name where the run is known."""
+    if not config.init:
+        return None
+    init_config = read_saved_config(config.init)
+    return checkpoint_names(init_config)[0] if init_config is not None else config.init
+
+
+def _training_note(name: str, config: TrainConfig, training: dict[str, Any]) -> str:
+    start = _starting_point(config)
+    if not training["epochs"]:
+        return (f"No training of its own: the classifier bias of the cross-entropy model `{start}` absorbs "
+                f"-{config.tau:g} * log prior. Weights: `npe_models/weights/{name}.safetensors` in the package.")
+    origin = f"; only the classifier of `{start}` was re-trained" if start else ""
+    return (
+        f"Trained by npe-models in {training['seconds'] / 3600:.2f} h ({training['images_per_s']:.0f} images/s, "
+        f"{', '.join(training['devices'])}){origin}. Weights: `npe_models/weights/{name}.safetensors` in the package."
+    )
+
+
+def _card_notes(name: str, record: dict[str, Any], config: TrainConfig, training: dict[str, Any]) -> str:
     rows = ["| test images | prediction | top-1 | balanced | Many | Medium | Few |", "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     sets = {"full": "full 10,000", "exact": "exact 1,000", "jpeg_twins": "JPEG twins of the exact 1,000"}
     prediction = "NPE-LA" if record["primary"] == "npe_la" else "logits"
@@ -138,11 +160,17 @@ def _card_notes(name: str, record: dict[str, Any], training: dict[str, Any]) -> 
             f"NPE estimate vs log training count (per class, full test set): Pearson {prior['pearson']:.3f}, "
             f"Spearman {prior['spearman']:.3f}, slope {prior['slope']:.3f}."
         )
-    lines.append(
-        f"Trained by npe-models in {training['seconds'] / 3600:.2f} h ({training['images_per_s']:.0f} images/s, "
-        f"{', '.join(training['devices'])}). Weights: `npe_models/weights/{name}.safetensors` in the package."
-    )
+    lines.append(_training_note(name, config, training))
     return "\n\n".join(lines)
+
+
+def _describe_method(config: TrainConfig, form: str) -> str:
+    """How the checkpoint predicts, for its description: the training method and, for NPE, the PEMs' fate."""
+    if config.method != "npe":
+        return _METHOD_NAMES[config.method]
+    count = num_pems_of(config.model)
+    pems = f"NPE with {count} PEM{'s' if count > 1 else ''}, NPE-LA"
+    return f"{pems} folded into the classifier" if form == "merged" else pems
 
 
 def _write_checkpoint(
@@ -158,7 +186,8 @@ def _write_checkpoint(
     run = {key: getattr(config, key) for key in _RUN_FIELDS}
     full = record["full"]
     description = (
-        f"{config.model} ({form}) trained by npe-models on {dataset}-LT rho={config.rho:g}, recipe {config.recipe}, "
+        f"{name.split('.', 1)[0]} ({_describe_method(config, form)}) trained by npe-models on {dataset}-LT "
+        f"rho={config.rho:g}, recipe {config.recipe}, "
         f"seed {config.seed}: top-1 {full['top1']:.2f}% on the full test set, {record['exact']['top1']:.2f}% on its "
         "1,000 exact images."
     )
@@ -176,7 +205,7 @@ def _write_checkpoint(
         repo_id=f"{HUB_ORGANISATION}/{name}",
         model_name=name,
         overwrite=True,
-        notes=_card_notes(name, record, training),
+        notes=_card_notes(name, record, config, training),
     )
     return {
         "file": file.name,

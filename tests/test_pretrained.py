@@ -36,18 +36,20 @@ def cifar10_lt(data_dir: Path):
     return load_cifar_lt(data_dir, "cifar10", 100.0)
 
 
-def _fake_finished_run(run_dir: Path, data_dir: Path, data, **overrides) -> torch.nn.Module:
-    """A randomly initialised resnet32_npe16 saved as a finished HP-2 run (weights, config, final metrics)."""
-    config = resolve_config("hp2", "npe", data_dir=str(data_dir), **overrides)
+def _fake_finished_run(run_dir: Path, data_dir: Path, data, method: str = "npe", **overrides) -> torch.nn.Module:
+    """A randomly initialised model saved as a finished HP-2 run (weights, config, final metrics); resnet32_npe16 by default."""
+    config = resolve_config("hp2", method, data_dir=str(data_dir), **overrides)
     model = timm.create_model(config.model, num_classes=10)
-    with torch.no_grad():
-        model.fc.pem_weight.normal_(0, 0.2)
+    if hasattr(model.fc, "pem_weight"):
+        with torch.no_grad():
+            model.fc.pem_weight.normal_(0, 0.2)
     model.eval()
     run_dir.mkdir(parents=True)
     write_json(run_dir / "config.json", config.to_dict())
     save_weights(run_dir / "model.safetensors", model, config)
     metrics = evaluate_model(model, data, CPU)
-    write_json(run_dir / METRICS_FILE, {**metrics, "training": {"epochs": config.epochs, "seconds": 7200.0, "images_per_s": 200.0, "devices": ["cpu"]}})
+    trained = {"seconds": 7200.0, "images_per_s": 200.0, "devices": ["cpu"]} if config.epochs else {"seconds": 0, "images_per_s": None, "devices": []}
+    write_json(run_dir / METRICS_FILE, {**metrics, "training": {"epochs": config.epochs, **trained}})
     return model
 
 
@@ -62,6 +64,16 @@ def packaged(tmp_path_factory, data_dir: Path, cifar10_lt):
 def test_package_run_names_both_forms(packaged) -> None:
     _, _, names = packaged
     assert names == ["resnet32_npe16.cifar10_lt_r100_hp2", "resnet32.cifar10_lt_r100_hp2_npe16_merged"]
+
+
+def test_package_posthoc_run_names_the_checkpoint_it_adjusts(tmp_path: Path, data_dir: Path, cifar10_lt) -> None:
+    _fake_finished_run(tmp_path / "ce", data_dir, cifar10_lt, "ce", model="resnet32")
+    _fake_finished_run(tmp_path / "posthoc", data_dir, cifar10_lt, "posthoc_la", model="resnet32", init=str(tmp_path / "ce"))
+    names = package_run(tmp_path / "posthoc", weights_dir=tmp_path / "weights", hub_dir=tmp_path / "hub")
+    assert names == ["resnet32.cifar10_lt_r100_hp2_posthoc_la"]
+    card = (tmp_path / "hub" / names[0] / "README.md").read_text()
+    assert "No training of its own" in card and "`resnet32.cifar10_lt_r100_hp2` absorbs -1 * log prior" in card
+    assert "post-hoc logit adjustment" in read_manifest(tmp_path / "weights" / "manifest.json")[names[0]]["cfg"]["description"]
 
 
 def test_package_run_records_files_hashes_and_metrics(packaged) -> None:
