@@ -28,6 +28,14 @@ def _fmt(value: Optional[float], digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _training_text(training: dict[str, Any]) -> str:
+    """Wall time, images/s and device of the training; post-hoc LA has none."""
+    if not training["epochs"]:
+        return "none (adjusts the CE run)"
+    devices = ", ".join(device.split(":")[0] for device in training["devices"])
+    return f"{training['seconds'] / 3600:.2f} h, {training['images_per_s']:.0f} img/s, {devices}"
+
+
 def _finished_row(name: str, config: dict[str, Any], metrics: dict[str, Any]) -> str:
     sets, primary = metrics["sets"], metrics["primary"]
     full, exact = sets["full"][primary], sets["exact"][primary]
@@ -39,12 +47,11 @@ def _finished_row(name: str, config: dict[str, Any], metrics: dict[str, Any]) ->
     paper = PAPER_TOP1.get((config["recipe"], config["method"], num_pems_of(config["model"]))) if comparable else None
     training = metrics["training"]
     gap = f"{full['top1'] - paper:+.2f} / {exact['top1'] - paper:+.2f}" if paper is not None else "-"
-    devices = ", ".join(device.split(":")[0] for device in training["devices"])
     return (
         f"| {name} | {config['method']} | {config['recipe']} | {config['rho']:g} | {full['top1']:.2f} / {exact['top1']:.2f}{unadjusted} "
         f"| {_fmt(full['many'])} / {_fmt(full['medium'])} / {_fmt(full['few'])} | {_fmt(penalty)} "
         f"| {_fmt(prior and prior['spearman'], 3)} / {_fmt(prior and prior['pearson'], 3)} "
-        f"| {training['seconds'] / 3600:.2f} h, {training['images_per_s']:.0f} img/s, {devices} "
+        f"| {_training_text(training)} "
         f"| {_fmt(paper)} | {gap} |"
     )
 
