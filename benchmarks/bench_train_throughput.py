@@ -26,9 +26,9 @@ import torch.nn.functional as F
 
 import npe_models  # noqa: F401  (registers the models)
 from npe_models.data import load_cifar_lt
-from npe_models.engine import resolve_config
-from npe_models.engine.distributed import DistributedContext
-from npe_models.engine.train import _Run
+from npe_models.classification import resolve_config
+from npe_models.classification.distributed import DistributedContext
+from npe_models.classification.train import _Run
 
 VARIANTS = {
     # name: (model, batch size, channels_last, input pipeline, torch threads; None = torch's default)

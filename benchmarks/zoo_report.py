@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-from npe_models.engine.config import RECIPES, num_pems_of
+from npe_models.classification.config import RECIPES, num_pems_of
 
 # The paper's top-1 (%) for ResNet-32 on CIFAR-10-LT rho = 100 (design guide), by (recipe, method, PEMs).
 PAPER_TOP1 = {

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 if TYPE_CHECKING:
-    from .engine.config import TrainConfig
+    from .classification.config import TrainConfig
 
 __all__ = ["main", "build_parser", "Task", "TASKS"]
 
@@ -66,7 +66,7 @@ class Task:
 
 
 def _add_classification_train_arguments(parser: argparse.ArgumentParser) -> None:
-    from .engine.config import METHODS, RECIPES
+    from .classification.config import METHODS, RECIPES
 
     group = parser.add_argument_group("classification (long-tailed CIFAR)")
     group.add_argument("--method", choices=METHODS, help="training method (default: npe for models with PEMs, else ce)")
@@ -106,8 +106,8 @@ def _given_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 def _resolve_train_config(args: argparse.Namespace) -> "TrainConfig":
     """The run's settings: the recipe plus the given options, or on --resume the run's config.json plus them."""
-    from .engine.checkpoint import CONFIG_FILE, read_saved_config
-    from .engine.config import METHODS_FROM_CE, TrainConfig, num_pems_of, resolve_config
+    from .classification.checkpoint import CONFIG_FILE, read_saved_config
+    from .classification.config import METHODS_FROM_CE, TrainConfig, num_pems_of, resolve_config
 
     given = _given_settings(args)
     saved_path = Path(args.out) / CONFIG_FILE
@@ -134,7 +134,7 @@ def _train_classification(args: argparse.Namespace) -> int:
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from .engine.train import train
+    from .classification.train import train
 
     config = _resolve_train_config(args)
     progress = None if args.no_progress else tqdm
@@ -163,7 +163,7 @@ def _load_evaluation_model(args: argparse.Namespace):
     """The model to evaluate and its training config (``None`` for timm names)."""
     import timm
 
-    from .engine.checkpoint import load_trained_model
+    from .classification.checkpoint import load_trained_model
 
     source = Path(args.source)
     if source.exists():
@@ -193,10 +193,10 @@ def _evaluate_classification(args: argparse.Namespace) -> int:
     import torch
 
     from .data.cifar import CIFAR_NUM_CLASSES, load_cifar_lt
-    from .engine.checkpoint import check_num_classes, write_json
-    from .engine.distributed import resolve_device
-    from .engine.evaluate import evaluate_model
-    from .engine.plots import save_evaluation_plots
+    from .classification.checkpoint import check_num_classes, write_json
+    from .classification.distributed import resolve_device
+    from .classification.evaluate import evaluate_model
+    from .classification.plots import save_evaluation_plots
 
     model, config = _load_evaluation_model(args)
     tag_dataset, tag_rho = _tag_dataset(args.source)
@@ -291,7 +291,7 @@ def _all_datasets() -> list[str]:
 
 def _saved_dataset(source: str) -> Optional[str]:
     """The data set a run directory or checkpoint was trained on, if it records one."""
-    from .engine.checkpoint import read_saved_config
+    from .classification.checkpoint import read_saved_config
 
     path = Path(source)
     if not path.exists():
@@ -308,7 +308,7 @@ def _saved_dataset(source: str) -> Optional[str]:
 def _run_train(args: argparse.Namespace) -> int:
     dataset = args.dataset
     if dataset is None and args.resume:
-        from .engine.checkpoint import read_saved_config
+        from .classification.checkpoint import read_saved_config
 
         if Path(args.out).is_dir():
             saved = read_saved_config(args.out)
@@ -441,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the ``npe-models`` command; returns the exit status."""
-    from .engine.train import NonFiniteLossError
+    from .classification.train import NonFiniteLossError
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

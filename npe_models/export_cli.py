@@ -20,7 +20,7 @@ import timm
 import torch
 from torch import nn
 
-from .engine.checkpoint import load_trained_model
+from .classification.checkpoint import load_trained_model
 from .hub import CONFIG_NAME, hub_folder, load_from_hub, push_to_hub, read_hub_config, save_for_hub
 from .models.segmentation import PEM_TYPES, NPESegmentationMixin, create_segmentation_model, parse_segmentation_model_name
 from .npe import NPEHead

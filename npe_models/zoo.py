@@ -21,9 +21,9 @@ from timm.utils import reparameterize_model
 from torch import nn
 
 from .data.cifar import load_cifar_lt
-from .engine.checkpoint import METRICS_FILE, WEIGHTS_FILE, atomic_write, load_trained_model, read_saved_config
-from .engine.config import TrainConfig, num_pems_of, resolve_config
-from .engine.evaluate import evaluate_model, summary
+from .classification.checkpoint import METRICS_FILE, WEIGHTS_FILE, atomic_write, load_trained_model, read_saved_config
+from .classification.config import TrainConfig, num_pems_of, resolve_config
+from .classification.evaluate import evaluate_model, summary
 from .hub import save_for_hub
 from .models._bundled import HUB_ORGANISATION, MANIFEST_FILE, WEIGHTS_DIR, file_sha256
 

@@ -352,8 +352,8 @@ def test_export_hub_command_from_training_runs(tmp_path: Path, capsys) -> None:
     """`npe-models export hub RUN_DIR` for a classification and a segmentation run: weights, settings and recipe."""
     import argparse
 
-    from npe_models.engine.checkpoint import save_weights
-    from npe_models.engine.config import TrainConfig
+    from npe_models.classification.checkpoint import save_weights
+    from npe_models.classification.config import TrainConfig
     from npe_models.export_cli import add_hub_arguments, run_hub
     from npe_models.segmentation.checkpoint import save_segmentation_weights
 

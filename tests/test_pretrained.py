@@ -16,9 +16,9 @@ import torch
 import torch.hub
 
 from npe_models.data.cifar import load_cifar_lt
-from npe_models.engine.checkpoint import METRICS_FILE, save_weights, write_json
-from npe_models.engine.config import resolve_config
-from npe_models.engine.evaluate import evaluate_model
+from npe_models.classification.checkpoint import METRICS_FILE, save_weights, write_json
+from npe_models.classification.config import resolve_config
+from npe_models.classification.evaluate import evaluate_model
 from npe_models.hub import load_from_hub
 from npe_models.models import _bundled
 from npe_models.models._bundled import WEIGHTS_DIR, bundled_checkpoints, file_sha256

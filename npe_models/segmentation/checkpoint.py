@@ -14,7 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ..engine.checkpoint import WEIGHTS_FILE, atomic_write
+from ..classification.checkpoint import WEIGHTS_FILE, atomic_write
 from ..npe import fill_missing_pem_params
 from .config import SegmentationModelConfig
 

@@ -21,8 +21,8 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from ..data.stare import STARE_ANNOTATIONS, STARE_CLASSES, STARE_SPLITS, StareSegmentation
-from ..engine.checkpoint import write_json
-from ..engine.distributed import resolve_device
+from ..classification.checkpoint import write_json
+from ..classification.distributed import resolve_device
 from ..export_cli import key_value_argument
 from ..models.segmentation import DEFAULT_SEGMENTATION_ALPHA, PEM_TYPES, parse_segmentation_model_name
 from .checkpoint import load_segmentation_model, load_weights_for_pem_training

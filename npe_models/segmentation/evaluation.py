@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from torchvision.utils import draw_segmentation_masks
 
-from ..engine.checkpoint import atomic_write
+from ..classification.checkpoint import atomic_write
 from .losses import DEFAULT_IGNORE_INDEX
 from .metrics import SegmentationMetrics, confusion_matrix
 from .sampling import normalize_images

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..engine.checkpoint import (
+from ..classification.checkpoint import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
     LOG_FILE,

@@ -14,7 +14,7 @@ import timm
 import torch
 from safetensors.torch import load_file
 
-from npe_models.engine import (
+from npe_models.classification import (
     NonFiniteLossError,
     TrainConfig,
     classification_metrics,
@@ -27,7 +27,7 @@ from npe_models.engine import (
 )
 from npe_models.data import BatchStream, load_cifar_lt
 
-train_module = importlib.import_module("npe_models.engine.train")
+train_module = importlib.import_module("npe_models.classification.train")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
