@@ -3,8 +3,8 @@
 Importing the package registers every model with timm (and torchvision for segmentation).
 """
 from .losses import logit_adjusted_cross_entropy, one_way_logistic_loss, one_way_logistic_loss_from_true_class
-from .npe import NPEClassifierMixin, NPEHead, NPEOutput
-from .models import add_npe, list_classifiers
+from .npe import NPEClassifierMixin, NPEHead, NPEOutput, has_pems, npe_heads, set_alpha
+from .models import add_npe, list_classifiers, npe_model_name, parse_npe_name
 from .models.segmentation import create_segmentation_model
 
 __version__ = "0.1.0"
@@ -15,9 +15,14 @@ __all__ = [
     "NPEOutput",
     "add_npe",
     "create_segmentation_model",
+    "has_pems",
     "list_classifiers",
     "logit_adjusted_cross_entropy",
+    "npe_heads",
+    "npe_model_name",
     "one_way_logistic_loss",
     "one_way_logistic_loss_from_true_class",
+    "parse_npe_name",
+    "set_alpha",
     "__version__",
 ]

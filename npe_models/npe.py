@@ -1,21 +1,23 @@
-"""The NPE head: a main classifier plus K Prior Estimation Modules (PEMs) in one fused layer.
+"""The NPE head and the questions every caller asks of an NPE model.
 
-The head computes the main logits ``z`` and the PEM logits ``u_k`` with a single matmul (or
-1x1 conv), returns ``z`` in training mode, NPE-LA logits ``z - alpha * eta`` in eval mode,
-and folds itself into a plain ``nn.Linear`` / ``nn.Conv2d`` through timm's
-``reparameterize_model`` protocol (``fuse()``).
+``NPEHead`` is a main classifier plus K Prior Estimation Modules (PEMs) in one fused layer: it
+computes the main logits ``z`` and the PEM logits ``u_k`` with a single matmul (or 1x1 conv),
+returns ``z`` in training mode, NPE-LA logits ``z - alpha * eta`` in eval mode, and folds itself
+into a plain ``nn.Linear`` / ``nn.Conv2d`` through timm's ``reparameterize_model`` protocol
+(``fuse()``). ``npe_heads``, ``has_pems`` and ``set_alpha`` answer "which PEMs does this model
+have" and set the NPE-LA strength for classifiers and dense models alike.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Union
+from typing import Any, NamedTuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
-    "NPEOutput", "NPEHead", "NPEClassifierMixin", "validate_npe_args", "fill_missing_pem_params",
-    "upsampled_true_class_logits",
+    "NPEOutput", "NPEHead", "NPEClassifierMixin", "PEMNetworks", "AlphaOwnerMixin", "validate_npe_args",
+    "fill_missing_pem_params", "npe_heads", "has_pems", "set_alpha", "upsampled_true_class_logits",
 ]
 
 PEM_INIT_STD = 0.001
@@ -194,6 +196,54 @@ class NPEClassifierMixin:
         """The per-class log-prior estimate ``eta`` ``(B, C)`` for images ``x``."""
         head = self.npe_head()
         return head.npe_estimate(self._pre_logits(x))
+
+
+class PEMNetworks(nn.ModuleList):
+    """K PEMs that are networks of their own (not linear maps of the classifier's input), run on one input.
+
+    Returns their logits stacked, ``(K, B, C, ...)``. It is the base of the dense models'
+    ``fcn`` / ``replica`` PEMs, so that ``has_pems`` finds them without importing segmentation code.
+    """
+
+    def forward(self, x: Any) -> Tensor:
+        return torch.stack([pem(x) for pem in self])
+
+
+class AlphaOwnerMixin:
+    """Base of models that own their NPE-LA strength ``alpha`` and apply it themselves (the segmentation models).
+
+    ``set_alpha`` assigns ``model.alpha`` on them; their setter keeps any NPEHeads in step and a
+    merged model still reports the alpha folded into it.
+    """
+
+    alpha: float
+
+
+def npe_heads(model: nn.Module) -> list[NPEHead]:
+    """Every unmerged linear NPEHead in ``model`` (classifier or dense), in module order."""
+    return [module for module in model.modules() if isinstance(module, NPEHead)]
+
+
+def has_pems(model: nn.Module) -> bool:
+    """Whether ``model`` has unmerged PEMs: linear NPEHeads or PEM networks (dense ``fcn`` / ``replica``)."""
+    return any(isinstance(module, (NPEHead, PEMNetworks)) for module in model.modules())
+
+
+def set_alpha(model: nn.Module, alpha: float) -> None:
+    """Set the NPE-LA strength on every NPE part of ``model``: its NPEHeads, or the model when it owns alpha."""
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool):
+        raise TypeError(f"alpha must be a number, got {type(alpha).__name__}.")
+    if not has_pems(model):
+        raise ValueError(
+            f"alpha needs a model with PEMs, but this {type(model).__name__} has none (a plain model, or one "
+            "merged by reparameterize_model, whose alpha is folded in): set alpha before merging, or use an "
+            "<arch>_npe<K> model."
+        )
+    if isinstance(model, AlphaOwnerMixin):
+        model.alpha = float(alpha)
+        return
+    for head in npe_heads(model):
+        head.alpha = float(alpha)
 
 
 def fill_missing_pem_params(state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:

@@ -208,3 +208,40 @@ def test_add_npe_rejects_non_timm_module() -> None:
 def test_add_npe_rejects_bad_sign_convention() -> None:
     with pytest.raises(ValueError, match="t "):
         npe_models.add_npe(timm.create_model("resnet20"), num_pems=2, t=2)
+
+
+def test_npe_heads_has_pems_and_set_alpha_on_classifiers() -> None:
+    model = timm.create_model("resnet20_npe4", num_classes=5)
+    assert npe_models.npe_heads(model) == [model.fc] and npe_models.has_pems(model)
+    npe_models.set_alpha(model, 0.25)
+    assert model.fc.alpha == 0.25
+    with pytest.raises(TypeError, match="alpha must be a number"):
+        npe_models.set_alpha(model, "0.5")
+    plain = timm.create_model("resnet20", num_classes=5)
+    merged = reparameterize_model(model)
+    for no_pems in (plain, merged):
+        assert npe_models.npe_heads(no_pems) == [] and not npe_models.has_pems(no_pems)
+        with pytest.raises(ValueError, match="before merging"):
+            npe_models.set_alpha(no_pems, 0.5)
+
+
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("resnet32_npe16.cifar10_lt_r100_hp2", ("resnet32", 16)),
+        ("resnet32", ("resnet32", 0)),
+        ("resnet32.cifar10_lt_r100_hp2", ("resnet32", 0)),
+        ("unet_fcn_npe1", ("unet_fcn", 1)),
+        ("vit_small_patch16_224_npe16.augreg_in21k_ft_in1k", ("vit_small_patch16_224", 16)),
+    ],
+)
+def test_parse_npe_name(name: str, expected: tuple[str, int]) -> None:
+    assert npe_models.parse_npe_name(name) == expected
+    assert npe_models.npe_model_name(*expected) == name.split(".", 1)[0]
+
+
+def test_parse_npe_name_errors() -> None:
+    with pytest.raises(ValueError, match="plain name 'resnet32'"):
+        npe_models.parse_npe_name("resnet32_npe0")
+    with pytest.raises(TypeError, match="string"):
+        npe_models.parse_npe_name(32)

@@ -163,6 +163,24 @@ def test_alpha_is_chosen_at_inference() -> None:
     assert all(head.alpha == 0.2 for head in model.npe_heads())
 
 
+@pytest.mark.parametrize("pem_type", ["linear", "fcn"])
+def test_has_pems_and_set_alpha_on_segmentation_models(pem_type: str) -> None:
+    model = _build("unet_fcn", pem_type, num_pems=2, alpha=0.5)
+    assert npe_models.has_pems(model)
+    assert len(npe_models.npe_heads(model)) == (1 if pem_type == "linear" else 0)
+    npe_models.set_alpha(model, 0.3)
+    assert model.alpha == 0.3 and all(head.alpha == 0.3 for head in npe_models.npe_heads(model))
+    plain = npe_models.create_segmentation_model("unet_fcn", num_classes=NUM_CLASSES, base_channels=8)
+    assert not npe_models.has_pems(plain)
+    with pytest.raises(ValueError, match="has none"):
+        npe_models.set_alpha(plain, 0.3)
+    if pem_type == "linear":
+        merged = timm.utils.reparameterize_model(model)
+        assert not npe_models.has_pems(merged) and merged.alpha == 0.3
+        with pytest.raises(ValueError, match="before merging"):
+            npe_models.set_alpha(merged, 0.2)
+
+
 def test_create_segmentation_model_names_and_errors() -> None:
     plain = npe_models.create_segmentation_model("unet_fcn", base_channels=4)
     assert type(plain) is torchvision.models.segmentation.FCN

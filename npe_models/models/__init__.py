@@ -1,11 +1,12 @@
 """Model families; importing a module registers its models with timm (or torchvision)."""
 import timm
 
+from ._registry import npe_model_name, parse_npe_name
 from .cifar_resnet import CifarResNet
 from .timm_npe import add_npe
 from . import segmentation  # noqa: F401  (importing registers the segmentation models with torchvision)
 
-__all__ = ["CifarResNet", "add_npe", "list_classifiers"]
+__all__ = ["CifarResNet", "add_npe", "list_classifiers", "npe_model_name", "parse_npe_name"]
 
 
 def list_classifiers(npe_only: bool = False) -> list[str]:

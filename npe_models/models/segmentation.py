@@ -37,7 +37,7 @@ from torchvision.models import segmentation as tv_segmentation
 from torchvision.models.segmentation.fcn import FCN
 from torchvision.models.segmentation.lraspp import LRASPP
 
-from ..npe import PEM_INIT_STD, NPEHead, validate_npe_args
+from ..npe import PEM_INIT_STD, AlphaOwnerMixin, NPEHead, PEMNetworks, npe_heads, validate_npe_args
 
 __all__ = [
     "DEFAULT_SEGMENTATION_ALPHA",
@@ -133,15 +133,12 @@ def _fcn_pem(in_channels: int, channels: int, num_classes: int) -> nn.Sequential
     return pem
 
 
-class DensePEMs(nn.ModuleList):
+class DensePEMs(PEMNetworks):
     """K non-linear PEM heads (``fcn`` or ``replica``) applied to the same input; returns ``(K, B, C, h, w)``."""
 
     def __init__(self, heads: list[nn.Module], pem_type: str) -> None:
         super().__init__(heads)
         self.pem_type = pem_type
-
-    def forward(self, x: Any) -> Tensor:
-        return torch.stack([head(x) for head in self])
 
     def reparameterize(self) -> None:
         """Called by ``reparameterize_model``: these PEMs cannot be folded, so they stay and a warning says why."""
@@ -158,7 +155,7 @@ class DensePEMs(nn.ModuleList):
         return f"pem_type={self.pem_type}"
 
 
-class NPESegmentationMixin:
+class NPESegmentationMixin(AlphaOwnerMixin):
     """NPE for a torchvision segmentation model: PEMs, ``forward_train``, ``npe_estimate`` and NPE-LA in eval mode.
 
     Training-mode ``forward`` is the base model's (main logits in ``"out"``); eval-mode ``forward``
@@ -209,7 +206,7 @@ class NPESegmentationMixin:
 
     def npe_heads(self) -> list[NPEHead]:
         """The NPEHeads carrying linear PEMs (empty for fcn/replica PEMs and after merging)."""
-        return [m for m in self.modules() if isinstance(m, NPEHead)]
+        return npe_heads(self)
 
     def _check_has_pems(self) -> None:
         if self.pem_type == "linear" and not self.npe_heads():
