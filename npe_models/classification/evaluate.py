@@ -8,13 +8,14 @@ unadjusted main logits ``z``), ``npe_la`` (``z - alpha * eta``, the NPE model's 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..data.cifar import GROUP_NAMES, BatchStream, CifarLT, ImageArrays, class_groups
+from ..data.cifar import CIFAR_NUM_CLASSES, GROUP_NAMES, BatchStream, CifarLT, ImageArrays, class_groups, load_cifar_lt
 from ..npe import NPEHead
 
 __all__ = [
@@ -26,6 +27,8 @@ __all__ = [
     "evaluate_model",
     "evaluation_sets",
     "summary",
+    "evaluate_run",
+    "format_metrics",
 ]
 
 
@@ -226,3 +229,72 @@ def summary(metrics: dict[str, object], variant: Optional[str] = None) -> dict[s
         for name, scores in metrics["sets"].items()
         if variant in scores
     }
+
+
+def evaluate_run(
+    model: nn.Module,
+    out_dir: Union[str, Path],
+    *,
+    dataset: Optional[str] = None,
+    rho: Optional[float] = None,
+    max_per_class: Optional[int] = None,
+    data_dir: Union[str, Path] = "data",
+    download: bool = False,
+    device: Union[str, torch.device] = "auto",
+    batch_size: int = 500,
+    posthoc_tau: Optional[float] = None,
+    sets: Optional[Sequence[str]] = None,
+    channels_last: bool = False,
+    amp: bool = False,
+    title: str = "",
+    about: Optional[dict[str, Any]] = None,
+) -> dict[str, Any]:
+    """Score a trained classifier on CIFAR-LT's test sets; write ``metrics.json`` and plots to ``out_dir``.
+
+    ``dataset`` (default cifar10) and ``rho`` (default 100) name the long-tailed training set
+    whose counts define the Many / Medium / Few groups and the post-hoc LA prior; ``about``
+    (e.g. the source and whether it was merged) is recorded at the top of ``metrics.json``.
+    """
+    from ..runs import write_json
+    from .distributed import resolve_device
+    from .plots import save_evaluation_plots
+
+    dataset, rho = dataset or "cifar10", rho or 100.0
+    num_classes = getattr(model, "num_classes", None)
+    if dataset in CIFAR_NUM_CLASSES and num_classes not in (None, CIFAR_NUM_CLASSES[dataset]):
+        raise ValueError(
+            f"the model has {num_classes} classes but {dataset} has {CIFAR_NUM_CLASSES[dataset]}; "
+            "pass the --dataset the model was trained on."
+        )
+    data = load_cifar_lt(data_dir, dataset, rho, download, max_per_class)
+    device = resolve_device(str(device))
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    metrics = evaluate_model(model, data, device, batch_size, posthoc_tau, channels_last, amp, sets)
+    metrics = {**(about or {}), "dataset": dataset, "rho": rho, **metrics}
+    out_dir = Path(out_dir)
+    first_set = "full" if "full" in metrics["sets"] else next(iter(metrics["sets"]))
+    save_evaluation_plots(metrics, out_dir, first_set, f"{title} {dataset}-LT rho={rho:g}".strip())
+    write_json(out_dir / "metrics.json", metrics)
+    return metrics
+
+
+def _cell(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:6.2f}"
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """A text table of accuracy per test set and prediction variant, then the NPE estimate's diagnostics."""
+    lines = [f"{'set':<11} {'variant':<11} {'top-1':>6} {'bal.':>6} {'many':>6} {'medium':>6} {'few':>6}"]
+    for set_name, scores in metrics["sets"].items():
+        for variant, values in scores.items():
+            if variant != "prior":
+                row = " ".join(_cell(values[k]) for k in ("top1", "balanced", *GROUP_NAMES))
+                lines.append(f"{set_name:<11} {variant:<11} {row}")
+    for set_name, scores in metrics["sets"].items():
+        if "prior" in scores:
+            prior = scores["prior"]
+            lines.append(
+                f"NPE estimate vs log count ({set_name}): Pearson {_cell(prior['pearson'])}, "
+                f"Spearman {_cell(prior['spearman'])}, slope {_cell(prior['slope'])}"
+            )
+    return "\n".join(lines)

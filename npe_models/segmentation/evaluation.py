@@ -5,7 +5,7 @@ from __future__ import annotations
 import colorsys
 import math
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 
 import torch
 from PIL import Image
@@ -19,7 +19,10 @@ from .metrics import SegmentationMetrics, confusion_matrix
 from .sampling import normalize_images
 from .training import has_pems
 
-__all__ = ["EVAL_MODES", "predict_logits", "evaluate_segmentation", "overlay_panels", "class_palette"]
+if TYPE_CHECKING:
+    from .config import SegmentationModelConfig
+
+__all__ = ["EVAL_MODES", "predict_logits", "evaluate_segmentation", "evaluate_run", "overlay_panels", "class_palette"]
 
 EVAL_MODES = ("whole", "slide")
 
@@ -164,3 +167,50 @@ def evaluate_segmentation(
         if on_image is not None:
             on_image(index)
     return {a: SegmentationMetrics(confusions[a], class_names) for a in alphas}
+
+
+def evaluate_run(
+    model: nn.Module,
+    model_config: "SegmentationModelConfig",
+    out_dir: Union[str, Path],
+    *,
+    data_dir: Union[str, Path],
+    split: str = "val",
+    annotations: Sequence[str] = ("ah", "vk"),
+    alphas: Optional[Sequence[float]] = None,
+    mode: str = "slide",
+    crop_size: tuple[int, int] = (128, 128),
+    stride: tuple[int, int] = (85, 85),
+    overlays: int = 0,
+    device: Union[str, torch.device] = "auto",
+    progress: Optional[Callable[..., Any]] = None,
+    about: Optional[dict[str, Any]] = None,
+) -> dict[str, dict[float, SegmentationMetrics]]:
+    """Score a trained model on STARE's ``split`` against each annotation's masks; write ``metrics.json`` (and the
+    first ``overlays`` overlay PNGs per annotation) to ``out_dir``.
+
+    ``alphas`` default to 0 (the main logits) and the model's own NPE-LA strength when it has
+    PEMs; ``progress`` is a tqdm-like factory called as ``progress(total=, desc=, unit=)``.
+    """
+    from ..classification.distributed import resolve_device
+    from ..data.stare import StareSegmentation
+    from ..runs import write_json
+
+    alphas = list(alphas) if alphas is not None else [0.0, model_config.alpha] if has_pems(model) else [0.0]
+    out_dir, device = Path(out_dir), resolve_device(str(device))
+    report: dict[str, Any] = {**(about or {}), "mode": mode, "split": split, "alphas": alphas, "results": {}}
+    results: dict[str, dict[float, SegmentationMetrics]] = {}
+    for annotation in annotations:
+        dataset = StareSegmentation(data_dir, split, annotation)
+        bar = progress(total=len(dataset), desc=f"evaluate {annotation}", unit="image") if progress else None
+        results[annotation] = evaluate_segmentation(
+            model, dataset, num_classes=model_config.num_classes, mean=model_config.mean, std=model_config.std,
+            alphas=alphas, mode=mode, crop_size=crop_size, stride=stride, device=device,
+            class_names=model_config.class_names, overlay_dir=out_dir / "overlays" / annotation,
+            num_overlays=overlays, on_image=(lambda _: bar.update(1)) if bar is not None else None,
+        )
+        if bar is not None:
+            bar.close()
+        report["results"][annotation] = {str(a): m.to_dict() for a, m in results[annotation].items()}
+    write_json(out_dir / "metrics.json", report)
+    return results

@@ -7,12 +7,12 @@ IoU and Dice and is left out of the means, as is the accuracy of a class with no
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["confusion_matrix", "SegmentationMetrics"]
+__all__ = ["confusion_matrix", "SegmentationMetrics", "format_metrics_table"]
 
 
 def confusion_matrix(prediction: Tensor, target: Tensor, num_classes: int, ignore_index: int = 255) -> Tensor:
@@ -99,3 +99,24 @@ class SegmentationMetrics:
             "pixel_accuracy": self.pixel_accuracy,
             "confusion": self.confusion.tolist(),
         }
+
+
+def _setting_label(alpha: float) -> str:
+    return "main logits (alpha 0)" if alpha == 0 else f"NPE-LA alpha={alpha:g}"
+
+
+def format_metrics_table(title: str, results: Mapping[float, SegmentationMetrics]) -> str:
+    """One row per NPE-LA strength: Dice, accuracy and IoU per class (up to 10 classes) and their means, in percent,
+    then the pixel accuracy."""
+    first = next(iter(results.values()))
+    names = list(first.class_names or range(len(first.confusion))) if len(first.confusion) <= 10 else []
+    header = ["setting"] + [f"{metric} {n}" for metric in ("Dice", "Acc", "IoU") for n in names + ["mean"]] + ["aAcc"]
+    lines = [title, " | ".join(header)]
+    for alpha, metrics in results.items():
+        cells = [_setting_label(alpha)]
+        for per_class, mean in ((metrics.dice, metrics.mean_dice), (metrics.accuracy, metrics.mean_accuracy),
+                                (metrics.iou, metrics.mean_iou)):
+            cells += [f"{100 * float(v):.2f}" for v in per_class[: len(names)]] + [f"{100 * mean:.2f}"]
+        cells.append(f"{100 * metrics.pixel_accuracy:.2f}")
+        lines.append(" | ".join(cells))
+    return "\n".join(lines)
