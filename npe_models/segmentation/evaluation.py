@@ -14,10 +14,10 @@ from torch.utils.data import Dataset
 from torchvision.utils import draw_segmentation_masks
 
 from ..classification.checkpoint import atomic_write
+from ..npe import has_pems
 from .losses import DEFAULT_IGNORE_INDEX
 from .metrics import SegmentationMetrics, confusion_matrix
 from .sampling import normalize_images
-from .training import has_pems
 
 if TYPE_CHECKING:
     from .config import SegmentationModelConfig
