@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.cifar import CIFAR_NUM_CLASSES, GROUP_NAMES, BatchStream, CifarLT, ImageArrays, class_groups, load_cifar_lt
-from ..npe import NPEHead
+from ..npe import NPEHead, npe_heads
 
 __all__ = [
     "Predictions",
@@ -46,8 +46,11 @@ class Predictions:
 
 
 def _npe_head(model: nn.Module) -> Optional[NPEHead]:
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
-    return head if isinstance(head, NPEHead) else None
+    """The classifier's NPE head, or None for a plain (or merged) model."""
+    heads = npe_heads(model)
+    if len(heads) > 1:
+        raise ValueError(f"{type(model).__name__} has {len(heads)} NPE heads; a classifier is scored through one.")
+    return heads[0] if heads else None
 
 
 @torch.no_grad()
