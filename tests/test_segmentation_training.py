@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 from PIL import Image
 
 import npe_models
+from npe_models.runs import NonFiniteLossError
 from npe_models.segmentation import (
     RandomCropBatches,
     SegmentationMetrics,
@@ -229,5 +230,5 @@ def test_cli_hooks_reuse_options_a_shared_parser_already_defines() -> None:
 
 def test_non_finite_loss_stops_training_with_a_clear_error() -> None:
     model_config = _model_config()
-    with pytest.raises(FloatingPointError, match="lower the learning rate"):
+    with pytest.raises(NonFiniteLossError, match="lower the learning rate"):
         train_segmentation(model_config.build(), _Blobs(), _train_config(lr=1e30, freeze_backbone=False), model_config)

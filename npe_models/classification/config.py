@@ -1,18 +1,25 @@
 """Training configuration: the CIFAR-LT recipes HP-1 and HP-2, and a config that records every setting.
 
 A run's resolved :class:`TrainConfig` is saved as ``config.json`` in its run directory; resuming
-checks that the settings that shape the result have not changed.
+checks that the settings that shape the result have not changed. :func:`resolve_train_config` is what
+``npe-models train`` calls: a fresh run's settings, or a resumed run's.
 """
 from __future__ import annotations
 
 import dataclasses
-import re
+import os
 from dataclasses import dataclass
-from typing import Any, Optional
+from pathlib import Path
+from typing import Any, ClassVar, Optional, Union
 
 import timm
 
-__all__ = ["TrainConfig", "RECIPES", "METHODS", "RUNTIME_FIELDS", "resolve_config", "num_pems_of"]
+from ..models import parse_npe_name
+from ..runs import SerializableConfig, resumable_config
+
+__all__ = [
+    "TrainConfig", "RECIPES", "METHODS", "RUNTIME_FIELDS", "resolve_config", "resolve_train_config", "num_pems_of",
+]
 
 METHODS = ("ce", "la", "posthoc_la", "crt", "npe")
 METHODS_FROM_CE = ("crt", "posthoc_la")
@@ -28,18 +35,18 @@ CRT_OVERRIDES: dict[str, Any] = dict(epochs=10, schedule="cosine", milestones=()
 # Settings that may change between sittings of one run (paths, hardware) without changing its result.
 RUNTIME_FIELDS = ("data_dir", "download", "device", "amp", "channels_last", "eval_batch_size")
 
-_NPE_NAME = re.compile(r"_npe(\d+)$")
-
 
 def num_pems_of(model_name: str) -> int:
     """Number of PEMs a model name declares (``resnet32_npe16`` -> 16, ``resnet32`` -> 0)."""
-    match = _NPE_NAME.search(model_name.split(".", 1)[0])
-    return int(match.group(1)) if match else 0
+    return parse_npe_name(model_name)[1]
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(SerializableConfig):
     """Every setting of a training run; ``resolve_config`` fills it from a recipe and overrides."""
+
+    task: ClassVar[str] = "classification"
+    may_change: ClassVar[tuple[str, ...]] = RUNTIME_FIELDS
 
     model: str = "resnet32_npe16"
     method: str = "npe"
@@ -68,24 +75,6 @@ class TrainConfig:
     channels_last: bool = True
     eval_every: int = 10
     eval_batch_size: int = 500
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (tuples become lists)."""
-        data = dataclasses.asdict(self)
-        data["milestones"] = list(self.milestones)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        """Rebuild a config saved with ``to_dict``; unknown keys are an error (a config from another version)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"config has unknown settings {unknown}; it was written by another version of npe-models.")
-        data = dict(data)
-        if "milestones" in data:
-            data["milestones"] = tuple(data["milestones"])
-        return cls(**data)
 
     def validate(self) -> None:
         """Raise a clear error for settings that cannot train."""
@@ -122,11 +111,6 @@ class TrainConfig:
         if self.eval_every < 0:
             raise ValueError(f"eval_every must be >= 0 (0: only after the last epoch), got {self.eval_every}.")
 
-    def differences(self, other: "TrainConfig") -> dict[str, tuple[Any, Any]]:
-        """Settings (other than runtime ones) whose values differ: name -> (self's, other's)."""
-        mine, theirs = self.to_dict(), other.to_dict()
-        return {k: (mine[k], theirs[k]) for k in mine if k not in RUNTIME_FIELDS and mine[k] != theirs[k]}
-
 
 def resolve_config(recipe: str = "hp2", method: str = "npe", **overrides: Any) -> TrainConfig:
     """The recipe's settings (plus cRT's classifier-only schedule) updated with ``overrides``, validated.
@@ -151,3 +135,31 @@ def resolve_config(recipe: str = "hp2", method: str = "npe", **overrides: Any) -
     config = TrainConfig(recipe=recipe, method=method, **settings)
     config.validate()
     return config
+
+
+def resolve_train_config(
+    out_dir: Union[str, Path], resume: bool, method: Optional[str] = None, recipe: Optional[str] = None, **given: Any
+) -> TrainConfig:
+    """The settings of the run in ``out_dir``: with ``resume`` its ``config.json`` updated with ``given``, else
+    the recipe's (default hp2) updated with them. ``None`` values count as not given.
+
+    A resumed run takes the device of this machine unless ``device`` is given. A fresh run's method
+    defaults to npe for models with PEMs, else ce; its data directory to ``$NPE_DATA_DIR``, else
+    ``data``; cRT and post-hoc LA take the model of their ``init`` run when ``model`` is not given.
+    """
+    given = {name: value for name, value in given.items() if value is not None}
+    if resume:
+        saved = dict(resumable_config(out_dir, TrainConfig.task))
+        saved.pop("device", None)  # the machine's, not the run's: a run may move between GPU and CPU machines
+        saved.update({name: value for name, value in (("method", method), ("recipe", recipe)) if value is not None})
+        return TrainConfig.from_dict({**saved, **given})
+    given.setdefault("data_dir", os.environ.get("NPE_DATA_DIR", "data"))
+    if method is None:
+        method = "npe" if num_pems_of(given.get("model", "resnet32_npe16")) else "ce"
+    if method in METHODS_FROM_CE and "model" not in given and given.get("init"):
+        from .checkpoint import read_saved_config  # checkpoint.py builds on this module
+
+        init_config = read_saved_config(given["init"])
+        if init_config is not None:
+            given["model"] = init_config.model
+    return resolve_config(recipe or "hp2", method, **given)

@@ -1,10 +1,10 @@
-"""The training loop for long-tailed CIFAR: SGD with a per-epoch schedule, a checkpoint every epoch,
-exact resumption, a JSON-lines log, final-epoch evaluation, and data parallelism under ``torchrun``.
+"""Training on long-tailed CIFAR: SGD with a per-epoch schedule, final-epoch evaluation and data
+parallelism under ``torchrun``, on the shared loop of :mod:`npe_models.runs` (a checkpoint every
+epoch, exact resumption, a JSON-lines log).
 """
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import time
@@ -19,22 +19,18 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data.cifar import BatchStream, CifarLT, load_cifar_lt
-from .checkpoint import (
-    CHECKPOINT_FILE,
-    CONFIG_FILE,
+from ..runs import (
     LOG_FILE,
     METRICS_FILE,
     WEIGHTS_FILE,
-    append_jsonl,
-    atomic_write,
-    build_model,
-    load_checkpoint,
+    NonFiniteLossError,
+    TrainingLoop,
+    check_run_dir,
+    read_json,
     read_jsonl,
-    restore_rng_state,
-    save_checkpoint,
-    save_weights,
     write_json,
 )
+from .checkpoint import build_model, save_weights
 from .config import TrainConfig
 from .distributed import DistributedContext, all_reduce_sum, barrier, init_distributed
 from .evaluate import evaluate_model, group_accuracy, summary
@@ -48,10 +44,6 @@ logger = logging.getLogger(__name__)
 # Wraps the batch iterable for display, e.g. ``tqdm.tqdm``; called as ``progress(batches, total=, desc=, leave=)``.
 ProgressFactory = Callable[..., Iterable]
 _CHECK_EVERY = 20
-
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; the run stopped and kept its last good checkpoint."""
 
 
 @dataclass
@@ -112,17 +104,21 @@ def _make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> to
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.milestones), gamma=config.gamma)
 
 
-class _Run:
+class _Run(TrainingLoop):
     """One training run in one process: its data, model, optimiser, schedule and run directory."""
+
+    task = TrainConfig.task
+    unit = "epoch"
+    restart_hint = "lower the learning rate (--lr) or train without --amp"
 
     def __init__(
         self, config: TrainConfig, run_dir: Path, context: DistributedContext, progress: Optional[ProgressFactory]
     ) -> None:
-        self.config = config
-        self.run_dir = run_dir
+        super().__init__(config, run_dir, config.epochs, is_main=context.is_main)
         self.context = context
         self.device = context.device
         self.progress = progress if context.is_main else None
+        self.final_metrics: Optional[dict[str, Any]] = None  # the last epoch's evaluation
         if config.batch_size % context.world_size:
             raise ValueError(
                 f"batch_size {config.batch_size} (the global batch) must be divisible by the {context.world_size} processes."
@@ -149,27 +145,17 @@ class _Run:
             channels_last=config.channels_last,
         )
 
-    def load_state(self, checkpoint: dict[str, Any]) -> int:
-        """Continue from a checkpoint; returns the number of completed epochs."""
-        self.model.load_state_dict(checkpoint["model"])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.scheduler.load_state_dict(checkpoint["scheduler"])
-        restore_rng_state(checkpoint["rng"])
-        return int(checkpoint["epoch"])
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.amp)
-
-    def _non_finite(self, epoch: int, losses: Tensor) -> NonFiniteLossError:
-        checkpoint = self.run_dir / CHECKPOINT_FILE
-        kept = (
-            f"The last good state (after epoch {epoch}) is kept in {checkpoint}."
-            if epoch > 0 else "No epoch had completed, so no checkpoint was written."
-        )
-        return NonFiniteLossError(
-            f"the training loss became non-finite ({losses[0].item()}) during epoch {epoch + 1}; training stopped. "
-            f"{kept} Start a new run with a lower --lr (or without --amp), or --resume to retry from the checkpoint."
-        )
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         """One pass over the training stream; returns the epoch's log fields."""
@@ -199,7 +185,7 @@ class _Run:
                 seen += torch.bincount(labels, minlength=num_classes)
             if step % _CHECK_EVERY == 0 and not self.context.enabled:
                 if not torch.isfinite(loss_sums).all():
-                    raise self._non_finite(epoch, loss_sums)
+                    raise self.non_finite(epoch, loss_sums[0].item())
                 if hasattr(batches, "set_postfix"):
                     batches.set_postfix(loss=f"{loss_sums[0].item() / max(1, seen.sum().item()):.4f}")
         if self.device.type == "cuda":
@@ -208,7 +194,7 @@ class _Run:
         for tensor in (loss_sums, correct, seen):
             all_reduce_sum(tensor, self.context)
         if not torch.isfinite(loss_sums).all():
-            raise self._non_finite(epoch, loss_sums)
+            raise self.non_finite(epoch, loss_sums[0].item())
         images = int(seen.sum().item())
         means = (loss_sums / max(1, images)).tolist()
         record: dict[str, Any] = {"loss": means[0], **{f"loss_{name}": value for name, value in zip(parts, means[1:])}}
@@ -224,6 +210,32 @@ class _Run:
             channels_last=self.config.channels_last, amp=self.config.amp, sets=sets,
         )
 
+    def train_unit(self, index: int) -> dict[str, Any]:
+        """Epoch ``index``: training, the test-set evaluation when due (main process), the schedule's step."""
+        config = self.config
+        record = {"epoch": index + 1, "lr": self.optimizer.param_groups[0]["lr"], **self.train_epoch(index)}
+        last = index + 1 == config.epochs
+        if self.is_main and (last or (config.eval_every and (index + 1) % config.eval_every == 0)):
+            metrics = self.evaluate() if last else self.evaluate(["full", "exact"])
+            record.update(_log_test_summary(metrics))
+            self.final_metrics = metrics if last else None
+        self.scheduler.step()
+        return record
+
+    def after_unit(self, done: int, record: dict[str, Any]) -> None:
+        if self.is_main:
+            logger.info(
+                "epoch %d/%d loss %.4f %.1f images/s%s", done, self.config.epochs, record["loss"], record["images_per_s"],
+                f" test top-1 {record['test']['full']['top1']:.2f}" if "test" in record else "",
+            )
+        barrier(self.context)
+
+    def finish(self, record: Optional[dict[str, Any]]) -> TrainResult:
+        """The final weights, metrics.json and plots (main process)."""
+        metrics = _finish(self, self.final_metrics) if self.is_main else None
+        barrier(self.context)
+        return TrainResult(self.run_dir, self.config.epochs, metrics)
+
 
 def _log_test_summary(metrics: dict[str, Any]) -> dict[str, Any]:
     """The per-epoch log's test fields: primary variant per set, and the unadjusted one for NPE models."""
@@ -231,35 +243,6 @@ def _log_test_summary(metrics: dict[str, Any]) -> dict[str, Any]:
     if metrics["primary"] != "plain":
         fields["test_unadjusted"] = summary(metrics, "plain")
     return fields
-
-
-def _prepare_run_dir(config: TrainConfig, run_dir: Path, resume: bool) -> None:
-    """Refuse to overwrite a run, or check that a resumed run's settings match its config.json."""
-    config_path = run_dir / CONFIG_FILE
-    if not config_path.is_file():
-        if (run_dir / CHECKPOINT_FILE).is_file():
-            raise FileExistsError(f"{run_dir} has a {CHECKPOINT_FILE} but no {CONFIG_FILE}; use a new --out.")
-        return
-    if not resume:
-        raise FileExistsError(
-            f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out."
-        )
-    saved = TrainConfig.from_dict(json.loads(config_path.read_text()))
-    changed = saved.differences(config)
-    if changed:
-        listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in sorted(changed.items()))
-        raise ValueError(
-            f"cannot resume {run_dir} with different settings ({listed}); resume with the original settings "
-            "or start a new run in another --out."
-        )
-
-
-def _truncate_log(path: Path, epochs_done: int) -> None:
-    """Drop log lines of epochs after the checkpoint (written just before an interruption)."""
-    records = read_jsonl(path)
-    kept = [r for r in records if r.get("epoch", 0) <= epochs_done]
-    if len(kept) != len(records):
-        atomic_write(path, lambda temp: temp.write_text("".join(json.dumps(r) + "\n" for r in kept)))
 
 
 def _training_totals(log_path: Path) -> dict[str, Any]:
@@ -289,13 +272,9 @@ def _finish(run: _Run, metrics: Optional[dict[str, Any]]) -> dict[str, Any]:
 
 def _train(config: TrainConfig, run_dir: Path, resume: bool, context: DistributedContext,
            progress: Optional[ProgressFactory]) -> TrainResult:
+    check_run_dir(run_dir, config, resume)
     if (run_dir / METRICS_FILE).is_file() and (run_dir / WEIGHTS_FILE).is_file():
-        if not resume:
-            raise FileExistsError(f"{run_dir} holds a finished run; choose another --out.")
-        _prepare_run_dir(config, run_dir, resume)
-        metrics = json.loads((run_dir / METRICS_FILE).read_text())
-        return TrainResult(run_dir, config.epochs, metrics, already_finished=True)
-    _prepare_run_dir(config, run_dir, resume)
+        return TrainResult(run_dir, config.epochs, read_json(run_dir / METRICS_FILE), already_finished=True)
     barrier(context)
     run = _Run(config, run_dir, context, progress)
     logger.info(
@@ -303,36 +282,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, context: Distribute
         config.model, config.method, config.dataset, config.rho, len(run.data.train), config.epochs,
         context.device, context.world_size, run_dir,
     )
-    start_epoch = 0
-    checkpoint_path = run_dir / CHECKPOINT_FILE
-    if resume and checkpoint_path.is_file():
-        start_epoch = run.load_state(load_checkpoint(checkpoint_path))
-        logger.info("resuming %s after epoch %d of %d", run_dir, start_epoch, config.epochs)
-    if context.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / CONFIG_FILE, config.to_dict())
-        _truncate_log(run_dir / LOG_FILE, start_epoch)
-    final_metrics = None
-    for epoch in range(start_epoch, config.epochs):
-        lr = run.optimizer.param_groups[0]["lr"]
-        record = {"epoch": epoch + 1, "lr": lr, **run.train_epoch(epoch)}
-        last = epoch + 1 == config.epochs
-        if context.is_main and (last or (config.eval_every and (epoch + 1) % config.eval_every == 0)):
-            metrics = run.evaluate() if last else run.evaluate(["full", "exact"])
-            record.update(_log_test_summary(metrics))
-            final_metrics = metrics if last else None
-        run.scheduler.step()
-        if context.is_main:
-            append_jsonl(run_dir / LOG_FILE, record)
-            save_checkpoint(checkpoint_path, run.model, run.optimizer, run.scheduler, epoch + 1, config)
-            logger.info(
-                "epoch %d/%d loss %.4f %.1f images/s%s", epoch + 1, config.epochs, record["loss"], record["images_per_s"],
-                f" test top-1 {record['test']['full']['top1']:.2f}" if "test" in record else "",
-            )
-        barrier(context)
-    metrics = _finish(run, final_metrics) if context.is_main else None
-    barrier(context)
-    return TrainResult(run_dir, config.epochs, metrics)
+    return run.run(resume)
 
 
 def train(

@@ -1,22 +1,32 @@
-"""Semantic segmentation with NPE: losses, training with frozen parts, evaluation at several alphas, metrics.
+"""Semantic segmentation with NPE: run settings, losses, training with frozen parts, evaluation at several alphas,
+metrics.
 
 Models live in :mod:`npe_models.models.segmentation`; the STARE data set in :mod:`npe_models.data.stare`;
 the command line in :mod:`npe_models.segmentation.cli`.
 """
 from .checkpoint import load_segmentation_model, load_weights_for_pem_training, save_segmentation_weights
-from .config import SegmentationModelConfig, SegmentationTrainConfig
+from .config import (
+    SEGMENTATION_DATASETS,
+    SegmentationModelConfig,
+    SegmentationRunConfig,
+    SegmentationTrainConfig,
+    resolve_segmentation_config,
+    segmentation_model_config,
+)
 from .evaluation import EVAL_MODES, evaluate_segmentation, overlay_panels, predict_logits
 from .losses import DEFAULT_IGNORE_INDEX, dense_npe_loss, segmentation_loss_terms
 from .metrics import SegmentationMetrics, confusion_matrix
 from .sampling import RandomCropBatches, normalize_images
-from .training import freeze_model_parts, has_pems, set_train_mode, train_segmentation
+from .training import freeze_model_parts, has_pems, segmentation_dataset, set_train_mode, train_run, train_segmentation
 
 __all__ = [
     "DEFAULT_IGNORE_INDEX",
     "EVAL_MODES",
     "RandomCropBatches",
+    "SEGMENTATION_DATASETS",
     "SegmentationMetrics",
     "SegmentationModelConfig",
+    "SegmentationRunConfig",
     "SegmentationTrainConfig",
     "confusion_matrix",
     "dense_npe_loss",
@@ -28,8 +38,12 @@ __all__ = [
     "normalize_images",
     "overlay_panels",
     "predict_logits",
+    "resolve_segmentation_config",
     "save_segmentation_weights",
+    "segmentation_dataset",
     "segmentation_loss_terms",
+    "segmentation_model_config",
     "set_train_mode",
+    "train_run",
     "train_segmentation",
 ]

@@ -1,22 +1,20 @@
-"""Segmentation weights: ``model.safetensors`` with the model settings in its metadata, and loading it back.
+"""Segmentation weights: ``model.safetensors`` with the task and model settings in its metadata, and loading it back.
 
-Run directories follow the classification engine's layout (``config.json``, ``log.jsonl``,
+Run directories have the layout of :mod:`npe_models.runs` (``config.json``, ``log.jsonl``,
 ``checkpoint.pt``, ``model.safetensors``); the weights file alone is enough to rebuild the model.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
-from ..classification.checkpoint import WEIGHTS_FILE, atomic_write
+from .. import runs
 from ..npe import fill_missing_pem_params
-from .config import SegmentationModelConfig
+from ..runs import WEIGHTS_FILE
+from .config import SegmentationModelConfig, SegmentationRunConfig
 
 __all__ = ["load_segmentation_model", "load_weights_for_pem_training", "save_segmentation_weights"]
 
@@ -24,10 +22,8 @@ PathLike = Union[str, Path]
 
 
 def save_segmentation_weights(path: PathLike, model: nn.Module, model_config: SegmentationModelConfig) -> None:
-    """The model's state_dict as safetensors (atomically), with its model settings in the metadata."""
-    tensors = {name: value.detach().cpu().contiguous() for name, value in model.state_dict().items()}
-    metadata = {"format": "pt", "segmentation_model": json.dumps(model_config.to_dict())}
-    atomic_write(path, lambda temp: save_file(tensors, str(temp), metadata=metadata))
+    """The model's state_dict as safetensors (atomically), with the task and model settings in the metadata."""
+    runs.save_weights(path, model, {"task": SegmentationRunConfig.task, "segmentation_model": model_config.to_dict()})
 
 
 def _weights_file(source: Path) -> Path:
@@ -40,9 +36,12 @@ def _weights_file(source: Path) -> Path:
     return path
 
 
-def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    with safe_open(str(path), framework="pt") as handle:
-        return {name: handle.get_tensor(name) for name in handle.keys()}, handle.metadata() or {}
+def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and metadata of segmentation weights; weights of another task are an error."""
+    state, metadata = runs.read_weights(path)
+    if metadata.get("task", SegmentationRunConfig.task) != SegmentationRunConfig.task:
+        raise ValueError(f"'{path}' holds a {metadata['task']} model, not a segmentation one.")
+    return state, metadata
 
 
 def load_segmentation_model(source: PathLike) -> tuple[nn.Module, SegmentationModelConfig]:
@@ -51,7 +50,7 @@ def load_segmentation_model(source: PathLike) -> tuple[nn.Module, SegmentationMo
     state, metadata = _read_weights(path)
     if "segmentation_model" not in metadata:
         raise ValueError(f"'{path}' carries no segmentation model settings; was it written by npe-models train?")
-    model_config = SegmentationModelConfig.from_dict(json.loads(metadata["segmentation_model"]))
+    model_config = SegmentationModelConfig.from_dict(metadata["segmentation_model"])
     model = model_config.build()
     try:
         model.load_state_dict(state)

@@ -1,32 +1,40 @@
-"""Settings of a segmentation run: which model to build and how to train it, both JSON-serialisable."""
+"""Settings of a segmentation run: which model to build, how to train it and on which data, JSON-serialisable.
+
+:func:`resolve_segmentation_config` is what ``npe-models train`` calls for a segmentation model:
+a fresh run's settings, or a resumed run's (from its ``config.json``).
+"""
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from pathlib import Path
+from typing import Any, ClassVar, Optional, Union
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
-from ..models.segmentation import DEFAULT_SEGMENTATION_ALPHA, create_segmentation_model
+from ..data.stare import STARE_CLASSES
+from ..models.segmentation import DEFAULT_SEGMENTATION_ALPHA, create_segmentation_model, parse_segmentation_model_name
+from ..runs import SerializableConfig, resumable_config
 
-__all__ = ["SegmentationModelConfig", "SegmentationTrainConfig", "SCHEDULES"]
+__all__ = [
+    "SEGMENTATION_DATASETS",
+    "SCHEDULES",
+    "SegmentationModelConfig",
+    "SegmentationTrainConfig",
+    "SegmentationRunConfig",
+    "dataset_classes",
+    "segmentation_model_config",
+    "resolve_segmentation_config",
+]
 
 SCHEDULES = ("multistep", "poly")
-
-
-def _from_dict(cls: type, data: dict[str, Any]) -> Any:
-    """Build a config dataclass from JSON data, rejecting unknown keys and restoring tuples."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} settings {unknown}; expected some of {sorted(names)}.")
-    defaults = cls()
-    return cls(**{k: tuple(v) if isinstance(getattr(defaults, k), tuple) else v for k, v in data.items()})
+SEGMENTATION_DATASETS = {"stare": STARE_CLASSES}
+"""The segmentation data sets, with their class names."""
 
 
 @dataclass
-class SegmentationModelConfig:
+class SegmentationModelConfig(SerializableConfig):
     """What ``create_segmentation_model`` needs to rebuild a model, plus the input normalisation it expects."""
 
     name: str = "unet_fcn"
@@ -49,16 +57,9 @@ class SegmentationModelConfig:
             **self.model_kwargs,
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SegmentationModelConfig":
-        return _from_dict(cls, data)
-
 
 @dataclass
-class SegmentationTrainConfig:
+class SegmentationTrainConfig(SerializableConfig):
     """Iteration-based SGD on random crops. Defaults are the paper's PEM schedule on STARE.
 
     600 iterations, lr 1e-2 divided by 10 at 200 and 400, momentum 0.9, weight decay 5e-4
@@ -99,9 +100,79 @@ class SegmentationTrainConfig:
             return (1 - iteration / self.iterations) ** self.poly_power
         return self.gamma ** sum(iteration >= m for m in self.milestones)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SegmentationTrainConfig":
-        return _from_dict(cls, data)
+@dataclass
+class SegmentationRunConfig(SerializableConfig):
+    """A segmentation run's ``config.json``: the model, its training and the data (with the starting weights).
+
+    ``data`` holds ``dataset``, ``annotation``, ``images`` (the training images' ids) and what the
+    model started from: ``init`` (a trained run), ``weights`` / ``weights_backbone`` (torchvision's).
+    """
+
+    task: ClassVar[str] = "segmentation"
+    may_change: ClassVar[tuple[str, ...]] = (
+        "train.iterations", "train.checkpoint_every", "train.log_every", "data.init", "data.weights",
+        "data.weights_backbone",
+    )
+
+    model: SegmentationModelConfig = field(default_factory=SegmentationModelConfig)
+    train: SegmentationTrainConfig = field(default_factory=SegmentationTrainConfig)
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def dataset_classes(dataset: str) -> tuple[str, ...]:
+    """The class names of segmentation data set ``dataset``; a clear error for other names."""
+    if dataset not in SEGMENTATION_DATASETS:
+        raise ValueError(f"{dataset!r} is not a segmentation data set; use one of {sorted(SEGMENTATION_DATASETS)}.")
+    return SEGMENTATION_DATASETS[dataset]
+
+
+def segmentation_model_config(name: Optional[str], dataset: str = "stare", **settings: Any) -> SegmentationModelConfig:
+    """The settings of segmentation model ``name`` trained on ``dataset``: its classes unless ``settings`` say otherwise.
+
+    ``settings`` are :class:`SegmentationModelConfig` fields (``num_pems``, ``pem_type``, ``alpha``, ``t``,
+    ``aux_loss``, ``model_kwargs``, ...).
+    """
+    if name is None:
+        raise ValueError("pass the segmentation model to train (--model), e.g. unet_fcn or unet_fcn_npe1.")
+    parse_segmentation_model_name(name)
+    classes = dataset_classes(dataset)
+    return SegmentationModelConfig.from_dict({"num_classes": len(classes), "class_names": list(classes), **settings,
+                                              "name": name})
+
+
+_DATA_SETTINGS = ("dataset", "annotation", "init", "weights", "weights_backbone")
+
+
+def _sections(given: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Given settings (``None``: not given) sorted into config.json's sections; ``model`` names the architecture."""
+    given = {"name" if key == "model" else key: value for key, value in given.items() if value is not None}
+    names = {
+        "model": {f.name for f in dataclasses.fields(SegmentationModelConfig)},
+        "train": {f.name for f in dataclasses.fields(SegmentationTrainConfig)},
+        "data": set(_DATA_SETTINGS),
+    }
+    unknown = sorted(set(given) - set().union(*names.values()))
+    if unknown:
+        raise TypeError(f"unknown segmentation settings {unknown}; valid: {sorted(set().union(*names.values()))}.")
+    return {section: {k: v for k, v in given.items() if k in keys} for section, keys in names.items()}
+
+
+def resolve_segmentation_config(out_dir: Union[str, Path], resume: bool, **given: Any) -> SegmentationRunConfig:
+    """The settings of the segmentation run in ``out_dir``: with ``resume`` its ``config.json`` updated with
+    ``given``, else the defaults (data set stare, annotation ah) updated with them.
+
+    ``given`` holds ``model`` (the architecture name), any :class:`SegmentationModelConfig` or
+    :class:`SegmentationTrainConfig` field, and ``dataset``, ``annotation``, ``init``, ``weights``,
+    ``weights_backbone``; ``None`` values count as not given. Changes a resumed run may not make
+    are refused when it starts.
+    """
+    sections = _sections(given)
+    if resume:
+        base = SegmentationRunConfig.from_dict(resumable_config(out_dir, SegmentationRunConfig.task)).to_dict()
+    else:
+        data = {"dataset": "stare", "annotation": "ah", **{k: None for k in _DATA_SETTINGS[2:]}, **sections["data"]}
+        model = sections["model"].pop("name", None)
+        base = {"model": segmentation_model_config(model, data["dataset"], **sections["model"]).to_dict(),
+                "train": {}, "data": data}
+    return SegmentationRunConfig.from_dict({key: {**base[key], **sections[key]} for key in base})

@@ -1,13 +1,17 @@
-"""Training a segmentation model with NPE: frozen parts, random-crop batches, resumable iteration-based SGD.
+"""Training a segmentation model with NPE: frozen parts, random-crop batches, iteration-based SGD.
 
 The paper's protocol freezes a trained network (backbone, and optionally its decode head) and
 trains PEMs on top. Frozen parts keep ``requires_grad=False`` and their BatchNorm (and dropout)
-layers stay in eval mode, so their running statistics never change.
+layers stay in eval mode, so their running statistics never change. Runs use the shared loop
+of :mod:`npe_models.runs` (checkpoints, exact resumption, the log); :func:`train_run` builds a
+run from its settings, which is what ``npe-models train`` calls.
 """
 from __future__ import annotations
 
-import logging
+import dataclasses
+import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
@@ -15,33 +19,18 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..classification.checkpoint import (
-    CHECKPOINT_FILE,
-    CONFIG_FILE,
-    LOG_FILE,
-    WEIGHTS_FILE,
-    append_jsonl,
-    atomic_write,
-    capture_rng_state,
-    load_checkpoint,
-    restore_rng_state,
-    write_json,
-)
-from ..models.segmentation import NPESegmentationMixin
-from .checkpoint import save_segmentation_weights
-from .config import SegmentationModelConfig, SegmentationTrainConfig
+from ..classification.distributed import resolve_device
+from ..data.stare import StareSegmentation
+from ..npe import has_pems
+from ..runs import CHECKPOINT_FILE, WEIGHTS_FILE, TrainingLoop, check_run_dir
+from .checkpoint import load_weights_for_pem_training, save_segmentation_weights
+from .config import SegmentationModelConfig, SegmentationRunConfig, SegmentationTrainConfig, dataset_classes
 from .losses import segmentation_loss_terms
 from .sampling import RandomCropBatches, normalize_images
 
-__all__ = ["freeze_model_parts", "set_train_mode", "has_pems", "train_segmentation"]
+__all__ = ["freeze_model_parts", "set_train_mode", "has_pems", "train_segmentation", "segmentation_dataset", "train_run"]
 
-_logger = logging.getLogger(__name__)
-_RESUMABLE_CHANGES = {"iterations", "checkpoint_every", "log_every"}
-
-
-def has_pems(model: nn.Module) -> bool:
-    """Whether the model carries unmerged PEMs (so ``forward_train`` and ``forward_logits_and_estimate`` work)."""
-    return isinstance(model, NPESegmentationMixin) and (model.pems is not None or bool(model.npe_heads()))
+PathLike = Union[str, Path]
 
 
 def _is_pem_parameter(name: str) -> bool:
@@ -75,28 +64,76 @@ def set_train_mode(model: nn.Module, frozen_parts: list[nn.Module]) -> None:
                 module.eval()
 
 
-def _check_resumable(saved: dict[str, Any], config: SegmentationTrainConfig, path: Path) -> None:
-    current = config.to_dict()
-    changed = sorted(k for k in current if k not in _RESUMABLE_CHANGES and saved.get(k) != current[k])
-    if changed:
-        raise ValueError(
-            f"cannot resume '{path}': settings {changed} differ from the interrupted run "
-            f"({ {k: saved.get(k) for k in changed} } then, { {k: current[k] for k in changed} } now). "
-            "Use a new output directory or the same settings."
+class _SegmentationRun(TrainingLoop):
+    """A segmentation run: one SGD step on a batch of random crops per iteration."""
+
+    task = SegmentationRunConfig.task
+    unit = "iteration"
+
+    def __init__(self, model: nn.Module, dataset: Dataset, config: SegmentationRunConfig, run_dir: Optional[PathLike],
+                 device: Union[str, torch.device], on_step: Optional[Callable[[int, dict[str, float]], None]]) -> None:
+        super().__init__(config, run_dir, config.train.iterations)
+        train = config.train
+        self.model, self.device, self.on_step = model.to(device), device, on_step
+        frozen = freeze_model_parts(model, train.freeze_backbone, train.freeze_decode_head)
+        parameters = [p for p in model.parameters() if p.requires_grad]
+        if not parameters:
+            raise ValueError("every parameter is frozen: unfreeze the decode head or train a model with PEMs.")
+        self.optimizer = torch.optim.SGD(parameters, lr=train.lr, momentum=train.momentum,
+                                         weight_decay=train.weight_decay)
+        self.batches = RandomCropBatches(dataset, train.batch_size, train.crop_size, train.seed, train.flip,
+                                         train.ignore_index)
+        self.npe = has_pems(model)
+        self.train_main = any(p.requires_grad for name, p in model.named_parameters() if not _is_pem_parameter(name))
+        torch.manual_seed(train.seed)  # dropout draws from the global generator (a resumed run restores its state)
+        set_train_mode(model, frozen)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "batches": self.batches.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.batches.load_state_dict(state["batches"])
+
+    def log_due(self, done: int) -> bool:
+        return done % self.config.train.log_every == 0 or done == self.total
+
+    def checkpoint_due(self, done: int) -> bool:
+        return done % self.config.train.checkpoint_every == 0 or done == self.total
+
+    def train_unit(self, index: int) -> dict[str, Any]:
+        """Iteration ``index``: the scheduled learning rate, a batch of crops, the loss, one SGD step."""
+        began, train, model_config = time.perf_counter(), self.config.train, self.config.model
+        lr = train.lr * train.lr_factor(index)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        images, masks = self.batches.next_batch()
+        images = normalize_images(images.to(self.device), model_config.mean, model_config.std)
+        result = self.model.forward_train(images) if self.npe else self.model(images)
+        terms = segmentation_loss_terms(
+            result, masks.to(self.device), train_main=self.train_main, t=getattr(self.model, "t", 1),
+            ignore_index=train.ignore_index, aux_weight=train.aux_weight,
         )
+        loss = sum(terms.values())
+        if not torch.isfinite(loss):
+            raise self.non_finite(index, loss.item(), f" ({ {k: v.item() for k, v in terms.items()} })")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        record = {"iteration": index + 1, "lr": lr, "loss": loss.item(),
+                  **{k: v.item() for k, v in terms.items()}, "seconds": time.perf_counter() - began}
+        if self.on_step is not None:
+            self.on_step(index + 1, record)
+        return record
 
-
-def _save_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, batches: RandomCropBatches,
-                iteration: int, config: SegmentationTrainConfig) -> None:
-    state = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "batches": batches.state_dict(),
-        "iteration": iteration,
-        "rng": capture_rng_state(),
-        "config": config.to_dict(),
-    }
-    atomic_write(path, lambda temp: torch.save(state, temp))
+    def finish(self, record: Optional[dict[str, Any]]) -> dict[str, float]:
+        """The final weights (with the model settings) in the run directory; the model in eval mode."""
+        if self.run_dir is not None:
+            save_segmentation_weights(self.run_dir / WEIGHTS_FILE, self.model, self.config.model)
+        self.model.eval()
+        return record or {}
 
 
 def train_segmentation(
@@ -121,71 +158,72 @@ def train_segmentation(
     ``config.json`` records the model and training settings and ``data_info`` (the data set used).
     ``on_step(iteration, record)`` is called after every iteration (for progress bars).
     """
-    model.to(device)
-    frozen = freeze_model_parts(model, config.freeze_backbone, config.freeze_decode_head)
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    if not parameters:
-        raise ValueError("every parameter is frozen: unfreeze the decode head or train a model with PEMs.")
-    optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    batches = RandomCropBatches(dataset, config.batch_size, config.crop_size, config.seed, config.flip,
-                                config.ignore_index)
-    npe = has_pems(model)
-    train_main = any(p.requires_grad for name, p in model.named_parameters() if not _is_pem_parameter(name))
-    start = 0
-    output = Path(output_dir) if output_dir is not None else None
-    if output is not None and (output / CHECKPOINT_FILE).is_file():
-        if not resume:
-            raise FileExistsError(f"{output} already holds a run; resume it (--resume) or choose another output.")
-        state = load_checkpoint(output / CHECKPOINT_FILE, map_location=device)
-        _check_resumable(state["config"], config, output / CHECKPOINT_FILE)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        batches.load_state_dict(state["batches"])
-        restore_rng_state(state["rng"])
-        start = state["iteration"]
-        _logger.info("resuming %s at iteration %d", output, start)
-    else:
-        torch.manual_seed(config.seed)  # dropout draws from the global generator
-    if output is not None:
-        output.mkdir(parents=True, exist_ok=True)
-        run_config = {"model": model_config.to_dict(), "train": config.to_dict(), "data": data_info or {}}
-        write_json(output / CONFIG_FILE, run_config)
-    set_train_mode(model, frozen)
-    record: dict[str, float] = {}
-    for iteration in range(start, config.iterations):
-        began = time.perf_counter()
-        lr = config.lr * config.lr_factor(iteration)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        images, masks = batches.next_batch()
-        images = normalize_images(images.to(device), model_config.mean, model_config.std)
-        masks = masks.to(device)
-        result = model.forward_train(images) if npe else model(images)
-        terms = segmentation_loss_terms(
-            result, masks, train_main=train_main, t=getattr(model, "t", 1), ignore_index=config.ignore_index,
-            aux_weight=config.aux_weight,
-        )
-        loss = sum(terms.values())
-        if not torch.isfinite(loss):
-            values = {k: v.item() for k, v in terms.items()}
-            raise FloatingPointError(
-                f"the loss became {loss.item()} at iteration {iteration + 1} ({values}); lower the learning rate "
-                "and start a new run (or resume from the last checkpoint)."
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        record = {"iteration": iteration + 1, "lr": lr, "loss": loss.item(),
-                  **{k: v.item() for k, v in terms.items()}, "seconds": time.perf_counter() - began}
-        if on_step is not None:
-            on_step(iteration + 1, record)
-        if output is not None:
-            done = iteration + 1
-            if done % config.log_every == 0 or done == config.iterations:
-                append_jsonl(output / LOG_FILE, record)
-            if done % config.checkpoint_every == 0 or done == config.iterations:
-                _save_state(output / CHECKPOINT_FILE, model, optimizer, batches, done, config)
-    if output is not None:
-        save_segmentation_weights(output / WEIGHTS_FILE, model, model_config)
-    model.eval()
-    return record
+    run_config = SegmentationRunConfig(model_config, config, dict(data_info or {}))
+    if output_dir is not None:
+        check_run_dir(output_dir, run_config, resume)
+    return _SegmentationRun(model, dataset, run_config, output_dir, device, on_step).run(resume)
+
+
+def segmentation_dataset(dataset: str, split: str, annotation: str, data_dir: Optional[PathLike] = None) -> Dataset:
+    """The ``split`` images of a segmentation data set with ``annotation``'s masks, from ``data_dir``
+    (default: ``$NPE_DATA_DIR``)."""
+    dataset_classes(dataset)
+    data_dir = data_dir or os.environ.get("NPE_DATA_DIR")
+    if not data_dir:
+        raise FileNotFoundError("no data directory: pass --data-dir (e.g. ../shared/data) or set NPE_DATA_DIR.")
+    return StareSegmentation(data_dir, split, annotation)
+
+
+def _starting_model(config: SegmentationRunConfig, continuing: bool) -> nn.Module:
+    """The model with the weights it starts from; none when it continues from a checkpoint, which replaces them."""
+    if continuing:
+        return config.model.build()
+    data = config.data
+    model = config.model.build(weights=data.get("weights"), weights_backbone=data.get("weights_backbone"))
+    if data.get("init"):
+        load_weights_for_pem_training(model, data["init"])
+    elif config.train.freeze_backbone and not (data.get("weights") or data.get("weights_backbone")):
+        warnings.warn("the backbone is frozen but randomly initialised; pass init (--init), weights / weights_backbone "
+                      "(--weights, --weights-backbone) or freeze_backbone=False (--no-freeze-backbone).", stacklevel=3)
+    return model
+
+
+class _ProgressReport:
+    """``on_step`` for a tqdm-like bar: advances it to the iteration and shows the record's losses."""
+
+    def __init__(self, bar: Any) -> None:
+        self.bar, self.shown = bar, 0
+
+    def __call__(self, iteration: int, record: dict[str, float]) -> None:
+        self.bar.update(iteration - self.shown)
+        self.shown = iteration
+        self.bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k not in ("iteration", "seconds")})
+
+
+def train_run(
+    config: SegmentationRunConfig,
+    out_dir: PathLike,
+    *,
+    data_dir: Optional[PathLike] = None,
+    resume: bool = False,
+    device: Union[str, torch.device] = "auto",
+    progress: Optional[Callable[..., Any]] = None,
+) -> dict[str, float]:
+    """Train the run ``config`` describes (see :func:`resolve_segmentation_config`) in ``out_dir``, or continue it.
+
+    Builds the model, loads the weights it starts from (``config.data``: init, weights,
+    weights_backbone), and trains it on the data set's training images; returns the last
+    iteration's record. ``progress`` is a tqdm-like factory called as ``progress(total=, desc=, unit=)``.
+    """
+    data = config.data
+    dataset = segmentation_dataset(data["dataset"], "train", data["annotation"], data_dir)
+    config = dataclasses.replace(config, data={**data, "images": list(dataset.ids)})
+    model = _starting_model(config, resume and (Path(out_dir) / CHECKPOINT_FILE).is_file())
+    bar = progress(total=config.train.iterations, desc=f"train {config.model.name}", unit="it") if progress else None
+    try:
+        return train_segmentation(model, dataset, config.train, config.model, output_dir=out_dir,
+                                  device=resolve_device(str(device)), resume=resume, data_info=config.data,
+                                  on_step=_ProgressReport(bar) if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()

@@ -1,0 +1,505 @@
+"""The run folder every task trains in, and the training-loop skeleton both task engines run on.
+
+A run directory holds ``config.json`` (the task and its resolved settings), ``log.jsonl`` (one
+record per logged epoch or iteration), ``checkpoint.pt`` (the full training state, loadable with
+``torch.load(weights_only=True)``) and, once finished, ``model.safetensors`` (weights with the task
+and settings in their metadata) and, for classification, ``metrics.json``. This module writes and
+reads those files (atomically), checks that a resumed run keeps its settings, and drives the loop
+(:class:`TrainingLoop`): a task supplies the step, its log record and its final files.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import tempfile
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Collection, Mapping
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Optional, TypeVar, Union
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+__all__ = [
+    "CONFIG_FILE",
+    "LOG_FILE",
+    "CHECKPOINT_FILE",
+    "WEIGHTS_FILE",
+    "METRICS_FILE",
+    "TASKS",
+    "NonFiniteLossError",
+    "atomic_write",
+    "write_json",
+    "read_json",
+    "read_jsonl",
+    "write_jsonl",
+    "append_jsonl",
+    "capture_rng_state",
+    "restore_rng_state",
+    "save_weights",
+    "read_weights",
+    "save_training_state",
+    "load_training_state",
+    "config_from_dict",
+    "SerializableConfig",
+    "setting_changes",
+    "write_run_config",
+    "read_run_config",
+    "resumable_config",
+    "check_run_dir",
+    "run_task",
+    "TrainingLoop",
+]
+
+CONFIG_FILE = "config.json"
+LOG_FILE = "log.jsonl"
+CHECKPOINT_FILE = "checkpoint.pt"
+WEIGHTS_FILE = "model.safetensors"
+METRICS_FILE = "metrics.json"
+TASKS = ("classification", "segmentation")
+
+PathLike = Union[str, Path]
+ConfigT = TypeVar("ConfigT")
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError, FloatingPointError):
+    """The training loss became NaN or infinite; the run stopped and kept its last good checkpoint.
+
+    Also a ``FloatingPointError``, which segmentation training raised before the engines shared this error.
+    """
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def atomic_write(path: PathLike, write: Callable[[Path], None]) -> None:
+    """Call ``write(temp_path)`` on a temporary file beside ``path``, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        write(Path(temp))
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: PathLike, data: Any) -> None:
+    """Write ``data`` as indented JSON, atomically."""
+    atomic_write(path, lambda temp: temp.write_text(json.dumps(data, indent=2) + "\n"))
+
+
+def read_json(path: PathLike) -> Any:
+    """The JSON data in ``path``; a missing or invalid file is an error that names it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"'{path}' does not exist.")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"'{path}' is not valid JSON ({error}); restore it or start a new run.") from error
+
+
+def read_jsonl(path: PathLike) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file (an empty list when it does not exist).
+
+    A last line that is not valid JSON (torn by an interruption while it was written) is dropped
+    with a warning; an invalid line before it is an error naming the file and line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    lines = [(number, line) for number, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+    records = []
+    for position, (number, line) in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            if position + 1 < len(lines):
+                raise ValueError(f"'{path}' line {number} is not valid JSON ({error}).") from error
+            warnings.warn(f"'{path}': dropped its last line, torn by an interruption: {line[:80]!r}", stacklevel=2)
+    return records
+
+
+def write_jsonl(path: PathLike, records: list[dict[str, Any]]) -> None:
+    """Write ``records`` as a JSON-lines file, atomically (replacing what was there)."""
+    atomic_write(path, lambda temp: temp.write_text("".join(json.dumps(r) + "\n" for r in records)))
+
+
+def append_jsonl(path: PathLike, record: dict[str, Any]) -> None:
+    """Append one JSON record as a line and flush it to disk."""
+    with open(path, "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """torch's CPU and CUDA generator states, as tensors."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Restore the states saved by :func:`capture_rng_state` (CUDA ones only where CUDA is in use)."""
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------- weights and training state
+
+
+def save_weights(path: PathLike, model: nn.Module, metadata: Mapping[str, Any]) -> None:
+    """The model's state_dict as safetensors (atomically), with ``metadata`` (which names the task) in its header.
+
+    String values are stored as they are, others as JSON; :func:`read_weights` decodes them.
+    """
+    if metadata.get("task") not in TASKS:
+        raise ValueError(f"weights metadata must name the task, one of {TASKS}; got {metadata.get('task')!r}.")
+    tensors = {name: value.detach().cpu().contiguous() for name, value in model.state_dict().items()}
+    header = {"format": "pt", **{k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}}
+    atomic_write(path, lambda temp: save_file(tensors, str(temp), metadata=header))
+
+
+def _decoded(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
+def _weights_metadata(path: Path) -> dict[str, Any]:
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {key: _decoded(value) for key, value in (handle.metadata() or {}).items()}
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"'{path}' is not a readable safetensors file ({error}).") from error
+
+
+def read_weights(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors of a ``.safetensors`` file and its metadata (JSON values decoded, others kept as strings)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file '{path}' does not exist.")
+    metadata = _weights_metadata(path)
+    with safe_open(str(path), framework="pt") as handle:
+        return {name: handle.get_tensor(name) for name in handle.keys()}, metadata
+
+
+def save_training_state(path: PathLike, state: dict[str, Any]) -> None:
+    """A checkpoint (tensors, numbers, strings and containers of them), written atomically."""
+    atomic_write(path, lambda temp: torch.save(state, temp))
+
+
+def load_training_state(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> dict[str, Any]:
+    """A checkpoint written by :func:`save_training_state`, loaded without unpickling arbitrary objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint '{path}' does not exist.")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:
+        raise ValueError(f"'{path}' is not a readable npe-models checkpoint ({error}).") from error
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def _restored(field: dataclasses.Field, value: Any) -> Any:
+    """A JSON value back in the field's form: tuples for tuple defaults, nested config dataclasses rebuilt."""
+    if isinstance(field.default, tuple) and isinstance(value, list):
+        return tuple(value)
+    if field.default_factory is not dataclasses.MISSING and isinstance(value, Mapping):
+        default = field.default_factory()
+        if dataclasses.is_dataclass(default):
+            return config_from_dict(type(default), value)
+    return value
+
+
+def config_from_dict(cls: type[ConfigT], data: Mapping[str, Any]) -> ConfigT:
+    """Rebuild a config dataclass from JSON data: unknown keys are an error, tuples and nested configs restored.
+
+    A ``"task"`` key (written beside a run's settings) must match ``cls.task`` and is not a setting.
+    """
+    data = dict(data)
+    task = getattr(cls, "task", None)
+    if task is not None and "task" in data:
+        found = data.pop("task")
+        if found != task:
+            raise ValueError(f"these are the settings of a {found} run, not of a {task} one ({cls.__name__}).")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(
+            f"unknown {cls.__name__} settings {unknown} (valid: {sorted(fields)}); the config was written by "
+            "another version of npe-models or for another task."
+        )
+    return cls(**{name: _restored(fields[name], value) for name, value in data.items()})
+
+
+def setting_changes(
+    saved: Mapping[str, Any], current: Mapping[str, Any], may_change: Collection[str] = ()
+) -> dict[str, tuple[Any, Any]]:
+    """Settings whose values differ, as ``name -> (saved, current)``; sections compare key by key (``train.lr``).
+
+    ``may_change`` names the settings allowed to differ (paths, hardware, the length of the run).
+    """
+    changes: dict[str, tuple[Any, Any]] = {}
+    for key in [*saved, *(k for k in current if k not in saved)]:
+        old, new = saved.get(key), current.get(key)
+        if isinstance(old, Mapping) and isinstance(new, Mapping):
+            inner = setting_changes(old, new, [n.split(".", 1)[1] for n in may_change if n.startswith(f"{key}.")])
+            changes.update({f"{key}.{name}": values for name, values in inner.items()})
+        elif key not in may_change and old != new:
+            changes[key] = (old, new)
+    return changes
+
+
+class SerializableConfig:
+    """Base of the settings dataclasses a run stores: ``to_dict`` for JSON, a strict ``from_dict``, ``differences``.
+
+    ``task`` names the task whose run folder holds these settings (None for parts of them);
+    ``may_change`` the settings a resumed run may change.
+    """
+
+    task: ClassVar[Optional[str]] = None
+    may_change: ClassVar[tuple[str, ...]] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (tuples become lists)."""
+        return _jsonable(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls: type[ConfigT], data: Mapping[str, Any]) -> ConfigT:
+        """Rebuild settings saved with ``to_dict``; unknown keys are an error (a config from another version)."""
+        return config_from_dict(cls, data)
+
+    def differences(self, other: "SerializableConfig") -> dict[str, tuple[Any, Any]]:
+        """Settings (other than those in ``may_change``) whose values differ: name -> (self's, other's)."""
+        return setting_changes(self.to_dict(), other.to_dict(), self.may_change)
+
+
+# ----------------------------------------------------------------------------- run directories
+
+
+def write_run_config(run_dir: PathLike, task: str, settings: Mapping[str, Any]) -> None:
+    """``config.json``: the task, then its settings."""
+    write_json(Path(run_dir) / CONFIG_FILE, {"task": task, **settings})
+
+
+def _config_task(data: Any, path: Path) -> str:
+    """The task of a config.json, also for those written before it was recorded."""
+    if isinstance(data, Mapping) and data.get("task") in TASKS:
+        return data["task"]
+    if isinstance(data, Mapping) and "task" not in data:
+        if isinstance(data.get("model"), Mapping) and isinstance(data.get("train"), Mapping):
+            return "segmentation"  # sections "model" / "train" / "data"
+        if isinstance(data.get("model"), str):
+            return "classification"  # a flat TrainConfig
+    raise ValueError(f"'{path}' is not the config.json of an npe-models training run.")
+
+
+def read_run_config(run_dir: PathLike, task: Optional[str] = None) -> dict[str, Any]:
+    """A run's ``config.json`` (legacy ones without a task included); with ``task``, it must be that task's run."""
+    path = Path(run_dir) / CONFIG_FILE
+    data = read_json(path)
+    found = _config_task(data, path)
+    if task is not None and found != task:
+        raise ValueError(f"{run_dir} holds a {found} run, not a {task} one; pass the options of a {found} run.")
+    return data
+
+
+def resumable_config(run_dir: PathLike, task: str) -> dict[str, Any]:
+    """The ``config.json`` of the run to resume in ``run_dir``; a clear error when there is none."""
+    if not (Path(run_dir) / CONFIG_FILE).is_file():
+        raise FileNotFoundError(
+            f"nothing to resume in {run_dir}: it has no {CONFIG_FILE}. Start the run without --resume, "
+            "or pass the --out of an existing run."
+        )
+    return read_run_config(run_dir, task)
+
+
+def check_run_dir(run_dir: PathLike, config: SerializableConfig, resume: bool) -> None:
+    """Refuse to overwrite a run, or (``resume``) to continue it with settings that differ from its config.json."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_FILE).is_file():
+        if (run_dir / CHECKPOINT_FILE).is_file():
+            raise FileExistsError(f"{run_dir} has a {CHECKPOINT_FILE} but no {CONFIG_FILE}; use a new --out.")
+        return
+    if not resume:
+        state = "a finished run" if (run_dir / WEIGHTS_FILE).is_file() else "a run"
+        raise FileExistsError(f"{run_dir} holds {state}; pass --resume to continue it, or choose another --out.")
+    saved = type(config).from_dict(read_run_config(run_dir, config.task))
+    changed = saved.differences(config)
+    if changed:
+        listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in sorted(changed.items()))
+        raise ValueError(
+            f"cannot resume {run_dir} with different settings ({listed}); resume with the original settings "
+            "or start a new run in another --out."
+        )
+
+
+def _weights_task(metadata: Mapping[str, Any], path: Path) -> str:
+    if metadata.get("task") in TASKS:
+        return metadata["task"]
+    if "segmentation_model" in metadata:
+        return "segmentation"
+    if "config" in metadata:
+        return "classification"
+    raise ValueError(f"'{path}' records no task: its weights were not saved by an npe-models training run.")
+
+
+def _checkpoint_task(state: Mapping[str, Any], path: Path) -> str:
+    if state.get("task") in TASKS:
+        return state["task"]
+    for task, unit in (("classification", "epoch"), ("segmentation", "iteration")):
+        if unit in state and "model" in state:
+            return task
+    raise ValueError(f"'{path}' is not an npe-models training checkpoint.")
+
+
+def run_task(source: PathLike) -> str:
+    """``"classification"`` or ``"segmentation"``: the task of a run directory, ``checkpoint.pt`` or weights file.
+
+    Recognises the files written before the task was recorded, by their layout.
+    """
+    source = Path(source)
+    if source.is_dir():
+        present = [source / name for name in (CONFIG_FILE, WEIGHTS_FILE, CHECKPOINT_FILE) if (source / name).is_file()]
+        if not present:
+            raise FileNotFoundError(f"'{source}' holds none of {CONFIG_FILE}, {WEIGHTS_FILE}, {CHECKPOINT_FILE}.")
+        source = present[0]
+    if not source.is_file():
+        raise FileNotFoundError(f"'{source}' is neither a run directory nor a file.")
+    if source.suffix == ".json":
+        return _config_task(read_json(source), source)
+    if source.suffix == ".safetensors":
+        return _weights_task(_weights_metadata(source), source)
+    return _checkpoint_task(load_training_state(source), source)
+
+
+# ----------------------------------------------------------------------------- the training loop
+
+
+class TrainingLoop(ABC):
+    """One training run over ``total`` units (epochs or iterations) in ``run_dir`` (or in memory, without one).
+
+    :meth:`run` resumes from the checkpoint, writes ``config.json``, trains unit after unit, logs
+    and checkpoints them, and finishes. The task supplies the state to checkpoint, the training of
+    one unit (with its log record), when to log and checkpoint, and the final files. Only the main
+    process (``is_main``) writes.
+    """
+
+    task: ClassVar[str]
+    unit: ClassVar[str]  # "epoch" or "iteration": the checkpoint's counter and the log's key
+    restart_hint: ClassVar[str] = "lower the learning rate (--lr)"
+
+    def __init__(self, config: SerializableConfig, run_dir: Optional[PathLike], total: int, is_main: bool = True) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.total = total
+        self.is_main = is_main
+        self.saved = 0  # units completed at the last checkpoint
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint holds besides the unit count, the RNG state and the settings."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint's state."""
+
+    @abstractmethod
+    def train_unit(self, index: int) -> dict[str, Any]:
+        """Train unit ``index`` (0-based); return its log record (starting with the unit's number)."""
+
+    @abstractmethod
+    def finish(self, record: Optional[dict[str, Any]]) -> Any:
+        """Write the final files and return the run's result (``record``: the last unit's, None if none ran)."""
+
+    def log_due(self, done: int) -> bool:
+        """Whether the record of unit ``done`` (1-based) goes into the log."""
+        return True
+
+    def checkpoint_due(self, done: int) -> bool:
+        """Whether a checkpoint is written after unit ``done`` (1-based)."""
+        return True
+
+    def after_unit(self, done: int, record: dict[str, Any]) -> None:
+        """Called after unit ``done`` is logged and checkpointed (reporting, synchronising processes)."""
+
+    def non_finite(self, index: int, value: float, detail: str = "") -> NonFiniteLossError:
+        """The error for a loss that became non-finite during unit ``index`` (0-based)."""
+        if self.run_dir is None:
+            kept = "The run has no run directory, so nothing was saved."
+        elif self.saved:
+            kept = f"The last good state (after {self.unit} {self.saved}) is kept in {self.run_dir / CHECKPOINT_FILE}."
+        else:
+            kept = "No checkpoint had been written yet."
+        retry = ", or --resume to retry from the checkpoint" if self.run_dir is not None and self.saved else ""
+        return NonFiniteLossError(
+            f"the training loss became non-finite ({value}) during {self.unit} {index + 1}{detail}; training stopped. "
+            f"{kept} To continue, {self.restart_hint} and start a new run{retry}."
+        )
+
+    def _resume(self) -> int:
+        """Load the checkpoint in the run directory, if there is one; returns the units it had completed."""
+        path = self.run_dir / CHECKPOINT_FILE
+        if not path.is_file():
+            return 0
+        state = load_training_state(path)
+        self.load_state_dict(state)
+        restore_rng_state(state["rng"])
+        self.saved = int(state[self.unit])
+        logger.info("resuming %s after %s %d of %d", self.run_dir, self.unit, self.saved, self.total)
+        return self.saved
+
+    def _open_run_dir(self, start: int) -> None:
+        """Record the settings and drop log records of units after the checkpoint (and a torn last line)."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_run_config(self.run_dir, self.task, self.config.to_dict())
+        log = self.run_dir / LOG_FILE
+        if log.is_file():
+            write_jsonl(log, [r for r in read_jsonl(log) if r.get(self.unit, 0) <= start])
+
+    def _save(self, done: int, record: dict[str, Any]) -> None:
+        if self.log_due(done):
+            append_jsonl(self.run_dir / LOG_FILE, record)
+        if self.checkpoint_due(done):
+            state = {**self.state_dict(), self.unit: done, "rng": capture_rng_state(),
+                     "config": self.config.to_dict(), "task": self.task}
+            save_training_state(self.run_dir / CHECKPOINT_FILE, state)
+            self.saved = done
+
+    def run(self, resume: bool = False) -> Any:
+        """Train from the checkpoint (``resume``) or from the start to ``total`` units, then finish."""
+        start = self._resume() if resume and self.run_dir is not None else 0
+        writes = self.run_dir is not None and self.is_main
+        if writes:
+            self._open_run_dir(start)
+        record = None
+        for index in range(start, self.total):
+            record = self.train_unit(index)
+            if writes:
+                self._save(index + 1, record)
+            self.after_unit(index + 1, record)
+        return self.finish(record)
