@@ -1,12 +1,14 @@
 """Training engine: recipes, methods, metrics, determinism, exact resumption, divergence handling and DDP."""
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,12 +25,15 @@ from npe_models.classification import (
     predict,
     prior_diagnostics,
     resolve_config,
+    resolve_train_config,
     train,
 )
 from npe_models.data import BatchStream, load_cifar_lt
+from npe_models.runs import write_run_config
 
 train_module = importlib.import_module("npe_models.classification.train")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LEGACY_SEGMENTATION_RUN = Path(REPO) / "tests" / "fixtures" / "runs_v0_1" / "segmentation_unet_npe1_interrupted"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -78,6 +83,26 @@ def test_recipes_and_overrides():
     crt = resolve_config("hp2", "crt", init="somewhere", model="resnet32")
     assert (crt.epochs, crt.schedule) == (10, "cosine")
     assert TrainConfig.from_dict(json.loads(json.dumps(hp2.to_dict()))) == hp2
+
+
+def test_resolve_train_config_for_fresh_and_resumed_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("NPE_DATA_DIR", str(tmp_path / "data"))
+    run = tmp_path / "run"
+    fresh = resolve_train_config(run, resume=False, model="resnet20_npe4", epochs=1, lr=None)
+    assert (fresh.method, fresh.recipe, fresh.data_dir, fresh.lr, fresh.epochs) == ("npe", "hp2", str(tmp_path / "data"), 0.05, 1)
+    assert resolve_train_config(run, False, recipe="hp1", model="resnet20").method == "ce"
+    with pytest.raises(FileNotFoundError, match=f"nothing to resume in {run}"):
+        resolve_train_config(run, resume=True)
+    write_run_config(run, "classification", {**fresh.to_dict(), "device": "cuda"})
+    resumed = resolve_train_config(run, resume=True, eval_batch_size=32)  # the machine's device, not the run's
+    assert resumed == dataclasses.replace(fresh, eval_batch_size=32, device="auto")
+    (run / "config.json").write_text(json.dumps(fresh.to_dict()))  # written before the task was recorded
+    assert resolve_train_config(run, resume=True, method="npe", lr=0.1) == dataclasses.replace(fresh, lr=0.1)
+    write_run_config(tmp_path / "ce", "classification", resolve_config("hp2", "ce", model="resnet20").to_dict())
+    crt = resolve_train_config(tmp_path / "crt", False, method="crt", init=str(tmp_path / "ce"))
+    assert (crt.model, crt.epochs, crt.schedule) == ("resnet20", 10, "cosine")
+    with pytest.raises(ValueError, match="holds a segmentation run, not a classification one"):
+        resolve_train_config(LEGACY_SEGMENTATION_RUN, resume=True)
 
 
 @pytest.mark.parametrize(

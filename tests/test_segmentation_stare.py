@@ -6,8 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from npe_models.data.stare import StareSegmentation, stare_file
+from npe_models.runs import read_run_config
+from npe_models.segmentation import load_segmentation_model, resolve_segmentation_config, train_run
 from npe_models.segmentation.cli import main
 
 
@@ -58,3 +61,40 @@ def test_short_stare_run_baseline_then_frozen_pem(data_dir: Path, tmp_path: Path
         for metrics in adjusted[annotation].values():
             assert 0 <= metrics["mean_dice"] <= 1 and len(metrics["dice"]) == 2
     assert (npe / "eval" / "overlays" / "ah" / "im0162.png").is_file()
+
+
+class _Bar:
+    """A stand-in for tqdm: records how far it went and what it showed."""
+
+    def __init__(self, total: int, desc: str, unit: str) -> None:
+        self.total, self.desc, self.n, self.postfix, self.closed = total, desc, 0, None, False
+
+    def update(self, steps: int) -> None:
+        self.n += steps
+
+    def set_postfix(self, values: dict) -> None:
+        self.postfix = values
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_train_run_from_settings_baseline_then_pems(data_dir: Path, tmp_path: Path) -> None:
+    common = dict(model_kwargs={"base_channels": 4}, iterations=2, batch_size=2, crop_size=(32, 32))
+    baseline, npe = tmp_path / "baseline", tmp_path / "npe"
+    config = resolve_segmentation_config(baseline, False, model="unet_fcn", **common)
+    bars: list[_Bar] = []
+    with pytest.warns(UserWarning, match="frozen but randomly initialised"):
+        record = train_run(config, baseline, data_dir=data_dir, device="cpu",
+                           progress=lambda **kwargs: bars.append(_Bar(**kwargs)) or bars[-1])
+    assert record["iteration"] == 2 and (bars[0].n, bars[0].desc, bars[0].closed) == (2, "train unet_fcn", True)
+    assert set(bars[0].postfix) == {"lr", "loss", "ce"}
+    saved = read_run_config(baseline)
+    assert saved["task"] == "segmentation" and saved["data"]["images"] == StareSegmentation(data_dir, "train").ids
+
+    config = resolve_segmentation_config(npe, False, model="unet_fcn_npe1", init=str(baseline), freeze_decode_head=True,
+                                         **common)
+    train_run(config, npe, data_dir=data_dir, device="cpu")
+    (plain, _), (adjusted, _) = load_segmentation_model(baseline), load_segmentation_model(npe)
+    for name, value in plain.state_dict().items():  # everything but the PEMs stayed frozen at the baseline's values
+        assert torch.equal(adjusted.state_dict()[name], value), name

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from collections import OrderedDict
 from pathlib import Path
@@ -13,12 +14,14 @@ from torch.utils.data import Dataset
 from PIL import Image
 
 import npe_models
-from npe_models.runs import NonFiniteLossError
+from npe_models.runs import NonFiniteLossError, write_run_config
 from npe_models.segmentation import (
     RandomCropBatches,
     SegmentationMetrics,
     SegmentationModelConfig,
     SegmentationTrainConfig,
+    resolve_segmentation_config,
+    segmentation_dataset,
     confusion_matrix,
     evaluate_segmentation,
     freeze_model_parts,
@@ -123,6 +126,36 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="lr"):
         train_segmentation(model_config.build(), _Blobs(), _train_config(iterations=5, freeze_backbone=False, lr=0.1),
                            model_config, output_dir=tmp_path / "resumed", resume=True)
+
+
+def test_resolve_segmentation_config_for_fresh_and_resumed_runs(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    fresh = resolve_segmentation_config(run, False, model="unet_fcn_npe1", model_kwargs={"base_channels": 4},
+                                        iterations=8, milestones=[2, 4], alpha=None, init="baseline")
+    assert fresh.model == SegmentationModelConfig(name="unet_fcn_npe1", num_classes=2, model_kwargs={"base_channels": 4},
+                                                  class_names=["background", "vessel"])
+    assert fresh.train == SegmentationTrainConfig(iterations=8, milestones=(2, 4))
+    assert fresh.data == {"dataset": "stare", "annotation": "ah", "init": "baseline", "weights": None,
+                          "weights_backbone": None}
+    with pytest.raises(FileNotFoundError, match=f"nothing to resume in {run}"):
+        resolve_segmentation_config(run, True)
+    with pytest.raises(ValueError, match="pass the segmentation model"):
+        resolve_segmentation_config(run, False, iterations=3)
+    with pytest.raises(ValueError, match="unknown segmentation model 'resnet32_npe16'"):
+        resolve_segmentation_config(run, False, model="resnet32_npe16")
+    with pytest.raises(TypeError, match=r"unknown segmentation settings \['epochs'\]"):
+        resolve_segmentation_config(run, False, model="unet_fcn", epochs=3)
+    write_run_config(run, "segmentation", fresh.to_dict())
+    resumed = resolve_segmentation_config(run, True, iterations=10, model="unet_fcn_npe1")
+    assert resumed == dataclasses.replace(fresh, train=dataclasses.replace(fresh.train, iterations=10))
+
+
+def test_segmentation_dataset_needs_a_data_directory(monkeypatch) -> None:
+    monkeypatch.delenv("NPE_DATA_DIR", raising=False)
+    with pytest.raises(FileNotFoundError, match="NPE_DATA_DIR"):
+        segmentation_dataset("stare", "train", "ah")
+    with pytest.raises(ValueError, match="not a segmentation data set"):
+        segmentation_dataset("cifar10", "train", "ah", "data")
 
 
 def test_random_crops_are_seeded_and_padded() -> None:

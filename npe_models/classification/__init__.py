@@ -1,7 +1,7 @@
 """Training and evaluation on long-tailed CIFAR: recipes, methods (CE, LA, post-hoc LA, cRT, NPE),
 the training loop with checkpoints and resumption, evaluation metrics and plots."""
 from .checkpoint import build_model, load_checkpoint, load_trained_model, save_weights
-from .config import METHODS, RECIPES, TrainConfig, num_pems_of, resolve_config
+from .config import METHODS, RECIPES, TrainConfig, num_pems_of, resolve_config, resolve_train_config
 from .evaluate import classification_metrics, evaluate_model, predict, prior_diagnostics, summary
 from .plots import save_evaluation_plots
 from .train import NonFiniteLossError, TrainResult, train
@@ -21,6 +21,7 @@ __all__ = [
     "predict",
     "prior_diagnostics",
     "resolve_config",
+    "resolve_train_config",
     "save_evaluation_plots",
     "save_weights",
     "summary",
