@@ -1,9 +1,15 @@
-"""Losses for NPE training and its baselines: the one-way logistic loss and logit-adjusted CE."""
+"""Losses for NPE training and its baselines: the one-way logistic loss and logit-adjusted CE.
+
+Both take class-index targets for classification ``(B,)`` or dense prediction ``(B, H, W)``;
+the dense loss that upsamples only each pixel's true class lives in ``npe_models.segmentation.losses``.
+"""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .npe import estimate_sign
 
 __all__ = ["one_way_logistic_loss", "one_way_logistic_loss_from_true_class", "logit_adjusted_cross_entropy"]
 
@@ -32,9 +38,7 @@ def one_way_logistic_loss_from_true_class(true_class_logits: Tensor, valid: Tens
     ``-log sigmoid((-1)^t u) = softplus(-(-1)^t u)``, summed over PEMs and averaged over valid
     samples (or pixels). Dense models that gather the true class themselves call this directly.
     """
-    if t not in (0, 1):
-        raise ValueError(f"t must be 0 or 1, got {t!r}.")
-    sign = -1.0 if t == 1 else 1.0
+    sign = estimate_sign(t)
     logits = true_class_logits.to(torch.promote_types(true_class_logits.dtype, torch.float32))
     per_entry = F.softplus(-sign * logits)
     mask = valid.unsqueeze(0).to(per_entry.dtype)

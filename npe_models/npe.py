@@ -6,6 +6,11 @@ returns ``z`` in training mode, NPE-LA logits ``z - alpha * eta`` in eval mode, 
 into a plain ``nn.Linear`` / ``nn.Conv2d`` through timm's ``reparameterize_model`` protocol
 (``fuse()``). ``npe_heads``, ``has_pems`` and ``set_alpha`` answer "which PEMs does this model
 have" and set the NPE-LA strength for classifiers and dense models alike.
+
+Spelling, as in the paper: ``t`` is the PEM sign convention (0 or 1), ``sign`` its factor
+``(-1)^t`` and ``alpha`` the NPE-LA strength. A host model's build arguments, shared with
+timm's, spell the first and last ``npe_t`` / ``npe_alpha`` (``timm.create_model("resnet32_npe16",
+npe_alpha=0.5)``); ``models.timm_npe.create_npe_variant`` is the one place that reads them.
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "NPEOutput", "NPEHead", "NPEClassifierMixin", "PEMNetworks", "AlphaOwnerMixin", "validate_npe_args",
-    "fill_missing_pem_params", "npe_heads", "has_pems", "set_alpha", "upsampled_true_class_logits",
+    "estimate_sign", "fill_missing_pem_params", "npe_heads", "has_pems", "set_alpha",
 ]
 
 PEM_INIT_STD = 0.001
@@ -30,14 +35,24 @@ class NPEOutput(NamedTuple):
     pem_logits: Tensor
 
 
+def estimate_sign(t: int) -> float:
+    """``(-1)^t`` for the PEM sign convention ``t`` (0 or 1): the factor that maps PEM outputs to the log prior."""
+    if t not in (0, 1):
+        raise ValueError(f"t must be 0 or 1 (the PEM sign convention: eta = (-1)^t * mean_k u_k), got {t!r}.")
+    return -1.0 if t == 1 else 1.0
+
+
+def _check_alpha(alpha: float) -> None:
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool):
+        raise TypeError(f"alpha must be a number, got {type(alpha).__name__}.")
+
+
 def validate_npe_args(num_pems: int, t: int, alpha: float) -> None:
     """Raise a clear error for an invalid PEM count, sign convention or NPE-LA strength."""
     if isinstance(num_pems, bool) or not isinstance(num_pems, int) or num_pems < 1:
         raise ValueError(f"num_pems must be an integer >= 1, got {num_pems!r}; use the plain model for no PEMs.")
-    if t not in (0, 1):
-        raise ValueError(f"t (the PEM sign convention) must be 0 or 1, got {t!r}.")
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool):
-        raise TypeError(f"alpha must be a number, got {type(alpha).__name__}.")
+    estimate_sign(t)
+    _check_alpha(alpha)
 
 
 class NPEHead(nn.Module):
@@ -110,7 +125,7 @@ class NPEHead(nn.Module):
     @property
     def sign(self) -> float:
         """(-1)^t: maps PEM outputs to the log-prior estimate."""
-        return -1.0 if self.t == 1 else 1.0
+        return estimate_sign(self.t)
 
     def _fused(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Main logits and PEM logits ``(K, B, C, ...)`` from one matmul / conv."""
@@ -231,8 +246,7 @@ def has_pems(model: nn.Module) -> bool:
 
 def set_alpha(model: nn.Module, alpha: float) -> None:
     """Set the NPE-LA strength on every NPE part of ``model``: its NPEHeads, or the model when it owns alpha."""
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool):
-        raise TypeError(f"alpha must be a number, got {type(alpha).__name__}.")
+    _check_alpha(alpha)
     if not has_pems(model):
         raise ValueError(
             f"alpha needs a model with PEMs, but this {type(model).__name__} has none (a plain model, or one "
@@ -264,48 +278,3 @@ def fill_missing_pem_params(state_dict: dict[str, Tensor], model: nn.Module) -> 
         if name not in state_dict or resized:
             state_dict[name] = value
     return state_dict
-
-
-def _bilinear_source(out_size: int, in_size: int, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Lower/upper source index and upper weight per output row, as bilinear ``F.interpolate`` (no align_corners)."""
-    dtype = torch.float64 if like.dtype == torch.float64 else torch.float32  # the precision interpolate computes in
-    scale = in_size / out_size
-    coord = ((torch.arange(out_size, device=like.device, dtype=dtype) + 0.5) * scale - 0.5).clamp(min=0)
-    low = coord.floor().long().clamp(max=in_size - 1)
-    high = (low + 1).clamp(max=in_size - 1)
-    return low, high, coord - low
-
-
-def upsampled_true_class_logits(logits: Tensor, target: Tensor, ignore_index: int = -100) -> Tensor:
-    """Each map's logit of every pixel's target class, as if ``logits`` were first upsampled to the target's size.
-
-    ``logits`` is ``(..., B, C, h, w)`` (e.g. PEM logits ``(K, B, C, h, w)`` at the head's
-    resolution) and ``target`` ``(B, H, W)``; returns ``(..., B, H, W)``. Bilinear upsampling
-    (``align_corners=False``) is linear, so only the target class at each pixel's four source
-    corners is gathered: memory grows with ``K * H * W``, never with ``K * C * H * W``.
-    Pixels equal to ``ignore_index`` get the logit of class 0 (mask them out of the loss).
-    """
-    if logits.dim() < 4:
-        raise ValueError(f"logits must be (..., B, C, h, w), got shape {tuple(logits.shape)}.")
-    batch, num_classes, in_h, in_w = logits.shape[-4:]
-    if target.dim() != 3 or target.shape[0] != batch:
-        raise ValueError(f"target must be (B, H, W) with B={batch} to match the logits, got {tuple(target.shape)}.")
-    out_h, out_w = target.shape[-2:]
-    classes = target.masked_fill(target == ignore_index, 0).long()
-    if classes.numel() and (int(classes.min()) < 0 or int(classes.max()) >= num_classes):
-        raise ValueError(
-            f"target holds class indices outside 0..{num_classes - 1} (and ignore_index={ignore_index}); "
-            "check num_classes and the label encoding."
-        )
-    rows_lo, rows_hi, frac_h = _bilinear_source(out_h, in_h, logits)
-    cols_lo, cols_hi, frac_w = _bilinear_source(out_w, in_w, logits)
-    rows = torch.stack([rows_lo, rows_lo, rows_hi, rows_hi])[:, :, None]
-    cols = torch.stack([cols_lo, cols_hi, cols_lo, cols_hi])[:, None, :]
-    weight_h = torch.stack([1 - frac_h, 1 - frac_h, frac_h, frac_h])[:, :, None]
-    weight_w = torch.stack([1 - frac_w, frac_w, 1 - frac_w, frac_w])[:, None, :]
-    corners = rows * in_w + cols  # (4, H, W) offsets inside one class map
-    index = classes[:, None] * (in_h * in_w) + corners  # (B, 4, H, W)
-    flat = logits.flatten(-3)
-    gathered = flat.gather(-1, index.flatten(1).expand(*flat.shape[:-1], -1))
-    gathered = gathered.unflatten(-1, (4, out_h, out_w))
-    return (gathered * (weight_h * weight_w).to(gathered.dtype)).sum(-3)

@@ -119,3 +119,13 @@ def test_log_prior_of_wrong_length() -> None:
 def test_bad_sign_convention() -> None:
     with pytest.raises(ValueError, match="t must be 0 or 1"):
         one_way_logistic_loss(torch.randn(1, 2, 4), torch.tensor([0, 1]), t=-1)
+
+
+def test_estimate_sign_is_one_convention_for_head_model_and_loss() -> None:
+    from npe_models.npe import estimate_sign
+
+    assert (estimate_sign(0), estimate_sign(1)) == (1.0, -1.0)
+    assert NPEHead(4, 3, 2, t=0).sign == 1.0 and NPEHead(4, 3, 2).sign == -1.0
+    for bad in (2, -1, "1"):
+        with pytest.raises(ValueError, match="t must be 0 or 1"):
+            estimate_sign(bad)

@@ -245,3 +245,66 @@ def test_parse_npe_name_errors() -> None:
         npe_models.parse_npe_name("resnet32_npe0")
     with pytest.raises(TypeError, match="string"):
         npe_models.parse_npe_name(32)
+
+
+def test_cifar_npe_variant_is_add_npe_on_the_plain_resnet() -> None:
+    model = timm.create_model("resnet32_npe16", num_classes=10, npe_alpha=0.5, npe_t=0)
+    plain = timm.create_model("resnet32", num_classes=10)
+    assert isinstance(model, npe_models.models.CifarResNet) and type(plain) is npe_models.models.CifarResNet
+    assert not isinstance(plain, npe_models.NPEClassifierMixin) and isinstance(model, npe_models.NPEClassifierMixin)
+    assert (model.fc.num_pems, model.fc.t, model.fc.alpha) == (16, 0, 0.5)
+    pem_keys = {"fc.pem_weight": (160, 64), "fc.pem_bias": (160,)}
+    shapes = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    assert shapes == {**{key: tuple(value.shape) for key, value in plain.state_dict().items()}, **pem_keys}
+    assert timm.models.model_entrypoint("resnet32_npe16").__doc__.startswith("ResNet-32 for CIFAR")
+
+
+@pytest.mark.parametrize("name", ["resnet20_npe4", "resnet18_npe16"])
+def test_reset_classifier_after_no_classes_brings_fresh_pems_back(name: str) -> None:
+    model = _small_model(name, num_classes=10, npe_alpha=0.5)
+    model.reset_classifier(0)
+    assert not npe_models.has_pems(model)
+    model.reset_classifier(4)
+    head = model.get_classifier()
+    assert isinstance(head, NPEHead) and (head.num_classes, head.alpha) == (4, 0.5)
+    assert head.pem_weight.std().item() == pytest.approx(1e-3, rel=0.2)
+
+
+def test_features_only_out_indices_do_not_leak_between_builds() -> None:
+    some = timm.create_model("resnet20_npe4", features_only=True, out_indices=(1, 2))
+    assert some.feature_info.channels() == [16, 32]
+    every = timm.create_model("resnet20_npe4", features_only=True)
+    assert every.feature_info.channels() == [16, 16, 32, 64]
+
+
+def test_register_variants_registers_documented_timm_entrypoints(monkeypatch: pytest.MonkeyPatch) -> None:
+    import inspect
+    import sys
+    import types
+
+    from npe_models.models._registry import register_variants
+
+    module = types.ModuleType("npe_models_probe_family")
+    module.default_cfgs = {}
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    calls = []
+
+    def create(variant, pretrained=False, *, width, **kwargs):
+        calls.append((variant, pretrained, width, kwargs.get("num_classes")))
+        return nn.Identity()
+
+    def doc(name, width):
+        return f"Probe network {name} of width {width}."
+
+    entrypoints = register_variants({"probe_w8": dict(width=8)}, create, doc=doc, module=module.__name__)
+    try:
+        assert timm.models.model_entrypoint("probe_w8") is entrypoints["probe_w8"] is module.probe_w8
+        timm.create_model("probe_w8", num_classes=3)
+        module.probe_w8(True)
+        assert calls == [("probe_w8", False, 8, 3), ("probe_w8", True, 8, None)]
+        assert module.probe_w8.__doc__ == "Probe network probe_w8 of width 8."
+        assert list(inspect.signature(module.probe_w8).parameters) == ["pretrained", "kwargs"]
+    finally:
+        timm.models._registry._clear_model_entries("probe_w8")
+    with pytest.raises(ValueError, match="registry must be one of"):
+        register_variants({}, create, doc=doc, registry="keras")

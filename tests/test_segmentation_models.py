@@ -13,8 +13,9 @@ from torch import nn
 import npe_models
 from npe_models.losses import one_way_logistic_loss
 from npe_models.models import segmentation as seg
-from npe_models.npe import NPEHead, upsampled_true_class_logits
+from npe_models.npe import NPEHead
 from npe_models.segmentation import dense_npe_loss
+from npe_models.segmentation.losses import upsampled_true_class_logits
 
 ARCHS = tuple(seg.SEGMENTATION_ARCHITECTURES)
 LIGHT_ARCHS = ("deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large", "unet_fcn")
@@ -206,25 +207,39 @@ def test_create_segmentation_model_names_and_errors() -> None:
 def test_registration_guard(monkeypatch: pytest.MonkeyPatch) -> None:
     from torchvision.models import _api
 
+    from npe_models.models._registry import _register_with_torchvision
+
     name = "npe_models_registration_probe"
 
     def own_builder(**kwargs):
         return nn.Identity()
 
-    own_builder.__module__ = seg.__name__
+    own_builder.__name__, own_builder.__module__ = name, seg.__name__
     try:
-        seg._register_with_torchvision(name, own_builder)
-        seg._register_with_torchvision(name, own_builder)  # a re-import replaces its own entry
+        _register_with_torchvision(own_builder)
+        _register_with_torchvision(own_builder)  # a re-import replaces its own entry
         assert torchvision.models.get_model_builder(name) is own_builder
         foreign = lambda **kwargs: nn.Identity()  # noqa: E731
         _api.BUILTIN_MODELS[name] = foreign
         with pytest.raises(RuntimeError, match="already has a model named"):
-            seg._register_with_torchvision(name, own_builder)
+            _register_with_torchvision(own_builder)
     finally:
         _api.BUILTIN_MODELS.pop(name, None)
     monkeypatch.delattr(_api, "register_model")
     with pytest.raises(ImportError, match="create_segmentation_model"):
-        seg._register_with_torchvision(name, own_builder)
+        _register_with_torchvision(own_builder)
+
+
+def test_registered_builders_document_themselves_and_keep_torchvision_signature() -> None:
+    import inspect
+
+    builder = torchvision.models.get_model_builder("unet_fcn_npe16")
+    assert builder.__name__ == "unet_fcn_npe16" and "``unet_fcn`` with 16 PEM(s)" in builder.__doc__.splitlines()[0]
+    parameters = inspect.signature(builder).parameters
+    assert "name" not in parameters and all(p.kind is p.KEYWORD_ONLY for p in parameters.values() if p.name != "kwargs")
+    assert {"weights", "progress", "num_classes", "pem_type", "alpha", "t"} <= parameters.keys()
+    with pytest.raises(TypeError):
+        builder(3)  # torchvision builders are keyword-only
 
 
 @pytest.mark.parametrize(

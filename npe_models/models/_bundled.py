@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
+from timm.models import resolve_pretrained_cfg
+
 __all__ = [
     "WEIGHTS_DIR",
     "MANIFEST_FILE",
@@ -22,6 +24,7 @@ __all__ = [
     "bundled_pretrained_cfgs",
     "file_sha256",
     "verify_bundled_weights",
+    "verify_pretrained_file",
 ]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
@@ -94,3 +97,10 @@ def verify_bundled_weights(path: Union[str, os.PathLike]) -> None:
             f"the weights file of '{name}' is corrupted: {path} has sha256 {actual}, expected {entry['sha256']}. "
             f"{_RESTORE}"
         )
+
+
+def verify_pretrained_file(variant: str, kwargs: dict[str, Any]) -> None:
+    """Check the sha256 of the bundled file ``timm.create_model(variant, pretrained=True, **kwargs)`` would load."""
+    cfg = resolve_pretrained_cfg(variant, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay"))
+    if cfg.file and cfg.source != "local-dir":
+        verify_bundled_weights(cfg.file)

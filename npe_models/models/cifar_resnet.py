@@ -1,23 +1,24 @@
 """CIFAR ResNets (He et al., 2016, Sec. 4.2): ResNet-20/32/44/56/110 and their NPE variants.
 
 Three stages of basic blocks with widths 16/32/64 and parameter-free option-A shortcuts, as
-used by LDAM-DRW, logit adjustment and the NPE paper on CIFAR-LT. ``<arch>_npe<K>`` puts K
-PEMs beside the classifier; merged, its state_dict loads strictly into ``<arch>``.
+used by LDAM-DRW, logit adjustment and the NPE paper on CIFAR-LT. ``CifarResNet`` is a plain
+timm-style classifier; ``<arch>_npe<K>`` is it with K PEMs beside the classifier, added by
+``add_npe`` as for every other timm classifier. Merged, its state_dict loads strictly into ``<arch>``.
 """
 from __future__ import annotations
 
-import sys
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from timm.layers import SelectAdaptivePool2d
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
+from timm.models import build_model_with_cfg, generate_default_cfgs
 
-from ..npe import NPEClassifierMixin, NPEHead, fill_missing_pem_params
-from ._bundled import bundled_pretrained_cfgs, verify_bundled_weights
+from ._bundled import bundled_pretrained_cfgs, verify_pretrained_file
+from ._registry import npe_model_name, register_variants
+from .timm_npe import create_npe_variant
 
 __all__ = ["CifarResNet", "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR_DEPTHS", "NUM_PEMS_VARIANTS"]
 
@@ -54,8 +55,8 @@ class BasicBlock(nn.Module):
         return self.act2(x + shortcut)
 
 
-class CifarResNet(NPEClassifierMixin, nn.Module):
-    """ResNet-(6n+2) for 32x32 inputs; ``num_pems > 0`` makes the classifier an NPEHead."""
+class CifarResNet(nn.Module):
+    """ResNet-(6n+2) for 32x32 inputs with timm's classifier interface; ``<arch>_npe<K>`` adds PEMs with add_npe."""
 
     def __init__(
         self,
@@ -63,22 +64,14 @@ class CifarResNet(NPEClassifierMixin, nn.Module):
         num_classes: int = 10,
         in_chans: int = 3,
         widths: tuple[int, int, int] = (16, 32, 64),
-        num_pems: int = 0,
-        npe_t: int = 1,
-        npe_alpha: float = 1.0,
         global_pool: str = "avg",
         drop_rate: float = 0.0,
     ) -> None:
         super().__init__()
         if (depth - 2) % 6 != 0 or depth < 8:
             raise ValueError(f"depth must be 6n+2 (20, 32, 44, 56, 110, ...), got {depth}.")
-        if num_pems < 0:
-            raise ValueError(f"num_pems must be >= 0 (0 for the plain model), got {num_pems}.")
         blocks_per_stage = (depth - 2) // 6
         self.num_classes = num_classes
-        self.num_pems = num_pems
-        self.npe_t = npe_t
-        self.npe_alpha = npe_alpha
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
 
@@ -99,14 +92,12 @@ class CifarResNet(NPEClassifierMixin, nn.Module):
         self._init_weights()
 
     def _make_classifier(self, num_classes: int) -> nn.Module:
-        """Plain linear classifier, wrapped with the model's PEMs when it has any."""
+        """Kaiming-normal linear classifier, or Identity for ``num_classes=0`` (features only)."""
         if num_classes <= 0:
             return nn.Identity()
         fc = nn.Linear(self.num_features * self.global_pool.feat_mult(), num_classes)
         nn.init.kaiming_normal_(fc.weight)
-        if self.num_pems == 0:
-            return fc
-        return NPEHead.from_layer(fc, self.num_pems, t=self.npe_t, alpha=self.npe_alpha)
+        return fc
 
     def _init_weights(self) -> None:
         """Kaiming-normal convolutions, as the CIFAR-LT reference code initialises ResNet-32."""
@@ -127,7 +118,7 @@ class CifarResNet(NPEClassifierMixin, nn.Module):
         return self.fc
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """New classifier (and PEMs, when the model has them) for ``num_classes`` classes."""
+        """A new classifier for ``num_classes`` classes (0: none), optionally with another global pooling."""
         self.num_classes = num_classes
         if global_pool is not None:
             self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
@@ -170,52 +161,32 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
     }
 
 
-def _variant_name(depth: int, num_pems: int) -> str:
-    return f"resnet{depth}" if num_pems == 0 else f"resnet{depth}_npe{num_pems}"
-
-
-_VARIANTS = {_variant_name(d, k): (d, k) for d in CIFAR_DEPTHS for k in (0, *NUM_PEMS_VARIANTS)}
+_FEATURE_CFG = dict(out_indices=(0, 1, 2, 3))
+_PLAIN = {f"resnet{depth}": dict(depth=depth) for depth in CIFAR_DEPTHS}
+_NPE = {
+    npe_model_name(base, num_pems): dict(base=base, num_pems=num_pems, feature_cfg=_FEATURE_CFG)
+    for base in _PLAIN for num_pems in NUM_PEMS_VARIANTS
+}
 
 default_cfgs = generate_default_cfgs(
-    {tagged: cfg for name in _VARIANTS for tagged, cfg in (bundled_pretrained_cfgs(name, _cfg) or {name: _cfg()}).items()}
+    {tagged: cfg for name in (*_PLAIN, *_NPE) for tagged, cfg in (bundled_pretrained_cfgs(name, _cfg) or {name: _cfg()}).items()}
 )
 
 
-def _verify_pretrained_file(variant: str, kwargs: dict[str, Any]) -> None:
-    """Check a bundled weights file's sha256 before timm loads it."""
-    cfg = resolve_pretrained_cfg(variant, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay"))
-    if cfg.file and cfg.source != "local-dir":
-        verify_bundled_weights(cfg.file)
-
-
-def _create_cifar_resnet(variant: str, pretrained: bool = False, **kwargs: Any) -> CifarResNet:
-    depth, num_pems = _VARIANTS[variant]
+def _create_cifar_resnet(variant: str, pretrained: bool = False, *, depth: int, **kwargs: Any) -> CifarResNet:
+    """Build the plain ``resnet<depth>`` (``pretrained=True``: its bundled checkpoint, sha256-checked)."""
     if pretrained:
-        _verify_pretrained_file(variant, kwargs)
-    return build_model_with_cfg(
-        CifarResNet,
-        variant,
-        pretrained,
-        depth=depth,
-        num_pems=num_pems,
-        pretrained_filter_fn=fill_missing_pem_params,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3)),
-        **kwargs,
-    )
+        verify_pretrained_file(variant, kwargs)
+    return build_model_with_cfg(CifarResNet, variant, pretrained, depth=depth, feature_cfg=dict(_FEATURE_CFG), **kwargs)
 
 
-def _make_entrypoint(variant: str) -> Callable[..., CifarResNet]:
-    depth, num_pems = _VARIANTS[variant]
-
-    def entrypoint(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
-        return _create_cifar_resnet(variant, pretrained, **kwargs)
-
-    entrypoint.__name__ = entrypoint.__qualname__ = variant
-    entrypoint.__module__ = __name__
-    pems = f" with {num_pems} PEM{'s' if num_pems > 1 else ''} (NPE)" if num_pems else ""
-    entrypoint.__doc__ = f"ResNet-{depth} for CIFAR (widths 16/32/64, option-A shortcuts){pems}."
-    return entrypoint
+def _plain_doc(name: str, depth: int) -> str:
+    return f"ResNet-{depth} for CIFAR (widths 16/32/64, option-A shortcuts)."
 
 
-for _name in _VARIANTS:
-    setattr(sys.modules[__name__], _name, register_model(_make_entrypoint(_name)))
+def _npe_doc(name: str, base: str, num_pems: int, feature_cfg: dict[str, Any]) -> str:
+    return f"{_plain_doc(base, **_PLAIN[base])[:-1]} with {num_pems} PEM{'s' if num_pems > 1 else ''} (NPE)."
+
+
+register_variants(_PLAIN, _create_cifar_resnet, doc=_plain_doc)
+register_variants(_NPE, create_npe_variant, doc=_npe_doc, module=__name__)

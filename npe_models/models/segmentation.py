@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import re
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -37,7 +36,8 @@ from torchvision.models import segmentation as tv_segmentation
 from torchvision.models.segmentation.fcn import FCN
 from torchvision.models.segmentation.lraspp import LRASPP
 
-from ..npe import PEM_INIT_STD, AlphaOwnerMixin, NPEHead, PEMNetworks, npe_heads, validate_npe_args
+from ..npe import PEM_INIT_STD, AlphaOwnerMixin, NPEHead, PEMNetworks, estimate_sign, npe_heads, validate_npe_args
+from ._registry import npe_model_name, parse_npe_name, register_variants
 
 __all__ = [
     "DEFAULT_SEGMENTATION_ALPHA",
@@ -59,7 +59,6 @@ __all__ = [
 DEFAULT_SEGMENTATION_ALPHA = 0.1
 PEM_TYPES = ("linear", "fcn", "replica")
 REGISTERED_NUM_PEMS = (1, 16)
-_NAME_PATTERN = re.compile(r"^(?P<arch>.+)_npe(?P<num_pems>\d+)$")
 
 
 class PEMNotMergedWarning(UserWarning):
@@ -202,7 +201,7 @@ class NPESegmentationMixin(AlphaOwnerMixin):
     @property
     def sign(self) -> float:
         """(-1)^t: maps PEM outputs to the log-prior estimate."""
-        return -1.0 if self.t == 1 else 1.0
+        return estimate_sign(self.t)
 
     def npe_heads(self) -> list[NPEHead]:
         """The NPEHeads carrying linear PEMs (empty for fcn/replica PEMs and after merging)."""
@@ -467,16 +466,13 @@ def _build_base(arch: str, **kwargs: Any) -> nn.Module:
 
 def parse_segmentation_model_name(name: str) -> tuple[str, Optional[int]]:
     """Split ``<arch>_npe<K>`` into ``(arch, K)``; a bare architecture gives ``(arch, None)``."""
-    if not isinstance(name, str):
-        raise TypeError(f"model name must be a string, got {type(name).__name__}.")
-    match = _NAME_PATTERN.match(name)
-    arch, num_pems = (match["arch"], int(match["num_pems"])) if match else (name, None)
-    if arch not in SEGMENTATION_ARCHITECTURES:
+    arch, num_pems = parse_npe_name(name)
+    if arch not in SEGMENTATION_ARCHITECTURES or "." in name:
         raise ValueError(
             f"unknown segmentation model {name!r}; expected one of {sorted(SEGMENTATION_ARCHITECTURES)}, "
             "optionally followed by _npe<K> (e.g. deeplabv3_resnet50_npe16)."
         )
-    return arch, num_pems
+    return arch, num_pems or None
 
 
 def create_segmentation_model(
@@ -509,74 +505,31 @@ def create_segmentation_model(
         progress=progress, **kwargs,
     )
     if not num_pems:
-        if named_pems == 0:
-            raise ValueError(f"{name!r} asks for 0 PEMs; use the plain name {arch!r} for a model without PEMs.")
         return model
     return add_segmentation_npe(model, num_pems, pem_type=pem_type, alpha=alpha, t=t)
 
 
-def _make_builder(arch: str, num_pems: int) -> Callable[..., nn.Module]:
-    """A torchvision-style builder (keyword-only, ``weights=None``) for ``<arch>_npe<num_pems>``."""
+def list_segmentation_models() -> list[str]:
+    """Names registered with torchvision by this module (``<arch>_npe<K>``)."""
+    return sorted(npe_model_name(arch, k) for arch in SEGMENTATION_ARCHITECTURES for k in REGISTERED_NUM_PEMS)
 
-    def builder(
-        *,
-        weights: Any = None,
-        progress: bool = True,
-        num_classes: Optional[int] = None,
-        pem_type: str = "linear",
-        alpha: float = DEFAULT_SEGMENTATION_ALPHA,
-        t: int = 1,
-        **kwargs: Any,
-    ) -> nn.Module:
-        return create_segmentation_model(
-            f"{arch}_npe{num_pems}", weights=weights, progress=progress, num_classes=num_classes,
-            pem_type=pem_type, alpha=alpha, t=t, **kwargs,
-        )
 
-    builder.__name__ = builder.__qualname__ = f"{arch}_npe{num_pems}"
-    builder.__module__ = __name__
-    builder.__doc__ = (
+def _builder_doc(name: str) -> str:
+    arch, num_pems = parse_npe_name(name)
+    return (
         f"torchvision-style builder for ``{arch}`` with {num_pems} PEM(s) (``pem_type`` linear/fcn/replica); "
         "``weights`` loads the base model's torchvision weights and keeps fresh PEMs; nothing downloads by default."
     )
-    weights_enum = SEGMENTATION_ARCHITECTURES[arch].weights_enum
-    if weights_enum is not None:  # lets torchvision.models.get_model_weights(name) find the base weights
-        builder.__annotations__ = {**builder.__annotations__, "weights": Optional[weights_enum]}
-    return builder
 
 
-def _register_with_torchvision(name: str, builder: Callable[..., nn.Module]) -> None:
-    """Add ``builder`` to torchvision's model registry through its private helper, failing clearly if that changed."""
-    try:
-        from torchvision.models import _api
-        registry, register = _api.BUILTIN_MODELS, _api.register_model
-    except (ImportError, AttributeError) as error:
-        raise ImportError(
-            "npe_models registers its segmentation models through torchvision.models._api.register_model / "
-            f"BUILTIN_MODELS, which this torchvision lacks ({error}). Use npe_models.create_segmentation_model, "
-            "or install a torchvision version supported by npe_models."
-        ) from error
-    existing = registry.get(name)
-    if existing is not None:
-        if getattr(existing, "__module__", None) != __name__:
-            raise RuntimeError(
-                f"torchvision already has a model named {name!r} (from {getattr(existing, '__module__', '?')}); "
-                "npe_models will not overwrite it. Rename or unregister the other model."
-            )
-        del registry[name]  # this module was imported again (e.g. importlib.reload): replace our own entry
-    register(name)(builder)
-    if _api.get_model_builder(name) is not builder:
-        raise RuntimeError(
-            f"registering {name!r} with torchvision did not make get_model find it; torchvision's private registry "
-            "changed. Use npe_models.create_segmentation_model instead."
-        )
+def _builder_annotations(name: str) -> dict[str, Any]:
+    """The base architecture's weights enum on ``weights``: ``torchvision.models.get_model_weights(name)`` reads it."""
+    weights_enum = SEGMENTATION_ARCHITECTURES[parse_npe_name(name)[0]].weights_enum
+    return {} if weights_enum is None else {"weights": Optional[weights_enum]}
 
 
-def list_segmentation_models() -> list[str]:
-    """Names registered with torchvision by this module (``<arch>_npe<K>``)."""
-    return sorted(f"{arch}_npe{k}" for arch in SEGMENTATION_ARCHITECTURES for k in REGISTERED_NUM_PEMS)
-
-
-for _arch in SEGMENTATION_ARCHITECTURES:
-    for _num_pems in REGISTERED_NUM_PEMS:
-        _register_with_torchvision(f"{_arch}_npe{_num_pems}", _make_builder(_arch, _num_pems))
+# the name says everything create_segmentation_model needs, so no variant has build arguments of its own
+register_variants(
+    {name: {} for name in list_segmentation_models()}, create_segmentation_model,
+    doc=_builder_doc, registry="torchvision", annotations=_builder_annotations,
+)

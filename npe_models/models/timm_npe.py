@@ -1,8 +1,10 @@
-"""NPE for any timm classifier: ``add_npe`` and registered ``<arch>_npe16`` ImageNet architectures.
+"""NPE for any timm classifier: ``add_npe``, ``create_npe_variant`` and the registered ``<arch>_npe16`` ImageNet models.
 
 ``add_npe`` replaces the classifier found by ``get_classifier()`` with an NPEHead and gives the
-model ``forward_train`` / ``npe_estimate``; ``pretrained=True`` on a registered variant loads
-the base architecture's weights into backbone and classifier and keeps fresh PEMs.
+model ``forward_train`` / ``npe_estimate``. Every registered ``<arch>_npe<K>`` classifier, the
+CIFAR ResNets' included, is built by ``create_npe_variant``: timm's ``<arch>`` with ``add_npe``
+applied. ``pretrained=True`` loads the variant's checkpoint, or (the ImageNet variants here) the
+base architecture's weights into backbone and classifier, with fresh PEMs.
 """
 from __future__ import annotations
 
@@ -12,24 +14,29 @@ from typing import Any, Callable, Optional
 
 import timm
 from torch import nn
-from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg
 
 from ..npe import NPEClassifierMixin, NPEHead, fill_missing_pem_params, validate_npe_args
+from ._bundled import verify_pretrained_file
+from ._registry import npe_model_name, register_variants
 
-__all__ = ["add_npe", "TIMM_NPE_BASES"]
+__all__ = ["add_npe", "create_npe_variant", "TIMM_NPE_BASES"]
 
 TIMM_NPE_BASES = ("resnet18", "resnet50", "convnext_tiny", "efficientnet_b0", "vit_small_patch16_224")
 _NUM_PEMS = 16
 
 
 class _NPETimmMixin(NPEClassifierMixin):
-    """Keeps the PEMs consistent when timm's ``reset_classifier`` replaces the classifier."""
+    """Keeps the model an NPE model when timm's ``reset_classifier`` replaces the classifier: fresh PEMs beside it."""
+
+    _pem_settings: tuple[int, int, float]
 
     def reset_classifier(self, num_classes: int, *args: Any, **kwargs: Any) -> None:
         head = self.get_classifier()
-        super().reset_classifier(num_classes, *args, **kwargs)
         if isinstance(head, NPEHead):
-            _wrap_classifier(self, head.num_pems, head.t, head.alpha)
+            self._pem_settings = (head.num_pems, head.t, head.alpha)
+        super().reset_classifier(num_classes, *args, **kwargs)
+        _wrap_classifier(self, *self._pem_settings)
 
 
 @functools.lru_cache(maxsize=None)
@@ -67,8 +74,9 @@ def _wrap_classifier(model: nn.Module, num_pems: int, t: int, alpha: float) -> N
 def add_npe(model: nn.Module, num_pems: int = 16, t: int = 1, alpha: float = 1.0) -> nn.Module:
     """Turn a timm classifier into an NPE model in place: its classifier becomes an NPEHead with ``num_pems`` PEMs.
 
-    The classifier keeps its weights; the model gains ``forward_train`` and ``npe_estimate``
-    and returns NPE-LA logits in eval mode. Returns the same model object.
+    The classifier keeps its weights; the model gains ``forward_train`` and ``npe_estimate``,
+    returns NPE-LA logits in eval mode, and ``reset_classifier`` gives a new classifier fresh
+    PEMs. Returns the same model object.
     """
     validate_npe_args(num_pems, t, alpha)
     if not all(hasattr(model, name) for name in ("get_classifier", "forward_features", "forward_head")):
@@ -80,14 +88,9 @@ def add_npe(model: nn.Module, num_pems: int = 16, t: int = 1, alpha: float = 1.0
         raise ValueError(f"{type(model).__name__} already has PEMs; add_npe applies once.")
     if not isinstance(model, NPEClassifierMixin):
         model.__class__ = _npe_class(type(model))
+    model._pem_settings = (num_pems, t, float(alpha))
     _wrap_classifier(model, num_pems, t, alpha)
     return model
-
-
-def _base_tag_cfg(base: str) -> tuple[str, dict[str, Any]]:
-    """The base architecture's default pretrained tag and cfg, re-used for its NPE variant."""
-    cfg = get_pretrained_cfg(base)
-    return cfg.tag or "", cfg.to_dict()
 
 
 def _base_filter_fn(base: str) -> Optional[Callable]:
@@ -96,46 +99,60 @@ def _base_filter_fn(base: str) -> Optional[Callable]:
     return getattr(module, "checkpoint_filter_fn", None)
 
 
-def _create_npe_variant(base: str, variant: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    npe_t = kwargs.pop("npe_t", 1)
-    npe_alpha = kwargs.pop("npe_alpha", 1.0)
+def create_npe_variant(
+    variant: str,
+    pretrained: bool = False,
+    *,
+    base: str,
+    num_pems: int,
+    npe_t: int = 1,
+    npe_alpha: float = 1.0,
+    feature_cfg: Optional[dict[str, Any]] = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build the registered ``variant``: ``timm.create_model(base, **kwargs)`` with ``add_npe(num_pems, t, alpha)``.
+
+    ``npe_t`` / ``npe_alpha`` are the PEM sign convention and NPE-LA strength under the names
+    they take among timm's arguments; ``feature_cfg`` is the base family's ``features_only``
+    cfg. ``pretrained=True`` loads the variant's pretrained cfg, converted by the base family's
+    checkpoint filter, with fresh PEMs where it has none.
+    """
+    if pretrained:
+        verify_pretrained_file(variant, kwargs)
     base_filter = _base_filter_fn(base)
 
     def build(**model_kwargs: Any) -> nn.Module:
-        return add_npe(timm.create_model(base, **model_kwargs), _NUM_PEMS, t=npe_t, alpha=npe_alpha)
+        return add_npe(timm.create_model(base, **model_kwargs), num_pems, t=npe_t, alpha=npe_alpha)
 
     def filter_fn(state_dict: dict, model: nn.Module) -> dict:
         if base_filter is not None:
             state_dict = base_filter(state_dict, model)
         return fill_missing_pem_params(state_dict, model)
 
-    return build_model_with_cfg(build, variant, pretrained, pretrained_filter_fn=filter_fn, **kwargs)
-
-
-def _make_entrypoint(base: str) -> Callable[..., nn.Module]:
-    variant = f"{base}_npe{_NUM_PEMS}"
-
-    def entrypoint(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-        return _create_npe_variant(base, variant, pretrained, **kwargs)
-
-    entrypoint.__name__ = entrypoint.__qualname__ = variant
-    entrypoint.__module__ = __name__
-    entrypoint.__doc__ = f"timm ``{base}`` with {_NUM_PEMS} PEMs; ``pretrained=True`` loads ``{base}`` weights and fresh PEMs."
-    return entrypoint
+    return build_model_with_cfg(
+        build, variant, pretrained, pretrained_filter_fn=filter_fn, feature_cfg=dict(feature_cfg or {}), **kwargs
+    )
 
 
 def _variant_cfgs() -> dict[str, dict[str, Any]]:
+    """Each ImageNet variant takes its base's default pretrained tag and cfg (the base's weights, fresh PEMs)."""
     cfgs = {}
     for base in TIMM_NPE_BASES:
-        tag, cfg = _base_tag_cfg(base)
-        cfg.pop("tag", None)
+        cfg = get_pretrained_cfg(base).to_dict()
+        tag = cfg.pop("tag", None)
         cfg.pop("architecture", None)
-        cfgs[f"{base}_npe{_NUM_PEMS}.{tag}" if tag else f"{base}_npe{_NUM_PEMS}"] = cfg
+        cfgs[".".join(filter(None, (npe_model_name(base, _NUM_PEMS), tag)))] = cfg
     return cfgs
+
+
+def _imagenet_doc(name: str, base: str, num_pems: int) -> str:
+    return f"timm ``{base}`` with {num_pems} PEMs; ``pretrained=True`` loads ``{base}`` weights and fresh PEMs."
 
 
 default_cfgs = generate_default_cfgs(_variant_cfgs())
 
-for _base in TIMM_NPE_BASES:
-    _entrypoint = _make_entrypoint(_base)
-    setattr(sys.modules[__name__], _entrypoint.__name__, register_model(_entrypoint))
+register_variants(
+    {npe_model_name(base, _NUM_PEMS): dict(base=base, num_pems=_NUM_PEMS) for base in TIMM_NPE_BASES},
+    create_npe_variant,
+    doc=_imagenet_doc,
+)
