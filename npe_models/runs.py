@@ -404,8 +404,8 @@ class TrainingLoop(ABC):
     """One training run over ``total`` units (epochs or iterations) in ``run_dir`` (or in memory, without one).
 
     :meth:`run` resumes from the checkpoint, writes ``config.json``, trains unit after unit, logs
-    and checkpoints them, and finishes. The task supplies the state to checkpoint, the training of
-    one unit (with its log record), when to log and checkpoint, and the final files. Only the main
+    and checkpoints them, and finishes. The task supplies what to checkpoint, the training of one
+    unit (with its log record), when to log and checkpoint, and the final files. Only the main
     process (``is_main``) writes.
     """
 
@@ -421,12 +421,8 @@ class TrainingLoop(ABC):
         self.saved = 0  # units completed at the last checkpoint
 
     @abstractmethod
-    def state_dict(self) -> dict[str, Any]:
-        """What a checkpoint holds besides the unit count, the RNG state and the settings."""
-
-    @abstractmethod
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from a checkpoint's state."""
+    def checkpointed(self) -> dict[str, Any]:
+        """The objects (model, optimiser, ...) whose ``state_dict`` a checkpoint holds, by name."""
 
     @abstractmethod
     def train_unit(self, index: int) -> dict[str, Any]:
@@ -467,7 +463,8 @@ class TrainingLoop(ABC):
         if not path.is_file():
             return 0
         state = load_training_state(path)
-        self.load_state_dict(state)
+        for name, part in self.checkpointed().items():
+            part.load_state_dict(state[name])
         restore_rng_state(state["rng"])
         self.saved = int(state[self.unit])
         logger.info("resuming %s after %s %d of %d", self.run_dir, self.unit, self.saved, self.total)
@@ -485,8 +482,8 @@ class TrainingLoop(ABC):
         if self.log_due(done):
             append_jsonl(self.run_dir / LOG_FILE, record)
         if self.checkpoint_due(done):
-            state = {**self.state_dict(), self.unit: done, "rng": capture_rng_state(),
-                     "config": self.config.to_dict(), "task": self.task}
+            state = {**{name: part.state_dict() for name, part in self.checkpointed().items()}, self.unit: done,
+                     "rng": capture_rng_state(), "config": self.config.to_dict(), "task": self.task}
             save_training_state(self.run_dir / CHECKPOINT_FILE, state)
             self.saved = done
 

@@ -197,13 +197,11 @@ class _ToyLoop(TrainingLoop):
                  explode_at: Optional[int] = None) -> None:
         super().__init__(config, run_dir, config.steps)
         torch.manual_seed(0)
-        self.value, self.stop_at, self.explode_at = torch.tensor(5.0), stop_at, explode_at
+        self.model, self.stop_at, self.explode_at = nn.Module(), stop_at, explode_at
+        self.model.register_buffer("value", torch.tensor(5.0))
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"value": self.value}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.value = state["value"].clone()
+    def checkpointed(self) -> dict[str, Any]:
+        return {"model": self.model}
 
     def checkpoint_due(self, done: int) -> bool:
         return done % 2 == 0 or done == self.total
@@ -211,14 +209,15 @@ class _ToyLoop(TrainingLoop):
     def train_unit(self, index: int) -> dict[str, Any]:
         if index == self.stop_at:
             raise KeyboardInterrupt
-        loss = self.value ** 2 * (float("nan") if index == self.explode_at else 1.0)
+        value = self.model.value
+        loss = value ** 2 * (float("nan") if index == self.explode_at else 1.0)
         if not torch.isfinite(loss):
             raise self.non_finite(index, loss.item())
-        self.value = self.value - self.config.lr * (2 * self.value + torch.randn(()))
+        value -= self.config.lr * (2 * value + torch.randn(()))
         return {"step": index + 1, "loss": loss.item()}
 
     def finish(self, record: Optional[dict[str, Any]]) -> float:
-        return float(self.value)
+        return float(self.model.value)
 
 
 def test_training_loop_resumes_exactly_and_drops_log_records_after_the_checkpoint(tmp_path: Path) -> None:

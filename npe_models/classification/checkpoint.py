@@ -19,19 +19,9 @@ from ..runs import load_training_state as load_checkpoint
 from .config import TrainConfig, num_pems_of
 
 __all__ = [
-    "CONFIG_FILE",
-    "LOG_FILE",
-    "CHECKPOINT_FILE",
-    "WEIGHTS_FILE",
-    "METRICS_FILE",
-    "atomic_write",
-    "write_json",
-    "load_checkpoint",
-    "save_weights",
-    "build_model",
-    "load_trained_model",
-    "read_saved_config",
-    "check_num_classes",
+    "save_weights", "build_model", "load_trained_model", "read_saved_config", "check_num_classes", "load_checkpoint",
+    # the run folder's names, from npe_models.runs, importable from here as before
+    "CONFIG_FILE", "LOG_FILE", "CHECKPOINT_FILE", "WEIGHTS_FILE", "METRICS_FILE", "atomic_write", "write_json",
 ]
 
 PathLike = Union[str, Path]

@@ -88,14 +88,8 @@ class _SegmentationRun(TrainingLoop):
         torch.manual_seed(train.seed)  # dropout draws from the global generator (a resumed run restores its state)
         set_train_mode(model, frozen)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "batches": self.batches.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.batches.load_state_dict(state["batches"])
+    def checkpointed(self) -> dict[str, Any]:
+        return {"model": self.model, "optimizer": self.optimizer, "batches": self.batches}
 
     def log_due(self, done: int) -> bool:
         return done % self.config.train.log_every == 0 or done == self.total
