@@ -50,6 +50,7 @@ __all__ = [
     "UNetBackbone",
     "add_segmentation_npe",
     "create_segmentation_model",
+    "is_segmentation_model",
     "list_segmentation_models",
     "parse_segmentation_model_name",
     "unet_fcn",
@@ -473,6 +474,15 @@ def parse_segmentation_model_name(name: str) -> tuple[str, Optional[int]]:
             "optionally followed by _npe<K> (e.g. deeplabv3_resnet50_npe16)."
         )
     return arch, num_pems or None
+
+
+def is_segmentation_model(name: str) -> bool:
+    """Whether ``name`` is a segmentation model this package builds (``unet_fcn``, ``deeplabv3_resnet50_npe16``, ...)."""
+    try:
+        parse_segmentation_model_name(name)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def create_segmentation_model(

@@ -1,0 +1,180 @@
+"""The options of each ``npe-models`` subcommand, grouped by task; :mod:`npe_models.cli` dispatches them.
+
+Options shared by both tasks (data, hardware, optimisation, NPE) are defined once; each task adds
+its own group, so no option is defined twice and one spelling has one meaning.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_train_arguments", "add_evaluate_arguments", "add_export_arguments", "add_list_arguments"]
+
+CLASSIFICATION_DATASETS = ("cifar10", "cifar100")
+SEGMENTATION_DATASETS = ("stare",)
+EPILOG_TRAIN = """examples:
+  npe-models train --model resnet32_npe16 --data-dir ../shared/data --out runs/npe16_hp2   # NPE(16), HP-2
+  npe-models train --model resnet32 --method la --tau 1 --out runs/la_hp2                  # logit-adjusted loss
+  npe-models train --method crt --init runs/ce_hp2 --out runs/crt_hp2                      # cRT from a CE run
+  npe-models train --out runs/npe16_hp2 --resume                                           # continue a run
+  npe-models train --model unet_fcn_npe1 --init runs/unet --freeze-decode-head --out runs/unet_npe1  # STARE
+  torchrun --nproc_per_node 2 -m npe_models.cli train --model resnet32_npe16 --out runs/ddp
+"""
+EPILOG_EVALUATE = """examples:
+  npe-models evaluate runs/npe16_hp2                  # a run directory (final or latest weights)
+  npe-models evaluate runs/npe16_hp2/checkpoint.pt --merge
+  npe-models evaluate runs/ce_hp2 --posthoc-tau 1     # also score post-hoc logit adjustment
+  npe-models evaluate resnet32_npe16.cifar10_lt_r100_hp2 --pretrained
+  npe-models evaluate runs/unet_npe1 --alpha 0 1 0.2  # segmentation: several NPE-LA strengths in one pass
+"""
+
+
+def _size(text: str) -> tuple[int, int]:
+    """argparse type for ``128`` or ``128x96`` (height x width)."""
+    parts = text.lower().split("x")
+    if len(parts) not in (1, 2) or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"expected a size like 128 or 128x96, got {text!r}")
+    return int(parts[0]), int(parts[-1])
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    """argparse type for ``KEY=VALUE``: VALUE read as JSON when it parses (numbers, booleans), else a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _add_data_and_hardware(parser: argparse.ArgumentParser) -> None:
+    data = parser.add_argument_group("data and hardware")
+    data.add_argument("--dataset", choices=CLASSIFICATION_DATASETS + SEGMENTATION_DATASETS,
+                      help="data set (default: cifar10 for classifiers, stare for segmentation, or the run's)")
+    data.add_argument("--data-dir", help="folder with the data sets (default: $NPE_DATA_DIR, else ./data)")
+    data.add_argument("--download", action="store_true", default=None, help="download CIFAR with torchvision")
+    data.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: auto)")
+    data.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="bfloat16 autocast")
+    data.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                      help="channels-last memory format (default: on for training)")
+    data.add_argument("--eval-batch-size", type=int, help="evaluation batch size (default: 500)")
+    data.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_train_arguments(train: argparse.ArgumentParser) -> None:
+    """Options of ``train``: the run, shared data/hardware/optimisation/NPE groups, then each task's group."""
+    train.add_argument("--model", help="timm or segmentation model, e.g. resnet32_npe16, resnet32, unet_fcn_npe1")
+    train.add_argument("--out", required=True, help="run directory (config.json, log.jsonl, checkpoint.pt, results)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    _add_data_and_hardware(train)
+    optim = train.add_argument_group("optimisation (defaults from the task's recipe)")
+    optim.add_argument("--batch-size", type=int, help="global batch size (split over torchrun processes)")
+    optim.add_argument("--lr", type=float, help="initial SGD learning rate")
+    optim.add_argument("--momentum", type=float, help="SGD momentum (default: 0.9)")
+    optim.add_argument("--weight-decay", type=float, help="L2 weight decay on every parameter")
+    optim.add_argument("--schedule", "--lr-schedule", dest="schedule", choices=("step", "cosine", "multistep", "poly"),
+                       help="lr schedule: step/cosine (classification), multistep/poly (segmentation)")
+    optim.add_argument("--milestones", type=int, nargs="*", help="epochs (iterations) at which lr is multiplied by --gamma")
+    optim.add_argument("--gamma", type=float, help="step schedule factor (default: 0.1)")
+    optim.add_argument("--seed", type=int, help="random seed (default: 0)")
+    optim.add_argument("--deterministic", action="store_true", default=None, help="deterministic kernels")
+    npe = train.add_argument_group("NPE and initialisation")
+    npe.add_argument("--alpha", "--npe-alpha", dest="npe_alpha", type=float,
+                     help="NPE-LA strength stored in the model (default: 1 classification, 0.1 segmentation)")
+    npe.add_argument("--npe-t", type=int, choices=(0, 1), help="PEM sign convention t (default: 1)")
+    npe.add_argument("--init", help="trained run directory or weights to start from (crt, posthoc_la, frozen PEMs)")
+    cls = train.add_argument_group("classification (long-tailed CIFAR)")
+    cls.add_argument("--method", choices=("ce", "la", "posthoc_la", "crt", "npe"), help="default: npe with PEMs, else ce")
+    cls.add_argument("--recipe", choices=("hp1", "hp2"), help="hyperparameter recipe of the paper (default: hp2)")
+    cls.add_argument("--epochs", type=int, help="training epochs (default: the recipe's)")
+    cls.add_argument("--rho", type=float, help="imbalance ratio, largest / smallest class (default: 100)")
+    cls.add_argument("--max-per-class", type=int, help="images in the largest class (default: all)")
+    cls.add_argument("--tau", type=float, help="logit-adjustment strength of la and posthoc_la (default: 1)")
+    cls.add_argument("--eval-every", type=int, help="test every N epochs, 0 for the last only (default: 10)")
+    seg = train.add_argument_group("segmentation (STARE)")
+    seg.add_argument("--num-pems", type=int, help="PEMs for a plain architecture name (default: from the name)")
+    seg.add_argument("--pem-type", choices=("linear", "fcn", "replica"), help="PEM architecture (default: linear)")
+    seg.add_argument("--num-classes", type=int, help="default: the data set's class count")
+    seg.add_argument("--aux-loss", action="store_true", default=None, help="add the auxiliary FCN head")
+    seg.add_argument("--model-arg", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+                     help="extra builder argument, e.g. base_channels=32 for unet_fcn (repeatable)")
+    seg.add_argument("--weights", help="torchvision weights of the base model, e.g. DEFAULT (downloads)")
+    seg.add_argument("--weights-backbone", help="torchvision backbone weights, e.g. IMAGENET1K_V1 (downloads)")
+    seg.add_argument("--annotation", choices=("ah", "vk"), help="STARE training masks (default: ah)")
+    seg.add_argument("--iterations", type=int, help="SGD steps (default: 600)")
+    seg.add_argument("--crop-size", type=_size, help="random training crop, e.g. 128 or 128x96 (default: 128)")
+    seg.add_argument("--aux-weight", type=float, help="auxiliary loss weight (default: 0.4)")
+    seg.add_argument("--freeze-backbone", action=argparse.BooleanOptionalAction, default=None,
+                     help="freeze the backbone, BatchNorm in eval mode (default: on)")
+    seg.add_argument("--freeze-decode-head", action="store_true", default=None, help="also freeze the decode heads")
+    seg.add_argument("--no-flip", dest="flip", action="store_false", default=None, help="no random horizontal flips")
+    seg.add_argument("--checkpoint-every", type=int, help="iterations between checkpoints (default: 100)")
+
+
+def add_evaluate_arguments(evaluate: argparse.ArgumentParser) -> None:
+    """Options of ``evaluate``: the source, shared data/hardware options, then each task's group."""
+    evaluate.add_argument("source", help="run directory, checkpoint.pt / .safetensors, model name[.tag] or Hub folder")
+    evaluate.add_argument("--pretrained", action="store_true", help="load the named model's pretrained weights")
+    evaluate.add_argument("--merge", action="store_true", help="fold the PEMs into the classifier first")
+    evaluate.add_argument("--model", help="model name, for .safetensors weights that do not record it")
+    evaluate.add_argument("--alpha", type=float, nargs="+",
+                          help="NPE-LA strength (segmentation: several, 0 = main logits; default: the model's)")
+    evaluate.add_argument("--out", help="output folder (default: RUN/eval, or ./eval/<name>)")
+    _add_data_and_hardware(evaluate)
+    cls = evaluate.add_argument_group("classification (long-tailed CIFAR)")
+    cls.add_argument("--rho", type=float, help="imbalance ratio of the training set (default: the run's)")
+    cls.add_argument("--max-per-class", type=int, help="largest training class size (default: the run's)")
+    cls.add_argument("--posthoc-tau", type=float, help="also score post-hoc LA, logits - tau * log prior")
+    cls.add_argument("--sets", nargs="+", choices=("full", "exact", "jpeg_twins"), help="test sets (default: all)")
+    seg = evaluate.add_argument_group("segmentation (STARE)")
+    seg.add_argument("--split", choices=("train", "val"), help="STARE images to score (default: val)")
+    seg.add_argument("--annotation", nargs="+", choices=("ah", "vk"), help="masks to score against (default: ah vk)")
+    seg.add_argument("--mode", choices=("whole", "slide"), help="whole-image or sliding-window (default: slide)")
+    seg.add_argument("--crop-size", type=_size, help="slide window (default: 128)")
+    seg.add_argument("--stride", type=_size, help="slide stride (default: 85)")
+    seg.add_argument("--overlays", type=int, default=0, help="overlay PNGs for the first N images")
+
+
+def add_export_arguments(onnx: argparse.ArgumentParser, hub: argparse.ArgumentParser) -> None:
+    """Options of ``export onnx`` and ``export hub``: the model to load, then each format's own."""
+    for parser in (onnx, hub):
+        parser.add_argument("model", help="registered name[.tag], run directory, weights file, Hub folder, "
+                            "local-dir:DIR or hf-hub:ORG/NAME")
+        parser.add_argument("--num-classes", type=int, help="class count for a registered name")
+        parser.add_argument("--pem-type", choices=("linear", "fcn", "replica"), help="PEMs of a segmentation name")
+        parser.add_argument("--pretrained", action="store_true", help="load the registered name's pretrained weights")
+        parser.add_argument("--weights", type=Path, help="weights for a registered name (.safetensors or state dict)")
+        parser.add_argument("--alpha", type=float, help="NPE-LA strength to export with (default: the model's)")
+        parser.add_argument("--label-names", type=Path, help="class names: JSON list or one name per line")
+    onnx.add_argument("-o", "--output", type=Path, help="ONNX file to write (default: <model>.onnx)")
+    onnx.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"), help="example input size")
+    onnx.add_argument("--no-merge", dest="merge", action="store_false", help="export the unmerged NPE-LA graph")
+    onnx.add_argument("--dynamic-size", action=argparse.BooleanOptionalAction, default=None,
+                      help="dynamic height and width (default: on for segmentation)")
+    onnx.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 18)")
+    onnx.add_argument("--check", action="store_true", help="compare with ONNX Runtime after exporting")
+    hub.add_argument("-o", "--output-dir", type=Path, help="folder to write (config, weights, card)")
+    hub.add_argument("--repo-id", help="ORG/NAME on the Hugging Face Hub (usage snippet; target of --push)")
+    hub.add_argument("--push", action="store_true", help="upload to --repo-id (token: HF_TOKEN or --token)")
+    hub.add_argument("--token", help="Hugging Face token (default: huggingface_hub's stored one)")
+    hub.add_argument("--private", action="store_true", help="create the Hub repository as private")
+    hub.add_argument("--merge", action="store_true", help="fold the PEMs in and save the deployment form")
+    hub.add_argument("--metric", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+                     help="evaluation result for the card, e.g. top1=80.1 (repeatable)")
+    hub.add_argument("--dataset", help="readable name of the evaluation data, e.g. 'CIFAR-10 test set'")
+    hub.add_argument("--dataset-id", help="Hub dataset id of the evaluation data, e.g. cifar10")
+    hub.add_argument("--split", default="test", help="evaluation split (default: test)")
+    hub.add_argument("--recipe", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+                     help="training setting for the card, e.g. epochs=200 (repeatable)")
+    hub.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+
+
+
+
+def add_list_arguments(listing: argparse.ArgumentParser) -> None:
+    """Options of ``list``."""
+    listing.add_argument("filter", nargs="?", help="wildcard filter, e.g. 'resnet32*'")
+    listing.add_argument("--pretrained", action="store_true", help="list pretrained tags only")
