@@ -37,9 +37,14 @@ from npe_models.segmentation import (
     segmentation_loss_terms,
     set_train_mode,
 )
-from npe_models.segmentation.cli import main as segmentation_cli
+from npe_models.cli import main as npe_models_cli
 
 STARE_ALPHAS = ("0", "1", "0.5", "0.2", "0.1")
+
+
+def _resume(run: Path) -> list[str]:
+    """``--resume`` for a run that has started (resuming a run that has not is an error)."""
+    return ["--resume"] if (run / "config.json").is_file() else []
 
 
 def _interleaved(fns: dict[str, Callable[[], None]], rounds: int) -> dict[str, dict[str, list[float]]]:
@@ -188,15 +193,15 @@ def bench_stare(args: argparse.Namespace) -> None:
     model = ["--model-arg", f"base_channels={args.base_channels}", "--aux-loss"]
     steps = [
         ["train", "--model", "unet_fcn", *model, "--no-freeze-backbone", "--iterations", str(args.baseline_iterations),
-         "--lr-schedule", "poly", "--lr", "0.03", "--out", str(baseline), "--resume", *common],
+         "--lr-schedule", "poly", "--lr", "0.03", "--out", str(baseline), *_resume(baseline), *common],
         ["train", "--model", "unet_fcn_npe1", *model, "--freeze-decode-head", "--iterations", "600", "--lr", "0.01",
-         "--milestones", "200", "400", "--init", str(baseline), "--out", str(npe), "--resume", *common],
+         "--milestones", "200", "400", "--init", str(baseline), "--out", str(npe), *_resume(npe), *common],
         ["evaluate", str(npe), "--mode", "slide", "--crop-size", "128", "--stride", "85",
          "--alpha", *STARE_ALPHAS, "--overlays", "2", *common],
     ]
     for argv in steps:
-        print("$ python -m npe_models.segmentation.cli " + " ".join(argv), flush=True)
-        if segmentation_cli(argv) != 0:
+        print("$ npe-models " + " ".join(argv), flush=True)
+        if npe_models_cli(argv) != 0:
             raise SystemExit(f"step failed: {argv[0]}")
     report = json.loads((npe / "eval" / "metrics.json").read_text())["results"]
     _stare_table("STARE validation, 'ah' masks (8 images)", report["ah"])

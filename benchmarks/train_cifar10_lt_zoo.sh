@@ -14,8 +14,10 @@ common=(--dataset cifar10 --data-dir "${NPE_DATA_DIR:-../shared/data}" --determi
 
 run() {  # run NAME SEED ARGS...: train (or resume, or skip when finished) one run
   local name=$1 seed=$2; shift 2
+  local resume=()
+  [[ -f "$out/$name/config.json" ]] && resume=(--resume)  # resuming a run that never started is an error
   echo "=== $(date -u +%FT%TZ) $name"
-  npe-models train "${common[@]}" --seed "$seed" --out "$out/$name" --resume "$@"
+  npe-models train "${common[@]}" --seed "$seed" --out "$out/$name" "${resume[@]}" "$@"
 }
 
 method_runs() {  # method_runs RHO RECIPE SEED SUFFIX: NPE(16), CE, LA, NPE(1), then cRT and post-hoc LA

@@ -93,7 +93,8 @@ def _train_segmentation(args: argparse.Namespace) -> int:
     config = resolve_segmentation_config(args.out, args.resume, **given, **settings)
     record = train_run(config, args.out, data_dir=args.data_dir or _default_data_dir(), resume=args.resume,
                        device=args.device or "auto", progress=_progress(args))
-    print(f"finished {record['iteration']} iterations; last loss {record['loss']:.4g}")
+    last = f"; last loss {record['loss']:.4g}" if record else ""
+    print(f"finished {config.train.iterations} iterations{last}")
     print(f"weights: {Path(args.out) / 'model.safetensors'}")
     return 0
 

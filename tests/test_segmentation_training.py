@@ -1,7 +1,6 @@
 """Segmentation training and evaluation: frozen parts, resuming, crops, metrics, sliding windows, several alphas."""
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 from collections import OrderedDict
@@ -30,7 +29,7 @@ from npe_models.segmentation import (
     set_train_mode,
     train_segmentation,
 )
-from npe_models.segmentation.cli import add_evaluate_arguments, add_train_arguments, is_segmentation_model
+from npe_models.models import is_segmentation_model
 
 
 class _Blobs(Dataset):
@@ -244,21 +243,6 @@ def test_several_alphas_in_one_pass_match_the_models_own_output(tmp_path: Path) 
 def test_is_segmentation_model() -> None:
     assert is_segmentation_model("unet_fcn") and is_segmentation_model("deeplabv3_resnet50_npe16")
     assert not is_segmentation_model("resnet32_npe16") and not is_segmentation_model("unet_fcn_npe")
-
-
-def test_cli_hooks_reuse_options_a_shared_parser_already_defines() -> None:
-    parser = argparse.ArgumentParser()
-    for flag in ("--model", "--out", "--lr", "--init", "--npe-alpha"):  # shared / another task's options
-        parser.add_argument(flag)
-    parser.add_argument("--milestones", type=int, nargs="*")
-    add_train_arguments(parser)
-    args = parser.parse_args(["--model", "unet_fcn_npe1", "--out", "run", "--milestones", "5", "9",
-                              "--lr-schedule", "poly", "--crop-size", "64x48", "--model-arg", "base_channels=8"])
-    assert args.milestones == [5, 9] and args.crop_size == (64, 48) and args.model_arg == [("base_channels", 8)]
-    evaluate = argparse.ArgumentParser()
-    evaluate.add_argument("source")
-    add_evaluate_arguments(evaluate)
-    assert evaluate.parse_args(["run", "--alpha", "0", "0.1"]).alpha == [0.0, 0.1]
 
 
 def test_non_finite_loss_stops_training_with_a_clear_error() -> None:
