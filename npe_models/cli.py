@@ -26,18 +26,15 @@ from ._cli_args import (
     add_list_arguments,
     add_train_arguments,
 )
-from .classification import TrainConfig, resolve_train_config, train
-from .classification.evaluate import evaluate_run as evaluate_classifier_run
-from .classification.evaluate import format_metrics
+from . import classification, segmentation
+from .classification import TrainConfig, format_metrics, resolve_train_config, train
 from .hub import push_to_hub, save_for_hub
 from .loading import load_model, read_label_names, source_kind
 from .models import is_segmentation_model, list_registered
 from .npe import set_alpha
 from .onnx import check_parity, export_onnx, format_parity, onnx_summary
 from .runs import NonFiniteLossError, run_task
-from .segmentation import SegmentationModelConfig, SegmentationTrainConfig, resolve_segmentation_config, train_run
-from .segmentation.evaluation import evaluate_run as evaluate_segmentation_run
-from .segmentation.metrics import format_metrics_table
+from .segmentation import SegmentationModelConfig, SegmentationTrainConfig, format_metrics_table
 
 __all__ = ["main", "build_parser"]
 
@@ -62,6 +59,10 @@ def _given(args: argparse.Namespace, config_cls: type) -> dict[str, Any]:
     names = {field.name for field in dataclasses.fields(config_cls)}
     return {name: value for name, value in vars(args).items() if name in names and value is not None}
 
+
+def _set(**options: Any) -> dict[str, Any]:
+    """The options that were given (not None), so the library's defaults apply to the rest."""
+    return {name: value for name, value in options.items() if value is not None}
 
 
 def _is_segmentation_run(args: argparse.Namespace) -> bool:
@@ -90,14 +91,13 @@ def _train_segmentation(args: argparse.Namespace) -> int:
     settings = dict(model=args.model, alpha=args.npe_alpha, t=args.npe_t, model_kwargs=dict(args.model_arg) or None,
                     dataset=args.dataset, annotation=args.annotation, init=args.init, weights=args.weights,
                     weights_backbone=args.weights_backbone)
-    config = resolve_segmentation_config(args.out, args.resume, **given, **settings)
-    record = train_run(config, args.out, data_dir=args.data_dir or _default_data_dir(), resume=args.resume,
-                       device=args.device or "auto", progress=_progress(args))
+    config = segmentation.resolve_segmentation_config(args.out, args.resume, **given, **settings)
+    record = segmentation.train_run(config, args.out, data_dir=args.data_dir or _default_data_dir(),
+                                    resume=args.resume, device=args.device or "auto", progress=_progress(args))
     last = f"; last loss {record['loss']:.4g}" if record else ""
     print(f"finished {config.train.iterations} iterations{last}")
     print(f"weights: {Path(args.out) / 'model.safetensors'}")
     return 0
-
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -108,24 +108,24 @@ def _evaluate(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else _evaluation_dir(args.source)
     about = {"source": args.source, "merged": bool(args.merge)}
     if loaded.task == "segmentation":
-        results = evaluate_segmentation_run(
+        results = segmentation.evaluate_run(
             model, loaded.segmentation_config, out, data_dir=args.data_dir or _default_data_dir(),
-            split=args.split or "val", annotations=args.annotation or ("ah", "vk"), alphas=args.alpha,
-            mode=args.mode or "slide", crop_size=args.crop_size or (128, 128), stride=args.stride or (85, 85),
-            overlays=args.overlays, device=args.device or "auto", progress=_progress(args), about=about,
+            overlays=args.overlays, progress=_progress(args), about=about, **_set(
+                split=args.split, annotations=args.annotation, alphas=args.alpha, mode=args.mode,
+                crop_size=args.crop_size, stride=args.stride, device=args.device),
         )
         for annotation, table in results.items():
-            print(format_metrics_table(f"\n{args.split or 'val'} images, '{annotation}' masks", table))
+            print(format_metrics_table(f"\n'{annotation}' masks", table))
     else:
         if args.alpha is not None:
             set_alpha(model, _one_alpha(args.alpha))
-        metrics = evaluate_classifier_run(
+        metrics = classification.evaluate_run(
             model, out, dataset=args.dataset or loaded.dataset, rho=args.rho or loaded.rho,
             max_per_class=args.max_per_class or loaded.max_per_class,
-            data_dir=args.data_dir or loaded.data_dir or _default_data_dir(), download=bool(args.download),
-            device=args.device or "auto", batch_size=args.eval_batch_size or 500, posthoc_tau=args.posthoc_tau,
-            sets=args.sets, channels_last=bool(args.channels_last), amp=bool(args.amp), about=about,
-            title=f"{loaded.name}{' merged' if args.merge else ''}",
+            data_dir=args.data_dir or loaded.data_dir or _default_data_dir(), posthoc_tau=args.posthoc_tau,
+            sets=args.sets, about=about, title=f"{loaded.name}{' merged' if args.merge else ''}", **_set(
+                download=args.download, device=args.device, batch_size=args.eval_batch_size,
+                channels_last=args.channels_last, amp=args.amp),
         )
         print(format_metrics(metrics))
     print(f"metrics and plots: {out}")
@@ -144,7 +144,6 @@ def _evaluation_dir(source: str) -> Path:
     if path.is_dir():
         return path / "eval"
     return path.parent / "eval" if path.is_file() else Path("eval") / source.replace(":", "_").replace("/", "_")
-
 
 
 def _load_for_export(args: argparse.Namespace):
@@ -192,7 +191,6 @@ def _list(args: argparse.Namespace) -> int:
         print(title)
         print("\n".join(f"  {name:<45} {summary}" for name, summary in rows) or "  none match.")
     return 0
-
 
 
 def build_parser() -> argparse.ArgumentParser:

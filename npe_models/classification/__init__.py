@@ -2,7 +2,7 @@
 the training loop with checkpoints and resumption, evaluation metrics and plots."""
 from .checkpoint import build_model, load_checkpoint, load_trained_model, save_weights
 from .config import METHODS, RECIPES, TrainConfig, num_pems_of, resolve_config, resolve_train_config
-from .evaluate import classification_metrics, evaluate_model, predict, prior_diagnostics, summary
+from .evaluate import classification_metrics, evaluate_model, evaluate_run, format_metrics, predict, prior_diagnostics, summary
 from .plots import save_evaluation_plots
 from .train import NonFiniteLossError, TrainResult, train
 
@@ -15,6 +15,8 @@ __all__ = [
     "build_model",
     "classification_metrics",
     "evaluate_model",
+    "evaluate_run",
+    "format_metrics",
     "load_checkpoint",
     "load_trained_model",
     "num_pems_of",

@@ -13,9 +13,9 @@ from .config import (
     resolve_segmentation_config,
     segmentation_model_config,
 )
-from .evaluation import EVAL_MODES, evaluate_segmentation, overlay_panels, predict_logits
+from .evaluation import EVAL_MODES, evaluate_run, evaluate_segmentation, overlay_panels, predict_logits
 from .losses import DEFAULT_IGNORE_INDEX, dense_npe_loss, segmentation_loss_terms
-from .metrics import SegmentationMetrics, confusion_matrix
+from .metrics import SegmentationMetrics, confusion_matrix, format_metrics_table
 from .sampling import RandomCropBatches, normalize_images
 from .training import freeze_model_parts, has_pems, segmentation_dataset, set_train_mode, train_run, train_segmentation
 
@@ -30,7 +30,9 @@ __all__ = [
     "SegmentationTrainConfig",
     "confusion_matrix",
     "dense_npe_loss",
+    "evaluate_run",
     "evaluate_segmentation",
+    "format_metrics_table",
     "freeze_model_parts",
     "has_pems",
     "load_segmentation_model",
