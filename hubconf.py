@@ -14,6 +14,7 @@ import timm as _timm
 import torchvision as _torchvision
 
 import npe_models as _npe_models
+from npe_models.loading import require_pretrained_weights as _require_pretrained_weights
 from npe_models.models.segmentation import list_segmentation_models as _list_segmentation_models
 
 dependencies = ["torch", "torchvision", "timm", "huggingface_hub", "safetensors"]
@@ -25,19 +26,10 @@ def _named(entrypoint, name: str, doc: str):
     return entrypoint
 
 
-def _require_default_weights(name: str) -> None:
-    """A clear error instead of timm's warning and random weights when ``name`` has no default weights."""
-    cfg = _timm.models.get_pretrained_cfg(name)
-    if cfg is None or not cfg.has_weights:
-        tags = _timm.list_pretrained(f"{name}.*")
-        hint = f"pass pretrained_cfg='<tag>' for one of {tags}" if tags else "use pretrained=False"
-        raise ValueError(f"{name} has no default pretrained weights; {hint}.")
-
-
 def _classifier_entrypoint(name: str):
     def entrypoint(pretrained: bool = False, **kwargs):
         if pretrained and not {"pretrained_cfg", "pretrained_cfg_overlay"} & kwargs.keys():
-            _require_default_weights(name)
+            _require_pretrained_weights(name)  # a clear error instead of timm's warning and random weights
         return _timm.create_model(name, pretrained=pretrained, **kwargs)
 
     doc = _timm.models.model_entrypoint(name).__doc__.strip()

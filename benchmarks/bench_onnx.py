@@ -14,6 +14,7 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +23,10 @@ from typing import Callable, Optional
 import torch
 
 import npe_models  # noqa: F401  (registers the models)
-from npe_models.onnx import check_parity, export_onnx, onnx_session, random_model_for_parity
+from npe_models.onnx import check_parity, export_onnx, onnx_session
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "export"))
+from onnx_validate import random_model_for_parity  # noqa: E402  (release tooling, export/)
 
 
 def _seconds_per_call(fn: Callable[[], object], calls: int) -> float:

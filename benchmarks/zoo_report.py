@@ -11,11 +11,12 @@ with the epoch they reached.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any, Optional
 
-from npe_models.classification.config import RECIPES, num_pems_of
+from npe_models.classification.config import RECIPES
+from npe_models.models import parse_npe_name
+from npe_models.runs import CONFIG_FILE, LOG_FILE, METRICS_FILE, read_json, read_jsonl
 
 # The paper's top-1 (%) for ResNet-32 on CIFAR-10-LT rho = 100 (design guide), by (recipe, method, PEMs).
 PAPER_TOP1 = {
@@ -44,7 +45,7 @@ def _finished_row(name: str, config: dict[str, Any], metrics: dict[str, Any]) ->
     prior = sets["full"].get("prior")
     unadjusted = f" ({sets['full']['plain']['top1']:.2f} / {sets['exact']['plain']['top1']:.2f} unadjusted)" if primary == "npe_la" else ""
     comparable = config["rho"] == 100 and config["epochs"] == RECIPES[config["recipe"]]["epochs"]
-    paper = PAPER_TOP1.get((config["recipe"], config["method"], num_pems_of(config["model"]))) if comparable else None
+    paper = PAPER_TOP1.get((config["recipe"], config["method"], parse_npe_name(config["model"])[1])) if comparable else None
     training = metrics["training"]
     gap = f"{full['top1'] - paper:+.2f} / {exact['top1'] - paper:+.2f}" if paper is not None else "-"
     return (
@@ -57,7 +58,7 @@ def _finished_row(name: str, config: dict[str, Any], metrics: dict[str, Any]) ->
 
 
 def _unfinished_row(name: str, config: dict[str, Any], run: Path) -> str:
-    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()] if (run / "log.jsonl").exists() else []
+    log = read_jsonl(run / LOG_FILE)
     seconds = sum(record["seconds"] for record in log)
     return f"| {name} | {config['method']} | {config['recipe']} | {config['rho']:g} | not finished: epoch {len(log)} of {config['epochs']} ({seconds / 3600:.2f} h so far) | | | | | | |"
 
@@ -68,11 +69,11 @@ def report(zoo: Path) -> str:
         "| --- | --- | --- | ---: | --- | --- | ---: | --- | --- | ---: | ---: |",
     ]
     rows = []
-    for run in sorted(path for path in zoo.iterdir() if (path / "config.json").is_file()):
-        config = json.loads((run / "config.json").read_text())
-        metrics_file = run / "metrics.json"
+    for run in sorted(path for path in zoo.iterdir() if (path / CONFIG_FILE).is_file()):
+        config = read_json(run / CONFIG_FILE)
+        metrics_file = run / METRICS_FILE
         rows.append(
-            _finished_row(run.name, config, json.loads(metrics_file.read_text()))
+            _finished_row(run.name, config, read_json(metrics_file))
             if metrics_file.is_file() else _unfinished_row(run.name, config, run)
         )
     return "\n".join(header + rows)

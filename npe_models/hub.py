@@ -6,38 +6,31 @@ uploaded with ``push_to_hub``) loads a classifier back. A merged model is saved 
 base architecture (``resnet32``) so it reloads as the plain model; an unmerged one keeps its
 NPE name (``resnet32_npe16``). ``load_from_hub`` loads any saved model, classifier or
 segmentation, after checking that the config names a known architecture and that the
-weights fit it.
+weights fit it. ``save_pretrained_for_hub(name, DIR)`` writes the folder of a checkpoint shipped
+with the package, with the model card its manifest entry describes (the folders are generated,
+not stored). What a model is (``describe_model``) comes from ``npe_models.describe``.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import re
 import shutil
 import tempfile
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import safetensors
 import safetensors.torch
 import timm
-import torch
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, hf_hub_download
 from huggingface_hub.hf_api import CommitInfo
-from timm.models import get_model_args, save_for_hf
+from timm.models import save_for_hf
 from torch import nn
-from torchvision.models.segmentation import FCN, LRASPP, DeepLabV3
 
-from .models.segmentation import (
-    SEGMENTATION_ARCHITECTURES,
-    NPESegmentationMixin,
-    UNetBackbone,
-    parse_segmentation_model_name,
-)
-from .npe import NPEHead
+from .describe import CLASSIFICATION, SEGMENTATION, ModelDescription, check_weights_fit, describe_model
+from .models._bundled import HUB_ORGANISATION, bundled_checkpoints
+from .models.segmentation import parse_segmentation_model_name
 from .segmentation.checkpoint import save_segmentation_weights
 from .segmentation.config import SegmentationModelConfig
 
@@ -50,33 +43,29 @@ __all__ = [
     "ModelDescription",
     "describe_model",
     "save_for_hub",
+    "pretrained_card",
+    "save_pretrained_for_hub",
     "push_to_hub",
     "load_from_hub",
     "hub_folder",
     "read_hub_config",
+    "is_hub_folder",
+    "hub_task",
+    "hub_segmentation_config",
 ]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
 HUB_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
-CLASSIFICATION = "image-classification"
-SEGMENTATION = "semantic-segmentation"
 _PIPELINE_TAGS = {CLASSIFICATION: "image-classification", SEGMENTATION: "image-segmentation"}
-SEGMENTATION_INPUT_SIZE = (3, 512, 512)
-"""Nominal input size recorded for segmentation models, which take any size."""
-
+_LOADER_TASKS = {CLASSIFICATION: "classification", SEGMENTATION: "segmentation"}  # the names runs and the loader use
 CITATION = """@article{yavari2026npe,
   title   = {Neural Prior Estimation: Learning Class Priors from Latent Representations},
   author  = {Yavari, Masoud and Moallem, Payman},
   journal = {arXiv preprint arXiv:2602.17853},
   year    = {2026}
 }"""
-
-_NPE_NAME = re.compile(r"^(?P<base>.+)_npe(?P<num_pems>\d+)$")
-_NPE_ARG_PREFIX = "npe_"
-_DEFAULT_ALPHA = 1.0
-_DEFAULT_T = 1
 
 # metric key -> (model-index metric type, human-readable name, metric config)
 _METRICS = {
@@ -89,259 +78,9 @@ _METRICS = {
     "mdice": ("dice", "Mean Dice", None),
     "pixel_accuracy": ("accuracy", "Pixel accuracy", "pixel"),
 }
-
-
-@dataclass(frozen=True)
-class ModelDescription:
-    """What a model is, as a Hub config or an ONNX file records it: enough to rebuild it and feed it."""
-
-    architecture: str
-    """Registered name that rebuilds these weights (the base name for a merged NPE model)."""
-    task: str
-    num_classes: int
-    input_size: tuple[int, int, int]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    num_pems: int = 0
-    """PEMs the model was built with; 0 for a plain model."""
-    merged: bool = False
-    """True when the PEMs were folded into the classifier (``reparameterize_model``)."""
-    alpha: Optional[float] = None
-    t: Optional[int] = None
-    npe_architecture: Optional[str] = None
-    """The NPE name the model was built as (``resnet32_npe16``), also for a merged model."""
-    label_names: Optional[tuple[str, ...]] = None
-    model_args: dict[str, Any] = field(default_factory=dict)
-    """Keyword arguments for the registered builder of ``architecture``."""
-
-    def npe_config(self) -> dict[str, Any]:
-        """The ``npe`` section of ``config.json``: the method's settings, for people and tools."""
-        from . import __version__
-
-        return {
-            "task": self.task,
-            "num_pems": self.num_pems,
-            "merged": self.merged,
-            "alpha": self.alpha,
-            "t": self.t,
-            "npe_architecture": self.npe_architecture,
-            "package": "npe-models",
-            "package_version": __version__,
-        }
-
-
-def _is_timm_classifier(model: nn.Module) -> bool:
-    return hasattr(model, "pretrained_cfg") and hasattr(model, "get_classifier")
-
-
-def _npe_heads(model: nn.Module) -> list[NPEHead]:
-    return [module for module in model.modules() if isinstance(module, NPEHead)]
-
-
-def _label_names(label_names: Optional[Sequence[str]], cfg_names: Any, num_classes: int) -> Optional[tuple[str, ...]]:
-    """Given label names, else the cfg's; checked against the class count."""
-    names = label_names if label_names is not None else cfg_names
-    if names is None:
-        return None
-    if isinstance(names, Mapping):
-        names = [names[key] for key in sorted(names, key=int)]
-    names = tuple(str(name) for name in names)
-    if len(names) != num_classes:
-        raise ValueError(
-            f"label_names has {len(names)} entries but the model has {num_classes} classes; "
-            "pass one name per class, in label order."
-        )
-    return names
-
-
-def _describe_classifier(model: nn.Module, label_names: Optional[Sequence[str]]) -> ModelDescription:
-    cfg = model.pretrained_cfg
-    name = cfg.get("architecture")
-    if not name:
-        raise ValueError(
-            f"{type(model).__name__} has no pretrained_cfg['architecture']: build it with timm.create_model "
-            "so that it can be described and rebuilt."
-        )
-    if model.num_classes < 1:
-        raise ValueError("the model has no classifier (num_classes=0); save or export a model with classes.")
-    args = get_model_args(model)
-    heads = _npe_heads(model)
-    match = _NPE_NAME.match(name)
-    if heads and not match:
-        raise ValueError(
-            f"{name} with PEMs added by add_npe is not a registered architecture, so it cannot be rebuilt unmerged; "
-            "merge it with timm.utils.reparameterize_model to save it as a plain "
-            f"{name}, or use a registered <arch>_npe<K> model."
-        )
-    if heads:
-        head = heads[0]
-        npe = dict(num_pems=head.num_pems, merged=False, alpha=head.alpha, t=head.t, npe_architecture=name)
-        args.update(npe_alpha=head.alpha, npe_t=head.t)
-        architecture = name
-    elif match:
-        npe = dict(
-            num_pems=int(match["num_pems"]),
-            merged=True,
-            alpha=float(getattr(model, "npe_alpha", args.get("npe_alpha", _DEFAULT_ALPHA))),
-            t=int(getattr(model, "npe_t", args.get("npe_t", _DEFAULT_T))),
-            npe_architecture=name,
-        )
-        args = {key: value for key, value in args.items() if not key.startswith(_NPE_ARG_PREFIX)}
-        architecture = match["base"]
-    else:
-        npe = {}
-        architecture = name
-    if not timm.is_model(architecture):
-        raise ValueError(
-            f"the model would be saved as {architecture!r}, which timm does not know; "
-            "merge an add_npe model with reparameterize_model, or use a registered architecture."
-        )
-    return ModelDescription(
-        architecture=architecture,
-        task=CLASSIFICATION,
-        num_classes=model.num_classes,
-        input_size=tuple(cfg["input_size"]),
-        mean=tuple(float(v) for v in cfg["mean"]),
-        std=tuple(float(v) for v in cfg["std"]),
-        label_names=_label_names(label_names, cfg.get("label_names"), model.num_classes),
-        model_args=args,
-        **npe,
-    )
-
-
-def _is_segmentation_model(model: nn.Module) -> bool:
-    return isinstance(model, (DeepLabV3, FCN, LRASPP))
-
-
-def _final_classifier(model: nn.Module) -> nn.Module:
-    """The 1x1 conv (or NPEHead) that produces a segmentation model's logits."""
-    return model.classifier.low_classifier if isinstance(model, LRASPP) else model.classifier[-1]
-
-
-def _segmentation_num_classes(model: nn.Module) -> int:
-    final = _final_classifier(model)
-    return final.num_classes if isinstance(final, NPEHead) else final.out_channels
-
-
-def _is_merged_segmentation(model: nn.Module) -> bool:
-    """An NPE segmentation model whose linear PEMs ``reparameterize_model`` folded into the classifier."""
-    return isinstance(model, NPESegmentationMixin) and model.pem_type == "linear" and not model.npe_heads()
-
-
-def _inferred_segmentation_configs(model: nn.Module) -> list[SegmentationModelConfig]:
-    """Every registered architecture with the model's classes, PEMs and options: candidates to match by weights."""
-    npe = isinstance(model, NPESegmentationMixin)
-    merged = _is_merged_segmentation(model)
-    settings: dict[str, Any] = dict(
-        num_classes=_segmentation_num_classes(model),
-        aux_loss=True if getattr(model, "aux_classifier", None) is not None else None,
-    )
-    if npe and not merged:
-        settings.update(num_pems=model.num_pems, pem_type=model.pem_type, alpha=model.alpha, t=model.t)
-    if isinstance(model.backbone, UNetBackbone):
-        unet_kwargs = {"base_channels": model.backbone.out_channels, "num_stages": len(model.backbone.encoder)}
-        return [SegmentationModelConfig(name="unet_fcn", model_kwargs=unet_kwargs, **settings)]
-    return [SegmentationModelConfig(name=arch, **settings) for arch in SEGMENTATION_ARCHITECTURES if arch != "unet_fcn"]
-
-
-def _segmentation_config(model: nn.Module, config: Optional[SegmentationModelConfig]) -> SegmentationModelConfig:
-    """The given settings, or the registered architecture whose parameter shapes match the model's."""
-    if config is not None:
-        return config
-    shapes = {key: value.shape for key, value in model.state_dict().items()}
-    for candidate in _inferred_segmentation_configs(model):
-        reference = _build_on_meta(candidate.name, SEGMENTATION, candidate.to_dict())
-        if not _weights_mismatch({k: v.shape for k, v in reference.state_dict().items()}, shapes):
-            return candidate
-    raise ValueError(
-        f"could not tell which registered architecture this {type(model).__name__} is; pass "
-        "config=SegmentationModelConfig(name=..., ...) as the model was built (load_segmentation_model returns it)."
-    )
-
-
-def _describe_segmentation(
-    model: nn.Module, label_names: Optional[Sequence[str]], config: Optional[SegmentationModelConfig]
-) -> ModelDescription:
-    config = _segmentation_config(model, config)
-    arch, _ = parse_segmentation_model_name(config.name)
-    npe = isinstance(model, NPESegmentationMixin)
-    merged = _is_merged_segmentation(model)
-    if merged:  # the linear PEMs were folded into the classifier: the weights are the base architecture's
-        config = dataclasses.replace(config, name=arch, num_pems=None)
-    elif npe:  # saved under its NPE name, which carries the PEM count
-        config = dataclasses.replace(config, name=f"{arch}_npe{model.num_pems}", num_pems=model.num_pems)
-    num_classes = _segmentation_num_classes(model)
-    names = _label_names(label_names, config.class_names, num_classes)
-    config = dataclasses.replace(config, num_classes=num_classes, class_names=list(names) if names else None)
-    return ModelDescription(
-        architecture=config.name,
-        task=SEGMENTATION,
-        num_classes=num_classes,
-        input_size=SEGMENTATION_INPUT_SIZE,
-        mean=tuple(config.mean),
-        std=tuple(config.std),
-        num_pems=model.num_pems if npe else 0,
-        merged=merged,
-        alpha=model.alpha if npe else None,
-        t=model.t if npe else None,
-        npe_architecture=f"{arch}_npe{model.num_pems}" if npe else None,
-        label_names=names,
-        model_args=config.to_dict(),
-    )
-
-
-def describe_model(
-    model: nn.Module,
-    label_names: Optional[Sequence[str]] = None,
-    config: Optional[SegmentationModelConfig] = None,
-) -> ModelDescription:
-    """Architecture, task, classes, PEMs, NPE-LA settings and preprocessing of a model built by this package.
-
-    A merged NPE model is described by its base architecture, which rebuilds its weights. A
-    segmentation model is matched to its registered architecture by its parameter shapes
-    unless ``config`` (how it was built, with its input normalisation) is given.
-    """
-    if _is_timm_classifier(model):
-        return _describe_classifier(model, label_names)
-    if _is_segmentation_model(model):
-        return _describe_segmentation(model, label_names, config)
-    raise TypeError(
-        f"expected a timm classifier built with timm.create_model or a segmentation model from "
-        f"create_segmentation_model, got {type(model).__name__}."
-    )
-
-
-def _build_on_meta(architecture: str, task: str, model_args: Mapping[str, Any]) -> nn.Module:
-    """A parameter-free (meta device) instance, to compare parameter names and shapes."""
-    with torch.device("meta"):
-        if task == SEGMENTATION:
-            return SegmentationModelConfig.from_dict(dict(model_args)).build()
-        return timm.create_model(architecture, pretrained=False, **model_args)
-
-
-def _weights_mismatch(expected: Mapping[str, torch.Size], found: Mapping[str, Sequence[int]]) -> list[str]:
-    """Human-readable differences between two ``name -> shape`` maps; empty when they agree."""
-    problems = [f"missing {key}" for key in expected if key not in found]
-    problems += [f"unexpected {key}" for key in found if key not in expected]
-    problems += [
-        f"{key} has shape {tuple(found[key])}, expected {tuple(shape)}"
-        for key, shape in expected.items()
-        if key in found and tuple(found[key]) != tuple(shape)
-    ]
-    return problems
-
-
-def _check_weights_fit(architecture: str, task: str, model_args: Mapping[str, Any], shapes: Mapping[str, Sequence[int]], where: str) -> None:
-    """Raise a clear ValueError when the weights do not fit the configured architecture."""
-    reference = _build_on_meta(architecture, task, model_args)
-    expected = {key: value.shape for key, value in reference.state_dict().items()}
-    problems = _weights_mismatch(expected, shapes)
-    if problems:
-        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-        raise ValueError(
-            f"the weights in {where} do not fit {architecture!r} with {dict(model_args)}: {shown}. "
-            "The weights file and config.json must come from the same save_for_hub call."
-        )
+DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+"""Readable names of the data sets the shipped checkpoints were trained on."""
+_TEST_SETS = {"full": "full 10,000", "exact": "exact 1,000", "jpeg_twins": "JPEG twins of the exact 1,000"}
 
 
 def _write_classifier_files(model: nn.Module, description: ModelDescription, folder: Path) -> dict[str, Any]:
@@ -369,6 +108,9 @@ def _write_segmentation_files(model: nn.Module, description: ModelDescription, f
 
 
 def _format_value(value: Any) -> str:
+    """Floats without trailing zeros; lists and tuples alike (a recipe read back from JSON reads the same)."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_format_value(item) for item in value) + "]"
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -565,7 +307,7 @@ def save_for_hub(
         write_files = _write_classifier_files if description.task == CLASSIFICATION else _write_segmentation_files
         hub_config = write_files(model, description, staging)
         (staging / CONFIG_NAME).write_text(json.dumps(hub_config, indent=2) + "\n", encoding="utf-8")
-        _check_weights_fit(
+        check_weights_fit(
             description.architecture, description.task, description.model_args,
             _weight_shapes(staging / WEIGHTS_NAME), f"the {type(model).__name__} being saved",
         )
@@ -581,6 +323,110 @@ def save_for_hub(
         if staging.exists():
             shutil.rmtree(staging)
     return directory
+
+
+def _results_by_test_set(record: Mapping[str, Any]) -> list[str]:
+    """The table of a shipped checkpoint's scores per CIFAR test set, NPE-LA and unadjusted, and the JPEG penalty."""
+    rows = ["| test images | prediction | top-1 | balanced | Many | Medium | Few |", "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    prediction = "NPE-LA" if record["primary"] == "npe_la" else "logits"
+    for variant, scores in ((prediction, record), *((("unadjusted", record["unadjusted"]),) if "unadjusted" in record else ())):
+        for key, label in _TEST_SETS.items():
+            if key in scores:
+                values = [scores[key][k] for k in ("top1", "balanced", "many", "medium", "few")]
+                rows.append(f"| {label} | {variant} | " + " | ".join("-" if v is None else f"{v:.2f}" for v in values) + " |")
+    lines = [
+        "## Results by test set",
+        "9,000 of the full test set's images were recovered from JPEG copies; the 1,000 exact images (the official "
+        "test batch's first 1,000) are bit-exact, and their JPEG twins are the same images read back from JPEG.",
+        "\n".join(rows),
+    ]
+    if "jpeg_twins" in record:
+        penalty = record["exact"]["top1"] - record["jpeg_twins"]["top1"]
+        lines.append(f"JPEG penalty ({prediction}): {penalty:+.2f} points (exact minus JPEG twins).")
+    return lines
+
+
+def _training_note(name: str, entry: Mapping[str, Any]) -> str:
+    """How a shipped checkpoint was trained (time, speed, devices, the checkpoint it started from) and where it lives."""
+    training, start = entry["training"], entry.get("starts_from")
+    weights = f"Weights: `npe_models/weights/{name}.safetensors` in the package."
+    if not training["epochs"]:
+        model = f"the cross-entropy model `{start}`" if start else "the cross-entropy model it adjusts"
+        return f"No training of its own: the classifier bias of {model} absorbs -{entry['run']['tau']:g} * log prior. {weights}"
+    origin = f"; only the classifier of `{start}` was re-trained" if start else ""
+    return (
+        f"Trained by npe-models in {training['seconds'] / 3600:.2f} h ({training['images_per_s']:.0f} images/s, "
+        f"{', '.join(training['devices'])}){origin}. {weights}"
+    )
+
+
+def _pretrained_notes(name: str, entry: Mapping[str, Any]) -> str:
+    record = entry["metrics"]
+    lines = _results_by_test_set(record)
+    if "prior" in record:
+        prior = record["prior"]
+        lines.append(
+            f"NPE estimate vs log training count (per class, full test set): Pearson {prior['pearson']:.3f}, "
+            f"Spearman {prior['spearman']:.3f}, slope {prior['slope']:.3f}."
+        )
+    lines.append(_training_note(name, entry))
+    return "\n\n".join(lines)
+
+
+def _shipped_entry(name: str) -> Mapping[str, Any]:
+    entry = bundled_checkpoints().get(name)
+    if entry is None:
+        raise ValueError(
+            f"{name!r} is not a checkpoint shipped with npe-models; see `npe-models list --pretrained` for the names."
+        )
+    return entry
+
+
+def pretrained_card(name: str, entry: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    """``save_for_hub`` keyword arguments for a checkpoint trained by npe-models, from its manifest entry.
+
+    ``entry`` defaults to the bundled manifest's. The card carries the recorded accuracy (full test
+    set as ``model-index`` results, every test set in the notes), the training recipe and the
+    ``npe-models/<name>`` repository.
+    """
+    entry = _shipped_entry(name) if entry is None else entry
+    run, full = entry["run"], entry["metrics"]["full"]
+    metrics = {"top1": round(full["top1"], 2), "balanced_accuracy": round(full["balanced"], 2)}
+    metrics.update({key: round(full[key], 2) for key in ("many", "medium", "few") if full[key] is not None})
+    return dict(
+        label_names=entry["cfg"]["label_names"],
+        metrics=metrics,
+        dataset=f"{DATASET_NAMES[run['dataset']]}-LT (rho={run['rho']:g}) test set",
+        dataset_id=run["dataset"],
+        recipe=run,
+        repo_id=f"{HUB_ORGANISATION}/{name}",
+        model_name=name,
+        notes=_pretrained_notes(name, entry),
+    )
+
+
+def _shipped_model(name: str) -> nn.Module:
+    """A shipped checkpoint as packaged: the merged form as the NPE model it was folded from, so its card says so."""
+    from timm.utils import reparameterize_model
+
+    model, entry = timm.create_model(name, pretrained=True), _shipped_entry(name)
+    if entry["form"] != "merged":
+        return model
+    run = entry["run"]
+    npe_model = timm.create_model(run["model"], num_classes=model.num_classes, npe_alpha=run["npe_alpha"], npe_t=run["npe_t"])
+    merged = reparameterize_model(npe_model)
+    merged.load_state_dict(model.state_dict())
+    merged.pretrained_cfg = {**model.pretrained_cfg, "architecture": npe_model.pretrained_cfg["architecture"]}
+    return merged.eval()
+
+
+def save_pretrained_for_hub(name: str, directory: Union[str, os.PathLike], *, overwrite: bool = False) -> Path:
+    """Write the Hub folder of a checkpoint shipped with the package (``npe-models list --pretrained``), card included.
+
+    The folders are not kept in git: this regenerates one, as the packaging wrote it.
+    """
+    card = pretrained_card(name)
+    return save_for_hub(_shipped_model(name), directory, overwrite=overwrite, **card)
 
 
 def push_to_hub(
@@ -655,16 +501,46 @@ def _weight_shapes(path: Path) -> dict[str, list[int]]:
         return {key: weights.get_slice(key).get_shape() for key in weights.keys()}
 
 
-def _load_segmentation(folder: Path, config: Mapping[str, Any], **kwargs: Any) -> nn.Module:
-    """Rebuild a segmentation model from its ``segmentation_model`` settings and load its weights strictly."""
-    if not isinstance(config.get("segmentation_model"), dict):
-        raise ValueError(f"{folder / CONFIG_NAME} has no 'segmentation_model' settings; re-export it with save_for_hub.")
+def is_hub_folder(path: Union[str, os.PathLike]) -> bool:
+    """Whether ``path`` is a folder written by ``save_for_hub``: its ``config.json`` names an architecture."""
     try:
-        settings = SegmentationModelConfig.from_dict(dict(config["segmentation_model"]))
-        parse_segmentation_model_name(settings.name)
+        read_hub_config(path)
+    except (FileNotFoundError, ValueError, UnicodeDecodeError):
+        return False
+    return True
+
+
+def hub_task(folder: Union[str, os.PathLike]) -> str:
+    """``"classification"`` or ``"segmentation"``: the task a Hub folder's config records (``npe.task``).
+
+    A config without an ``npe`` section (a plain timm export) is a classifier.
+    """
+    task = read_hub_config(folder).get("npe", {}).get("task", CLASSIFICATION)
+    if task not in _LOADER_TASKS:
+        raise ValueError(
+            f"{Path(folder) / CONFIG_NAME} is for task {task!r}; expected {CLASSIFICATION} or {SEGMENTATION}."
+        )
+    return _LOADER_TASKS[task]
+
+
+def hub_segmentation_config(folder: Union[str, os.PathLike]) -> SegmentationModelConfig:
+    """How the segmentation model in a Hub folder was built: the ``segmentation_model`` settings of its config."""
+    path = Path(folder) / CONFIG_NAME
+    settings = read_hub_config(folder).get("segmentation_model")
+    if not isinstance(settings, dict):
+        raise ValueError(f"{path} has no 'segmentation_model' settings; re-export it with save_for_hub.")
+    try:
+        config = SegmentationModelConfig.from_dict(dict(settings))
+        parse_segmentation_model_name(config.name)
     except (TypeError, ValueError) as error:
-        raise ValueError(f"{folder / CONFIG_NAME}: {error}") from error
-    _check_weights_fit(settings.name, SEGMENTATION, settings.to_dict(), _weight_shapes(folder / WEIGHTS_NAME), str(folder / WEIGHTS_NAME))
+        raise ValueError(f"{path}: {error}") from error
+    return config
+
+
+def _load_segmentation(folder: Path, **kwargs: Any) -> nn.Module:
+    """Rebuild a segmentation model from its ``segmentation_model`` settings and load its weights strictly."""
+    settings = hub_segmentation_config(folder)
+    check_weights_fit(settings.name, SEGMENTATION, settings.to_dict(), _weight_shapes(folder / WEIGHTS_NAME), str(folder / WEIGHTS_NAME))
     model = settings.build(**kwargs)
     model.load_state_dict(safetensors.torch.load_file(str(folder / WEIGHTS_NAME)), strict=True)
     return model
@@ -680,17 +556,15 @@ def load_from_hub(source: Union[str, os.PathLike], **kwargs: Any) -> nn.Module:
     ``weights_backbone``).
     """
     folder, timm_name = _resolve_source(source)
+    if hub_task(folder) == "segmentation":
+        return _load_segmentation(folder, **kwargs)
     config = read_hub_config(folder)
     architecture = config["architecture"]
-    task = config.get("npe", {}).get("task", CLASSIFICATION)
-    if task == SEGMENTATION:
-        return _load_segmentation(folder, config, **kwargs)
-    if task != CLASSIFICATION:
-        raise ValueError(f"{folder / CONFIG_NAME} is for task {task!r}; expected {CLASSIFICATION} or {SEGMENTATION}.")
     if not timm.is_model(architecture):
         raise ValueError(
             f"{folder / CONFIG_NAME} names architecture {architecture!r}, which is not registered with timm; "
             "check the name, import the package that defines it, or upgrade npe-models."
         )
-    _check_weights_fit(architecture, task, config.get("model_args", {}), _weight_shapes(folder / WEIGHTS_NAME), str(folder / WEIGHTS_NAME))
+    weights = folder / WEIGHTS_NAME
+    check_weights_fit(architecture, CLASSIFICATION, config.get("model_args", {}), _weight_shapes(weights), str(weights))
     return timm.create_model(timm_name, pretrained=True, **kwargs)

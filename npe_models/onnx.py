@@ -5,7 +5,9 @@ merge (dense ``fcn`` / ``replica`` PEMs do not, and export as the full NPE-LA gr
 torch's dynamo exporter, into one self-contained file with a dynamic batch axis (and dynamic
 height and width for segmentation), checked by ``onnx.checker`` and labelled with metadata
 (architecture, classes, alpha, mean, std, input size, package version). ``check_parity``
-compares PyTorch's eval output with ONNX Runtime's.
+compares PyTorch's eval output with ONNX Runtime's. What a model is comes from
+``npe_models.describe``; random-weight parity models, int8 quantisation and the validation
+sweep are release tooling, in ``export/onnx_validate.py``.
 """
 from __future__ import annotations
 
@@ -19,15 +21,13 @@ import os
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .hub import SEGMENTATION, ModelDescription, describe_model
-from .models.segmentation import DensePEMs, create_segmentation_model, parse_segmentation_model_name
-from .npe import NPEHead
+from .describe import SEGMENTATION, ModelDescription, describe_model
 from .segmentation.config import SegmentationModelConfig
 
 __all__ = [
@@ -37,22 +37,16 @@ __all__ = [
     "export_onnx",
     "check_parity",
     "read_onnx_metadata",
+    "pem_form",
+    "onnx_summary",
+    "format_parity",
     "onnx_session",
-    "randomize_pems",
-    "calibrate_batchnorm",
-    "random_model_for_parity",
-    "quantize_int8",
-    "normalize_images",
-    "classification_accuracy",
-    "onnx_predictor",
-    "torch_predictor",
 ]
 
 MIN_OPSET = 18
 PARITY_ATOL = 1e-4
 INPUT_NAME = "input"
 _EXAMPLE_BATCH = 2  # a batch of 1 would let torch.export specialise the batch axis
-SEGMENTATION_CHECK_SIZE = 64
 
 
 def _import_optional(name: str) -> Any:
@@ -170,7 +164,7 @@ def export_onnx(
     ``input_size`` (C, H, W) defaults to the model's configured size; the batch axis is
     always dynamic, height and width when ``dynamic_size`` (default: for segmentation).
     ``merge`` folds mergeable PEMs first. ``config`` describes a segmentation model (see
-    ``npe_models.hub.describe_model``). The file is checked with ``onnx.checker`` (full
+    ``npe_models.describe.describe_model``). The file is checked with ``onnx.checker`` (full
     check) and written under a temporary name, then renamed into place.
     """
     onnx = _import_optional("onnx")
@@ -225,6 +219,26 @@ def read_onnx_metadata(path: Union[str, os.PathLike]) -> dict[str, Any]:
     return metadata
 
 
+def pem_form(metadata: Mapping[str, Any]) -> str:
+    """How an export carries its PEMs, from its metadata: 'merged (16 PEMs)', 'unmerged (1 PEM)' or 'no PEMs'."""
+    if not metadata.get("num_pems"):
+        return "no PEMs"
+    count = metadata["num_pems"]
+    return f"{'merged' if metadata.get('merged') else 'unmerged'} ({count} PEM{'s' if count != 1 else ''})"
+
+
+def onnx_summary(path: Union[str, os.PathLike]) -> str:
+    """One line about an export: file and size, architecture, PEMs, input size and opset."""
+    onnx = _import_optional("onnx")
+    metadata = read_onnx_metadata(path)
+    model = onnx.load(os.fspath(path), load_external_data=False)
+    opset = max(op.version for op in model.opset_import if op.domain in ("", "ai.onnx"))
+    return (
+        f"{path} ({os.path.getsize(path) / 1e6:.1f} MB): {metadata.get('architecture')}, {pem_form(metadata)}, "
+        f"input {metadata.get('input_size')}, opset {opset}"
+    )
+
+
 def onnx_session(path: Union[str, os.PathLike], threads: Optional[int] = None) -> Any:
     """An ONNX Runtime CPU session for ``path`` (``threads`` intra-op threads; default: runtime's choice)."""
     onnxruntime = _import_optional("onnxruntime")
@@ -256,6 +270,18 @@ class ParityResult:
     def passed(self) -> bool:
         """Every difference within ``atol``."""
         return self.worst <= self.atol
+
+
+def format_parity(result: ParityResult) -> str:
+    """The comparison, one line per input shape, then the verdict against the tolerance."""
+    lines = [
+        f"parity batch {batch} {height}x{width}: max abs diff {diff:.2e} "
+        f"(outputs up to {result.max_abs_output[(batch, height, width)]:.2f})"
+        for (batch, height, width), diff in result.max_abs_diff.items()
+    ]
+    verdict = "parity ok" if result.passed else "parity FAILED"
+    lines.append(f"{verdict}: {result.worst:.2e} {'<=' if result.passed else '>'} tolerance {result.atol:.0e}")
+    return "\n".join(lines)
 
 
 def _as_arrays(outputs: Any) -> list[np.ndarray]:
@@ -326,201 +352,3 @@ def check_parity(
         finally:
             model.train(was_training)
     return ParityResult(atol=atol, max_abs_diff=diffs, max_abs_output=scales, onnx_path=Path(onnx_path) if onnx_path else None)
-
-
-def _has_pems(model: nn.Module) -> bool:
-    return any(isinstance(m, (NPEHead, DensePEMs)) for m in model.modules())
-
-
-@torch.no_grad()
-def randomize_pems(model: nn.Module, std: float = 0.5, *, seed: int = 0) -> nn.Module:
-    """Give the PEMs realistic, seeded random weights so that NPE-LA visibly changes the output.
-
-    Linear PEMs (``NPEHead``) get weights and biases from N(0, ``std``); the convs of PEM
-    networks (``fcn`` / ``replica``) get He-scaled weights N(0, ``std``^2 * 2 / fan_in) and
-    N(0, ``std``) biases, so activations keep their scale through the layers. Fresh PEMs start
-    at N(0, 0.001), which would let a wrong PEM path pass any numeric check. In place.
-    """
-    generator = torch.Generator().manual_seed(seed)
-
-    def draw(tensor: Tensor, scale: float) -> None:
-        tensor.copy_(torch.randn(tensor.shape, generator=generator) * scale)
-
-    found = False
-    for module in model.modules():
-        if isinstance(module, NPEHead):
-            draw(module.pem_weight, std)
-            draw(module.pem_bias, std)
-        elif isinstance(module, DensePEMs):
-            for conv in (m for m in module.modules() if isinstance(m, nn.Conv2d)):
-                draw(conv.weight, std * (2.0 / conv.weight[0].numel()) ** 0.5)
-                if conv.bias is not None:
-                    draw(conv.bias, std)
-        else:
-            continue
-        found = True
-    if not found:
-        raise ValueError(f"{type(model).__name__} has no PEMs to randomise (is it merged or a plain model?).")
-    return model
-
-
-@torch.no_grad()
-def calibrate_batchnorm(
-    model: nn.Module,
-    input_size: Sequence[int],
-    *,
-    batches: int = 2,
-    batch_size: int = 4,
-    seed: int = 0,
-) -> nn.Module:
-    """Set BatchNorm running statistics from a few seeded random train-mode batches.
-
-    At random weights, default running statistics (mean 0, variance 1) let eval-mode
-    activations grow with depth; calibrated ones keep them at their train-mode scale, so
-    numeric checks see realistic magnitudes. Returns the model, in its original mode.
-    """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    momenta = [m.momentum for m in norms]
-    generator = torch.Generator().manual_seed(seed)
-    was_training = model.training
-    try:
-        for norm in norms:
-            norm.reset_running_stats()
-            norm.momentum = None  # cumulative average over the calibration batches
-        model.train()
-        for _ in range(batches):
-            model(torch.randn(batch_size, *input_size, generator=generator))
-    finally:
-        for norm, momentum in zip(norms, momenta):
-            norm.momentum = momentum
-        model.train(was_training)
-    return model
-
-
-def _build_random(name: str, num_classes: int, image_size: Optional[int], model_kwargs: dict[str, Any]) -> tuple[nn.Module, tuple[int, int, int]]:
-    """A registered classifier or segmentation model at its initial weights, and the input size to check it at."""
-    import timm
-
-    if timm.is_model(name):
-        cfg = timm.models.get_pretrained_cfg(name)
-        channels, height, width = cfg.input_size
-        kwargs: dict[str, Any] = {"num_classes": num_classes, **model_kwargs}
-        if image_size is not None:
-            height = width = image_size
-            if cfg.fixed_input_size:
-                kwargs["img_size"] = image_size
-        return timm.create_model(name, **kwargs), (channels, height, width)
-    try:
-        parse_segmentation_model_name(name)
-    except ValueError as error:
-        raise ValueError(f"unknown model {name!r}: neither a timm classifier nor a segmentation model ({error})") from error
-    size = image_size or SEGMENTATION_CHECK_SIZE
-    return create_segmentation_model(name, num_classes=num_classes, **model_kwargs), (3, size, size)
-
-
-@torch.no_grad()
-def _damp_residual_branches(model: nn.Module, scale: float = 0.5) -> None:
-    """Scale the last BatchNorm of every torchvision ResNet block by ``scale``.
-
-    With unit-gain residual branches a random 16-block ResNet-50 amplifies rounding about
-    100-fold (its fp32 and fp64 logits differ by 2e-4), so no fp32 runtime could match it to
-    1e-4; trained networks, and timm's ``zero_init_last``, keep the branches small.
-    """
-    from torchvision.models.resnet import BasicBlock, Bottleneck
-
-    for block in model.modules():
-        if isinstance(block, (BasicBlock, Bottleneck)):
-            last = block.bn3 if isinstance(block, Bottleneck) else block.bn2
-            last.weight.mul_(scale)
-
-
-def random_model_for_parity(
-    name: str,
-    *,
-    num_classes: int = 10,
-    image_size: Optional[int] = None,
-    pem_std: float = 0.5,
-    seed: int = 0,
-    **model_kwargs: Any,
-) -> tuple[nn.Module, tuple[int, int, int]]:
-    """A registered model at random weights, fit for numeric checks, and the input size to check it at.
-
-    PEMs are drawn at ``pem_std`` (``randomize_pems``), BatchNorm statistics calibrated
-    (``calibrate_batchnorm``) and torchvision ResNet blocks damped (``_damp_residual_branches``),
-    so outputs are O(1-10), well conditioned, and NPE-LA visibly changes them.
-    ``image_size`` overrides the configured size (fixed-size models such as ViT are built for
-    it; segmentation models default to 64x64); ``model_kwargs`` go to the builder.
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model, size = _build_random(name, num_classes, image_size, model_kwargs)
-    if _has_pems(model):
-        randomize_pems(model, pem_std, seed=seed + 1)
-    calibrate_batchnorm(model, size, seed=seed + 2)
-    _damp_residual_branches(model)
-    return model.eval(), size
-
-
-def quantize_int8(source: Union[str, os.PathLike], destination: Union[str, os.PathLike]) -> Path:
-    """ONNX Runtime int8 dynamic quantisation of ``source`` (weights int8, activations quantised at run time).
-
-    Runs ONNX Runtime's pre-processing (shape inference, graph optimisation) first, keeps
-    the metadata, and writes ``destination`` atomically.
-    """
-    onnx = _import_optional("onnx")
-    quantization = _import_optional("onnxruntime.quantization")
-    source, destination = Path(source), _writable_target(Path(destination))
-    if not source.is_file():
-        raise FileNotFoundError(f"ONNX file {source} not found; export one with export_onnx.")
-    with tempfile.TemporaryDirectory(prefix="npe-quant-", dir=destination.parent) as tmp:
-        prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "quantized.onnx"
-        quantization.quant_pre_process(str(source), str(prepared))
-        quantization.quantize_dynamic(str(prepared), str(quantized), weight_type=quantization.QuantType.QInt8)
-        model = onnx.load(str(quantized))
-        metadata = {prop.key: prop.value for prop in onnx.load(str(source), load_external_data=False).metadata_props}
-        onnx.helper.set_model_props(model, {**metadata, "quantization": "int8-dynamic"})
-        onnx.save_model(model, str(quantized))
-        os.replace(quantized, destination)
-    return destination
-
-
-def normalize_images(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """uint8 NHWC images to float32 NCHW scaled to [0, 1] and normalised with ``mean`` / ``std``."""
-    if images.dtype != np.uint8 or images.ndim != 4:
-        raise ValueError(f"images must be uint8 (N, H, W, C), got {images.dtype} with shape {images.shape}.")
-    scaled = images.astype(np.float32) / 255.0
-    normalised = (scaled - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return np.ascontiguousarray(normalised.transpose(0, 3, 1, 2))
-
-
-def classification_accuracy(
-    predict: Callable[[np.ndarray], np.ndarray],
-    images: np.ndarray,
-    labels: np.ndarray,
-    mean: Sequence[float],
-    std: Sequence[float],
-    batch_size: int = 250,
-) -> tuple[float, np.ndarray]:
-    """Top-1 accuracy (%) and the predicted classes of ``predict`` (normalised NCHW batch -> logits)."""
-    if len(images) != len(labels):
-        raise ValueError(f"images ({len(images)}) and labels ({len(labels)}) differ in length.")
-    predictions = np.concatenate(
-        [predict(normalize_images(images[i:i + batch_size], mean, std)).argmax(1) for i in range(0, len(images), batch_size)]
-    )
-    return float((predictions == labels).mean() * 100.0), predictions
-
-
-def onnx_predictor(session: Any) -> Callable[[np.ndarray], np.ndarray]:
-    """``predict`` for ``classification_accuracy`` from an ONNX Runtime session (first output)."""
-    return lambda batch: session.run(None, {INPUT_NAME: batch})[0]
-
-
-def torch_predictor(model: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
-    """``predict`` for ``classification_accuracy`` from a PyTorch model, run in eval mode without gradients."""
-    model.eval()
-
-    def predict(batch: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return model(torch.from_numpy(batch)).numpy()
-
-    return predict

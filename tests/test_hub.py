@@ -20,7 +20,7 @@ from npe_models.hub import CONFIG_NAME, HUB_FILES, WEIGHTS_NAME, load_from_hub, 
 from npe_models.models.segmentation import PEMNotMergedWarning
 from npe_models.npe import NPEHead
 from npe_models.segmentation.config import SegmentationModelConfig
-from npe_models.onnx import random_model_for_parity
+from onnx_validate import random_model_for_parity  # export/, on the test path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -249,22 +249,18 @@ def test_loading_bad_folders_fails_clearly(tmp_path: Path) -> None:
 
 
 def test_export_hub_command(tmp_path: Path, capsys) -> None:
-    import argparse
-
-    from npe_models.export_cli import add_hub_arguments, run_hub
+    from npe_models.cli import main
 
     model = _npe_model()
     weights = tmp_path / "weights.safetensors"
     safetensors.torch.save_file(model.state_dict(), str(weights))
     labels = tmp_path / "classes.json"
     labels.write_text(json.dumps({"classes": CIFAR10_CLASSES}))
-    parser = add_hub_arguments(argparse.ArgumentParser())
-    args = parser.parse_args([
-        "resnet20_npe4", "--weights", str(weights), "--merge", "-o", str(tmp_path / "out"), "--label-names", str(labels),
-        "--metric", "top1=80.5", "--metric", "few=61", "--dataset", "CIFAR-10", "--dataset-id", "cifar10",
-        "--recipe", "epochs=200",
-    ])
-    assert run_hub(args) == 0
+    assert main([
+        "export", "hub", "resnet20_npe4", "--weights", str(weights), "--merge", "-o", str(tmp_path / "out"),
+        "--label-names", str(labels), "--metric", "top1=80.5", "--metric", "few=61", "--dataset", "CIFAR-10",
+        "--dataset-id", "cifar10", "--recipe", "epochs=200",
+    ]) == 0
     assert "wrote" in capsys.readouterr().out
     config = json.loads((tmp_path / "out" / CONFIG_NAME).read_text())
     assert config["architecture"] == "resnet20" and config["label_names"] == CIFAR10_CLASSES
@@ -272,10 +268,27 @@ def test_export_hub_command(tmp_path: Path, capsys) -> None:
     assert torch.allclose(_outputs(loaded), _outputs(model), atol=1e-5)
     assert {r.metric_config for r in ModelCard.load(tmp_path / "out" / "README.md").data.eval_results} == {None, "few"}
 
-    assert run_hub(parser.parse_args(["resnet20_npe4", "-o", str(tmp_path / "out")])) == 1
+    assert main(["export", "hub", "resnet20_npe4", "-o", str(tmp_path / "out")]) == 1
     assert "overwrite" in capsys.readouterr().err
-    assert run_hub(parser.parse_args(["resnet20_npe4", "--push"])) == 1
+    assert main(["export", "hub", "resnet20_npe4", "--push"]) == 1
     assert "--repo-id" in capsys.readouterr().err
+
+
+def test_export_hub_command_for_a_shipped_checkpoint_writes_its_card(tmp_path: Path, capsys) -> None:
+    """`npe-models export hub <tag> --pretrained` regenerates the Hub folder the packaging wrote (zoo/hub is not in git)."""
+    from npe_models.cli import main
+    from npe_models.hub import save_pretrained_for_hub
+
+    name = "resnet32_npe16.cifar10_lt_r100_hp2"
+    assert main(["export", "hub", name, "--pretrained", "-o", str(tmp_path / "cli")]) == 0
+    library = save_pretrained_for_hub(name, tmp_path / "library")
+    for file in HUB_FILES:
+        assert (tmp_path / "cli" / file).read_bytes() == (library / file).read_bytes(), file
+    card = (library / "README.md").read_text()
+    assert f"hf-hub:npe-models/{name}" in card and "## Results by test set" in card and "| recipe | hp2 |" in card
+    assert main(["export", "hub", name, "--pretrained", "--metric", "top1=1", "--dataset", "x", "--dataset-id", "y",
+                 "-o", str(tmp_path / "given")]) == 0
+    assert "| Top-1 accuracy | 1 |" in (tmp_path / "given" / "README.md").read_text(), "given options win"
 
 
 def _segmentation_model(pem_type: str = "linear", **kwargs) -> torch.nn.Module:
@@ -350,11 +363,9 @@ def test_segmentation_errors(tmp_path: Path) -> None:
 
 def test_export_hub_command_from_training_runs(tmp_path: Path, capsys) -> None:
     """`npe-models export hub RUN_DIR` for a classification and a segmentation run: weights, settings and recipe."""
-    import argparse
-
     from npe_models.classification.checkpoint import save_weights
     from npe_models.classification.config import TrainConfig
-    from npe_models.export_cli import add_hub_arguments, run_hub
+    from npe_models.cli import main
     from npe_models.segmentation.checkpoint import save_segmentation_weights
 
     classifier = _npe_model()
@@ -372,9 +383,8 @@ def test_export_hub_command_from_training_runs(tmp_path: Path, capsys) -> None:
     (seg_run / CONFIG_NAME).write_text(json.dumps({"model": settings.to_dict(), "train": {"iterations": 600, "lr": 0.01}}))
     save_segmentation_weights(seg_run / WEIGHTS_NAME, segmenter, settings)
 
-    parser = add_hub_arguments(argparse.ArgumentParser())
-    assert run_hub(parser.parse_args([str(run), "-o", str(tmp_path / "cls_hub")])) == 0
-    assert run_hub(parser.parse_args([str(seg_run), "--merge", "-o", str(tmp_path / "seg_hub")])) == 0
+    assert main(["export", "hub", str(run), "-o", str(tmp_path / "cls_hub")]) == 0
+    assert main(["export", "hub", str(seg_run), "--merge", "-o", str(tmp_path / "seg_hub")]) == 0
     card = (tmp_path / "cls_hub" / "README.md").read_text()
     assert "| method | npe |" in card and "| epochs | 120 |" in card and "data_dir" not in card
     assert torch.equal(_outputs(load_from_hub(tmp_path / "cls_hub")), _outputs(classifier))
@@ -384,5 +394,5 @@ def test_export_hub_command_from_training_runs(tmp_path: Path, capsys) -> None:
     loaded = load_from_hub(tmp_path / "seg_hub")
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(_segmentation_outputs(loaded).values(),
                                                                 _segmentation_outputs(segmenter).values()))
-    assert run_hub(parser.parse_args([str(run), "--weights", "x.safetensors", "-o", str(tmp_path / "x")])) == 1
+    assert main(["export", "hub", str(run), "--weights", "x.safetensors", "-o", str(tmp_path / "x")]) == 1
     assert "apply to registered names" in capsys.readouterr().err

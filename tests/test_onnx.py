@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import os
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,21 +18,16 @@ import torch
 import npe_models
 from npe_models.models.segmentation import PEMNotMergedWarning, list_segmentation_models
 from npe_models.npe import NPEHead
-from npe_models.onnx import (
-    MIN_OPSET,
-    check_parity,
+from npe_models.onnx import MIN_OPSET, check_parity, export_onnx, onnx_session, read_onnx_metadata
+from onnx_validate import (  # release tooling in export/, on the test path (pyproject's pythonpath)
     classification_accuracy,
-    export_onnx,
     onnx_predictor,
-    onnx_session,
     quantize_int8,
     random_model_for_parity,
     randomize_pems,
-    read_onnx_metadata,
     torch_predictor,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 CLASSIFIERS = npe_models.list_classifiers()
 # ImageNet architectures are checked at 128x128 (ViT rebuilt for it): small, but at 64x64 their last
 # feature maps are 2x2 and BatchNorm calibration on so few values inflates the outputs past fp32 parity.
@@ -211,9 +208,8 @@ def test_onnx_validate_script_reports_matching_accuracy(npe_export, data_dir: Pa
     model, path, _ = npe_export
     weights = tmp_path / "weights.safetensors"
     safetensors.torch.save_file(model.state_dict(), str(weights))
-    spec = importlib.util.spec_from_file_location("onnx_validate", REPO_ROOT / "export" / "onnx_validate.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    import onnx_validate as script
+
     argv = [NPE_MODEL, "--weights", str(weights), "--alpha", "0.5", "--onnx", str(path),
             "--data-dir", str(data_dir), "--limit", "500", "--quantize"]
     status = script.main(argv)
@@ -260,17 +256,28 @@ def test_failed_write_leaves_the_old_file_and_no_partial(tmp_path: Path, monkeyp
 
 
 def test_export_onnx_command(tmp_path: Path, capsys) -> None:
-    import argparse
+    from npe_models.cli import main
 
-    from npe_models.export_cli import add_onnx_arguments, run_onnx
-
-    parser = add_onnx_arguments(argparse.ArgumentParser())
-    assert run_onnx(parser.parse_args(["resnet20_npe1", "-o", str(tmp_path / "m.onnx"), "--check", "--opset", "20"])) == 0
+    assert main(["export", "onnx", "resnet20_npe1", "-o", str(tmp_path / "m.onnx"), "--check", "--opset", "20"]) == 0
     out = capsys.readouterr().out
-    assert "parity ok" in out and "resnet20, merged (1 PEM)" in out
+    assert "parity ok" in out and "resnet20, merged (1 PEM)" in out and "opset 20" in out
     assert read_onnx_metadata(tmp_path / "m.onnx")["npe_architecture"] == "resnet20_npe1"
-    assert run_onnx(parser.parse_args(["resnet21", "-o", str(tmp_path / "x.onnx")])) == 1
+    assert main(["export", "onnx", "resnet21", "-o", str(tmp_path / "x.onnx")]) == 1
     assert "unknown model 'resnet21'" in capsys.readouterr().err
-    assert run_onnx(parser.parse_args(["resnet20", "--alpha", "0.5", "-o", str(tmp_path / "x.onnx")])) == 1
-    assert "--alpha needs a model with PEMs" in capsys.readouterr().err
+    assert main(["export", "onnx", "resnet20", "--alpha", "0.5", "-o", str(tmp_path / "x.onnx")]) == 1
+    assert "alpha needs a model with PEMs" in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path)) == ["m.onnx"]
+
+
+def test_onnx_module_needs_no_huggingface_hub() -> None:
+    """The runtime ONNX code imports neither the Hub module nor huggingface_hub (timm only tries to)."""
+    script = (
+        "import sys; sys.modules['huggingface_hub'] = None\n"
+        "import timm, npe_models.onnx\n"
+        "path = npe_models.onnx.export_onnx(timm.create_model('resnet20_npe1').eval(), sys.argv[1])\n"
+        "assert 'npe_models.hub' not in sys.modules, 'npe_models.onnx imported the Hub code'\n"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        done = subprocess.run([sys.executable, "-c", script, os.path.join(tmp, "m.onnx")], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert os.path.isfile(os.path.join(tmp, "m.onnx"))

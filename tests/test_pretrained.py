@@ -19,14 +19,13 @@ from npe_models.data.cifar import load_cifar_lt
 from npe_models.classification.checkpoint import METRICS_FILE, save_weights, write_json
 from npe_models.classification.config import resolve_config
 from npe_models.classification.evaluate import evaluate_model
-from npe_models.hub import load_from_hub
+from npe_models.hub import load_from_hub, save_pretrained_for_hub
 from npe_models.models import _bundled
 from npe_models.models._bundled import WEIGHTS_DIR, bundled_checkpoints, file_sha256
 from npe_models.npe import NPEHead
-from npe_models.zoo import package_run, read_manifest, reproduces
+from zoo import package_run, read_manifest, reproduces  # release tooling in export/, on the test path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-HUB_FOLDERS = REPO_ROOT / "zoo" / "hub"
 SHIPPED = list(bundled_checkpoints())
 CPU = torch.device("cpu")
 
@@ -39,6 +38,7 @@ def cifar10_lt(data_dir: Path):
 def _fake_finished_run(run_dir: Path, data_dir: Path, data, method: str = "npe", **overrides) -> torch.nn.Module:
     """A randomly initialised model saved as a finished HP-2 run (weights, config, final metrics); resnet32_npe16 by default."""
     config = resolve_config("hp2", method, data_dir=str(data_dir), **overrides)
+    torch.manual_seed(0)  # module fixtures draw before the per-test seed: the same model whatever ran before
     model = timm.create_model(config.model, num_classes=10)
     if hasattr(model.fc, "pem_weight"):
         with torch.no_grad():
@@ -73,7 +73,9 @@ def test_package_posthoc_run_names_the_checkpoint_it_adjusts(tmp_path: Path, dat
     assert names == ["resnet32.cifar10_lt_r100_hp2_posthoc_la"]
     card = (tmp_path / "hub" / names[0] / "README.md").read_text()
     assert "No training of its own" in card and "`resnet32.cifar10_lt_r100_hp2` absorbs -1 * log prior" in card
-    assert "post-hoc logit adjustment" in read_manifest(tmp_path / "weights" / "manifest.json")[names[0]]["cfg"]["description"]
+    entry = read_manifest(tmp_path / "weights" / "manifest.json")[names[0]]
+    assert "post-hoc logit adjustment" in entry["cfg"]["description"]
+    assert entry["starts_from"] == "resnet32.cifar10_lt_r100_hp2"  # recorded, so the card can be regenerated
 
 
 def test_package_run_records_files_hashes_and_metrics(packaged) -> None:
@@ -186,11 +188,11 @@ def test_shipped_checkpoint_reproduces_its_recorded_accuracy(name: str, data_dir
 
 
 @pytest.mark.parametrize("name", SHIPPED)
-def test_shipped_checkpoint_loads_through_torch_hub_and_its_hub_folder(name: str) -> None:
+def test_shipped_checkpoint_loads_through_torch_hub_and_its_hub_folder(name: str, tmp_path: Path) -> None:
     arch, tag = name.split(".", 1)
     reference = timm.create_model(name, pretrained=True).eval()
     from_hub = torch.hub.load(str(REPO_ROOT), arch, source="local", pretrained=True, pretrained_cfg=tag).eval()
-    from_folder = load_from_hub(f"local-dir:{HUB_FOLDERS / name}").eval()
+    from_folder = load_from_hub(f"local-dir:{save_pretrained_for_hub(name, tmp_path / name)}").eval()
     loaded = [from_hub, from_folder]
     if timm.models.get_pretrained_cfg(arch).file == timm.models.get_pretrained_cfg(name).file:  # the default tag
         loaded.append(torch.hub.load(str(REPO_ROOT), arch, source="local", pretrained=True).eval())
@@ -199,6 +201,34 @@ def test_shipped_checkpoint_loads_through_torch_hub_and_its_hub_folder(name: str
         expected = reference(x)
         for model in loaded:
             torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_checkpoint_hub_folder_is_generated_with_its_card(name: str, tmp_path: Path) -> None:
+    entry = bundled_checkpoints()[name]
+    folder = save_pretrained_for_hub(name, tmp_path / "hub" / name)
+    assert {p.name for p in folder.iterdir()} == {"config.json", "model.safetensors", "README.md"}
+    card = (folder / "README.md").read_text()
+    assert f"hf-hub:npe-models/{name}" in card and "exact 1,000" in card and "JPEG penalty" in card
+    assert f"| Top-1 accuracy | {round(entry['metrics']['full']['top1'], 2):g} |" in card
+    assert f"`npe_models/weights/{name}.safetensors`" in card and f"| recipe | {entry['run']['recipe']} |" in card
+    cfg = json.loads((folder / "config.json").read_text())["pretrained_cfg"]
+    assert cfg["tag"] == name.split(".", 1)[1] and cfg["description"] == entry["cfg"]["description"]
+    assert "file" not in cfg and "hf_hub_id" not in cfg, "the folder must not point back at this machine"
+    npe = json.loads((folder / "config.json").read_text())["npe"]
+    if entry["form"] == "merged":  # a plain <base> that still says which NPE model it was folded from
+        assert npe["merged"] and npe["npe_architecture"] == entry["run"]["model"] and "were folded into" in card
+    else:
+        assert not npe["merged"] and npe["num_pems"] == (16 if "_npe16." in name else 1 if "_npe1." in name else 0)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        save_pretrained_for_hub(name, folder)
+    assert sorted(p.name for p in (tmp_path / "hub").iterdir()) == [name], "no staging leftovers"
+
+
+def test_only_shipped_checkpoints_have_generated_hub_folders(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="'resnet32_npe16' is not a checkpoint shipped with npe-models"):
+        save_pretrained_for_hub("resnet32_npe16", tmp_path / "x")
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize("name", SHIPPED)

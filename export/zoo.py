@@ -1,11 +1,13 @@
-"""Ship finished CIFAR-LT training runs as pretrained checkpoints: bundled weights and Hub folders.
+"""Release tooling: ship finished CIFAR-LT training runs as pretrained checkpoints (bundled weights, Hub folders).
 
 ``package_run(run_dir)`` takes a run that ``npe-models train`` finished, writes its weights into
 ``npe_models/weights/`` as ``<arch>.<tag>.safetensors`` (plus the merged form of NPE models, a
 plain ``<base>`` checkpoint), records their sha256 and the run's measured accuracy in the
 manifest timm's pretrained cfgs are built from, and writes a ready-to-upload Hub folder with a
-model card per checkpoint. The exported weights are re-scored on the 1,000 exact test images
-and must reproduce the run's own final accuracy.
+model card per checkpoint (``npe_models.hub.pretrained_card``, so a folder regenerated later
+with ``save_pretrained_for_hub`` is the same) into a git-ignored folder. The exported weights are
+re-scored on the 1,000 exact test images and must reproduce the run's own final accuracy.
+Used by ``export/package_pretrained.py``; not part of the installed package.
 """
 from __future__ import annotations
 
@@ -20,17 +22,20 @@ from safetensors.torch import save_file
 from timm.utils import reparameterize_model
 from torch import nn
 
-from .data.cifar import load_cifar_lt
-from .classification.checkpoint import METRICS_FILE, WEIGHTS_FILE, atomic_write, load_trained_model, read_saved_config
-from .classification.config import TrainConfig, num_pems_of, resolve_config
-from .classification.evaluate import evaluate_model, summary
-from .hub import save_for_hub
-from .models._bundled import HUB_ORGANISATION, MANIFEST_FILE, WEIGHTS_DIR, file_sha256
+from npe_models.classification.checkpoint import METRICS_FILE, WEIGHTS_FILE, atomic_write, load_trained_model, read_saved_config
+from npe_models.classification.config import TrainConfig, resolve_config
+from npe_models.classification.evaluate import evaluate_model, summary
+from npe_models.data.cifar import load_cifar_lt
+from npe_models.hub import DATASET_NAMES, pretrained_card, save_for_hub
+from npe_models.models import parse_npe_name
+from npe_models.models._bundled import MANIFEST_FILE, WEIGHTS_DIR, file_sha256
 
 __all__ = ["checkpoint_names", "package_run", "read_manifest", "reproduces", "write_manifest", "REPRODUCE_TOLERANCE"]
 
 PathLike = Union[str, os.PathLike]
 
+HUB_DIR = Path(__file__).resolve().parents[1] / "zoo" / "hub"
+"""Where the Hub folders go by default: git-ignored, regenerated on demand (``save_pretrained_for_hub``)."""
 REPRODUCE_TOLERANCE = 0.1
 """Points of top-1 on the exact test images by which a shipped checkpoint may differ from its record (one image)."""
 
@@ -38,7 +43,6 @@ _RUN_FIELDS = ("model", "method", "recipe", "dataset", "rho", "epochs", "batch_s
                "weight_decay", "schedule", "milestones", "gamma", "tau", "npe_alpha", "npe_t", "seed", "deterministic")
 _SCHEDULE_FIELDS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule", "milestones", "gamma")
 _DEFAULT_TAG_SUFFIX = "_lt_r100_hp2"
-_DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 _METHOD_NAMES = {"ce": "cross-entropy", "la": "logit-adjusted loss", "crt": "cRT: classifier re-trained with class-balanced sampling",
                  "posthoc_la": "cross-entropy + post-hoc logit adjustment", "npe": "NPE"}
 
@@ -52,10 +56,9 @@ def _tag(config: TrainConfig) -> str:
 def checkpoint_names(config: TrainConfig) -> tuple[str, Optional[str]]:
     """The unmerged name ``<arch>.<tag>`` and, for NPE models, the merged ``<base>.<tag>_npe<K>_merged``."""
     tag = _tag(config)
-    num_pems = num_pems_of(config.model)
+    base, num_pems = parse_npe_name(config.model)
     if not num_pems:
         return f"{config.model}.{tag}", None
-    base = config.model.rsplit("_npe", 1)[0]
     return f"{config.model}.{tag}", f"{base}.{tag}_npe{num_pems}_merged"
 
 
@@ -124,51 +127,11 @@ def _starting_point(config: TrainConfig) -> Optional[str]:
     return checkpoint_names(init_config)[0] if init_config is not None else config.init
 
 
-def _training_note(name: str, config: TrainConfig, training: dict[str, Any]) -> str:
-    start = _starting_point(config)
-    if not training["epochs"]:
-        return (f"No training of its own: the classifier bias of the cross-entropy model `{start}` absorbs "
-                f"-{config.tau:g} * log prior. Weights: `npe_models/weights/{name}.safetensors` in the package.")
-    origin = f"; only the classifier of `{start}` was re-trained" if start else ""
-    return (
-        f"Trained by npe-models in {training['seconds'] / 3600:.2f} h ({training['images_per_s']:.0f} images/s, "
-        f"{', '.join(training['devices'])}){origin}. Weights: `npe_models/weights/{name}.safetensors` in the package."
-    )
-
-
-def _card_notes(name: str, record: dict[str, Any], config: TrainConfig, training: dict[str, Any]) -> str:
-    rows = ["| test images | prediction | top-1 | balanced | Many | Medium | Few |", "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
-    sets = {"full": "full 10,000", "exact": "exact 1,000", "jpeg_twins": "JPEG twins of the exact 1,000"}
-    prediction = "NPE-LA" if record["primary"] == "npe_la" else "logits"
-    for variant, scores in ((prediction, record), *((("unadjusted", record["unadjusted"]),) if "unadjusted" in record else ())):
-        for key, label in sets.items():
-            if key in scores:
-                values = [scores[key][k] for k in ("top1", "balanced", "many", "medium", "few")]
-                rows.append(f"| {label} | {variant} | " + " | ".join("-" if v is None else f"{v:.2f}" for v in values) + " |")
-    lines = [
-        "## Results by test set",
-        "9,000 of the full test set's images were recovered from JPEG copies; the 1,000 exact images (the official "
-        "test batch's first 1,000) are bit-exact, and their JPEG twins are the same images read back from JPEG.",
-        "\n".join(rows),
-    ]
-    if "jpeg_twins" in record:
-        penalty = record["exact"]["top1"] - record["jpeg_twins"]["top1"]
-        lines.append(f"JPEG penalty ({prediction}): {penalty:+.2f} points (exact minus JPEG twins).")
-    if "prior" in record:
-        prior = record["prior"]
-        lines.append(
-            f"NPE estimate vs log training count (per class, full test set): Pearson {prior['pearson']:.3f}, "
-            f"Spearman {prior['spearman']:.3f}, slope {prior['slope']:.3f}."
-        )
-    lines.append(_training_note(name, config, training))
-    return "\n\n".join(lines)
-
-
 def _describe_method(config: TrainConfig, form: str) -> str:
     """How the checkpoint predicts, for its description: the training method and, for NPE, the PEMs' fate."""
     if config.method != "npe":
         return _METHOD_NAMES[config.method]
-    count = num_pems_of(config.model)
+    count = parse_npe_name(config.model)[1]
     pems = f"NPE with {count} PEM{'s' if count > 1 else ''}, NPE-LA"
     return f"{pems} folded into the classifier" if form == "merged" else pems
 
@@ -177,45 +140,35 @@ def _write_checkpoint(
     name: str, model: nn.Module, record: dict[str, Any], config: TrainConfig, training: dict[str, Any],
     label_names: Optional[list[str]], weights_dir: Path, hub_dir: Path, form: str,
 ) -> dict[str, Any]:
-    """Bundle one form of the model; return its manifest entry."""
+    """Bundle one form of the model and write its Hub folder; return its manifest entry."""
     file = weights_dir / f"{name}.safetensors"
     state = {key: value.detach().contiguous() for key, value in model.state_dict().items()}
     atomic_write(file, lambda tmp: save_file(state, str(tmp)))
     file.chmod(0o644)
-    dataset = _DATASET_NAMES[config.dataset]
-    run = {key: getattr(config, key) for key in _RUN_FIELDS}
     full = record["full"]
     description = (
-        f"{name.split('.', 1)[0]} ({_describe_method(config, form)}) trained by npe-models on {dataset}-LT "
-        f"rho={config.rho:g}, recipe {config.recipe}, "
+        f"{name.split('.', 1)[0]} ({_describe_method(config, form)}) trained by npe-models on "
+        f"{DATASET_NAMES[config.dataset]}-LT rho={config.rho:g}, recipe {config.recipe}, "
         f"seed {config.seed}: top-1 {full['top1']:.2f}% on the full test set, {record['exact']['top1']:.2f}% on its "
         "1,000 exact images."
     )
-    tag = name.split(".", 1)[1]
-    model.pretrained_cfg = {**model.pretrained_cfg, "tag": tag, "description": description, "label_names": label_names}
-    save_for_hub(
-        model,
-        hub_dir / name,
-        label_names=label_names,
-        metrics={"top1": round(full["top1"], 2), "balanced_accuracy": round(full["balanced"], 2),
-                 **{key: round(full[key], 2) for key in ("many", "medium", "few") if full[key] is not None}},
-        dataset=f"{dataset}-LT (rho={config.rho:g}) test set",
-        dataset_id=config.dataset,
-        recipe=run,
-        repo_id=f"{HUB_ORGANISATION}/{name}",
-        model_name=name,
-        overwrite=True,
-        notes=_card_notes(name, record, config, training),
-    )
-    return {
+    entry = {
         "file": file.name,
         "sha256": file_sha256(file),
         "form": form,
         "cfg": {"label_names": label_names, "description": description},
-        "run": run,
+        "run": {key: getattr(config, key) for key in _RUN_FIELDS},
         "training": training,
         "metrics": record,
     }
+    start = _starting_point(config)
+    if start:
+        entry["starts_from"] = start
+    entry = json.loads(json.dumps(entry))  # as the manifest stores it, so the card reads the same when regenerated
+    model.pretrained_cfg = {**model.pretrained_cfg, "tag": name.split(".", 1)[1], "description": description,
+                            "label_names": label_names}
+    save_for_hub(model, hub_dir / name, overwrite=True, **pretrained_card(name, entry))
+    return entry
 
 
 def reproduces(top1: float, expected: float) -> bool:
@@ -238,7 +191,7 @@ def package_run(
     *,
     data_dir: Optional[PathLike] = None,
     weights_dir: PathLike = WEIGHTS_DIR,
-    hub_dir: PathLike = "zoo/hub",
+    hub_dir: PathLike = HUB_DIR,
 ) -> list[str]:
     """Ship a finished run: bundled weights (unmerged, and merged for NPE), manifest entries, Hub folders.
 
