@@ -112,7 +112,7 @@ def _populate_hf_cache(hf_home: Path, repo_id: str, folder: Path) -> None:
 
 
 def test_offline_hf_hub_cache_round_trip(tmp_path: Path) -> None:
-    """Classifier through timm's hf-hub: and load_from_hub, segmentation through load_from_hub, with HF_HUB_OFFLINE=1."""
+    """Classifier through timm's hf-hub:, load_from_hub and load_model, segmentation through load_from_hub, offline."""
     model, segmenter = _npe_model(), _segmentation_model()
     hf_home = tmp_path / "hf_home"
     repos = {"npe-models/resnet20_npe4-test": model, "npe-models/unet_fcn_npe1-test": segmenter}
@@ -123,12 +123,16 @@ def test_offline_hf_hub_cache_round_trip(tmp_path: Path) -> None:
 import safetensors.torch, timm, torch
 import npe_models
 from npe_models.hub import load_from_hub
+from npe_models.loading import load_model
 x = safetensors.torch.load_file({str(tmp_path / 'x.safetensors')!r})
 with torch.no_grad():
     a = timm.create_model("hf-hub:npe-models/resnet20_npe4-test", pretrained=True).eval()(x["x"])
     b = load_from_hub("hf-hub:npe-models/resnet20_npe4-test").eval()(x["x"])
     c = load_from_hub("hf-hub:npe-models/unet_fcn_npe1-test").eval()(x["y"])["out"]
-safetensors.torch.save_file({{"timm": a, "loader": b, "segmentation": c}}, {str(tmp_path / 'out.safetensors')!r})
+    loaded = load_model("hf-hub:npe-models/resnet20_npe4-test")
+    assert loaded.task == "classification" and loaded.source == "hf-hub:npe-models/resnet20_npe4-test"
+    d = loaded.model(x["x"])
+safetensors.torch.save_file({{"timm": a, "loader": b, "segmentation": c, "load_model": d}}, {str(tmp_path / 'out.safetensors')!r})
 """
     env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)}
     env.pop("HF_HUB_CACHE", None)
@@ -137,6 +141,7 @@ safetensors.torch.save_file({{"timm": a, "loader": b, "segmentation": c}}, {str(
     out = safetensors.torch.load_file(str(tmp_path / "out.safetensors"))
     expected = _outputs(model)
     assert torch.equal(out["timm"], expected) and torch.equal(out["loader"], expected)
+    assert torch.equal(out["load_model"], expected)
     x = safetensors.torch.load_file(str(tmp_path / "x.safetensors"))["y"]
     with torch.no_grad():
         assert torch.equal(out["segmentation"], segmenter.eval()(x)["out"])
