@@ -28,9 +28,10 @@ from ._cli_args import (
 )
 from . import classification, segmentation
 from .classification import TrainConfig, format_metrics, resolve_train_config, train
-from .hub import push_to_hub, save_for_hub
+from .hub import pretrained_card, push_to_hub, save_for_hub
 from .loading import load_model, read_label_names, source_kind
 from .models import is_segmentation_model, list_registered
+from .models._bundled import bundled_checkpoints
 from .npe import set_alpha
 from .onnx import check_parity, export_onnx, format_parity, onnx_summary
 from .runs import NonFiniteLossError, run_task
@@ -174,13 +175,16 @@ def _export_hub(args: argparse.Namespace) -> int:
         raise ValueError("give --output-dir DIR, or --push with --repo-id.")
     loaded, label_names = _load_for_export(args)
     model = reparameterize_model(loaded.model) if args.merge else loaded.model
-    card = dict(label_names=label_names, metrics=dict(args.metric) or None, dataset=args.dataset,
-                dataset_id=args.dataset_id, split=args.split, recipe=dict(args.recipe) or loaded.recipe,
-                config=loaded.segmentation_config)
+    shipped = args.pretrained and not args.merge and args.model in bundled_checkpoints()
+    given = _set(label_names=label_names, metrics=dict(args.metric) or None, dataset=args.dataset,
+                 dataset_id=args.dataset_id, recipe=dict(args.recipe) or loaded.recipe, repo_id=args.repo_id)
+    card = {**(pretrained_card(args.model) if shipped else {}), **given, "split": args.split,
+            "config": loaded.segmentation_config}
     if args.output_dir is not None:
-        folder = save_for_hub(model, args.output_dir, repo_id=args.repo_id, overwrite=args.overwrite, **card)
+        folder = save_for_hub(model, args.output_dir, overwrite=args.overwrite, **card)
         print(f"wrote {folder}: {', '.join(sorted(p.name for p in folder.iterdir()))}")
     if args.push:
+        card.pop("repo_id")
         commit = push_to_hub(model, args.repo_id, token=args.token, private=args.private or None, **card)
         print(f"uploaded to {commit.commit_url}")
     return 0

@@ -121,7 +121,8 @@ def require_pretrained_weights(name: str) -> None:
         architecture, _, tag = name.partition(".")
         tags = [found.split(".", 1)[1] for found in timm.list_pretrained(f"{architecture}.*")]
         hint = (f"its pretrained tags are {tags}: name one as '{architecture}.<tag>' (torch.hub: pretrained_cfg='<tag>')"
-                if tags else "load it with pretrained=False")
+                if tags else "there are no pretrained weights for it: load it with pretrained=False, or see "
+                "`npe-models list --pretrained`")
         raise ValueError(f"{name} has no {'' if tag else 'default '}pretrained weights; {hint}.")
 
 

@@ -212,7 +212,7 @@ def test_bad_sources_fail_with_one_clear_error(classifier_sources, tmp_path: Pat
 
 
 def test_names_without_weights_fail_clearly() -> None:
-    with pytest.raises(ValueError, match="resnet20_npe16 has no default pretrained weights; load it with pretrained=False"):
+    with pytest.raises(ValueError, match="resnet20_npe16 has no default pretrained weights; there are no pretrained weights for it: load it with pretrained=False"):
         load_model("resnet20_npe16", pretrained=True)
     with pytest.raises(ValueError, match=r"pretrained tag \(cifar100_lt_r100_hp2\) for resnet32_npe16.*npe-models list --pretrained"):
         load_model("resnet32_npe16.cifar100_lt_r100_hp2", pretrained=True)
