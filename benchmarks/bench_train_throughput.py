@@ -27,7 +27,7 @@ import torch.nn.functional as F
 import npe_models  # noqa: F401  (registers the models)
 from npe_models.data import load_cifar_lt
 from npe_models.classification import resolve_config
-from npe_models.classification.distributed import DistributedContext
+from npe_models.distributed import DistributedContext
 from npe_models.classification.train import _Run
 
 VARIANTS = {

@@ -112,7 +112,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         results = segmentation.evaluate_run(
             model, loaded.segmentation_config, out, data_dir=args.data_dir or _default_data_dir(),
             overlays=args.overlays, progress=_progress(args), about=about, **_set(
-                split=args.split, annotations=args.annotation, alphas=args.alpha, mode=args.mode,
+                dataset=args.dataset, split=args.split, annotations=args.annotation, alphas=args.alpha, mode=args.mode,
                 crop_size=args.crop_size, stride=args.stride, device=args.device),
         )
         for annotation, table in results.items():

@@ -16,7 +16,10 @@ import torch
 from torch import Tensor, nn
 
 from ..data.cifar import CIFAR_NUM_CLASSES, GROUP_NAMES, BatchStream, CifarLT, ImageArrays, class_groups, load_cifar_lt
+from ..distributed import resolve_device
 from ..npe import NPEHead, npe_heads
+from ..runs import write_json
+from .plots import save_evaluation_plots
 
 __all__ = [
     "Predictions",
@@ -258,10 +261,6 @@ def evaluate_run(
     whose counts define the Many / Medium / Few groups and the post-hoc LA prior; ``about``
     (e.g. the source and whether it was merged) is recorded at the top of ``metrics.json``.
     """
-    from ..runs import write_json
-    from .distributed import resolve_device
-    from .plots import save_evaluation_plots
-
     dataset, rho = dataset or "cifar10", rho or 100.0
     num_classes = getattr(model, "num_classes", None)
     if dataset in CIFAR_NUM_CLASSES and num_classes not in (None, CIFAR_NUM_CLASSES[dataset]):

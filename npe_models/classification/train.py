@@ -32,7 +32,7 @@ from ..runs import (
 )
 from .checkpoint import build_model, save_weights
 from .config import TrainConfig
-from .distributed import DistributedContext, all_reduce_sum, barrier, init_distributed
+from ..distributed import DistributedContext, all_reduce_sum, barrier, init_distributed
 from .evaluate import evaluate_model, group_accuracy, summary
 from .methods import TrainingMethod, make_method
 from .plots import save_evaluation_plots

@@ -13,11 +13,13 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from torchvision.utils import draw_segmentation_masks
 
-from ..classification.checkpoint import atomic_write
+from ..distributed import resolve_device
 from ..npe import has_pems
+from ..runs import atomic_write, write_json
 from .losses import DEFAULT_IGNORE_INDEX
 from .metrics import SegmentationMetrics, confusion_matrix
 from .sampling import normalize_images
+from .training import segmentation_dataset
 
 if TYPE_CHECKING:
     from .config import SegmentationModelConfig
@@ -174,7 +176,8 @@ def evaluate_run(
     model_config: "SegmentationModelConfig",
     out_dir: Union[str, Path],
     *,
-    data_dir: Union[str, Path],
+    data_dir: Union[str, Path, None] = None,
+    dataset: str = "stare",
     split: str = "val",
     annotations: Sequence[str] = ("ah", "vk"),
     alphas: Optional[Sequence[float]] = None,
@@ -186,25 +189,22 @@ def evaluate_run(
     progress: Optional[Callable[..., Any]] = None,
     about: Optional[dict[str, Any]] = None,
 ) -> dict[str, dict[float, SegmentationMetrics]]:
-    """Score a trained model on STARE's ``split`` against each annotation's masks; write ``metrics.json`` (and the
-    first ``overlays`` overlay PNGs per annotation) to ``out_dir``.
+    """Score a trained model on ``dataset``'s ``split`` against each annotation's masks; write ``metrics.json``
+    (and the first ``overlays`` overlay PNGs per annotation) to ``out_dir``.
 
     ``alphas`` default to 0 (the main logits) and the model's own NPE-LA strength when it has
     PEMs; ``progress`` is a tqdm-like factory called as ``progress(total=, desc=, unit=)``.
     """
-    from ..classification.distributed import resolve_device
-    from ..data.stare import StareSegmentation
-    from ..runs import write_json
-
     alphas = list(alphas) if alphas is not None else [0.0, model_config.alpha] if has_pems(model) else [0.0]
     out_dir, device = Path(out_dir), resolve_device(str(device))
-    report: dict[str, Any] = {**(about or {}), "mode": mode, "split": split, "alphas": alphas, "results": {}}
+    report: dict[str, Any] = {**(about or {}), "dataset": dataset, "mode": mode, "split": split, "alphas": alphas,
+                              "results": {}}
     results: dict[str, dict[float, SegmentationMetrics]] = {}
     for annotation in annotations:
-        dataset = StareSegmentation(data_dir, split, annotation)
-        bar = progress(total=len(dataset), desc=f"evaluate {annotation}", unit="image") if progress else None
+        images = segmentation_dataset(dataset, split, annotation, data_dir)
+        bar = progress(total=len(images), desc=f"evaluate {annotation}", unit="image") if progress else None
         results[annotation] = evaluate_segmentation(
-            model, dataset, num_classes=model_config.num_classes, mean=model_config.mean, std=model_config.std,
+            model, images, num_classes=model_config.num_classes, mean=model_config.mean, std=model_config.std,
             alphas=alphas, mode=mode, crop_size=crop_size, stride=stride, device=device,
             class_names=model_config.class_names, overlay_dir=out_dir / "overlays" / annotation,
             num_overlays=overlays, on_image=(lambda _: bar.update(1)) if bar is not None else None,

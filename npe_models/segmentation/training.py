@@ -19,8 +19,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..classification.distributed import resolve_device
 from ..data.stare import StareSegmentation
+from ..distributed import resolve_device
 from ..npe import has_pems
 from ..runs import CHECKPOINT_FILE, WEIGHTS_FILE, TrainingLoop, check_run_dir
 from .checkpoint import load_weights_for_pem_training, save_segmentation_weights

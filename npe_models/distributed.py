@@ -1,4 +1,5 @@
-"""Data-parallel helpers: set up ``torch.distributed`` from ``torchrun``'s environment (gloo on CPU, nccl on CUDA)."""
+"""Devices and data parallelism for every task: ``resolve_device`` (auto, cpu, cuda[:N]) and ``torch.distributed``
+set up from ``torchrun``'s environment (gloo on CPU, nccl on CUDA)."""
 from __future__ import annotations
 
 import os
