@@ -28,6 +28,7 @@ from ._cli_args import (
 )
 from . import classification, segmentation
 from .classification import TrainConfig, format_metrics, resolve_train_config, train
+from .data import default_data_dir
 from .hub import pretrained_card, push_to_hub, save_for_hub
 from .loading import load_model, read_label_names, source_kind
 from .models import is_segmentation_model, list_registered
@@ -40,10 +41,6 @@ from .segmentation import SegmentationModelConfig, SegmentationTrainConfig, form
 __all__ = ["main", "build_parser"]
 
 _PROG = "npe-models"
-
-
-def _default_data_dir() -> str:
-    return os.environ.get("NPE_DATA_DIR", "data")
 
 
 def _progress(args: argparse.Namespace):
@@ -93,7 +90,7 @@ def _train_segmentation(args: argparse.Namespace) -> int:
                     dataset=args.dataset, annotation=args.annotation, init=args.init, weights=args.weights,
                     weights_backbone=args.weights_backbone)
     config = segmentation.resolve_segmentation_config(args.out, args.resume, **given, **settings)
-    record = segmentation.train_run(config, args.out, data_dir=args.data_dir or _default_data_dir(),
+    record = segmentation.train_run(config, args.out, data_dir=args.data_dir or default_data_dir(),
                                     resume=args.resume, device=args.device or "auto", progress=_progress(args))
     last = f"; last loss {record['loss']:.4g}" if record else ""
     print(f"finished {config.train.iterations} iterations{last}")
@@ -110,7 +107,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     about = {"source": args.source, "merged": bool(args.merge)}
     if loaded.task == "segmentation":
         results = segmentation.evaluate_run(
-            model, loaded.segmentation_config, out, data_dir=args.data_dir or _default_data_dir(),
+            model, loaded.segmentation_config, out, data_dir=args.data_dir or default_data_dir(),
             overlays=args.overlays, progress=_progress(args), about=about, **_set(
                 dataset=args.dataset, split=args.split, annotations=args.annotation, alphas=args.alpha, mode=args.mode,
                 crop_size=args.crop_size, stride=args.stride, device=args.device),
@@ -123,7 +120,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         metrics = classification.evaluate_run(
             model, out, dataset=args.dataset or loaded.dataset, rho=args.rho or loaded.rho,
             max_per_class=args.max_per_class or loaded.max_per_class,
-            data_dir=args.data_dir or loaded.data_dir or _default_data_dir(), posthoc_tau=args.posthoc_tau,
+            data_dir=args.data_dir or loaded.data_dir or default_data_dir(), posthoc_tau=args.posthoc_tau,
             sets=args.sets, about=about, title=f"{loaded.name}{' merged' if args.merge else ''}", **_set(
                 download=args.download, device=args.device, batch_size=args.eval_batch_size,
                 channels_last=args.channels_last, amp=args.amp),

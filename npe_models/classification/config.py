@@ -7,13 +7,13 @@ checks that the settings that shape the result have not changed. :func:`resolve_
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Optional, Union
 
 import timm
 
+from ..data import default_data_dir
 from ..models import parse_npe_name
 from ..runs import SerializableConfig, resumable_config
 
@@ -153,7 +153,7 @@ def resolve_train_config(
         saved.pop("device", None)  # the machine's, not the run's: a run may move between GPU and CPU machines
         saved.update({name: value for name, value in (("method", method), ("recipe", recipe)) if value is not None})
         return TrainConfig.from_dict({**saved, **given})
-    given.setdefault("data_dir", os.environ.get("NPE_DATA_DIR", "data"))
+    given.setdefault("data_dir", default_data_dir())
     if method is None:
         method = "npe" if num_pems_of(given.get("model", "resnet32_npe16")) else "ce"
     if method in METHODS_FROM_CE and "model" not in given and given.get("init"):

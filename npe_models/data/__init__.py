@@ -1,4 +1,6 @@
 """Data sets for NPE training and evaluation: long-tailed CIFAR and its batch pipeline."""
+import os
+
 from .cifar import (
     CIFAR_NUM_CLASSES,
     EXACT_TEST_SUBSET_SIZE,
@@ -14,6 +16,7 @@ from .cifar import (
 )
 
 __all__ = [
+    "default_data_dir",
     "CIFAR_NUM_CLASSES",
     "EXACT_TEST_SUBSET_SIZE",
     "GROUP_NAMES",
@@ -26,3 +29,8 @@ __all__ = [
     "long_tailed_counts",
     "long_tailed_indices",
 ]
+
+
+def default_data_dir() -> str:
+    """Where the data sets are when no folder is given: ``$NPE_DATA_DIR``, else ``./data``."""
+    return os.environ.get("NPE_DATA_DIR", "data")
