@@ -10,9 +10,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_train_arguments", "add_evaluate_arguments", "add_export_arguments", "add_list_arguments"]
+from .data import CLASSIFICATION_DATASETS
 
-CLASSIFICATION_DATASETS = ("cifar10", "cifar100")
+__all__ = ["add_train_arguments", "add_evaluate_arguments", "add_export_arguments", "add_list_arguments",
+           "add_predict_arguments"]
+
 SEGMENTATION_DATASETS = ("stare",)
 EPILOG_TRAIN = """examples:
   npe-models train --model resnet32_npe16 --data-dir ../shared/data --out runs/npe16_hp2   # NPE(16), HP-2
@@ -28,6 +30,12 @@ EPILOG_EVALUATE = """examples:
   npe-models evaluate runs/ce_hp2 --posthoc-tau 1     # also score post-hoc logit adjustment
   npe-models evaluate resnet32_npe16.cifar10_lt_r100_hp2 --pretrained
   npe-models evaluate runs/unet_npe1 --alpha 0 1 0.2  # segmentation: several NPE-LA strengths in one pass
+"""
+EPILOG_PREDICT = """examples:
+  npe-models predict resnet32_npe16 --pretrained cat.png dog.jpg   # top-5 classes of each image, as a table
+  npe-models predict runs/npe16_hp2 photos/ --top-k 3 --json       # a folder, searched recursively; JSON for scripts
+  npe-models predict runs/npe16_hp2 photos/ --alpha 0 --csv        # the unadjusted logits (no NPE-LA)
+  npe-models predict resnet32_npe16.onnx photos/                   # an ONNX export, run with ONNX Runtime
 """
 
 
@@ -54,7 +62,11 @@ def _add_data_and_hardware(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data and hardware")
     data.add_argument("--dataset", choices=CLASSIFICATION_DATASETS + SEGMENTATION_DATASETS,
                       help="data set (default: cifar10 for classifiers, stare for segmentation, or the run's)")
-    data.add_argument("--data-dir", help="folder with the data sets (default: $NPE_DATA_DIR, else ./data)")
+    data.add_argument("--data-dir", help="folder with the data sets (default: $NPE_DATA_DIR, else ./data); for folder: "
+                      "the tree with train/<class>/* and val/<class>/*; for the split lists: the images' root")
+    data.add_argument("--split-dir", help="folder with the split lists, e.g. ImageNet_LT_train.txt (default: --data-dir)")
+    data.add_argument("--image-size", type=int, help="input size of file data sets (default: the model's pretrained cfg)")
+    data.add_argument("--workers", type=int, help="DataLoader workers per process for file data sets (default: CPUs, <= 8)")
     data.add_argument("--download", action="store_true", default=None, help="download CIFAR with torchvision")
     data.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: auto)")
     data.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="bfloat16 autocast")
@@ -86,11 +98,15 @@ def add_train_arguments(train: argparse.ArgumentParser) -> None:
                      help="NPE-LA strength stored in the model (default: 1 classification, 0.1 segmentation)")
     npe.add_argument("--npe-t", type=int, choices=(0, 1), help="PEM sign convention t (default: 1)")
     npe.add_argument("--init", help="trained run directory or weights to start from (crt, posthoc_la, frozen PEMs)")
-    cls = train.add_argument_group("classification (long-tailed CIFAR)")
+    cls = train.add_argument_group("classification (CIFAR-LT, image folders, ImageNet-LT / Places-LT / iNaturalist lists)")
     cls.add_argument("--method", choices=("ce", "la", "posthoc_la", "crt", "npe"), help="default: npe with PEMs, else ce")
-    cls.add_argument("--recipe", choices=("hp1", "hp2"), help="hyperparameter recipe of the paper (default: hp2)")
+    cls.add_argument("--recipe", choices=("hp1", "hp2", "imagenet_lt", "inat2018", "places_lt"),
+                     help="the paper's recipe: hp1/hp2 (CIFAR-LT) or a large data set's (default: the data set's, else hp2)")
+    cls.add_argument("--accum-steps", type=int, help="micro-batches per SGD step (gradient accumulation, default: 1)")
+    cls.add_argument("--backbone-weights", help="start from 'imagenet' (timm's pretrained weights) or a weights file")
     cls.add_argument("--epochs", type=int, help="training epochs (default: the recipe's)")
-    cls.add_argument("--rho", type=float, help="imbalance ratio, largest / smallest class (default: 100)")
+    cls.add_argument("--rho", type=float, help="imbalance ratio, largest / smallest class (default: 100 for CIFAR; "
+                     "folder: a long-tailed subset of train/ when given, else train/ as it is)")
     cls.add_argument("--max-per-class", type=int, help="images in the largest class (default: all)")
     cls.add_argument("--tau", type=float, help="logit-adjustment strength of la and posthoc_la (default: 1)")
     cls.add_argument("--eval-every", type=int, help="test every N epochs, 0 for the last only (default: 10)")
@@ -178,3 +194,23 @@ def add_list_arguments(listing: argparse.ArgumentParser) -> None:
     """Options of ``list``."""
     listing.add_argument("filter", nargs="?", help="wildcard filter, e.g. 'resnet32*'")
     listing.add_argument("--pretrained", action="store_true", help="list pretrained tags only")
+
+
+def add_predict_arguments(predict: argparse.ArgumentParser) -> None:
+    """Options of ``predict``: the model, the images, NPE-LA, the output format and the hardware."""
+    predict.add_argument("source", help="run directory, checkpoint.pt / .safetensors, model name[.tag] (with "
+                         "--pretrained), Hub folder or .onnx file")
+    predict.add_argument("images", nargs="+", help="image files, or folders searched recursively")
+    predict.add_argument("--pretrained", action="store_true", help="load the named model's pretrained weights")
+    predict.add_argument("--model", help="model name, for .safetensors weights that do not record it")
+    predict.add_argument("--alpha", type=float, help="NPE-LA strength of an unmerged NPE model (0: unadjusted logits; "
+                         "default: the model's)")
+    predict.add_argument("--top-k", type=int, default=5, help="classes per image, at most the class count (default: 5)")
+    output = predict.add_mutually_exclusive_group()
+    output.add_argument("--json", dest="format", action="store_const", const="json", default="table",
+                        help="a JSON list on stdout, one object per image")
+    output.add_argument("--csv", dest="format", action="store_const", const="csv",
+                        help="CSV on stdout, one row per class of each image")
+    predict.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
+    predict.add_argument("--device", help="cpu, cuda, cuda:N or auto for PyTorch models (default: auto)")
+    predict.add_argument("--no-progress", action="store_true", help="no progress bar (shown for folders, on stderr)")

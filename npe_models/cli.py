@@ -17,15 +17,8 @@ from typing import Any, Optional, Sequence
 
 from timm.utils import reparameterize_model
 
-from ._cli_args import (
-    EPILOG_EVALUATE,
-    EPILOG_TRAIN,
-    SEGMENTATION_DATASETS,
-    add_evaluate_arguments,
-    add_export_arguments,
-    add_list_arguments,
-    add_train_arguments,
-)
+from ._cli_args import (EPILOG_EVALUATE, EPILOG_PREDICT, EPILOG_TRAIN, SEGMENTATION_DATASETS, add_evaluate_arguments,
+                        add_export_arguments, add_list_arguments, add_predict_arguments, add_train_arguments)
 from . import classification, segmentation
 from .classification import TrainConfig, format_metrics, resolve_train_config, train
 from .data import default_data_dir
@@ -117,14 +110,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     else:
         if args.alpha is not None:
             set_alpha(model, _one_alpha(args.alpha))
-        metrics = classification.evaluate_run(
-            model, out, dataset=args.dataset or loaded.dataset, rho=args.rho or loaded.rho,
-            max_per_class=args.max_per_class or loaded.max_per_class,
-            data_dir=args.data_dir or loaded.data_dir or default_data_dir(), posthoc_tau=args.posthoc_tau,
-            sets=args.sets, about=about, title=f"{loaded.name}{' merged' if args.merge else ''}", **_set(
-                download=args.download, device=args.device, batch_size=args.eval_batch_size,
-                channels_last=args.channels_last, amp=args.amp),
-        )
+        data = {"data_dir": default_data_dir(), **loaded.data_settings(), **_set(
+            dataset=args.dataset, rho=args.rho, max_per_class=args.max_per_class, data_dir=args.data_dir,
+            split_dir=args.split_dir, image_size=args.image_size, workers=args.workers, download=args.download,
+            device=args.device, batch_size=args.eval_batch_size, channels_last=args.channels_last, amp=args.amp)}
+        metrics = classification.evaluate_run(model, out, posthoc_tau=args.posthoc_tau, sets=args.sets, about=about,
+                                              title=f"{loaded.name}{' merged' if args.merge else ''}", **data)
         print(format_metrics(metrics))
     print(f"metrics and plots: {out}")
     return 0
@@ -194,6 +185,15 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    classifier = classification.load_image_classifier(args.source, pretrained=args.pretrained, model_name=args.model,
+                                                      alpha=args.alpha, device=args.device)
+    predictions = classification.predict_images(classifier, args.images, top_k=args.top_k, batch_size=args.batch_size,
+                                                progress=_progress(args))
+    print(classification.format_predictions(predictions, args.format))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``npe-models`` command."""
     parser = argparse.ArgumentParser(prog=_PROG, description="Neural Prior Estimation (NPE): train, evaluate, "
@@ -216,8 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_arguments(onnx, hub)
     listing = commands.add_parser("list", help="list the models (and pretrained tags) npe-models provides")
     add_list_arguments(listing)
+    predict = commands.add_parser("predict", help="top-k classes of images or folders of images", epilog=EPILOG_PREDICT,
+                                  formatter_class=raw, description="Classify images with any model npe-models loads.")
+    add_predict_arguments(predict)
     for subparser, handler in ((train, _train), (evaluate, _evaluate), (onnx, _export_onnx), (hub, _export_hub),
-                               (listing, _list)):
+                               (listing, _list), (predict, _predict)):
         subparser.set_defaults(handler=handler)
     return parser
 

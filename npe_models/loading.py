@@ -77,6 +77,13 @@ class LoadedModel:
         """A short name for files derived from this model: the last part of the source (``model`` if none)."""
         return self.source.rstrip("/").split("/")[-1].split(":")[-1] or "model"
 
+    def data_settings(self) -> dict[str, Any]:
+        """What is known of the data the model was trained on, as ``evaluate_run`` takes it (data set, rho, folders)."""
+        settings = dict(dataset=self.dataset, rho=self.rho, max_per_class=self.max_per_class, data_dir=self.data_dir)
+        if self.task == CLASSIFICATION and self.config is not None:
+            settings.update(split_dir=self.config.split_dir, image_size=self.config.image_size)
+        return {name: value for name, value in settings.items() if value is not None}
+
     @property
     def recipe(self) -> Optional[dict[str, Any]]:
         """The training settings worth showing on a model card (no paths, devices or bookkeeping)."""
@@ -197,11 +204,13 @@ def _load_hub(source: str) -> LoadedModel:
 
 def _load_classification_run(path: Path, model_name: Optional[str], num_classes: Optional[int]) -> LoadedModel:
     model, config = load_trained_model(path, model_name, num_classes)
+    names = model.pretrained_cfg.get("label_names")
+    names = list(names) if names else None
     if config is None:
-        return LoadedModel(model, CLASSIFICATION, str(path))
+        return LoadedModel(model, CLASSIFICATION, str(path), class_names=names)
     return LoadedModel(
         model, CLASSIFICATION, str(path), config, dataset=config.dataset, rho=config.rho,
-        max_per_class=config.max_per_class, data_dir=config.data_dir,
+        max_per_class=config.max_per_class, data_dir=config.data_dir, class_names=names,
     )
 
 

@@ -31,7 +31,7 @@ from onnx_validate import (  # release tooling in export/, on the test path (pyp
 CLASSIFIERS = npe_models.list_classifiers()
 # ImageNet architectures are checked at 128x128 (ViT rebuilt for it): small, but at 64x64 their last
 # feature maps are 2x2 and BatchNorm calibration on so few values inflates the outputs past fp32 parity.
-IMAGENET = {"resnet18_npe16", "resnet50_npe16", "convnext_tiny_npe16", "efficientnet_b0_npe16", "vit_small_patch16_224_npe16"}
+IMAGENET = {"resnet18_npe16", "resnet50_npe16", "resnet152_npe16", "convnext_tiny_npe16", "efficientnet_b0_npe16", "vit_small_patch16_224_npe16"}
 # Exports take 4-40 s each on 2 cores: the ResNet-20 family stays in the default suite, the rest is slow.
 SLOW = {name for name in CLASSIFIERS if not name.startswith("resnet20")}
 NPE_MODEL = "resnet20_npe16"

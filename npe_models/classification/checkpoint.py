@@ -6,7 +6,7 @@ segmentation; they are importable from here too.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 import timm
 import torch
@@ -19,7 +19,7 @@ from ..runs import load_training_state as load_checkpoint
 from .config import TrainConfig, num_pems_of
 
 __all__ = [
-    "save_weights", "build_model", "load_trained_model", "read_saved_config", "check_num_classes", "load_checkpoint",
+    "save_weights", "set_label_names", "build_model", "load_trained_model", "read_saved_config", "check_num_classes", "load_checkpoint",
     # the run folder's names, from npe_models.runs, importable from here as before
     "CONFIG_FILE", "LOG_FILE", "CHECKPOINT_FILE", "WEIGHTS_FILE", "METRICS_FILE", "atomic_write", "write_json",
 ]
@@ -30,6 +30,8 @@ PathLike = Union[str, Path]
 def save_weights(path: PathLike, model: nn.Module, config: Optional[TrainConfig] = None) -> None:
     """The model's state_dict as safetensors (atomically), with the task and training config in its metadata."""
     metadata: dict[str, Any] = {"task": TrainConfig.task}
+    if model.pretrained_cfg.get("label_names"):
+        metadata["label_names"] = list(model.pretrained_cfg["label_names"])
     if config is not None:
         metadata["config"] = config.to_dict()
     runs.save_weights(path, model, metadata)
@@ -39,10 +41,22 @@ def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
     """The timm model a config names, with ``num_classes`` outputs (and its NPE settings when it has PEMs)."""
     if not timm.is_model(config.model.split(".", 1)[0]):
         raise ValueError(f"unknown model {config.model!r}; run `npe-models list` to see the available models.")
-    kwargs: dict[str, Any] = {"num_classes": num_classes}
+    kwargs: dict[str, Any] = {"num_classes": num_classes, **_backbone_weights(config.backbone_weights)}
     if num_pems_of(config.model):
         kwargs.update(npe_alpha=config.npe_alpha, npe_t=config.npe_t)
     return timm.create_model(config.model, **kwargs)
+
+
+def _backbone_weights(weights: Optional[str]) -> dict[str, Any]:
+    """timm arguments that start the backbone from ``weights``: ``imagenet`` (timm's default pretrained
+    weights, downloaded or from the Hugging Face cache) or a local weights file; the classifier stays fresh."""
+    if weights is None:
+        return {}
+    if weights == "imagenet":
+        return {"pretrained": True}
+    if not Path(weights).is_file():
+        raise FileNotFoundError(f"backbone weights '{weights}' do not exist; give 'imagenet' or a weights file.")
+    return {"pretrained": True, "pretrained_cfg_overlay": {"file": str(weights)}}
 
 
 def check_num_classes(model: nn.Module, num_classes: int, source: str) -> None:
@@ -70,8 +84,9 @@ def _run_file(source: Path) -> Path:
     return source
 
 
-def _state_and_config(source: Path) -> tuple[dict[str, torch.Tensor], Optional[TrainConfig], str]:
-    """Weights and training config from a run directory, a ``.safetensors`` file or a ``checkpoint.pt``."""
+def _state_and_config(source: Path) -> tuple[dict[str, torch.Tensor], Optional[TrainConfig], str, Optional[list[str]]]:
+    """Weights, training config, origin and class names from a run directory, a ``.safetensors`` file or a
+    ``checkpoint.pt``."""
     source = _run_file(source)
     if source.suffix == ".safetensors":
         state, saved = runs.read_weights(source)
@@ -83,7 +98,7 @@ def _state_and_config(source: Path) -> tuple[dict[str, torch.Tensor], Optional[T
     if saved.get("task", TrainConfig.task) != TrainConfig.task:
         raise ValueError(f"'{source}' holds a {saved['task']} model, not a classifier; load it with its task's loader.")
     config = TrainConfig.from_dict(saved["config"]) if "config" in saved else None
-    return state, config, str(source)
+    return state, config, str(source), saved.get("label_names")
 
 
 def _saved_num_classes(state: dict[str, torch.Tensor], model_name: str) -> Optional[int]:
@@ -111,7 +126,7 @@ def load_trained_model(
     ``model_name`` / ``num_classes`` are needed only for weights that carry no npe-models config;
     a given ``num_classes`` that disagrees with the weights is an error.
     """
-    state, config, origin = _state_and_config(Path(source))
+    state, config, origin, label_names = _state_and_config(Path(source))
     if config is None:
         if model_name is None:
             raise ValueError(f"{origin} carries no training config: pass the model name (--model).")
@@ -131,4 +146,13 @@ def load_trained_model(
         model.load_state_dict(state)
     except RuntimeError as error:
         raise ValueError(f"{origin} does not fit model {config.model!r}: {error}") from error
+    if label_names:
+        set_label_names(model, label_names)
     return model.eval(), config
+
+
+def set_label_names(model: nn.Module, names: Sequence[str]) -> None:
+    """Record the class names in the model's pretrained cfg (timm's ``label_names``), where exports read them."""
+    if len(names) != model.num_classes:
+        raise ValueError(f"{len(names)} class names for a model with {model.num_classes} classes.")
+    model.pretrained_cfg = {**model.pretrained_cfg, "label_names": tuple(names)}

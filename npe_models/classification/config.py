@@ -13,27 +13,37 @@ from typing import Any, ClassVar, Optional, Union
 
 import timm
 
-from ..data import default_data_dir
-from ..models import parse_npe_name
+from ..data import CIFAR_NUM_CLASSES, CLASSIFICATION_DATASETS, default_data_dir
+from ..models import npe_model_name, parse_npe_name
 from ..runs import SerializableConfig, resumable_config
 
 __all__ = [
-    "TrainConfig", "RECIPES", "METHODS", "RUNTIME_FIELDS", "resolve_config", "resolve_train_config", "num_pems_of",
+    "TrainConfig", "RECIPES", "CIFAR_RECIPES", "LARGE_RECIPES", "default_recipe", "METHODS", "RUNTIME_FIELDS", "resolve_config", "resolve_train_config", "num_pems_of",
 ]
 
 METHODS = ("ce", "la", "posthoc_la", "crt", "npe")
 METHODS_FROM_CE = ("crt", "posthoc_la")
 
 # The CIFAR-LT protocol of the NPE paper (ResNet-32, SGD momentum 0.9, no warm-up).
-RECIPES: dict[str, dict[str, Any]] = {
+CIFAR_RECIPES: dict[str, dict[str, Any]] = {
     "hp1": dict(lr=0.1, weight_decay=2e-4, batch_size=128, epochs=200, milestones=(160, 180)),
     "hp2": dict(lr=0.05, weight_decay=1e-3, batch_size=64, epochs=120, milestones=(100, 110)),
 }
+# The large data sets as the paper's code trains them: SGD momentum 0.9, batch 256, lr 0.1, cosine
+# schedule, a 2048-wide last layer; bf16 autocast. Places-LT starts from ImageNet weights.
+_LARGE = dict(lr=0.1, batch_size=256, schedule="cosine", milestones=(), amp=True)
+LARGE_RECIPES: dict[str, dict[str, Any]] = {
+    "imagenet_lt": dict(_LARGE, dataset="imagenet_lt", model="resnet50", weight_decay=5e-4, epochs=180),
+    "inat2018": dict(_LARGE, dataset="inat2018", model="resnet50", weight_decay=1e-4, epochs=200),
+    "places_lt": dict(_LARGE, dataset="places_lt", model="resnet152", weight_decay=5e-4, epochs=90,
+                      backbone_weights="imagenet"),
+}
+RECIPES: dict[str, dict[str, Any]] = {**CIFAR_RECIPES, **LARGE_RECIPES}
 # cRT re-trains only the classifier: a short cosine schedule at the recipe's lr and weight decay.
 CRT_OVERRIDES: dict[str, Any] = dict(epochs=10, schedule="cosine", milestones=())
 
 # Settings that may change between sittings of one run (paths, hardware) without changing its result.
-RUNTIME_FIELDS = ("data_dir", "download", "device", "amp", "channels_last", "eval_batch_size")
+RUNTIME_FIELDS = ("data_dir", "split_dir", "download", "workers", "device", "amp", "channels_last", "eval_batch_size")
 
 
 def num_pems_of(model_name: str) -> int:
@@ -52,10 +62,14 @@ class TrainConfig(SerializableConfig):
     method: str = "npe"
     recipe: str = "hp2"
     dataset: str = "cifar10"
-    rho: float = 100.0
+    rho: Optional[float] = 100.0
     max_per_class: Optional[int] = None
     data_dir: str = "data"
+    split_dir: Optional[str] = None
     download: bool = False
+    image_size: Optional[int] = None
+    workers: Optional[int] = None
+    backbone_weights: Optional[str] = None
     epochs: int = 120
     batch_size: int = 64
     lr: float = 0.05
@@ -64,6 +78,7 @@ class TrainConfig(SerializableConfig):
     schedule: str = "step"
     milestones: tuple[int, ...] = (100, 110)
     gamma: float = 0.1
+    accum_steps: int = 1
     tau: float = 1.0
     npe_alpha: float = 1.0
     npe_t: int = 1
@@ -78,12 +93,15 @@ class TrainConfig(SerializableConfig):
 
     def validate(self) -> None:
         """Raise a clear error for settings that cannot train."""
+        self._check_method_and_model()
+        self._check_data()
+        self._check_optimisation()
+
+    def _check_method_and_model(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}; got {self.method!r}.")
         if not timm.is_model(self.model.split(".", 1)[0]):
             raise ValueError(f"unknown model {self.model!r}; run `npe-models list` to see the available models.")
-        if not self.rho >= 1:
-            raise ValueError(f"rho (the imbalance ratio, largest / smallest class) must be >= 1, got {self.rho}.")
         pems = num_pems_of(self.model)
         if self.method == "npe" and pems == 0:
             raise ValueError(f"method 'npe' needs a model with PEMs, e.g. '{self.model}_npe16'; got {self.model!r}.")
@@ -96,11 +114,27 @@ class TrainConfig(SerializableConfig):
             raise ValueError(f"method {self.method!r} starts from a trained CE model: pass --init RUN_DIR_OR_CHECKPOINT.")
         if self.method == "posthoc_la" and self.epochs:
             raise ValueError(f"method 'posthoc_la' adjusts a trained CE model and does not train; got epochs={self.epochs}.")
+
+    def _check_data(self) -> None:
+        if self.dataset not in CLASSIFICATION_DATASETS:
+            raise ValueError(f"dataset must be one of {', '.join(CLASSIFICATION_DATASETS)}; got {self.dataset!r}.")
+        if self.rho is None and self.dataset in CIFAR_NUM_CLASSES:
+            raise ValueError(f"{self.dataset}-LT needs rho, the imbalance ratio (e.g. 100).")
+        if self.rho is not None and not self.rho >= 1:
+            raise ValueError(f"rho (the imbalance ratio, largest / smallest class) must be >= 1, got {self.rho}.")
+        if self.image_size is not None and self.image_size < 8:
+            raise ValueError(f"image_size must be at least 8 pixels, got {self.image_size}.")
+        if self.workers is not None and self.workers < 0:
+            raise ValueError(f"workers must be >= 0 (0: load in the training process), got {self.workers}.")
+
+    def _check_optimisation(self) -> None:
         if self.schedule not in ("step", "cosine"):
             raise ValueError(f"schedule must be 'step' or 'cosine', got {self.schedule!r}.")
-        for name in ("epochs", "batch_size", "eval_batch_size"):
+        for name in ("epochs", "batch_size", "eval_batch_size", "accum_steps"):
             if getattr(self, name) < (0 if name == "epochs" else 1):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
+        if self.batch_size % self.accum_steps:
+            raise ValueError(f"batch_size {self.batch_size} must be divisible by accum_steps {self.accum_steps}.")
         if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
             raise ValueError(
                 f"need lr > 0, weight_decay >= 0 and 0 <= momentum < 1; got lr={self.lr}, "
@@ -110,6 +144,24 @@ class TrainConfig(SerializableConfig):
             raise ValueError(f"milestones must be increasing epochs, got {list(self.milestones)}.")
         if self.eval_every < 0:
             raise ValueError(f"eval_every must be >= 0 (0: only after the last epoch), got {self.eval_every}.")
+
+
+def default_recipe(dataset: Optional[str]) -> str:
+    """The recipe a data set trains with unless one is given: its own for the large sets, else HP-2."""
+    return dataset if dataset in LARGE_RECIPES else "hp2"
+
+
+def _recipe_settings(recipe: str, method: str, dataset: Optional[str]) -> dict[str, Any]:
+    """The recipe's settings with its default model (with 16 PEMs for method npe) and cRT's / post-hoc LA's changes."""
+    settings = dict(RECIPES[recipe])
+    settings["model"] = npe_model_name(settings.get("model", "resnet32"), 16 if method == "npe" else 0)
+    if method == "crt":
+        settings.update(CRT_OVERRIDES)
+    if method == "posthoc_la":
+        settings["epochs"] = 0
+    if (dataset or settings.get("dataset", "cifar10")) not in CIFAR_NUM_CLASSES:
+        settings["rho"] = None  # file data sets train on their split as it is unless a rho is given
+    return settings
 
 
 def resolve_config(recipe: str = "hp2", method: str = "npe", **overrides: Any) -> TrainConfig:
@@ -124,11 +176,7 @@ def resolve_config(recipe: str = "hp2", method: str = "npe", **overrides: Any) -
     unknown = sorted(set(overrides) - names)
     if unknown:
         raise TypeError(f"unknown training settings {unknown}; valid settings: {sorted(names)}.")
-    settings: dict[str, Any] = dict(RECIPES[recipe], model="resnet32_npe16" if method == "npe" else "resnet32")
-    if method == "crt":
-        settings.update(CRT_OVERRIDES)
-    if method == "posthoc_la":
-        settings["epochs"] = 0
+    settings = _recipe_settings(recipe, method, overrides.get("dataset"))
     settings.update({k: v for k, v in overrides.items() if v is not None})
     if "milestones" in settings:
         settings["milestones"] = tuple(int(m) for m in settings["milestones"])
@@ -162,4 +210,4 @@ def resolve_train_config(
         init_config = read_saved_config(given["init"])
         if init_config is not None:
             given["model"] = init_config.model
-    return resolve_config(recipe or "hp2", method, **given)
+    return resolve_config(recipe or default_recipe(given.get("dataset")), method, **given)

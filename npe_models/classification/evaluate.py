@@ -15,10 +15,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..data.cifar import CIFAR_NUM_CLASSES, GROUP_NAMES, BatchStream, CifarLT, ImageArrays, class_groups, load_cifar_lt
+from ..data import CIFAR_NUM_CLASSES, GROUP_NAMES, LongTailedData, class_groups, load_long_tailed
 from ..distributed import resolve_device
 from ..npe import NPEHead, npe_heads
 from ..runs import write_json
+from .checkpoint import check_num_classes
 from .plots import save_evaluation_plots
 
 __all__ = [
@@ -28,7 +29,6 @@ __all__ = [
     "group_accuracy",
     "prior_diagnostics",
     "evaluate_model",
-    "evaluation_sets",
     "summary",
     "evaluate_run",
     "format_metrics",
@@ -165,14 +165,6 @@ def prior_diagnostics(estimate: Tensor, train_counts: Sequence[int]) -> dict[str
     }
 
 
-def evaluation_sets(data: CifarLT) -> dict[str, ImageArrays]:
-    """The image sets to score: the full test set, its exact (lossless) images, and their JPEG twins if present."""
-    sets = {"full": data.test, "exact": data.test.subset(data.test.exact)}
-    if data.jpeg_twins is not None:
-        sets["jpeg_twins"] = data.jpeg_twins
-    return sets
-
-
 def _score(predictions: Predictions, train_counts: Sequence[int]) -> dict[str, object]:
     scores: dict[str, object] = {
         variant: classification_metrics(logits.argmax(1), predictions.labels, train_counts)
@@ -185,7 +177,7 @@ def _score(predictions: Predictions, train_counts: Sequence[int]) -> dict[str, o
 
 def evaluate_model(
     model: nn.Module,
-    data: CifarLT,
+    data: LongTailedData,
     device: torch.device,
     batch_size: int = 500,
     posthoc_tau: Optional[float] = None,
@@ -193,37 +185,36 @@ def evaluate_model(
     amp: bool = False,
     sets: Optional[Sequence[str]] = None,
 ) -> dict[str, object]:
-    """Score ``model`` on the test sets of ``data`` (all of :func:`evaluation_sets`, or the named ``sets``).
+    """Score ``model`` on the evaluation sets of ``data`` (all of ``data.eval_sets``, or the named ``sets``).
 
     Returns ``{"primary": variant, "train_counts": [...], "groups": [...], "sets": {set: {variant:
-    metrics, "prior": diagnostics}}}``; ``primary`` is ``npe_la`` for NPE models, else ``plain``.
+    metrics, "prior": diagnostics}}}`` (and ``class_names`` when the data names its classes);
+    ``primary`` is ``npe_la`` for NPE models, else ``plain``.
     """
-    available = evaluation_sets(data)
-    names = list(available) if sets is None else list(sets)
-    unknown = sorted(set(names) - set(available))
+    names = list(data.eval_sets) if sets is None else list(sets)
+    unknown = sorted(set(names) - set(data.eval_sets))
     if unknown:
-        raise ValueError(f"unknown evaluation sets {unknown}; available: {sorted(available)}.")
-    mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
+        raise ValueError(f"unknown evaluation sets {unknown}; available: {sorted(data.eval_sets)}.")
     log_prior = None
     if posthoc_tau is not None:
         log_prior = torch.log(torch.as_tensor(data.counts, dtype=torch.float32) / float(data.counts.sum()))
-    results: dict[str, object] = {}
-    full_predictions = None
+    computed: dict[str, Predictions] = {}
     for name in names:
-        if name == "exact" and full_predictions is not None:
-            predictions = full_predictions.subset(torch.from_numpy(data.test.exact))
+        base, mask = data.derived_sets.get(name, (None, None))
+        if base in computed:
+            computed[name] = computed[base].subset(torch.from_numpy(mask))
         else:
-            stream = BatchStream(available[name], batch_size, mean, std, train=False, device=device, channels_last=channels_last)
-            predictions = predict(model, stream, log_prior, posthoc_tau or 0.0, amp)
-            if name == "full":
-                full_predictions = predictions
-        results[name] = _score(predictions, data.counts)
-    return {
+            batches = data.evaluation_batches(name, model, batch_size, device=device, channels_last=channels_last)
+            computed[name] = predict(model, batches, log_prior, posthoc_tau or 0.0, amp)
+    metrics: dict[str, object] = {
         "primary": "npe_la" if _npe_head(model) is not None else "plain",
         "train_counts": data.counts.tolist(),
         "groups": [GROUP_NAMES[g] for g in data.groups],
-        "sets": results,
+        "sets": {name: _score(computed[name], data.counts) for name in names},
     }
+    if data.class_names is not None:
+        metrics["class_names"] = list(data.class_names)
+    return metrics
 
 
 def summary(metrics: dict[str, object], variant: Optional[str] = None) -> dict[str, dict[str, Optional[float]]]:
@@ -245,6 +236,9 @@ def evaluate_run(
     rho: Optional[float] = None,
     max_per_class: Optional[int] = None,
     data_dir: Union[str, Path] = "data",
+    split_dir: Optional[str] = None,
+    image_size: Optional[int] = None,
+    workers: Optional[int] = None,
     download: bool = False,
     device: Union[str, torch.device] = "auto",
     batch_size: int = 500,
@@ -255,27 +249,25 @@ def evaluate_run(
     title: str = "",
     about: Optional[dict[str, Any]] = None,
 ) -> dict[str, Any]:
-    """Score a trained classifier on CIFAR-LT's test sets; write ``metrics.json`` and plots to ``out_dir``.
+    """Score a trained classifier on a data set's evaluation sets; write ``metrics.json`` and plots to ``out_dir``.
 
-    ``dataset`` (default cifar10) and ``rho`` (default 100) name the long-tailed training set
-    whose counts define the Many / Medium / Few groups and the post-hoc LA prior; ``about``
-    (e.g. the source and whether it was merged) is recorded at the top of ``metrics.json``.
+    ``dataset`` (default cifar10; rho 100 for CIFAR) names the long-tailed training set whose counts
+    define the Many / Medium / Few groups and the post-hoc LA prior (see
+    :func:`npe_models.data.load_long_tailed` for the data options); ``about`` (e.g. the source and
+    whether it was merged) is recorded at the top of ``metrics.json``.
     """
-    dataset, rho = dataset or "cifar10", rho or 100.0
-    num_classes = getattr(model, "num_classes", None)
-    if dataset in CIFAR_NUM_CLASSES and num_classes not in (None, CIFAR_NUM_CLASSES[dataset]):
-        raise ValueError(
-            f"the model has {num_classes} classes but {dataset} has {CIFAR_NUM_CLASSES[dataset]}; "
-            "pass the --dataset the model was trained on."
-        )
-    data = load_cifar_lt(data_dir, dataset, rho, download, max_per_class)
+    dataset = dataset or "cifar10"
+    if dataset in CIFAR_NUM_CLASSES:  # before reading the data: a wrong --dataset fails fast
+        check_num_classes(model, CIFAR_NUM_CLASSES[dataset], "the model")
+    data = load_long_tailed(dataset, data_dir, rho=rho, max_per_class=max_per_class, download=download,
+                            split_dir=split_dir, image_size=image_size, workers=workers)
+    check_num_classes(model, data.num_classes, "the model")
     device = resolve_device(str(device))
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     metrics = evaluate_model(model, data, device, batch_size, posthoc_tau, channels_last, amp, sets)
-    metrics = {**(about or {}), "dataset": dataset, "rho": rho, **metrics}
+    metrics = {**(about or {}), "dataset": dataset, "rho": data.rho, **metrics}
     out_dir = Path(out_dir)
-    first_set = "full" if "full" in metrics["sets"] else next(iter(metrics["sets"]))
-    save_evaluation_plots(metrics, out_dir, first_set, f"{title} {dataset}-LT rho={rho:g}".strip())
+    save_evaluation_plots(metrics, out_dir, next(iter(metrics["sets"])), f"{title} {data.title}".strip())
     write_json(out_dir / "metrics.json", metrics)
     return metrics
 

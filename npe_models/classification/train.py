@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..data.cifar import BatchStream, CifarLT, load_cifar_lt
+from ..data import LongTailedData, load_long_tailed
 from ..runs import (
     LOG_FILE,
     METRICS_FILE,
@@ -30,7 +30,7 @@ from ..runs import (
     read_jsonl,
     write_json,
 )
-from .checkpoint import build_model, save_weights
+from .checkpoint import build_model, save_weights, set_label_names
 from .config import TrainConfig
 from ..distributed import DistributedContext, all_reduce_sum, barrier, init_distributed
 from .evaluate import evaluate_model, group_accuracy, summary
@@ -119,15 +119,21 @@ class _Run(TrainingLoop):
         self.device = context.device
         self.progress = progress if context.is_main else None
         self.final_metrics: Optional[dict[str, Any]] = None  # the last epoch's evaluation
-        if config.batch_size % context.world_size:
+        if config.batch_size % (context.world_size * config.accum_steps):
             raise ValueError(
-                f"batch_size {config.batch_size} (the global batch) must be divisible by the {context.world_size} processes."
+                f"batch_size {config.batch_size} (the global batch) must be divisible by the {context.world_size} "
+                f"processes times {config.accum_steps} accumulation steps."
             )
-        self.data: CifarLT = load_cifar_lt(config.data_dir, config.dataset, config.rho, config.download, config.max_per_class)
+        self.data: LongTailedData = load_long_tailed(
+            config.dataset, config.data_dir, rho=config.rho, max_per_class=config.max_per_class,
+            download=config.download, split_dir=config.split_dir, image_size=config.image_size, workers=config.workers,
+        )
         counts = torch.as_tensor(self.data.counts, dtype=torch.float32)
         log_prior = torch.log(counts / counts.sum()).to(self.device)
         torch.manual_seed(config.seed)
         self.model = build_model(config, self.data.num_classes)
+        if self.data.class_names is not None:
+            set_label_names(self.model, self.data.class_names)
         self.method = make_method(config, log_prior)
         parameters = self.method.setup(self.model)
         memory_format = torch.channels_last if config.channels_last else torch.preserve_format
@@ -138,9 +144,8 @@ class _Run(TrainingLoop):
         self.scheduler = _make_scheduler(self.optimizer, config)
         forward = _TrainingForward(self.model, self.method)
         self.forward = DistributedDataParallel(forward) if context.enabled else forward
-        mean, std = self.model.pretrained_cfg["mean"], self.model.pretrained_cfg["std"]
-        self.stream = BatchStream(
-            self.data.train, config.batch_size // context.world_size, mean, std, train=True, device=self.device,
+        self.stream = self.data.training_batches(
+            self.model, config.batch_size // (context.world_size * config.accum_steps), device=self.device,
             sampling=self.method.sampling, seed=config.seed, rank=context.rank, world_size=context.world_size,
             channels_last=config.channels_last,
         )
@@ -150,6 +155,12 @@ class _Run(TrainingLoop):
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.amp)
+
+    def _gradient_sync(self, steps_now: bool) -> contextlib.AbstractContextManager:
+        """DDP's all-reduce only on the micro-batch that ends an accumulation group."""
+        if steps_now or not isinstance(self.forward, DistributedDataParallel):
+            return contextlib.nullcontext()
+        return self.forward.no_sync()
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         """One pass over the training stream; returns the epoch's log fields."""
@@ -164,13 +175,17 @@ class _Run(TrainingLoop):
         if self.progress is not None:
             batches = self.progress(batches, total=len(self.stream), desc=f"epoch {epoch + 1}/{self.config.epochs}", leave=False)
         start = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
         for step, (images, labels) in enumerate(batches):
-            with self._autocast():
-                output = self.forward(images)
-                loss, loss_parts = self.method.loss(output, labels)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            steps_now = (step + 1) % self.config.accum_steps == 0 or step + 1 == len(self.stream)
+            with self._gradient_sync(steps_now):
+                with self._autocast():
+                    output = self.forward(images)
+                    loss, loss_parts = self.method.loss(output, labels)
+                (loss / self.config.accum_steps).backward()
+            if steps_now:
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
             with torch.no_grad():
                 values = torch.stack([loss.detach(), *(loss_parts[name].detach() for name in parts)]).float()
                 loss_sums += values * len(labels)
@@ -210,7 +225,7 @@ class _Run(TrainingLoop):
         record = {"epoch": index + 1, "lr": self.optimizer.param_groups[0]["lr"], **self.train_epoch(index)}
         last = index + 1 == config.epochs
         if self.is_main and (last or (config.eval_every and (index + 1) % config.eval_every == 0)):
-            metrics = self.evaluate() if last else self.evaluate(["full", "exact"])
+            metrics = self.evaluate() if last else self.evaluate(_monitored_sets(self.data))
             record.update(_log_test_summary(metrics))
             self.final_metrics = metrics if last else None
         self.scheduler.step()
@@ -220,7 +235,7 @@ class _Run(TrainingLoop):
         if self.is_main:
             logger.info(
                 "epoch %d/%d loss %.4f %.1f images/s%s", done, self.config.epochs, record["loss"], record["images_per_s"],
-                f" test top-1 {record['test']['full']['top1']:.2f}" if "test" in record else "",
+                f" test top-1 {next(iter(record['test'].values()))['top1']:.2f}" if "test" in record else "",
             )
         barrier(self.context)
 
@@ -229,6 +244,11 @@ class _Run(TrainingLoop):
         metrics = _finish(self, self.final_metrics) if self.is_main else None
         barrier(self.context)
         return TrainResult(self.run_dir, self.config.epochs, metrics)
+
+
+def _monitored_sets(data: LongTailedData) -> list[str]:
+    """The sets scored at intermediate epochs: CIFAR's full and exact test sets, else every evaluation set."""
+    return [name for name in ("full", "exact") if name in data.eval_sets] or list(data.eval_sets)
 
 
 def _log_test_summary(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -258,8 +278,8 @@ def _finish(run: _Run, metrics: Optional[dict[str, Any]]) -> dict[str, Any]:
     metrics = {"model": config.model, "method": config.method, "dataset": config.dataset, "rho": config.rho,
                **metrics, "training": _training_totals(run_dir / LOG_FILE), "config": config.to_dict()}
     save_weights(run_dir / WEIGHTS_FILE, run.model, config)
-    title = f"{config.model} {config.method} {config.dataset}-LT rho={config.rho:g}"
-    save_evaluation_plots(metrics, run_dir, "full", title)
+    title = f"{config.model} {config.method} {run.data.title}"
+    save_evaluation_plots(metrics, run_dir, next(iter(metrics["sets"])), title)
     write_json(run_dir / METRICS_FILE, metrics)
     return metrics
 
@@ -272,8 +292,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, context: Distribute
     barrier(context)
     run = _Run(config, run_dir, context, progress)
     logger.info(
-        "%s (%s) on %s-LT rho=%g: %d training images, %d epochs, device %s, %d process(es) -> %s",
-        config.model, config.method, config.dataset, config.rho, len(run.data.train), config.epochs,
+        "%s (%s) on %s: %d training images, %d epochs, device %s, %d process(es) -> %s",
+        config.model, config.method, run.data.title, len(run.data.train), config.epochs,
         context.device, context.world_size, run_dir,
     )
     return run.run(resume)

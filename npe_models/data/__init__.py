@@ -1,5 +1,9 @@
-"""Data sets for NPE training and evaluation: long-tailed CIFAR and its batch pipeline."""
+"""Data sets for NPE training and evaluation: long-tailed CIFAR in memory, image folders and the
+ImageNet-LT / Places-LT / iNaturalist-2018 split lists on disk, behind one interface."""
+from __future__ import annotations
+
 import os
+from typing import Optional, Union
 
 from .cifar import (
     CIFAR_NUM_CLASSES,
@@ -14,9 +18,22 @@ from .cifar import (
     long_tailed_counts,
     long_tailed_indices,
 )
+from .files import IMAGE_LISTS, FileBatchStream, FileLT, ImageList, load_image_folder, load_image_lists
+from .sampling import EpochSampler, epoch_order
 
 __all__ = [
+    "CLASSIFICATION_DATASETS",
+    "LongTailedData",
+    "load_long_tailed",
     "default_data_dir",
+    "IMAGE_LISTS",
+    "FileBatchStream",
+    "FileLT",
+    "ImageList",
+    "load_image_folder",
+    "load_image_lists",
+    "EpochSampler",
+    "epoch_order",
     "CIFAR_NUM_CLASSES",
     "EXACT_TEST_SUBSET_SIZE",
     "GROUP_NAMES",
@@ -34,3 +51,35 @@ __all__ = [
 def default_data_dir() -> str:
     """Where the data sets are when no folder is given: ``$NPE_DATA_DIR``, else ``./data``."""
     return os.environ.get("NPE_DATA_DIR", "data")
+
+
+CLASSIFICATION_DATASETS = (*CIFAR_NUM_CLASSES, "folder", *IMAGE_LISTS)
+# What a classification run trains on: both give counts, groups, class_names, eval_sets, derived_sets,
+# title, training_batches(model, batch_size, ...) and evaluation_batches(name, model, batch_size, ...).
+LongTailedData = Union[CifarLT, FileLT]
+
+
+def load_long_tailed(
+    dataset: str,
+    data_dir: Union[str, os.PathLike],
+    *,
+    rho: Optional[float] = None,
+    max_per_class: Optional[int] = None,
+    download: bool = False,
+    split_dir: Optional[str] = None,
+    image_size: Optional[int] = None,
+    workers: Optional[int] = None,
+) -> LongTailedData:
+    """The classification data set ``dataset`` from ``data_dir``: CIFAR-LT (default rho 100), a folder tree
+    (long-tailed subset with ``rho``, else as it is) or a data set's split lists (in ``split_dir``)."""
+    if dataset in CIFAR_NUM_CLASSES:
+        if image_size not in (None, 32):
+            raise ValueError(f"{dataset} is fed from memory at 32x32; --image-size applies to file data sets.")
+        return load_cifar_lt(data_dir, dataset, 100.0 if rho is None else rho, download, max_per_class)
+    if dataset == "folder":
+        return load_image_folder(data_dir, rho, max_per_class, image_size=image_size, workers=workers)
+    if dataset in IMAGE_LISTS:
+        if rho is not None or max_per_class is not None:
+            raise ValueError(f"{dataset}'s split lists are long-tailed as published; drop --rho / --max-per-class.")
+        return load_image_lists(dataset, data_dir, split_dir, image_size=image_size, workers=workers)
+    raise ValueError(f"dataset must be one of {', '.join(CLASSIFICATION_DATASETS)}; got {dataset!r}.")

@@ -10,11 +10,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from .sampling import check_sampling, epoch_generator, epoch_order, samples_per_rank
 
 __all__ = [
     "CIFAR_NUM_CLASSES",
@@ -73,6 +75,37 @@ class CifarLT:
     def groups(self) -> np.ndarray:
         """Many / Medium / Few group of each class (0, 1, 2), from the training counts."""
         return class_groups(self.counts)
+
+    @property
+    def title(self) -> str:
+        return f"{self.dataset}-LT rho={self.rho:g}"
+
+    @property
+    def class_names(self) -> None:
+        return None
+
+    @property
+    def eval_sets(self) -> dict[str, ImageArrays]:
+        """The image sets to score: the full test set, its exact (lossless) images, and their JPEG twins if present."""
+        sets = {"full": self.test, "exact": self.test.subset(self.test.exact)}
+        if self.jpeg_twins is not None:
+            sets["jpeg_twins"] = self.jpeg_twins
+        return sets
+
+    @property
+    def derived_sets(self) -> dict[str, tuple[str, np.ndarray]]:
+        """Sets scored as a subset of another set's predictions: the exact images are a mask of the full set."""
+        return {"exact": ("full", self.test.exact)}
+
+    def training_batches(self, model: nn.Module, batch_size: int, **options: Any) -> "BatchStream":
+        """The augmented training stream, normalised with ``model``'s pretrained mean and std."""
+        cfg = model.pretrained_cfg
+        return BatchStream(self.train, batch_size, cfg["mean"], cfg["std"], train=True, **options)
+
+    def evaluation_batches(self, name: str, model: nn.Module, batch_size: int, **options: Any) -> "BatchStream":
+        """The batches of evaluation set ``name`` for ``model``."""
+        cfg = model.pretrained_cfg
+        return BatchStream(self.eval_sets[name], batch_size, cfg["mean"], cfg["std"], train=False, **options)
 
 
 def _check_rho(rho: float) -> None:
@@ -236,12 +269,6 @@ def load_cifar_lt(
     return CifarLT(dataset, float(rho), subset, test, counts, _load_jpeg_twins(Path(root).expanduser(), dataset))
 
 
-def _epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
-    """A CPU generator that depends only on (seed, epoch, stream), so a resumed run draws the same batches."""
-    mixed = np.random.SeedSequence([seed, epoch, stream]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(mixed))
-
-
 class BatchStream:
     """Batches of normalised float images and labels from an in-memory uint8 image set.
 
@@ -269,8 +296,7 @@ class BatchStream:
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-        if sampling not in ("uniform", "class_balanced"):
-            raise ValueError(f"sampling must be 'uniform' or 'class_balanced', got {sampling!r}.")
+        check_sampling(sampling)
         if len(data) == 0:
             raise ValueError("the image set is empty.")
         self.device = torch.device(device)
@@ -289,10 +315,7 @@ class BatchStream:
         self.height, self.width = data.images.shape[1:3]
         self._scale = (1.0 / (255.0 * torch.tensor(std, dtype=torch.float32))).view(1, 3, 1, 1).to(self.device)
         self._shift = (-torch.tensor(mean, dtype=torch.float32) / torch.tensor(std)).view(1, 3, 1, 1).to(self.device)
-        labels = torch.from_numpy(data.labels)
-        self._by_class = torch.argsort(labels, stable=True)
-        self._class_counts = torch.bincount(labels)
-        self._class_starts = torch.cumsum(self._class_counts, 0) - self._class_counts
+        self._cpu_labels = torch.from_numpy(data.labels)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose shuffle and augmentation the next iteration draws."""
@@ -303,25 +326,10 @@ class BatchStream:
         """Images this process sees per epoch."""
         if not self.train:
             return len(self.labels)
-        return math.ceil(len(self.labels) / self.world_size)
+        return samples_per_rank(len(self.labels), self.world_size)
 
     def __len__(self) -> int:
         return math.ceil(self.num_samples / self.batch_size)
-
-    def _epoch_order(self) -> Tensor:
-        """This rank's sample indices for the epoch (all ranks share one global order)."""
-        shared = _epoch_generator(self.seed, self.epoch, 0)
-        total = len(self.labels)
-        if self.sampling == "uniform":
-            order = torch.randperm(total, generator=shared)
-        else:
-            present = torch.nonzero(self._class_counts).flatten()
-            classes = present[torch.randint(len(present), (total,), generator=shared)]
-            offsets = (torch.rand(total, generator=shared) * self._class_counts[classes]).long()
-            order = self._by_class[self._class_starts[classes] + offsets]
-        padded_total = self.num_samples * self.world_size
-        order = torch.cat([order, order[: padded_total - total]])
-        return order[self.rank::self.world_size]
 
     def _normalise(self, batch: Tensor) -> Tensor:
         """uint8 NHWC -> normalised float NCHW (channels-last memory when requested)."""
@@ -346,8 +354,8 @@ class BatchStream:
                 stop = start + self.batch_size
                 yield self._normalise(self.images[start:stop]), self.labels[start:stop]
             return
-        order = self._epoch_order()
-        augment = _epoch_generator(self.seed, self.epoch, 1 + self.rank)
+        order = epoch_order(self._cpu_labels, self.sampling, self.seed, self.epoch, self.rank, self.world_size)
+        augment = epoch_generator(self.seed, self.epoch, 1 + self.rank)
         for start in range(0, len(order), self.batch_size):
             index = order[start:start + self.batch_size]
             images = self._crop_and_flip(index, augment)

@@ -22,7 +22,7 @@ from ._registry import npe_model_name, register_variants
 
 __all__ = ["add_npe", "create_npe_variant", "TIMM_NPE_BASES"]
 
-TIMM_NPE_BASES = ("resnet18", "resnet50", "convnext_tiny", "efficientnet_b0", "vit_small_patch16_224")
+TIMM_NPE_BASES = ("resnet18", "resnet50", "resnet152", "convnext_tiny", "efficientnet_b0", "vit_small_patch16_224")
 _NUM_PEMS = 16
 
 
