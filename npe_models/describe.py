@@ -67,6 +67,10 @@ class ModelDescription:
     label_names: Optional[tuple[str, ...]] = None
     model_args: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments for the registered builder of ``architecture``."""
+    interpolation: Optional[str] = None
+    crop_pct: Optional[float] = None
+    crop_mode: Optional[str] = None
+    """How timm's eval transform resizes and crops for a classifier (``timm.data.create_transform``)."""
 
     def npe_config(self) -> dict[str, Any]:
         """The ``npe`` section of ``config.json``: the method's settings, for people and tools."""
@@ -153,6 +157,7 @@ def _describe_classifier(model: nn.Module, label_names: Optional[Sequence[str]])
         input_size=tuple(cfg["input_size"]),
         mean=tuple(float(v) for v in cfg["mean"]),
         std=tuple(float(v) for v in cfg["std"]),
+        interpolation=cfg.get("interpolation"), crop_pct=cfg.get("crop_pct"), crop_mode=cfg.get("crop_mode"),
         label_names=_label_names(label_names, cfg.get("label_names"), model.num_classes),
         model_args=args,
         **npe,

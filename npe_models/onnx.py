@@ -4,8 +4,8 @@
 merge (dense ``fcn`` / ``replica`` PEMs do not, and export as the full NPE-LA graph), with
 torch's dynamo exporter, into one self-contained file with a dynamic batch axis (and dynamic
 height and width for segmentation), checked by ``onnx.checker`` and labelled with metadata
-(architecture, classes, alpha, mean, std, input size, package version). ``check_parity``
-compares PyTorch's eval output with ONNX Runtime's. What a model is comes from
+(architecture, classes, alpha, mean, std, input size, eval resize and crop, package version).
+``check_parity`` compares PyTorch's eval output with ONNX Runtime's. What a model is comes from
 ``npe_models.describe``; random-weight parity models, int8 quantisation and the validation
 sweep are release tooling, in ``export/onnx_validate.py``.
 """
@@ -142,6 +142,9 @@ def _metadata(description: ModelDescription, dynamic_size: bool) -> dict[str, st
         "mean": list(description.mean),
         "std": list(description.std),
         "input_size": list(description.input_size),
+        "interpolation": description.interpolation,
+        "crop_pct": description.crop_pct,
+        "crop_mode": description.crop_mode,
         "dynamic_size": dynamic_size,
         "npe_models_version": __version__,
     }

@@ -1,0 +1,301 @@
+"""Top-k predictions for image files: ``load_image_classifier(source)`` then ``predict_images(classifier, paths)``.
+
+A source is anything :func:`npe_models.loading.load_model` accepts (run directory, checkpoint or
+weights file, pretrained name, Hub folder) or an ONNX file written by
+:func:`npe_models.onnx.export_onnx`, run with ONNX Runtime. Images are read with PIL and
+preprocessed with timm's eval transform for the model's pretrained cfg (for an ONNX file, the
+same settings from its metadata), so a prediction here is what the model's evaluation sees.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
+
+import torch
+from PIL import Image
+from timm.data import create_transform, resolve_data_config
+from torch import Tensor, nn
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from .. import loading  # a module import: loading imports this package (its checkpoint module) first
+from ..describe import CLASSIFICATION as _ONNX_CLASSIFICATION
+from ..distributed import resolve_device
+from ..models import is_segmentation_model
+from ..npe import has_pems, set_alpha
+from ..onnx import INPUT_NAME, onnx_session, read_onnx_metadata
+from .train import ProgressFactory
+
+__all__ = [
+    "PREDICTION_STYLES",
+    "ImageClassifier",
+    "ImagePrediction",
+    "collect_images",
+    "read_image",
+    "load_image_classifier",
+    "predict_images",
+    "format_predictions",
+]
+
+PathLike = Union[str, os.PathLike]
+PREDICTION_STYLES = ("table", "json", "csv")
+_ONNX_SUFFIX = ".onnx"
+_ONNX_DEVICES = (None, "auto", "cpu")
+# ONNX files exported before npe-models recorded the eval resize and crop: the whole image resized to the input size.
+_ONNX_DEFAULT_PREPROCESSING = {"interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "center"}
+
+
+@dataclass(frozen=True)
+class ImagePrediction:
+    """The most probable classes of one image."""
+
+    path: Path
+    classes: list[tuple[int, str, float]]
+    """``(class index, class name, probability)``, most probable first."""
+
+
+@dataclass(frozen=True)
+class ImageClassifier:
+    """A classifier ready for image files: its logits function, its eval transform and its class names."""
+
+    logits: Callable[[Tensor], Tensor]
+    """Normalised images ``(B, 3, H, W)`` on the CPU -> logits ``(B, C)`` on the CPU."""
+    transform: Callable[[Image.Image], Tensor]
+    class_names: list[str]
+
+    def probabilities(self, images: Tensor) -> Tensor:
+        """Softmax of the logits, in float32."""
+        return torch.softmax(self.logits(images).float(), dim=1)
+
+
+def _is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMG_EXTENSIONS
+
+
+def _folder_images(folder: Path) -> list[Path]:
+    images = sorted(path for path in folder.rglob("*") if path.is_file() and _is_image_file(path))
+    if not images:
+        raise ValueError(f"no images in folder {folder} (searched recursively for {', '.join(IMG_EXTENSIONS)}).")
+    return images
+
+
+def collect_images(inputs: Iterable[PathLike]) -> list[Path]:
+    """The image files among ``inputs``: files as given, folders searched recursively (torchvision's extensions)."""
+    images: list[Path] = []
+    for given in map(Path, inputs):
+        if given.is_dir():
+            images += _folder_images(given)
+        elif not given.exists():
+            raise FileNotFoundError(f"image {given} not found; give image files or folders of images.")
+        elif not _is_image_file(given):
+            raise ValueError(f"{given} is not an image file; image files end in {', '.join(IMG_EXTENSIONS)}.")
+        else:
+            images.append(given)
+    if not images:
+        raise ValueError("no images given; name image files or folders of images.")
+    return images
+
+
+def read_image(path: PathLike) -> Image.Image:
+    """The image at ``path`` as RGB, or a ValueError naming the file when PIL cannot decode it."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise ValueError(f"cannot read image {path} ({error}); replace the file or leave it out.") from error
+
+
+def _class_names(names: Optional[Sequence[str]], num_classes: int) -> list[str]:
+    """The recorded class names when there is one per class, else the class indices as strings."""
+    if names and len(names) == num_classes:
+        return [str(name) for name in names]
+    return [str(index) for index in range(num_classes)]
+
+
+def _torch_logits(model: nn.Module, device: torch.device) -> Callable[[Tensor], Tensor]:
+    """The model, moved to ``device``, as a CPU-in, CPU-out logits function without autograd."""
+    model.to(device)
+
+    def logits(images: Tensor) -> Tensor:
+        with torch.inference_mode():
+            return model(images.to(device)).float().cpu()
+
+    return logits
+
+
+def _not_a_classifier(source: PathLike, task: str) -> ValueError:
+    return ValueError(f"{source} is a {task} model; predict gives the classes of whole images, with classifiers.")
+
+
+def _check_model_source(source: str, pretrained: bool) -> None:
+    """Clear errors for an image given as the model, and for a model name without weights or not a classifier."""
+    if _is_image_file(Path(source)):
+        raise ValueError(f"{source} is an image, not a model: name the model first (run directory, checkpoint, "
+                         "pretrained name, Hub folder or .onnx file), then the images.")
+    if loading.source_kind(source) != "registered":
+        return
+    if is_segmentation_model(source):
+        raise _not_a_classifier(source, "segmentation")
+    if not pretrained:
+        raise ValueError(f"'{source}' is a model name: pass --pretrained (pretrained=True) to use its trained weights.")
+
+
+def _torch_classifier(
+    source: str, pretrained: bool, model_name: Optional[str], alpha: Optional[float], device: Optional[str]
+) -> ImageClassifier:
+    _check_model_source(source, pretrained)
+    loaded = loading.load_model(source, pretrained=pretrained, model_name=model_name)
+    if loaded.task != loading.CLASSIFICATION:
+        raise _not_a_classifier(source, loaded.task)
+    model = loaded.model
+    if alpha is not None:
+        if not has_pems(model):
+            raise ValueError(f"{source} has no PEMs (a plain model, or an NPE model merged with its alpha folded "
+                             "into the classifier), so alpha does not apply; drop it or use an unmerged NPE model.")
+        set_alpha(model, alpha)
+    transform = create_transform(**resolve_data_config({}, model=model))
+    logits = _torch_logits(model, resolve_device(device or "auto"))
+    return ImageClassifier(logits, transform, _class_names(loaded.class_names, model.num_classes))
+
+
+def _onnx_alpha_error(path: Path, metadata: dict[str, Any]) -> ValueError:
+    """Why an ONNX file's NPE-LA strength cannot be chosen: no PEMs, PEMs merged, or alpha fixed in the graph."""
+    if not metadata.get("num_pems"):
+        why = "it is a plain model without PEMs"
+    elif metadata.get("merged"):
+        why = "its PEMs were merged at export, folding alpha into the classifier"
+    else:
+        why = f"its graph computes NPE-LA at the exported alpha={metadata.get('alpha')}"
+    return ValueError(f"alpha does not apply to {path}: {why}; export again with the alpha you want "
+                      "(npe-models export onnx MODEL --alpha A), or predict with the PyTorch model.")
+
+
+def _onnx_data_config(path: Path, metadata: dict[str, Any]) -> dict[str, Any]:
+    """timm's eval transform settings from the metadata; old exports lack the resize and crop, and get defaults."""
+    missing = [key for key in ("input_size", "mean", "std") if key not in metadata]
+    if missing:
+        raise ValueError(f"{path} records no {', '.join(missing)} in its metadata; export it with npe-models.")
+    recorded = {key: metadata.get(key) for key in _ONNX_DEFAULT_PREPROCESSING if metadata.get(key) is not None}
+    return {**_ONNX_DEFAULT_PREPROCESSING, **recorded, "input_size": tuple(metadata["input_size"]),
+            "mean": tuple(metadata["mean"]), "std": tuple(metadata["std"])}
+
+
+def _onnx_classifier(path: Path, alpha: Optional[float], device: Optional[str]) -> ImageClassifier:
+    if not path.is_file():
+        raise FileNotFoundError(f"ONNX file {path} not found; export one with `npe-models export onnx MODEL -o FILE`.")
+    if device not in _ONNX_DEVICES:
+        raise ValueError(f"ONNX files run on ONNX Runtime's CPU provider; drop device={device!r} for {path}.")
+    try:
+        metadata = read_onnx_metadata(path)
+    except ImportError:
+        raise
+    except Exception as error:  # protobuf's DecodeError, among others, for a file that is not ONNX
+        raise ValueError(f"{path} is not a readable ONNX file ({type(error).__name__}: {error}).") from error
+    if metadata.get("task", _ONNX_CLASSIFICATION) != _ONNX_CLASSIFICATION:
+        raise _not_a_classifier(path, metadata["task"])
+    if alpha is not None:
+        raise _onnx_alpha_error(path, metadata)
+    session = onnx_session(path, threads=torch.get_num_threads())
+
+    def logits(images: Tensor) -> Tensor:
+        return torch.from_numpy(session.run(None, {INPUT_NAME: images.numpy()})[0])
+
+    num_classes = metadata.get("num_classes") or session.get_outputs()[0].shape[-1]
+    transform = create_transform(**_onnx_data_config(path, metadata))
+    return ImageClassifier(logits, transform, _class_names(metadata.get("class_names"), num_classes))
+
+
+def load_image_classifier(
+    source: PathLike,
+    *,
+    pretrained: bool = False,
+    model_name: Optional[str] = None,
+    alpha: Optional[float] = None,
+    device: Optional[str] = None,
+) -> ImageClassifier:
+    """A classifier for image files from any model source, or an ONNX file (``.onnx``) run by ONNX Runtime.
+
+    ``pretrained`` loads a registered name's pretrained weights (required for a name),
+    ``model_name`` names the model of bare weights, ``alpha`` sets the NPE-LA strength of a
+    model with unmerged PEMs, ``device`` runs a PyTorch model there (default: auto).
+    """
+    text = os.fspath(source)
+    if text.lower().endswith(_ONNX_SUFFIX):
+        if pretrained or model_name is not None:
+            raise ValueError(f"pretrained and model_name apply to PyTorch models, not to the ONNX file {text}.")
+        return _onnx_classifier(Path(text), alpha, device)
+    return _torch_classifier(text, pretrained, model_name, alpha, device)
+
+
+def _top_classes(probabilities: Tensor, names: Sequence[str], k: int) -> list[list[tuple[int, str, float]]]:
+    values, indices = probabilities.topk(k, dim=1)
+    return [[(int(i), names[int(i)], float(p)) for p, i in zip(row_p, row_i)] for row_p, row_i in zip(values, indices)]
+
+
+def predict_images(
+    classifier: ImageClassifier,
+    inputs: Sequence[PathLike],
+    *,
+    top_k: int = 5,
+    batch_size: int = 32,
+    progress: Optional[ProgressFactory] = None,
+) -> list[ImagePrediction]:
+    """The ``top_k`` classes (at most the class count) of each image in ``inputs``: files and folders of images.
+
+    ``progress`` (e.g. ``tqdm.tqdm``) wraps the batches when ``inputs`` include a folder.
+    """
+    if top_k < 1 or batch_size < 1:
+        raise ValueError(f"top_k and batch_size must be positive, got top_k={top_k}, batch_size={batch_size}.")
+    paths = collect_images(inputs)
+    k = min(top_k, len(classifier.class_names))
+    batches: Iterable[list[Path]] = [paths[start:start + batch_size] for start in range(0, len(paths), batch_size)]
+    if progress is not None and any(Path(given).is_dir() for given in inputs):
+        batches = progress(batches, total=len(batches), desc="predict", unit="batch", leave=False)
+    predictions = []
+    for batch in batches:
+        images = torch.stack([classifier.transform(read_image(path)) for path in batch])
+        top = _top_classes(classifier.probabilities(images), classifier.class_names, k)
+        predictions += [ImagePrediction(path, classes) for path, classes in zip(batch, top)]
+    return predictions
+
+
+def _rows(predictions: Iterable[ImagePrediction]) -> list[tuple[str, int, int, str, float]]:
+    """One ``(path, rank, index, name, probability)`` row per predicted class."""
+    return [(str(p.path), rank, index, name, prob) for p in predictions
+            for rank, (index, name, prob) in enumerate(p.classes, start=1)]
+
+
+def _table(predictions: Sequence[ImagePrediction]) -> str:
+    header = ("image", "rank", "class", "probability")
+    rows = [(path, str(rank), name, f"{prob:.4f}") for path, rank, _, name, prob in _rows(predictions)]
+    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
+    lines = ("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows])
+    return "\n".join(lines)
+
+
+def _csv(predictions: Sequence[ImagePrediction]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(("path", "rank", "index", "class", "probability"))
+    writer.writerows(_rows(predictions))
+    return buffer.getvalue().rstrip("\n")
+
+
+def _json(predictions: Sequence[ImagePrediction]) -> str:
+    records = [{"path": str(p.path), "classes": [{"index": index, "class": name, "probability": prob}
+                                                 for index, name, prob in p.classes]} for p in predictions]
+    return json.dumps(records, indent=2)
+
+
+_FORMATTERS = {"table": _table, "json": _json, "csv": _csv}
+
+
+def format_predictions(predictions: Sequence[ImagePrediction], style: str = "table") -> str:
+    """Predictions as an aligned text table, a JSON list (one object per image) or CSV (one row per class)."""
+    if style not in _FORMATTERS:
+        raise ValueError(f"style must be one of {', '.join(PREDICTION_STYLES)}, got {style!r}.")
+    return _FORMATTERS[style](predictions)
