@@ -12,7 +12,7 @@ from typing import Any
 
 from .data import CLASSIFICATION_DATASETS
 
-__all__ = ["add_train_arguments", "add_evaluate_arguments", "add_export_arguments", "add_list_arguments",
+__all__ = ["reject_other_task_options", "add_train_arguments", "add_evaluate_arguments", "add_export_arguments", "add_list_arguments",
            "add_predict_arguments"]
 
 SEGMENTATION_DATASETS = ("stare",)
@@ -128,6 +128,12 @@ def add_train_arguments(train: argparse.ArgumentParser) -> None:
     seg.add_argument("--freeze-decode-head", action="store_true", default=None, help="also freeze the decode heads")
     seg.add_argument("--no-flip", dest="flip", action="store_false", default=None, help="no random horizontal flips")
     seg.add_argument("--checkpoint-every", type=int, help="iterations between checkpoints (default: 100)")
+    train.set_defaults(task_options={"classification": _options_of(cls), "segmentation": _options_of(seg)})
+
+
+def _options_of(group: argparse._ArgumentGroup) -> dict[str, str]:
+    """``{dest: --flag}`` of the options in an argument group (to reject them when the other task trains)."""
+    return {action.dest: action.option_strings[0] for action in group._group_actions}
 
 
 def add_evaluate_arguments(evaluate: argparse.ArgumentParser) -> None:
@@ -214,3 +220,12 @@ def add_predict_arguments(predict: argparse.ArgumentParser) -> None:
     predict.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
     predict.add_argument("--device", help="cpu, cuda, cuda:N or auto for PyTorch models (default: auto)")
     predict.add_argument("--no-progress", action="store_true", help="no progress bar (shown for folders, on stderr)")
+
+
+def reject_other_task_options(args: argparse.Namespace, task: str) -> None:
+    """Options of the other task's group are an error, not silently ignored."""
+    other = "classification" if task == "segmentation" else "segmentation"
+    given = [flag for dest, flag in args.task_options[other].items() if getattr(args, dest) not in (None, [])]
+    if given:
+        raise ValueError(f"option(s) {', '.join(given)} belong to {other} training, but this is a {task} run; "
+                         "remove them.")

@@ -18,12 +18,13 @@ from typing import Any, Optional, Sequence
 from timm.utils import reparameterize_model
 
 from ._cli_args import (EPILOG_EVALUATE, EPILOG_PREDICT, EPILOG_TRAIN, SEGMENTATION_DATASETS, add_evaluate_arguments,
-                        add_export_arguments, add_list_arguments, add_predict_arguments, add_train_arguments)
+                        add_export_arguments, add_list_arguments, add_predict_arguments, add_train_arguments,
+                        reject_other_task_options)
 from . import classification, segmentation
 from .classification import TrainConfig, format_metrics, resolve_train_config, train
 from .data import default_data_dir
 from .hub import pretrained_card, push_to_hub, save_for_hub
-from .loading import load_model, read_label_names, source_kind
+from .loading import evaluation_dir, load_model, read_label_names, source_kind
 from .models import is_segmentation_model, list_registered
 from .models._bundled import bundled_checkpoints
 from .npe import set_alpha
@@ -65,7 +66,9 @@ def _is_segmentation_run(args: argparse.Namespace) -> bool:
 
 
 def _train(args: argparse.Namespace) -> int:
-    if _is_segmentation_run(args):
+    task = "segmentation" if _is_segmentation_run(args) else "classification"
+    reject_other_task_options(args, task)
+    if task == "segmentation":
         return _train_segmentation(args)
     config = resolve_train_config(args.out, args.resume, **_given(args, TrainConfig))
     result = train(config, args.out, resume=args.resume, progress=_progress(args))
@@ -96,7 +99,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise ValueError(f"'{args.source}' is a model name: pass --pretrained to evaluate its pretrained weights.")
     loaded = load_model(args.source, pretrained=args.pretrained, model_name=args.model)
     model = reparameterize_model(loaded.model) if args.merge else loaded.model
-    out = Path(args.out) if args.out else _evaluation_dir(args.source)
+    out = Path(args.out) if args.out else evaluation_dir(args.source)
     about = {"source": args.source, "merged": bool(args.merge)}
     if loaded.task == "segmentation":
         results = segmentation.evaluate_run(
@@ -125,14 +128,6 @@ def _one_alpha(alphas: Sequence[float]) -> float:
     if len(alphas) != 1:
         raise ValueError(f"a classifier is evaluated at one NPE-LA strength; got --alpha {' '.join(map(str, alphas))}.")
     return alphas[0]
-
-
-def _evaluation_dir(source: str) -> Path:
-    """``RUN/eval`` for a run directory or a file in one, else ``./eval/<name>`` for a registered or Hub name."""
-    path = Path(source)
-    if path.is_dir():
-        return path / "eval"
-    return path.parent / "eval" if path.is_file() else Path("eval") / source.replace(":", "_").replace("/", "_")
 
 
 def _load_for_export(args: argparse.Namespace):

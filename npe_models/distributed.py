@@ -2,13 +2,16 @@
 set up from ``torchrun``'s environment (gloo on CPU, nccl on CUDA)."""
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistributedContext", "init_distributed", "resolve_device", "all_reduce_sum", "barrier"]
+__all__ = ["DistributedContext", "init_distributed", "resolve_device", "device_for_resume", "all_reduce_sum", "barrier"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,16 @@ class DistributedContext:
     def is_main(self) -> bool:
         """The process that writes files and reports."""
         return self.rank == 0
+
+
+def device_for_resume(recorded: str) -> str:
+    """The device a resumed run asks for: the one it recorded (``cpu`` stays ``cpu``), or ``auto`` with a warning
+    when this machine lacks it (a run trained on a GPU continues on a CPU machine)."""
+    if recorded.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("this run was trained on %s, which this machine lacks: it continues on %s.", recorded,
+                       resolve_device("auto"))
+        return "auto"
+    return recorded
 
 
 def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:

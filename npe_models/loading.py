@@ -38,6 +38,7 @@ __all__ = [
     "read_label_names",
     "tag_training_data",
     "require_pretrained_weights",
+    "evaluation_dir",
 ]
 
 CLASSIFICATION, SEGMENTATION = runs.TASKS
@@ -91,6 +92,15 @@ class LoadedModel:
             return None
         settings = self.config.to_dict()["train"] if self.task == SEGMENTATION else self.config.to_dict()
         return {k: v for k, v in settings.items() if k not in _NOT_RECIPE and v is not None}
+
+
+def evaluation_dir(source: str) -> Path:
+    """Where ``npe-models evaluate`` writes by default: ``RUN/eval`` for a run directory or a file in one, else
+    ``./eval/<name>`` for a registered or Hub name."""
+    path = Path(source)
+    if path.is_dir():
+        return path / "eval"
+    return path.parent / "eval" if path.is_file() else Path("eval") / source.replace(":", "_").replace("/", "_")
 
 
 def read_label_names(path: Optional[PathLike]) -> Optional[list[str]]:
@@ -167,6 +177,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
         raise ValueError(f"weights file {path} holds no state dict (name -> tensor); save the model's state_dict().")
+    runs.require_finite(state, path)
     return state
 
 

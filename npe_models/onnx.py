@@ -45,6 +45,7 @@ __all__ = [
 
 MIN_OPSET = 18
 PARITY_ATOL = 1e-4
+_HALF_PRECISION_RTOL = 2e-3  # float16 models: PyTorch and ONNX Runtime round each op to 11-bit mantissas
 INPUT_NAME = "input"
 _EXAMPLE_BATCH = 2  # a batch of 1 would let torch.export specialise the batch axis
 
@@ -57,9 +58,32 @@ def _import_optional(name: str) -> Any:
         raise ImportError(f"{name} is needed for ONNX export and checks: pip install 'npe-models[onnx]'.") from error
 
 
-def _check_opset(opset_version: int) -> None:
-    if isinstance(opset_version, bool) or not isinstance(opset_version, int) or opset_version < MIN_OPSET:
-        raise ValueError(f"opset_version must be an integer >= {MIN_OPSET} (the dynamo exporter's floor), got {opset_version!r}.")
+def _check_opset(opset_version: int, onnx: Any) -> None:
+    """Between the dynamo exporter's floor and the newest opset the installed ``onnx`` knows."""
+    newest = onnx.defs.onnx_opset_version()
+    if isinstance(opset_version, bool) or not isinstance(opset_version, int) or not MIN_OPSET <= opset_version <= newest:
+        raise ValueError(
+            f"opset_version (--opset) must be an integer from {MIN_OPSET} (the dynamo exporter's floor) to {newest} "
+            f"(the newest this onnx {onnx.__version__} knows); got {opset_version!r}."
+        )
+
+
+def _check_exported_opset(program: Any, requested: int) -> None:
+    """The exporter falls back to its own opset when it cannot convert: report that instead of a wrong file."""
+    produced = {entry.domain: entry.version for entry in program.model_proto.opset_import}.get("", requested)
+    if produced != requested:
+        raise ValueError(f"the exporter could not produce opset {requested} (it produced {produced}); use --opset {produced}.")
+
+
+def _input_dtype(model: nn.Module) -> torch.dtype:
+    """The floating dtype of the model's parameters: float16 models export with float16 inputs and outputs."""
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    if dtype not in (torch.float32, torch.float16):
+        raise ValueError(
+            f"a {dtype} model does not export to ONNX (ONNX convolutions have no {dtype} kernels); export "
+            "model.float() or model.half()."
+        )
+    return dtype
 
 
 def _check_input_size(input_size: Sequence[int]) -> tuple[int, int, int]:
@@ -171,7 +195,8 @@ def export_onnx(
     check) and written under a temporary name, then renamed into place.
     """
     onnx = _import_optional("onnx")
-    _check_opset(opset_version)
+    _check_opset(opset_version, onnx)
+    _input_dtype(model)
     path = _writable_target(Path(path))
     source = describe_model(model, label_names, config)
     size = _check_input_size(input_size if input_size is not None else source.input_size)
@@ -182,7 +207,7 @@ def export_onnx(
     description = dataclasses.replace(
         describe_model(deployed, label_names, config), alpha=source.alpha, t=source.t, input_size=size
     )
-    example = torch.zeros(_EXAMPLE_BATCH, *size)
+    example = torch.zeros(_EXAMPLE_BATCH, *size, dtype=_input_dtype(deployed))
     with torch.no_grad():
         output_names = _output_names(deployed(example))
     with _quiet_exporter_logs():
@@ -196,6 +221,7 @@ def export_onnx(
             output_names=output_names,
             dynamic_shapes=_dynamic_shapes(dynamic_size),
         )
+    _check_exported_opset(program, opset_version)
     program.model.metadata_props.update(_metadata(description, dynamic_size))
     program.model.doc_string = f"{description.npe_architecture or description.architecture} exported by npe-models"
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
@@ -350,8 +376,10 @@ def check_parity(
         try:
             for batch in batch_sizes:
                 for h, w in sizes:
-                    x = torch.randn(batch, channels, h, w, generator=generator)
+                    x = torch.randn(batch, channels, h, w, generator=generator).to(_input_dtype(model))
                     diffs[(batch, h, w)], scales[(batch, h, w)] = _compare(model, session, x)
         finally:
             model.train(was_training)
+    if _input_dtype(model) == torch.float16:
+        atol = max(atol, _HALF_PRECISION_RTOL * max(1.0, *scales.values()))
     return ParityResult(atol=atol, max_abs_diff=diffs, max_abs_output=scales, onnx_path=Path(onnx_path) if onnx_path else None)

@@ -112,7 +112,7 @@ def test_resolve_train_config_for_fresh_and_resumed_runs(tmp_path, monkeypatch):
         ("npe", {"model": "resnet32"}, "needs a model with PEMs"),
         ("ce", {"model": "resnet32_npe16"}, "has PEMs"),
         ("crt", {"model": "resnet32"}, "--init"),
-        ("ce", {"lr": -1.0}, "lr > 0"),
+        ("ce", {"lr": -1.0}, r"lr \(--lr\) must be a finite number > 0"),
     ],
 )
 def test_invalid_settings_are_rejected(method, overrides, message):

@@ -13,6 +13,8 @@ from typing import Any, ClassVar, Optional, Union
 
 import timm
 
+from .._validation import check_number, check_numbers
+from ..distributed import device_for_resume
 from ..data import CIFAR_NUM_CLASSES, CLASSIFICATION_DATASETS, default_data_dir
 from ..models import npe_model_name, parse_npe_name
 from ..runs import SerializableConfig, resumable_config
@@ -44,6 +46,18 @@ CRT_OVERRIDES: dict[str, Any] = dict(epochs=10, schedule="cosine", milestones=()
 
 # Settings that may change between sittings of one run (paths, hardware) without changing its result.
 RUNTIME_FIELDS = ("data_dir", "split_dir", "download", "workers", "device", "amp", "channels_last", "eval_batch_size")
+
+
+# Range of each numeric setting (checked before any data is loaded; see _validation.check_number).
+_NUMBER_RULES: dict[str, dict[str, Any]] = {
+    "rho": dict(minimum=1), "max_per_class": dict(integer=True, minimum=1), "image_size": dict(integer=True, minimum=8),
+    "workers": dict(integer=True, minimum=0), "epochs": dict(integer=True, minimum=0),
+    "batch_size": dict(integer=True, minimum=1), "lr": dict(above=0), "momentum": dict(minimum=0, below=1),
+    "weight_decay": dict(minimum=0), "gamma": dict(above=0), "accum_steps": dict(integer=True, minimum=1),
+    "tau": dict(), "npe_alpha": dict(minimum=0), "seed": dict(integer=True, minimum=0, below=2**32),
+    "eval_every": dict(integer=True, minimum=0), "eval_batch_size": dict(integer=True, minimum=1),
+}
+_OPTIONAL_NUMBERS = ("rho", "max_per_class", "image_size", "workers")
 
 
 def num_pems_of(model_name: str) -> int:
@@ -120,30 +134,21 @@ class TrainConfig(SerializableConfig):
             raise ValueError(f"dataset must be one of {', '.join(CLASSIFICATION_DATASETS)}; got {self.dataset!r}.")
         if self.rho is None and self.dataset in CIFAR_NUM_CLASSES:
             raise ValueError(f"{self.dataset}-LT needs rho, the imbalance ratio (e.g. 100).")
-        if self.rho is not None and not self.rho >= 1:
-            raise ValueError(f"rho (the imbalance ratio, largest / smallest class) must be >= 1, got {self.rho}.")
-        if self.image_size is not None and self.image_size < 8:
-            raise ValueError(f"image_size must be at least 8 pixels, got {self.image_size}.")
-        if self.workers is not None and self.workers < 0:
-            raise ValueError(f"workers must be >= 0 (0: load in the training process), got {self.workers}.")
 
     def _check_optimisation(self) -> None:
+        check_numbers(self, _NUMBER_RULES, optional=_OPTIONAL_NUMBERS)
+        if self.epochs == 0 and self.method != "posthoc_la":
+            raise ValueError(f"epochs (--epochs) must be >= 1 for method {self.method!r}; got 0.")
         if self.schedule not in ("step", "cosine"):
             raise ValueError(f"schedule must be 'step' or 'cosine', got {self.schedule!r}.")
-        for name in ("epochs", "batch_size", "eval_batch_size", "accum_steps"):
-            if getattr(self, name) < (0 if name == "epochs" else 1):
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
+        if self.npe_t not in (0, 1):
+            raise ValueError(f"npe_t (--npe-t), the PEM sign convention, must be 0 or 1; got {self.npe_t!r}.")
         if self.batch_size % self.accum_steps:
             raise ValueError(f"batch_size {self.batch_size} must be divisible by accum_steps {self.accum_steps}.")
-        if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
-            raise ValueError(
-                f"need lr > 0, weight_decay >= 0 and 0 <= momentum < 1; got lr={self.lr}, "
-                f"weight_decay={self.weight_decay}, momentum={self.momentum}."
-            )
+        for milestone in self.milestones:
+            check_number("milestones", milestone, integer=True, minimum=1)
         if list(self.milestones) != sorted(self.milestones):
-            raise ValueError(f"milestones must be increasing epochs, got {list(self.milestones)}.")
-        if self.eval_every < 0:
-            raise ValueError(f"eval_every must be >= 0 (0: only after the last epoch), got {self.eval_every}.")
+            raise ValueError(f"milestones (--milestones) must be increasing epochs, got {list(self.milestones)}.")
 
 
 def default_recipe(dataset: Optional[str]) -> str:
@@ -191,14 +196,14 @@ def resolve_train_config(
     """The settings of the run in ``out_dir``: with ``resume`` its ``config.json`` updated with ``given``, else
     the recipe's (default hp2) updated with them. ``None`` values count as not given.
 
-    A resumed run takes the device of this machine unless ``device`` is given. A fresh run's method
+    A resumed run keeps its recorded device unless ``device`` is given or this machine lacks it (then ``auto``). A fresh run's method
     defaults to npe for models with PEMs, else ce; its data directory to ``$NPE_DATA_DIR``, else
     ``data``; cRT and post-hoc LA take the model of their ``init`` run when ``model`` is not given.
     """
     given = {name: value for name, value in given.items() if value is not None}
     if resume:
         saved = dict(resumable_config(out_dir, TrainConfig.task))
-        saved.pop("device", None)  # the machine's, not the run's: a run may move between GPU and CPU machines
+        saved["device"] = device_for_resume(saved.get("device", "auto"))
         saved.update({name: value for name, value in (("method", method), ("recipe", recipe)) if value is not None})
         return TrainConfig.from_dict({**saved, **given})
     given.setdefault("data_dir", default_data_dir())

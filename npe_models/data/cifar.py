@@ -8,6 +8,7 @@ normalisation run on whole batches as tensor operations.
 from __future__ import annotations
 
 import math
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Union
@@ -174,13 +175,31 @@ def _npz_folder(root: Path, dataset: str) -> Optional[Path]:
     return None
 
 
+def _read_npz(path: Path, exact_key: Optional[str]) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    """The arrays of an npz file; a damaged file (truncated, not an npz, arrays missing) is a clear error."""
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            found = {key: arrays[key] for key in ("x", "y", exact_key) if key and key in arrays.files}
+    except (OSError, EOFError, zipfile.BadZipFile, ValueError) as error:
+        raise ValueError(f"{path} is not a readable npz file ({type(error).__name__}); re-create or re-copy it.") from None
+    missing = [key for key in ("x", "y") if key not in found]
+    if missing:
+        raise ValueError(f"{path} has no array {' or '.join(missing)}; expected x (images) and y (labels).")
+    return found["x"], found["y"], found.get(exact_key) if exact_key else None
+
+
 def _load_npz(path: Path, exact_key: Optional[str]) -> ImageArrays:
-    with np.load(path) as arrays:
-        images, labels = arrays["x"], arrays["y"].astype(np.int64)
-        exact = arrays[exact_key].astype(bool) if exact_key and exact_key in arrays.files else np.ones(len(labels), bool)
+    images, labels, exact = _read_npz(path, exact_key)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"{path}: 'x' must be uint8 images (N, H, W, 3), got {images.dtype} {images.shape}.")
-    return ImageArrays(images, labels, exact)
+    if labels.ndim != 1 or len(labels) != len(images) or (exact is not None and len(exact) != len(images)):
+        raise ValueError(
+            f"{path}: 'y' must hold one label per image: {len(images)} images but labels of shape {labels.shape}."
+        )
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{path}: 'y' must be integer class indices, got {labels.dtype}.")
+    exact = np.ones(len(labels), bool) if exact is None else exact.astype(bool)
+    return ImageArrays(images, labels.astype(np.int64), exact)
 
 
 def _load_torchvision(root: Path, dataset: str, train: bool, download: bool) -> ImageArrays:
@@ -315,7 +334,6 @@ class BatchStream:
         self.height, self.width = data.images.shape[1:3]
         self._scale = (1.0 / (255.0 * torch.tensor(std, dtype=torch.float32))).view(1, 3, 1, 1).to(self.device)
         self._shift = (-torch.tensor(mean, dtype=torch.float32) / torch.tensor(std)).view(1, 3, 1, 1).to(self.device)
-        self._cpu_labels = torch.from_numpy(data.labels)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose shuffle and augmentation the next iteration draws."""
@@ -354,7 +372,7 @@ class BatchStream:
                 stop = start + self.batch_size
                 yield self._normalise(self.images[start:stop]), self.labels[start:stop]
             return
-        order = epoch_order(self._cpu_labels, self.sampling, self.seed, self.epoch, self.rank, self.world_size)
+        order = epoch_order(self.labels.cpu(), self.sampling, self.seed, self.epoch, self.rank, self.world_size)
         augment = epoch_generator(self.seed, self.epoch, 1 + self.rank)
         for start in range(0, len(order), self.batch_size):
             index = order[start:start + self.batch_size]

@@ -86,6 +86,17 @@ def add_npe(model: nn.Module, num_pems: int = 16, t: int = 1, alpha: float = 1.0
         )
     if isinstance(model.get_classifier(), NPEHead):
         raise ValueError(f"{type(model).__name__} already has PEMs; add_npe applies once.")
+    if isinstance(model.get_classifier(), nn.Identity):
+        raise ValueError(
+            f"{type(model).__name__} has no classifier (num_classes=0), so there is nothing to put PEMs beside; "
+            "create it with num_classes=N or call model.reset_classifier(N) first."
+        )
+    return _make_npe_model(model, num_pems, t, alpha)
+
+
+def _make_npe_model(model: nn.Module, num_pems: int, t: int, alpha: float) -> nn.Module:
+    """The NPE class and PEM settings for ``model``, and PEMs beside its classifier if it has one (a
+    classifier-less ``num_classes=0`` variant gets them from ``reset_classifier``)."""
     if not isinstance(model, NPEClassifierMixin):
         model.__class__ = _npe_class(type(model))
     model._pem_settings = (num_pems, t, float(alpha))
@@ -122,7 +133,8 @@ def create_npe_variant(
     base_filter = _base_filter_fn(base)
 
     def build(**model_kwargs: Any) -> nn.Module:
-        return add_npe(timm.create_model(base, **model_kwargs), num_pems, t=npe_t, alpha=npe_alpha)
+        validate_npe_args(num_pems, npe_t, npe_alpha)
+        return _make_npe_model(timm.create_model(base, **model_kwargs), num_pems, npe_t, npe_alpha)
 
     def filter_fn(state_dict: dict, model: nn.Module) -> dict:
         if base_filter is not None:

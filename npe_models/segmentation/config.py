@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Optional, Union
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
+from .._validation import check_number, check_numbers
 from ..data.stare import STARE_CLASSES
 from ..models.segmentation import DEFAULT_SEGMENTATION_ALPHA, create_segmentation_model, parse_segmentation_model_name
 from ..runs import SerializableConfig, resumable_config
@@ -33,6 +34,19 @@ SEGMENTATION_DATASETS = {"stare": STARE_CLASSES}
 """The segmentation data sets, with their class names."""
 
 
+# Range of each numeric setting (see _validation.check_number), checked when a config is built.
+_MODEL_NUMBER_RULES: dict[str, dict[str, Any]] = {
+    "num_classes": dict(integer=True, minimum=1), "num_pems": dict(integer=True, minimum=0),
+    "alpha": dict(minimum=0), "t": dict(integer=True, minimum=0, maximum=1, option="--npe-t"),
+}
+_TRAIN_NUMBER_RULES: dict[str, dict[str, Any]] = {
+    "iterations": dict(integer=True, minimum=1), "batch_size": dict(integer=True, minimum=1), "lr": dict(above=0),
+    "momentum": dict(minimum=0, below=1), "weight_decay": dict(minimum=0), "gamma": dict(above=0),
+    "poly_power": dict(above=0), "aux_weight": dict(minimum=0), "seed": dict(integer=True, minimum=0, below=2**32),
+    "checkpoint_every": dict(integer=True, minimum=1), "log_every": dict(integer=True, minimum=1),
+}
+
+
 @dataclass
 class SegmentationModelConfig(SerializableConfig):
     """What ``create_segmentation_model`` needs to rebuild a model, plus the input normalisation it expects."""
@@ -48,6 +62,9 @@ class SegmentationModelConfig(SerializableConfig):
     class_names: Optional[list[str]] = None
     mean: tuple[float, ...] = tuple(IMAGENET_DEFAULT_MEAN)
     std: tuple[float, ...] = tuple(IMAGENET_DEFAULT_STD)
+
+    def __post_init__(self) -> None:
+        check_numbers(self, _MODEL_NUMBER_RULES, optional=("num_pems",))
 
     def build(self, weights: Any = None, weights_backbone: Any = None) -> nn.Module:
         """The model these settings describe (torchvision weights only when passed here)."""
@@ -87,8 +104,9 @@ class SegmentationTrainConfig(SerializableConfig):
     log_every: int = 10
 
     def __post_init__(self) -> None:
-        if self.iterations < 1 or self.batch_size < 1:
-            raise ValueError(f"iterations and batch_size must be >= 1, got {self.iterations} and {self.batch_size}.")
+        check_numbers(self, _TRAIN_NUMBER_RULES)
+        for milestone in self.milestones:
+            check_number("milestones", milestone, integer=True, minimum=1)
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}.")
         if len(self.crop_size) != 2 or min(self.crop_size) < 1:

@@ -1,0 +1,144 @@
+"""Bad input gets one clear line naming the setting or file and what to do: settings out of range, options of
+the other task, damaged npz files, a headless model given to add_npe, the device of a resumed run."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+import npe_models
+from npe_models import cli
+from npe_models.classification import resolve_train_config
+from npe_models.data import load_cifar_lt
+
+CLASSIFIER = ["--model", "resnet20", "--device", "cpu"]
+SEGMENTER = ["--model", "unet_fcn", "--device", "cpu"]
+
+# (command-line options, the error it must print)
+BAD_SETTINGS = {
+    "lr nan": (CLASSIFIER + ["--lr", "nan"], "lr (--lr) must be a finite number > 0; got nan."),
+    "lr inf": (CLASSIFIER + ["--lr", "inf"], "lr (--lr) must be a finite number > 0; got inf."),
+    "npe alpha nan": (["--model", "resnet20_npe4", "--npe-alpha", "nan"], "npe_alpha (--npe-alpha) must be a finite"),
+    "epochs 0": (CLASSIFIER + ["--epochs", "0"], "epochs (--epochs) must be >= 1 for method 'ce'; got 0."),
+    "epochs -3": (CLASSIFIER + ["--epochs", "-3"], "epochs (--epochs) must be an integer >= 0; got -3."),
+    "gamma -1": (CLASSIFIER + ["--gamma", "-1"], "gamma (--gamma) must be a finite number > 0; got -1.0."),
+    "milestones -5": (CLASSIFIER + ["--milestones", "-5"], "milestones (--milestones) must be an integer >= 1; got -5."),
+    "seed -1": (CLASSIFIER + ["--seed", "-1"], "seed (--seed) must be an integer >= 0 and < 4294967296; got -1."),
+    "momentum 1": (CLASSIFIER + ["--momentum", "1"], "momentum (--momentum) must be a finite number >= 0 and < 1"),
+    "weight decay nan": (CLASSIFIER + ["--weight-decay", "nan"], "weight_decay (--weight-decay) must be a finite"),
+    "rho inf": (CLASSIFIER + ["--rho", "inf"], "rho (--rho) must be a finite number >= 1; got inf."),
+    "tau nan": (CLASSIFIER + ["--method", "la", "--tau", "nan"], "tau (--tau) must be a finite number; got nan."),
+    "batch size 0": (CLASSIFIER + ["--batch-size", "0"], "batch_size (--batch-size) must be an integer >= 1; got 0."),
+    "accum steps 3": (CLASSIFIER + ["--accum-steps", "3"], "batch_size 64 must be divisible by accum_steps 3."),
+    "segmentation option to a classifier": (
+        ["--model", "resnet20_npe4", "--num-pems", "8", "--pem-type", "fcn"],
+        "option(s) --num-pems, --pem-type belong to segmentation training, but this is a classification run",
+    ),
+    "classification option to a segmenter": (
+        SEGMENTER + ["--rho", "10", "--method", "la"],
+        "option(s) --method, --rho belong to classification training, but this is a segmentation run",
+    ),
+    "segmentation lr nan": (SEGMENTER + ["--lr", "nan"], "lr (--lr) must be a finite number > 0; got nan."),
+    "segmentation alpha nan": (["--model", "unet_fcn_npe1", "--alpha", "nan"], "alpha (--alpha) must be a finite"),
+    "segmentation iterations 0": (SEGMENTER + ["--iterations", "0"], "iterations (--iterations) must be an integer >= 1"),
+    "segmentation seed -1": (SEGMENTER + ["--seed", "-1"], "seed (--seed) must be an integer >= 0"),
+}
+
+
+def _train_error(capsys, out, options) -> str:
+    code = cli.main(["train", "--out", str(out), "--no-progress", *options])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SETTINGS))
+def test_bad_settings_are_refused_before_anything_is_created(case, capsys, tmp_path, data_dir):
+    options, message = BAD_SETTINGS[case]
+    err = _train_error(capsys, tmp_path / "run", [*options, "--data-dir", str(data_dir)])
+    assert message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_crop_larger_than_every_image_is_refused_before_the_run_starts(capsys, tmp_path, data_dir):
+    err = _train_error(capsys, tmp_path / "run", SEGMENTER + ["--crop-size", "5000", "--data-dir", str(data_dir)])
+    assert "crop_size (--crop-size) 5000x5000 is larger than every training image (at most 605x700)" in err
+    assert not (tmp_path / "run").exists()
+
+
+def _npz(folder, **arrays) -> None:
+    folder.mkdir(exist_ok=True)
+    test = dict(x=np.zeros((10, 32, 32, 3), np.uint8), y=np.arange(10))
+    np.savez(folder / "test.npz", **test)
+    np.savez(folder / "train.npz", **arrays)
+
+
+DAMAGED_NPZ = {
+    "truncated": (lambda path: path.write_bytes(path.read_bytes()[:500]), "is not a readable npz file (BadZipFile)"),
+    "random bytes": (lambda path: path.write_bytes(os.urandom(4000)), "is not a readable npz file (ValueError)"),
+    "empty": (lambda path: path.write_bytes(b""), "is not a readable npz file (EOFError)"),
+    "fewer labels than images": (
+        lambda path: np.savez(path, x=np.zeros((20, 32, 32, 3), np.uint8), y=np.arange(19) % 10),
+        "'y' must hold one label per image: 20 images but labels of shape (19,).",
+    ),
+    "no images": (lambda path: np.savez(path, y=np.arange(20) % 10), "has no array x; expected x (images) and y"),
+    "pickled labels": (
+        lambda path: np.savez(path, x=np.zeros((20, 32, 32, 3), np.uint8), y=np.array([None] * 20, dtype=object)),
+        "is not a readable npz file (ValueError)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGED_NPZ))
+def test_damaged_npz_files_name_the_file(case, tmp_path):
+    _npz(tmp_path / "data", x=np.zeros((20, 32, 32, 3), np.uint8), y=np.arange(20) % 10)
+    damage, message = DAMAGED_NPZ[case]
+    damage(tmp_path / "data" / "train.npz")
+    with pytest.raises(ValueError) as error:
+        load_cifar_lt(tmp_path / "data", rho=2)
+    assert message in str(error.value) and "train.npz" in str(error.value)
+    assert "allow_pickle" not in str(error.value)
+
+
+def test_add_npe_refuses_a_model_without_a_classifier():
+    with pytest.raises(ValueError, match=r"no classifier \(num_classes=0\).*reset_classifier\(N\)"):
+        npe_models.add_npe(timm.create_model("resnet20", num_classes=0))
+    headless = timm.create_model("resnet20_npe4", num_classes=0)  # timm's embedding convention still works
+    headless.reset_classifier(10)
+    assert npe_models.has_pems(headless)
+
+
+def test_a_resumed_run_keeps_its_device_unless_this_machine_lacks_it(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device, expected in (("cpu", "cpu"), ("cuda:3", "auto")):
+        run = tmp_path / device.replace(":", "_")
+        run.mkdir()
+        config = resolve_train_config(run, False, model="resnet20", device=device).to_dict()
+        (run / "config.json").write_text(json.dumps({"task": "classification", **config}))
+        with caplog.at_level(logging.WARNING):
+            assert resolve_train_config(run, True).device == expected
+    assert "trained on cuda:3, which this machine lacks: it continues on cpu" in caplog.text
+
+
+@pytest.mark.parametrize("opset", ["999", "17"])
+def test_an_opset_outside_the_exporters_range_is_refused_before_exporting(opset, capsys, tmp_path):
+    code = cli.main(["export", "onnx", "resnet20", "--output", str(tmp_path / "m.onnx"), "--opset", opset])
+    err = capsys.readouterr().err
+    assert code == 1 and "opset_version (--opset) must be an integer from 18" in err and f"got {opset}." in err
+    assert "Traceback" not in err and not (tmp_path / "m.onnx").exists()
+
+
+def test_half_precision_models_export_and_match_onnx_runtime(tmp_path):
+    from npe_models.onnx import check_parity, export_onnx
+
+    half = timm.create_model("resnet20_npe4").eval().half()
+    result = check_parity(half, export_onnx(half, tmp_path / "half.onnx"))
+    assert result.passed and 0 < max(result.max_abs_diff.values()) < 0.5
+    with pytest.raises(ValueError, match="bfloat16 model does not export to ONNX"):
+        export_onnx(half.to(torch.bfloat16), tmp_path / "bf16.onnx")
+    assert not (tmp_path / "bf16.onnx").exists()
