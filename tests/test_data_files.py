@@ -134,6 +134,23 @@ def test_train_evaluate_and_export_on_a_folder(trees, tmp_path, capsys):
     assert cli.main(["export", "onnx", str(run), "--output", str(onnx_file), "--check"]) == 0
     assert read_onnx_metadata(onnx_file)["class_names"] == list(CLASSES)
     capsys.readouterr()
+    for source in (run, onnx_file):
+        assert cli.main(["predict", str(source), str(trees["lt"] / "val" / "cat"), "--json", "--no-progress"]) == 0
+        predictions = json.loads(capsys.readouterr().out)
+        assert len(predictions) == VAL_PER_CLASS
+        assert all(c["class"] in CLASSES for p in predictions for c in p["classes"]), predictions[0]
+
+
+@pytest.mark.parametrize("model, dataset", [("resnet18_npe16", "folder"), ("resnet20_npe4", "imagenet_lt")])
+def test_one_epoch_on_each_source(trees, tmp_path, model, dataset):
+    config = resolve_config(
+        "hp2", "npe", model=model, dataset=dataset, data_dir=str(trees["lt"]), split_dir=str(trees["lists"]),
+        image_size=32, epochs=1, batch_size=34, workers=0, device="cpu", eval_every=0, eval_batch_size=40,
+    )
+    metrics = train(config, tmp_path / "run").metrics
+    evaluation_set = "val" if dataset == "folder" else "test"
+    assert metrics["sets"][evaluation_set]["npe_la"]["num_images"] == 40
+    assert metrics["train_counts"] == TRAIN_COUNTS and "prior" in metrics["sets"][evaluation_set]
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
