@@ -30,6 +30,7 @@ __all__ = [
     "CLASSIFICATION",
     "SEGMENTATION",
     "SEGMENTATION_INPUT_SIZE",
+    "TARGET_PRIOR_KEY",
     "ModelDescription",
     "describe_model",
     "check_weights_fit",
@@ -39,6 +40,8 @@ CLASSIFICATION = "image-classification"
 SEGMENTATION = "semantic-segmentation"
 SEGMENTATION_INPUT_SIZE = (3, 512, 512)
 """Nominal input size recorded for segmentation models, which take any size."""
+TARGET_PRIOR_KEY = "target_prior"
+"""The ``pretrained_cfg`` entry where ``npe_models.adapt.adapt_prior`` records the prior folded into a model."""
 
 _NPE_ARG_PREFIX = "npe_"
 _DEFAULT_ALPHA = 1.0
@@ -71,6 +74,8 @@ class ModelDescription:
     crop_pct: Optional[float] = None
     crop_mode: Optional[str] = None
     """How timm's eval transform resizes and crops for a classifier (``timm.data.create_transform``)."""
+    target_prior: Optional[dict[str, Any]] = None
+    """The deployment prior folded into the bias (``npe_models.adapt.adapt_prior``): prior, calibration, data."""
 
     def npe_config(self) -> dict[str, Any]:
         """The ``npe`` section of ``config.json``: the method's settings, for people and tools."""
@@ -83,6 +88,7 @@ class ModelDescription:
             "alpha": self.alpha,
             "t": self.t,
             "npe_architecture": self.npe_architecture,
+            **({TARGET_PRIOR_KEY: self.target_prior} if self.target_prior else {}),
             "package": "npe-models",
             "package_version": __version__,
         }
@@ -159,6 +165,7 @@ def _describe_classifier(model: nn.Module, label_names: Optional[Sequence[str]])
         std=tuple(float(v) for v in cfg["std"]),
         interpolation=cfg.get("interpolation"), crop_pct=cfg.get("crop_pct"), crop_mode=cfg.get("crop_mode"),
         label_names=_label_names(label_names, cfg.get("label_names"), model.num_classes),
+        target_prior=cfg.get(TARGET_PRIOR_KEY),
         model_args=args,
         **npe,
     )

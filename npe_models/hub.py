@@ -28,7 +28,9 @@ from huggingface_hub.hf_api import CommitInfo
 from timm.models import save_for_hf
 from torch import nn
 
-from .describe import CLASSIFICATION, SEGMENTATION, ModelDescription, check_weights_fit, describe_model
+from .describe import (
+    CLASSIFICATION, SEGMENTATION, TARGET_PRIOR_KEY, ModelDescription, check_weights_fit, describe_model,
+)
 from .models._bundled import HUB_ORGANISATION, bundled_checkpoints
 from .models.segmentation import parse_segmentation_model_name
 from .segmentation.checkpoint import save_segmentation_weights
@@ -90,6 +92,7 @@ def _write_classifier_files(model: nn.Module, description: ModelDescription, fol
         model_config["label_names"] = list(description.label_names)
     save_for_hf(model, str(folder), model_config=model_config, safe_serialization=True)
     config = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
+    config["pretrained_cfg"].pop(TARGET_PRIOR_KEY, None)  # timm's PretrainedCfg has no such field: it travels in "npe"
     config["model_args"] = description.model_args
     config["npe"] = description.npe_config()
     return config
@@ -567,4 +570,7 @@ def load_from_hub(source: Union[str, os.PathLike], **kwargs: Any) -> nn.Module:
         )
     weights = folder / WEIGHTS_NAME
     check_weights_fit(architecture, CLASSIFICATION, config.get("model_args", {}), _weight_shapes(weights), str(weights))
-    return timm.create_model(timm_name, pretrained=True, **kwargs)
+    model = timm.create_model(timm_name, pretrained=True, **kwargs)
+    if TARGET_PRIOR_KEY in config.get("npe", {}):  # a prior-adapted model keeps its record
+        model.pretrained_cfg = {**model.pretrained_cfg, TARGET_PRIOR_KEY: config["npe"][TARGET_PRIOR_KEY]}
+    return model

@@ -170,6 +170,7 @@ def _metadata(description: ModelDescription, dynamic_size: bool) -> dict[str, st
         "crop_pct": description.crop_pct,
         "crop_mode": description.crop_mode,
         "dynamic_size": dynamic_size,
+        "target_prior": description.target_prior,
         "npe_models_version": __version__,
     }
     return {key: value if isinstance(value, str) else json.dumps(value) for key, value in values.items()}
