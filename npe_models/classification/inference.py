@@ -18,11 +18,12 @@ from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 import torch
 from PIL import Image
-from timm.data import create_transform, resolve_data_config
+from timm.data import create_transform
 from torch import Tensor, nn
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from .. import loading  # a module import: loading imports this package (its checkpoint module) first
+from ..data.files import image_transform, read_image
 from ..describe import CLASSIFICATION as _ONNX_CLASSIFICATION
 from ..distributed import resolve_device
 from ..models import is_segmentation_model
@@ -35,7 +36,6 @@ __all__ = [
     "ImageClassifier",
     "ImagePrediction",
     "collect_images",
-    "read_image",
     "load_image_classifier",
     "predict_images",
     "format_predictions",
@@ -100,15 +100,6 @@ def collect_images(inputs: Iterable[PathLike]) -> list[Path]:
     return images
 
 
-def read_image(path: PathLike) -> Image.Image:
-    """The image at ``path`` as RGB, or a ValueError naming the file when PIL cannot decode it."""
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        raise ValueError(f"cannot read image {path} ({error}); replace the file or leave it out.") from error
-
-
 def _class_names(names: Optional[Sequence[str]], num_classes: int) -> list[str]:
     """The recorded class names when there is one per class, else the class indices as strings."""
     if names and len(names) == num_classes:
@@ -157,7 +148,7 @@ def _torch_classifier(
             raise ValueError(f"{source} has no PEMs (a plain model, or an NPE model merged with its alpha folded "
                              "into the classifier), so alpha does not apply; drop it or use an unmerged NPE model.")
         set_alpha(model, alpha)
-    transform = create_transform(**resolve_data_config({}, model=model))
+    transform = image_transform(model, train=False)
     logits = _torch_logits(model, resolve_device(device or "auto"))
     return ImageClassifier(logits, transform, _class_names(loaded.class_names, model.num_classes))
 

@@ -39,6 +39,7 @@ __all__ = [
     "load_image_folder",
     "load_image_lists",
     "image_transform",
+    "read_image",
 ]
 
 PathLike = Union[str, Path]
@@ -123,6 +124,15 @@ def scan_image_folder(folder: PathLike, classes: Optional[Sequence[str]] = None)
     return ImageList(tuple(path for path, _ in samples), labels, str(folder)), names
 
 
+def read_image(path: PathLike) -> Image.Image:
+    """The image at ``path`` as RGB, or a ValueError naming the file when PIL cannot decode it."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise ValueError(f"cannot read image {path} ({error}); replace the file or leave it out.") from error
+
+
 def image_transform(model: nn.Module, train: bool, image_size: Optional[int] = None) -> Any:
     """timm's train or eval transform for ``model``'s pretrained cfg, at ``image_size`` when given."""
     overrides = {"input_size": (3, image_size, image_size)} if image_size else {}
@@ -160,10 +170,9 @@ class _ImageFiles(Dataset):
         index, epoch = key if isinstance(key, tuple) else (key, None)
         path = self.images.paths[index]
         try:
-            with Image.open(path) as image:
-                rgb = image.convert("RGB")
-        except (OSError, ValueError) as error:  # missing, truncated or not an image (UnidentifiedImageError)
-            return None, -1, f"cannot read image '{path}' ({error}); remove it from {self.images.source} or replace it."
+            rgb = read_image(path)
+        except ValueError as error:  # reported by the training process, which names the list or folder
+            return None, -1, f"{error} It is part of {self.images.source}."
         if epoch is None:
             return self.transform(rgb), int(self.images.labels[index]), ""
         with _sample_rng(self.seed, epoch, index):
