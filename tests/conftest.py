@@ -34,3 +34,23 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def interrupt_training(monkeypatch):
+    """``interrupt_training(epoch)`` makes classification training raise KeyboardInterrupt when it reaches
+    ``epoch`` (0-based); ``interrupt_training(None)`` lets it run again."""
+    import importlib
+
+    run_class = importlib.import_module("npe_models.classification.train")._Run
+    original = run_class.train_epoch
+
+    def interrupt_at(epoch):
+        def train_epoch(self, index):
+            if index == epoch:
+                raise KeyboardInterrupt
+            return original(self, index)
+
+        monkeypatch.setattr(run_class, "train_epoch", original if epoch is None else train_epoch)
+
+    return interrupt_at

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import math
 import os
@@ -31,7 +30,6 @@ from npe_models.classification import (
 from npe_models.data import BatchStream, load_cifar_lt
 from npe_models.runs import write_run_config
 
-train_module = importlib.import_module("npe_models.classification.train")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LEGACY_SEGMENTATION_RUN = Path(REPO) / "tests" / "fixtures" / "runs_v0_1" / "segmentation_unet_npe1_interrupted"
 
@@ -163,27 +161,20 @@ def test_npe_predictions_give_npe_la_and_unadjusted_logits(tiny_data):
     assert metrics["sets"]["exact"]["npe_la"]["num_images"] == int(data.test.exact.sum())
 
 
-def test_deterministic_runs_match_and_resume_reproduces_them(tiny_data, tmp_path, monkeypatch):
+def test_deterministic_runs_match_and_resume_reproduces_them(tiny_data, tmp_path, interrupt_training):
     config = _config(tiny_data, model="resnet20_npe4", method="npe")
     first = train(config, tmp_path / "a")
     train(config, tmp_path / "b")
     _assert_same_weights(_weights(tmp_path / "a"), _weights(tmp_path / "b"))
     assert first.metrics["sets"]["full"]["prior"]["spearman"] is not None
 
-    original = train_module._Run.train_epoch
-
-    def interrupted(self, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return original(self, epoch)
-
-    monkeypatch.setattr(train_module._Run, "train_epoch", interrupted)
+    interrupt_training(2)
     with pytest.raises(KeyboardInterrupt):
         train(config, tmp_path / "c")
     checkpoint = torch.load(tmp_path / "c" / "checkpoint.pt", weights_only=True)
     assert checkpoint["epoch"] == 2 and set(checkpoint) >= {"model", "optimizer", "scheduler", "rng", "config"}
     assert not (tmp_path / "c" / "model.safetensors").exists()
-    monkeypatch.setattr(train_module._Run, "train_epoch", original)
+    interrupt_training(None)
     resumed = train(config, tmp_path / "c", resume=True)
     _assert_same_weights(_weights(tmp_path / "a"), _weights(tmp_path / "c"))
     assert resumed.metrics["sets"] == first.metrics["sets"]

@@ -2,7 +2,6 @@
 ImageNet-LT-format split lists; training, resuming, evaluating and exporting on them; torchrun; bad trees."""
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import shutil
@@ -32,7 +31,6 @@ from npe_models.data.files import image_transform
 from npe_models.onnx import read_onnx_metadata
 
 REPO = Path(__file__).resolve().parents[1]
-train_module = importlib.import_module("npe_models.classification.train")
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 TRAIN_COUNTS = long_tailed_counts(10, 24, 8)  # [24, 19, 15, 12, 9, 7, 6, 4, 3, 3]: 102 images
 VAL_PER_CLASS = 4
@@ -157,7 +155,7 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "model.safetensors"))
 
 
-def test_resnet18_npe16_on_imagenet_lt_lists_resumes_exactly(trees, tmp_path, monkeypatch):
+def test_resnet18_npe16_on_imagenet_lt_lists_resumes_exactly(trees, tmp_path, interrupt_training):
     config = resolve_config(
         "hp2", "npe", model="resnet18_npe16", dataset="imagenet_lt", data_dir=str(trees["lt"]),
         split_dir=str(trees["lists"]), image_size=32, epochs=2, batch_size=32, workers=0, device="cpu",
@@ -165,17 +163,10 @@ def test_resnet18_npe16_on_imagenet_lt_lists_resumes_exactly(trees, tmp_path, mo
     )
     whole = train(config, tmp_path / "whole")
     assert whole.metrics["sets"]["test"]["npe_la"]["num_images"] == 40
-    original = train_module._Run.train_epoch
-
-    def interrupted(self, epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return original(self, epoch)
-
-    monkeypatch.setattr(train_module._Run, "train_epoch", interrupted)
+    interrupt_training(1)
     with pytest.raises(KeyboardInterrupt):
         train(config, tmp_path / "parts")
-    monkeypatch.setattr(train_module._Run, "train_epoch", original)
+    interrupt_training(None)
     train(config, tmp_path / "parts", resume=True)
     expected, resumed = _weights(tmp_path / "whole"), _weights(tmp_path / "parts")
     assert expected.keys() == resumed.keys()

@@ -57,16 +57,10 @@ class ImageArrays:
         return ImageArrays(self.images[mask_or_index], self.labels[mask_or_index], self.exact[mask_or_index])
 
 
-@dataclass(frozen=True)
-class CifarLT:
-    """A long-tailed CIFAR training set, the balanced test set and the per-class training counts."""
+class ClassCounts:
+    """What every long-tailed data set derives from its per-class training ``counts`` array."""
 
-    dataset: str
-    rho: float
-    train: ImageArrays
-    test: ImageArrays
     counts: np.ndarray
-    jpeg_twins: Optional[ImageArrays] = None
 
     @property
     def num_classes(self) -> int:
@@ -76,6 +70,18 @@ class CifarLT:
     def groups(self) -> np.ndarray:
         """Many / Medium / Few group of each class (0, 1, 2), from the training counts."""
         return class_groups(self.counts)
+
+
+@dataclass(frozen=True)
+class CifarLT(ClassCounts):
+    """A long-tailed CIFAR training set, the balanced test set and the per-class training counts."""
+
+    dataset: str
+    rho: float
+    train: ImageArrays
+    test: ImageArrays
+    counts: np.ndarray
+    jpeg_twins: Optional[ImageArrays] = None
 
     @property
     def title(self) -> str:

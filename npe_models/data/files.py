@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-from .cifar import class_groups, long_tailed_indices
+from .cifar import ClassCounts, long_tailed_indices
 from .sampling import EpochSampler
 
 __all__ = [
@@ -242,7 +242,7 @@ class FileBatchStream:
 
 
 @dataclass(frozen=True)
-class FileLT:
+class FileLT(ClassCounts):
     """A long-tailed training split of image files, its evaluation splits and the per-class training counts."""
 
     dataset: str
@@ -254,15 +254,6 @@ class FileLT:
     image_size: Optional[int] = None
     workers: Optional[int] = None
     derived_sets: dict[str, tuple[str, np.ndarray]] = field(default_factory=dict)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.counts)
-
-    @property
-    def groups(self) -> np.ndarray:
-        """Many / Medium / Few group of each class (0, 1, 2), from the training counts."""
-        return class_groups(self.counts)
 
     @property
     def title(self) -> str:
