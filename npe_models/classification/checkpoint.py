@@ -30,8 +30,9 @@ PathLike = Union[str, Path]
 def save_weights(path: PathLike, model: nn.Module, config: Optional[TrainConfig] = None) -> None:
     """The model's state_dict as safetensors (atomically), with the task and training config in its metadata."""
     metadata: dict[str, Any] = {"task": TrainConfig.task}
-    if model.pretrained_cfg.get("label_names"):
-        metadata["label_names"] = list(model.pretrained_cfg["label_names"])
+    label_names = getattr(model, "pretrained_cfg", {}).get("label_names")  # timm models have a pretrained cfg
+    if label_names:
+        metadata["label_names"] = list(label_names)
     if config is not None:
         metadata["config"] = config.to_dict()
     runs.save_weights(path, model, metadata)
