@@ -4,8 +4,9 @@ A run directory holds ``config.json`` (the task and its resolved settings), ``lo
 record per logged epoch or iteration), ``checkpoint.pt`` (the full training state, loadable with
 ``torch.load(weights_only=True)``) and, once finished, ``model.safetensors`` (weights with the task
 and settings in their metadata) and, for classification, ``metrics.json``. This module writes and
-reads those files (atomically), checks that a resumed run keeps its settings, and drives the loop
-(:class:`TrainingLoop`): a task supplies the step, its log record and its final files.
+reads those files (atomically, never with non-finite weights), checks that a resumed run keeps its
+settings, and drives the loop (:class:`TrainingLoop`): a task supplies the step, its log record and
+its final files.
 """
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ __all__ = [
     "TASKS",
     "NonFiniteLossError",
     "atomic_write",
+    "non_finite_tensors",
+    "require_finite",
     "write_json",
     "read_json",
     "read_jsonl",
@@ -69,7 +72,7 @@ logger = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError, FloatingPointError):
-    """The training loss became NaN or infinite; the run stopped and kept its last good checkpoint.
+    """The training loss or the weights became NaN or infinite; the run stopped and kept its last good checkpoint.
 
     Also a ``FloatingPointError``, which segmentation training raised before the engines shared this error.
     """
@@ -160,14 +163,36 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------- weights and training state
 
 
+def non_finite_tensors(tensors: Mapping[str, Any]) -> list[str]:
+    """Names of the floating-point tensors in ``tensors`` (a state_dict) that hold a NaN or an infinity."""
+    return [name for name, value in tensors.items()
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()]
+
+
+def require_finite(tensors: Mapping[str, Any], origin: PathLike) -> None:
+    """Raise a clear error when weights loaded from ``origin`` hold NaN or infinite values (a diverged training)."""
+    bad = non_finite_tensors(tensors)
+    if bad:
+        raise ValueError(
+            f"'{origin}' holds non-finite weights ({len(bad)} of {len(tensors)} tensors, e.g. {bad[0]!r}): they "
+            "were saved after the training diverged. Train again (with a lower learning rate) or restore the file."
+        )
+
+
 def save_weights(path: PathLike, model: nn.Module, metadata: Mapping[str, Any]) -> None:
     """The model's state_dict as safetensors (atomically), with ``metadata`` (which names the task) in its header.
 
     String values are stored as they are, others as JSON; :func:`read_weights` decodes them.
+    Non-finite weights are refused: nothing is written.
     """
     if metadata.get("task") not in TASKS:
         raise ValueError(f"weights metadata must name the task, one of {TASKS}; got {metadata.get('task')!r}.")
     tensors = {name: value.detach().cpu().contiguous() for name, value in model.state_dict().items()}
+    bad = non_finite_tensors(tensors)
+    if bad:
+        raise NonFiniteLossError(
+            f"refusing to write non-finite weights to '{path}' ({len(bad)} of {len(tensors)} tensors, e.g. {bad[0]!r})."
+        )
     header = {"format": "pt", **{k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}}
     atomic_write(path, lambda temp: save_file(tensors, str(temp), metadata=header))
 
@@ -179,22 +204,35 @@ def _decoded(value: str) -> Any:
         return value
 
 
+def _unreadable(path: Path, error: Exception) -> ValueError:
+    return ValueError(f"'{path}' is not a readable safetensors file ({error}); it is truncated or corrupted: "
+                      "re-run the training that wrote it, or restore it.")
+
+
 def _weights_metadata(path: Path) -> dict[str, Any]:
     try:
         with safe_open(str(path), framework="pt") as handle:
             return {key: _decoded(value) for key, value in (handle.metadata() or {}).items()}
     except (SafetensorError, OSError) as error:
-        raise ValueError(f"'{path}' is not a readable safetensors file ({error}).") from error
+        raise _unreadable(path, error) from error
 
 
 def read_weights(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The tensors of a ``.safetensors`` file and its metadata (JSON values decoded, others kept as strings)."""
+    """The tensors of a ``.safetensors`` file and its metadata (JSON values decoded, others kept as strings).
+
+    Unreadable files and non-finite weights are errors naming the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file '{path}' does not exist.")
     metadata = _weights_metadata(path)
-    with safe_open(str(path), framework="pt") as handle:
-        return {name: handle.get_tensor(name) for name in handle.keys()}, metadata
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except (SafetensorError, OSError) as error:
+        raise _unreadable(path, error) from error
+    require_finite(tensors, path)
+    return tensors, metadata
 
 
 def save_training_state(path: PathLike, state: dict[str, Any]) -> None:
@@ -203,14 +241,20 @@ def save_training_state(path: PathLike, state: dict[str, Any]) -> None:
 
 
 def load_training_state(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> dict[str, Any]:
-    """A checkpoint written by :func:`save_training_state`, loaded without unpickling arbitrary objects."""
+    """A checkpoint written by :func:`save_training_state`, loaded without unpickling arbitrary objects.
+
+    Its model weights (``"model"``) must be finite.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint '{path}' does not exist.")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
         raise ValueError(f"'{path}' is not a readable npe-models checkpoint ({error}).") from error
+    if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
+        require_finite(state["model"], path)
+    return state
 
 
 # ----------------------------------------------------------------------------- settings
@@ -400,6 +444,18 @@ def run_task(source: PathLike) -> str:
 # ----------------------------------------------------------------------------- the training loop
 
 
+def _state_mismatch(module: nn.Module, state: Mapping[str, Any]) -> str:
+    """How a state_dict differs from a module's, in one line: its missing, unexpected and reshaped tensors."""
+    own = module.state_dict()
+    reshaped = [key for key in own if key in state and own[key].shape != getattr(state[key], "shape", None)]
+    differences = (
+        ("missing", [key for key in own if key not in state]),
+        ("unexpected", [key for key in state if key not in own]),
+        ("of another shape", reshaped),
+    )
+    return ", ".join(f"{len(keys)} tensors {what}, e.g. {keys[0]!r}" for what, keys in differences if keys)
+
+
 class TrainingLoop(ABC):
     """One training run over ``total`` units (epochs or iterations) in ``run_dir`` (or in memory, without one).
 
@@ -443,8 +499,8 @@ class TrainingLoop(ABC):
     def after_unit(self, done: int, record: dict[str, Any]) -> None:
         """Called after unit ``done`` is logged and checkpointed (reporting, synchronising processes)."""
 
-    def non_finite(self, index: int, value: float, detail: str = "") -> NonFiniteLossError:
-        """The error for a loss that became non-finite during unit ``index`` (0-based)."""
+    def _kept(self) -> str:
+        """What a run stopped by a non-finite value has kept, and how to go on."""
         if self.run_dir is None:
             kept = "The run has no run directory, so nothing was saved."
         elif self.saved:
@@ -452,10 +508,25 @@ class TrainingLoop(ABC):
         else:
             kept = "No checkpoint had been written yet."
         retry = ", or --resume to retry from the checkpoint" if self.run_dir is not None and self.saved else ""
+        return f"{kept} To continue, {self.restart_hint} and start a new run{retry}."
+
+    def non_finite(self, index: int, value: float, detail: str = "") -> NonFiniteLossError:
+        """The error for a loss that became non-finite during unit ``index`` (0-based)."""
         return NonFiniteLossError(
             f"the training loss became non-finite ({value}) during {self.unit} {index + 1}{detail}; training stopped. "
-            f"{kept} To continue, {self.restart_hint} and start a new run{retry}."
+            f"{self._kept()}"
         )
+
+    def _require_finite_weights(self, done: int) -> None:
+        """Stop before a checkpoint would save NaN or infinite weights (of any module in :meth:`checkpointed`)."""
+        states = {name: part.state_dict() for name, part in self.checkpointed().items() if isinstance(part, nn.Module)}
+        bad = [f"{name}.{key}" for name, state in states.items() for key in non_finite_tensors(state)]
+        if bad:
+            total = sum(len(state) for state in states.values())
+            raise NonFiniteLossError(
+                f"the weights became non-finite during {self.unit} {done} ({len(bad)} of {total} tensors, e.g. "
+                f"{bad[0]!r}); training stopped without saving them. {self._kept()}"
+            )
 
     def _resume(self) -> int:
         """Load the checkpoint in the run directory, if there is one; returns the units it had completed."""
@@ -464,7 +535,14 @@ class TrainingLoop(ABC):
             return 0
         state = load_training_state(path)
         for name, part in self.checkpointed().items():
-            part.load_state_dict(state[name])
+            try:
+                part.load_state_dict(state[name])
+            except (KeyError, RuntimeError, ValueError) as error:
+                found = _state_mismatch(part, state[name]) if isinstance(part, nn.Module) and name in state else error
+                raise ValueError(
+                    f"'{path}' does not fit this run's {name} ({found}): it is a checkpoint of another model or run. "
+                    "Resume the run that wrote it with its own settings, or start a new run in another --out."
+                ) from error
         restore_rng_state(state["rng"])
         self.saved = int(state[self.unit])
         logger.info("resuming %s after %s %d of %d", self.run_dir, self.unit, self.saved, self.total)
@@ -479,9 +557,12 @@ class TrainingLoop(ABC):
             write_jsonl(log, [r for r in read_jsonl(log) if r.get(self.unit, 0) <= start])
 
     def _save(self, done: int, record: dict[str, Any]) -> None:
+        checkpoint = self.checkpoint_due(done)
+        if checkpoint:
+            self._require_finite_weights(done)
         if self.log_due(done):
             append_jsonl(self.run_dir / LOG_FILE, record)
-        if self.checkpoint_due(done):
+        if checkpoint:
             state = {**{name: part.state_dict() for name, part in self.checkpointed().items()}, self.unit: done,
                      "rng": capture_rng_state(), "config": self.config.to_dict(), "task": self.task}
             save_training_state(self.run_dir / CHECKPOINT_FILE, state)
