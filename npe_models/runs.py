@@ -11,10 +11,11 @@ its final files.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 import os
-import tempfile
+import secrets
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping
@@ -23,7 +24,7 @@ from typing import Any, Callable, ClassVar, Optional, TypeVar, Union
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "write_run_config",
     "read_run_config",
     "resumable_config",
+    "check_out_dir",
     "check_run_dir",
     "run_task",
     "TrainingLoop",
@@ -81,18 +83,34 @@ class NonFiniteLossError(RuntimeError, FloatingPointError):
 # ----------------------------------------------------------------------------- files
 
 
+def _temporary_beside(path: Path) -> Path:
+    """A new empty file ``.<name>.<random>.tmp`` beside ``path``, with the mode new files get (0666 less the umask)."""
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    return temp
+
+
 def atomic_write(path: PathLike, write: Callable[[Path], None]) -> None:
     """Call ``write(temp_path)`` on a temporary file beside ``path``, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
+    temp = _temporary_beside(path)
+    mode = temp.stat().st_mode & 0o777  # kept for writers that replace the file (safetensors writes one of 0600)
     try:
-        write(Path(temp))
+        write(temp)
+        os.chmod(temp, mode)
         os.replace(temp, path)
     except BaseException:
-        Path(temp).unlink(missing_ok=True)
+        temp.unlink(missing_ok=True)
         raise
+
+
+def _remove_temporaries(directory: Path) -> None:
+    """Delete the temporary files an interrupted :func:`atomic_write` left in ``directory``:
+    its own ``.<name>.<random>.tmp`` and the ``.tmpXXXXXX`` safetensors writes inside them."""
+    for leftover in [*directory.glob(".*.*.tmp"), *directory.glob(".tmp??????")]:
+        leftover.unlink(missing_ok=True)
+        logger.info("removed %s, left by an interrupted write", leftover)
 
 
 def write_json(path: PathLike, data: Any) -> None:
@@ -194,7 +212,8 @@ def save_weights(path: PathLike, model: nn.Module, metadata: Mapping[str, Any]) 
             f"refusing to write non-finite weights to '{path}' ({len(bad)} of {len(tensors)} tensors, e.g. {bad[0]!r})."
         )
     header = {"format": "pt", **{k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}}
-    atomic_write(path, lambda temp: save_file(tensors, str(temp), metadata=header))
+    data = safetensors_bytes(tensors, metadata=header)  # in memory first: a full disk is then a plain OSError
+    atomic_write(path, lambda temp: temp.write_bytes(data))
 
 
 def _decoded(value: str) -> Any:
@@ -236,8 +255,14 @@ def read_weights(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any
 
 
 def save_training_state(path: PathLike, state: dict[str, Any]) -> None:
-    """A checkpoint (tensors, numbers, strings and containers of them), written atomically."""
-    atomic_write(path, lambda temp: torch.save(state, temp))
+    """A checkpoint (tensors, numbers, strings and containers of them), written atomically.
+
+    It is serialised in memory first, so a full disk is an ``OSError`` (``ENOSPC``) rather than
+    an opaque error of torch's zip writer.
+    """
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write(path, lambda temp: temp.write_bytes(buffer.getbuffer()))
 
 
 def load_training_state(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> dict[str, Any]:
@@ -382,9 +407,24 @@ def resumable_config(run_dir: PathLike, task: str) -> dict[str, Any]:
     return read_run_config(run_dir, task)
 
 
-def check_run_dir(run_dir: PathLike, config: SerializableConfig, resume: bool) -> None:
-    """Refuse to overwrite a run, or (``resume``) to continue it with settings that differ from its config.json."""
+def check_out_dir(run_dir: PathLike) -> None:
+    """A clear error, before any work is done, when ``run_dir`` cannot be a run directory: a file, or not writable."""
     run_dir = Path(run_dir)
+    existing = next(folder for folder in (run_dir, *run_dir.absolute().parents) if folder.exists())
+    if not existing.is_dir():
+        raise FileExistsError(f"--out {run_dir}: '{existing}' is a file, not a directory; choose another --out.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(
+            f"--out {run_dir}: '{existing}' is not writable (a read-only file system, or no permission); "
+            "choose another --out."
+        )
+
+
+def check_run_dir(run_dir: PathLike, config: SerializableConfig, resume: bool) -> None:
+    """Refuse an --out that cannot be written, to overwrite a run, or (``resume``) to continue it with settings
+    that differ from its config.json."""
+    run_dir = Path(run_dir)
+    check_out_dir(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
         if (run_dir / CHECKPOINT_FILE).is_file():
             raise FileExistsError(f"{run_dir} has a {CHECKPOINT_FILE} but no {CONFIG_FILE}; use a new --out.")
@@ -549,12 +589,28 @@ class TrainingLoop(ABC):
         return self.saved
 
     def _open_run_dir(self, start: int) -> None:
-        """Record the settings and drop log records of units after the checkpoint (and a torn last line)."""
+        """Record the settings, drop log records of units after the checkpoint (and a torn last line), and remove
+        the temporary files of writes an interruption cut short."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        _remove_temporaries(self.run_dir)
         write_run_config(self.run_dir, self.task, self.config.to_dict())
         log = self.run_dir / LOG_FILE
         if log.is_file():
             write_jsonl(log, [r for r in read_jsonl(log) if r.get(self.unit, 0) <= start])
+
+    def _write_checkpoint(self, done: int) -> None:
+        """``checkpoint.pt`` after unit ``done``; when it cannot be written (a full disk), the previous one stays."""
+        state = {**{name: part.state_dict() for name, part in self.checkpointed().items()}, self.unit: done,
+                 "rng": capture_rng_state(), "config": self.config.to_dict(), "task": self.task}
+        path = self.run_dir / CHECKPOINT_FILE
+        try:
+            save_training_state(path, state)
+        except OSError as error:
+            kept = (f"the previous one (after {self.unit} {self.saved}) is kept in {path}; free some space (or fix "
+                    "the cause) and continue with --resume") if self.saved else "there is no earlier one to keep"
+            raise OSError(error.errno, f"could not write the checkpoint after {self.unit} {done} "
+                                       f"({error.strerror or error}); {kept}.") from error
+        self.saved = done
 
     def _save(self, done: int, record: dict[str, Any]) -> None:
         checkpoint = self.checkpoint_due(done)
@@ -563,10 +619,7 @@ class TrainingLoop(ABC):
         if self.log_due(done):
             append_jsonl(self.run_dir / LOG_FILE, record)
         if checkpoint:
-            state = {**{name: part.state_dict() for name, part in self.checkpointed().items()}, self.unit: done,
-                     "rng": capture_rng_state(), "config": self.config.to_dict(), "task": self.task}
-            save_training_state(self.run_dir / CHECKPOINT_FILE, state)
-            self.saved = done
+            self._write_checkpoint(done)
 
     def run(self, resume: bool = False) -> Any:
         """Train from the checkpoint (``resume``) or from the start to ``total`` units, then finish."""

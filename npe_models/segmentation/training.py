@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from ..data.stare import StareSegmentation
 from ..distributed import resolve_device
 from ..npe import has_pems
-from ..runs import CHECKPOINT_FILE, WEIGHTS_FILE, TrainingLoop, check_run_dir
+from ..runs import CHECKPOINT_FILE, WEIGHTS_FILE, TrainingLoop, check_out_dir, check_run_dir
 from .checkpoint import load_weights_for_pem_training, save_segmentation_weights
 from .config import SegmentationModelConfig, SegmentationRunConfig, SegmentationTrainConfig, dataset_classes
 from .losses import segmentation_loss_terms
@@ -209,6 +209,7 @@ def train_run(
     weights_backbone), and trains it on the data set's training images; returns the last
     iteration's record. ``progress`` is a tqdm-like factory called as ``progress(total=, desc=, unit=)``.
     """
+    check_out_dir(out_dir)  # before the data set is read
     data = config.data
     dataset = segmentation_dataset(data["dataset"], "train", data["annotation"], data_dir)
     config = dataclasses.replace(config, data={**data, "images": list(dataset.ids)})
