@@ -3,22 +3,26 @@
 A run directory holds ``config.json`` (the task and its resolved settings), ``log.jsonl`` (one
 record per logged epoch or iteration), ``checkpoint.pt`` (the full training state, loadable with
 ``torch.load(weights_only=True)``) and, once finished, ``model.safetensors`` (weights with the task
-and settings in their metadata) and, for classification, ``metrics.json``. This module writes and
-reads those files (atomically, never with non-finite weights), checks that a resumed run keeps its
-settings, and drives the loop (:class:`TrainingLoop`): a task supplies the step, its log record and
-its final files.
+and settings in their metadata) and, for classification, ``metrics.json``; ``.lock`` is held by
+the one process writing it. This module writes and reads those files (atomically, never with
+non-finite weights), checks that a resumed run keeps its settings, and drives the loop
+(:class:`TrainingLoop`): a task supplies the step, its log record and its final files.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import io
 import json
 import logging
 import os
 import secrets
+import socket
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Optional, TypeVar, Union
 
@@ -33,9 +37,12 @@ __all__ = [
     "CHECKPOINT_FILE",
     "WEIGHTS_FILE",
     "METRICS_FILE",
+    "LOCK_FILE",
     "TASKS",
     "NonFiniteLossError",
+    "RunDirLockedError",
     "atomic_write",
+    "locked_dir",
     "non_finite_tensors",
     "require_finite",
     "write_json",
@@ -66,6 +73,7 @@ LOG_FILE = "log.jsonl"
 CHECKPOINT_FILE = "checkpoint.pt"
 WEIGHTS_FILE = "model.safetensors"
 METRICS_FILE = "metrics.json"
+LOCK_FILE = ".lock"  # held (flock) by the one process writing the directory
 TASKS = ("classification", "segmentation")
 
 PathLike = Union[str, Path]
@@ -78,6 +86,10 @@ class NonFiniteLossError(RuntimeError, FloatingPointError):
 
     Also a ``FloatingPointError``, which segmentation training raised before the engines shared this error.
     """
+
+
+class RunDirLockedError(OSError):
+    """Another process holds the directory's lock: it is training (or evaluating) into the same folder."""
 
 
 # ----------------------------------------------------------------------------- files
@@ -106,11 +118,49 @@ def atomic_write(path: PathLike, write: Callable[[Path], None]) -> None:
 
 
 def _remove_temporaries(directory: Path) -> None:
-    """Delete the temporary files an interrupted :func:`atomic_write` left in ``directory``:
+    """Delete the temporary files an interrupted :func:`atomic_write` left in ``directory`` (holding its lock):
     its own ``.<name>.<random>.tmp`` and the ``.tmpXXXXXX`` safetensors writes inside them."""
     for leftover in [*directory.glob(".*.*.tmp"), *directory.glob(".tmp??????")]:
         leftover.unlink(missing_ok=True)
         logger.info("removed %s, left by an interrupted write", leftover)
+
+
+def _lock_holder(lock: Path) -> str:
+    """Who holds a lock, as its holder recorded it: ``pid 123 on host since 2026-01-01T12:00:00+00:00``."""
+    try:
+        holder = json.loads(lock.read_text())
+        return f"pid {holder['pid']} on {holder['host']} since {holder['started']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a process that has not recorded itself yet"
+
+
+@contextlib.contextmanager
+def locked_dir(directory: PathLike) -> Iterator[Path]:
+    """Hold the exclusive lock of ``directory`` (created if needed), so only one process writes it at a time.
+
+    The lock (``flock`` on :data:`LOCK_FILE`, which records its holder) dies with its process, so
+    the lock file a killed run leaves behind never blocks the next one. Raises
+    :class:`RunDirLockedError` naming the holder when another process has it.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    lock = directory / LOCK_FILE
+    handle = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(handle)
+        raise RunDirLockedError(
+            f"{directory} is in use by another npe-models process ({_lock_holder(lock)}); wait for it to finish "
+            "or stop it, or choose another --out."
+        ) from None
+    try:
+        started = datetime.now().astimezone().isoformat(timespec="seconds")
+        os.ftruncate(handle, 0)
+        os.write(handle, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": started}).encode())
+        yield directory
+    finally:
+        os.close(handle)  # which releases the lock
 
 
 def write_json(path: PathLike, data: Any) -> None:
@@ -591,7 +641,6 @@ class TrainingLoop(ABC):
     def _open_run_dir(self, start: int) -> None:
         """Record the settings, drop log records of units after the checkpoint (and a torn last line), and remove
         the temporary files of writes an interruption cut short."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         _remove_temporaries(self.run_dir)
         write_run_config(self.run_dir, self.task, self.config.to_dict())
         log = self.run_dir / LOG_FILE
@@ -621,16 +670,29 @@ class TrainingLoop(ABC):
         if checkpoint:
             self._write_checkpoint(done)
 
-    def run(self, resume: bool = False) -> Any:
-        """Train from the checkpoint (``resume``) or from the start to ``total`` units, then finish."""
+    def _start(self, resume: bool, writes: bool) -> int:
+        """Check the run directory (again, now under its lock: another process may have started a run in it since),
+        resume from its checkpoint and record the settings; returns the units already done."""
+        if writes:
+            check_run_dir(self.run_dir, self.config, resume)
         start = self._resume() if resume and self.run_dir is not None else 0
-        writes = self.run_dir is not None and self.is_main
         if writes:
             self._open_run_dir(start)
-        record = None
-        for index in range(start, self.total):
-            record = self.train_unit(index)
-            if writes:
-                self._save(index + 1, record)
-            self.after_unit(index + 1, record)
-        return self.finish(record)
+        return start
+
+    def run(self, resume: bool = False) -> Any:
+        """Train from the checkpoint (``resume``) or from the start to ``total`` units, then finish.
+
+        The main process holds the run directory's lock (:func:`locked_dir`) throughout, so a second
+        process training into it fails at once instead of mixing its files in.
+        """
+        writes = self.run_dir is not None and self.is_main
+        with locked_dir(self.run_dir) if writes else contextlib.nullcontext():
+            start = self._start(resume, writes)
+            record = None
+            for index in range(start, self.total):
+                record = self.train_unit(index)
+                if writes:
+                    self._save(index + 1, record)
+                self.after_unit(index + 1, record)
+            return self.finish(record)

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from ..data import CIFAR_NUM_CLASSES, GROUP_NAMES, LongTailedData, class_groups, load_long_tailed
 from ..distributed import resolve_device
 from ..npe import NPEHead, npe_heads
-from ..runs import write_json
+from ..runs import locked_dir, write_json
 from .checkpoint import check_num_classes
 from .plots import save_evaluation_plots
 
@@ -264,11 +264,12 @@ def evaluate_run(
     check_num_classes(model, data.num_classes, "the model")
     device = resolve_device(str(device))
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-    metrics = evaluate_model(model, data, device, batch_size, posthoc_tau, channels_last, amp, sets)
-    metrics = {**(about or {}), "dataset": dataset, "rho": data.rho, **metrics}
     out_dir = Path(out_dir)
-    save_evaluation_plots(metrics, out_dir, next(iter(metrics["sets"])), f"{title} {data.title}".strip())
-    write_json(out_dir / "metrics.json", metrics)
+    with locked_dir(out_dir):  # one evaluation at a time writes the folder: its metrics.json and plots agree
+        metrics = evaluate_model(model, data, device, batch_size, posthoc_tau, channels_last, amp, sets)
+        metrics = {**(about or {}), "dataset": dataset, "rho": data.rho, **metrics}
+        save_evaluation_plots(metrics, out_dir, next(iter(metrics["sets"])), f"{title} {data.title}".strip())
+        write_json(out_dir / "metrics.json", metrics)
     return metrics
 
 

@@ -15,7 +15,7 @@ from torchvision.utils import draw_segmentation_masks
 
 from ..distributed import resolve_device
 from ..npe import has_pems
-from ..runs import atomic_write, write_json
+from ..runs import atomic_write, locked_dir, write_json
 from .losses import DEFAULT_IGNORE_INDEX
 from .metrics import SegmentationMetrics, confusion_matrix
 from .sampling import normalize_images
@@ -200,17 +200,18 @@ def evaluate_run(
     report: dict[str, Any] = {**(about or {}), "dataset": dataset, "mode": mode, "split": split, "alphas": alphas,
                               "results": {}}
     results: dict[str, dict[float, SegmentationMetrics]] = {}
-    for annotation in annotations:
-        images = segmentation_dataset(dataset, split, annotation, data_dir)
-        bar = progress(total=len(images), desc=f"evaluate {annotation}", unit="image") if progress else None
-        results[annotation] = evaluate_segmentation(
-            model, images, num_classes=model_config.num_classes, mean=model_config.mean, std=model_config.std,
-            alphas=alphas, mode=mode, crop_size=crop_size, stride=stride, device=device,
-            class_names=model_config.class_names, overlay_dir=out_dir / "overlays" / annotation,
-            num_overlays=overlays, on_image=(lambda _: bar.update(1)) if bar is not None else None,
-        )
-        if bar is not None:
-            bar.close()
-        report["results"][annotation] = {str(a): m.to_dict() for a, m in results[annotation].items()}
-    write_json(out_dir / "metrics.json", report)
+    data = {annotation: segmentation_dataset(dataset, split, annotation, data_dir) for annotation in annotations}
+    with locked_dir(out_dir):  # one evaluation at a time writes the folder (its overlays, then metrics.json)
+        for annotation, images in data.items():
+            bar = progress(total=len(images), desc=f"evaluate {annotation}", unit="image") if progress else None
+            results[annotation] = evaluate_segmentation(
+                model, images, num_classes=model_config.num_classes, mean=model_config.mean, std=model_config.std,
+                alphas=alphas, mode=mode, crop_size=crop_size, stride=stride, device=device,
+                class_names=model_config.class_names, overlay_dir=out_dir / "overlays" / annotation,
+                num_overlays=overlays, on_image=(lambda _: bar.update(1)) if bar is not None else None,
+            )
+            if bar is not None:
+                bar.close()
+            report["results"][annotation] = {str(a): m.to_dict() for a, m in results[annotation].items()}
+        write_json(out_dir / "metrics.json", report)
     return results
