@@ -1,12 +1,13 @@
 """The run folder every task trains in, and the training-loop skeleton both task engines run on.
 
-A run directory holds ``config.json`` (the task and its resolved settings), ``log.jsonl`` (one
-record per logged epoch or iteration), ``checkpoint.pt`` (the full training state, loadable with
-``torch.load(weights_only=True)``) and, once finished, ``model.safetensors`` (weights with the task
-and settings in their metadata) and, for classification, ``metrics.json``; ``.lock`` is held by
-the one process writing it. This module writes and reads those files (atomically, never with
-non-finite weights), checks that a resumed run keeps its settings, and drives the loop
-(:class:`TrainingLoop`): a task supplies the step, its log record and its final files.
+A run directory holds ``config.json`` (the task and its resolved settings; once finished, also the
+sha256 of the weights), ``log.jsonl`` (one record per logged epoch or iteration), ``checkpoint.pt``
+(the full training state, loadable with ``torch.load(weights_only=True)``) and, once finished,
+``model.safetensors`` (weights with the task and settings in their metadata) and, for
+classification, ``metrics.json``; ``.lock`` is held by the one process writing it. This module
+writes and reads those files (atomically, never with non-finite weights), checks that a resumed
+run keeps its settings, and drives the loop (:class:`TrainingLoop`): a task supplies the step, its
+log record and its final files.
 """
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
+from .models._bundled import file_sha256
+
 __all__ = [
     "CONFIG_FILE",
     "LOG_FILE",
@@ -38,6 +41,7 @@ __all__ = [
     "WEIGHTS_FILE",
     "METRICS_FILE",
     "LOCK_FILE",
+    "WEIGHTS_SHA256",
     "TASKS",
     "NonFiniteLossError",
     "RunDirLockedError",
@@ -62,6 +66,7 @@ __all__ = [
     "write_run_config",
     "read_run_config",
     "resumable_config",
+    "record_weights_sha256",
     "check_out_dir",
     "check_run_dir",
     "run_task",
@@ -74,6 +79,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 WEIGHTS_FILE = "model.safetensors"
 METRICS_FILE = "metrics.json"
 LOCK_FILE = ".lock"  # held (flock) by the one process writing the directory
+WEIGHTS_SHA256 = "weights_sha256"  # the config.json key recording the sha256 of the run's model.safetensors
 TASKS = ("classification", "segmentation")
 
 PathLike = Union[str, Path]
@@ -286,14 +292,30 @@ def _weights_metadata(path: Path) -> dict[str, Any]:
         raise _unreadable(path, error) from error
 
 
+def _check_recorded_sha256(path: Path) -> None:
+    """A run directory's ``model.safetensors`` must have the sha256 its ``config.json`` recorded, if it has one."""
+    config = path.parent / CONFIG_FILE
+    if path.name != WEIGHTS_FILE or not config.is_file():
+        return
+    recorded = read_json(config)
+    expected = recorded.get(WEIGHTS_SHA256) if isinstance(recorded, Mapping) else None
+    if expected is not None and file_sha256(path) != expected:
+        raise ValueError(
+            f"'{path}' does not match the sha256 recorded in '{config}': the file is corrupted or was replaced; "
+            "re-run or restore it."
+        )
+
+
 def read_weights(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The tensors of a ``.safetensors`` file and its metadata (JSON values decoded, others kept as strings).
 
-    Unreadable files and non-finite weights are errors naming the file.
+    A run directory's weights are checked against the sha256 its config.json records; unreadable
+    files and non-finite weights are errors naming the file.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file '{path}' does not exist.")
+    _check_recorded_sha256(path)
     metadata = _weights_metadata(path)
     try:
         with safe_open(str(path), framework="pt") as handle:
@@ -438,13 +460,23 @@ def _config_task(data: Any, path: Path) -> str:
 
 
 def read_run_config(run_dir: PathLike, task: Optional[str] = None) -> dict[str, Any]:
-    """A run's ``config.json`` (legacy ones without a task included); with ``task``, it must be that task's run."""
+    """A run's ``config.json``: the task and settings (legacy ones without a task included), not the weights' sha256.
+
+    With ``task``, it must be that task's run.
+    """
     path = Path(run_dir) / CONFIG_FILE
     data = read_json(path)
     found = _config_task(data, path)
     if task is not None and found != task:
         raise ValueError(f"{run_dir} holds a {found} run, not a {task} one; pass the options of a {found} run.")
-    return data
+    return {key: value for key, value in data.items() if key != WEIGHTS_SHA256}
+
+
+def record_weights_sha256(run_dir: PathLike) -> None:
+    """Record the sha256 of the run's ``model.safetensors`` in its ``config.json``; loading the weights checks it."""
+    run_dir = Path(run_dir)
+    config = read_json(run_dir / CONFIG_FILE)
+    write_json(run_dir / CONFIG_FILE, {**config, WEIGHTS_SHA256: file_sha256(run_dir / WEIGHTS_FILE)})
 
 
 def resumable_config(run_dir: PathLike, task: str) -> dict[str, Any]:
@@ -684,7 +716,8 @@ class TrainingLoop(ABC):
         """Train from the checkpoint (``resume``) or from the start to ``total`` units, then finish.
 
         The main process holds the run directory's lock (:func:`locked_dir`) throughout, so a second
-        process training into it fails at once instead of mixing its files in.
+        process training into it fails at once instead of mixing its files in; the sha256 of the
+        final weights goes into ``config.json``.
         """
         writes = self.run_dir is not None and self.is_main
         with locked_dir(self.run_dir) if writes else contextlib.nullcontext():
@@ -695,4 +728,7 @@ class TrainingLoop(ABC):
                 if writes:
                     self._save(index + 1, record)
                 self.after_unit(index + 1, record)
-            return self.finish(record)
+            result = self.finish(record)
+            if writes and (self.run_dir / WEIGHTS_FILE).is_file():
+                record_weights_sha256(self.run_dir)
+        return result
