@@ -194,6 +194,17 @@ class _ProgressReport:
         self.bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k not in ("iteration", "seconds")})
 
 
+def _check_crop_fits(crop_size: tuple[int, int], dataset: Dataset) -> None:
+    """A training crop may pad small images, but not exceed the largest image in both sides (a likely typo)."""
+    height = max(dataset[i][0].shape[-2] for i in range(len(dataset)))
+    width = max(dataset[i][0].shape[-1] for i in range(len(dataset)))
+    if crop_size[0] > height and crop_size[1] > width:
+        raise ValueError(
+            f"crop_size (--crop-size) {crop_size[0]}x{crop_size[1]} is larger than every training image (at most "
+            f"{height}x{width}); choose a crop no larger than the images."
+        )
+
+
 def train_run(
     config: SegmentationRunConfig,
     out_dir: PathLike,
@@ -212,6 +223,7 @@ def train_run(
     check_out_dir(out_dir)  # before the data set is read
     data = config.data
     dataset = segmentation_dataset(data["dataset"], "train", data["annotation"], data_dir)
+    _check_crop_fits(config.train.crop_size, dataset)
     config = dataclasses.replace(config, data={**data, "images": list(dataset.ids)})
     model = _starting_model(config, resume and (Path(out_dir) / CHECKPOINT_FILE).is_file())
     bar = progress(total=config.train.iterations, desc=f"train {config.model.name}", unit="it") if progress else None
