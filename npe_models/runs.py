@@ -597,6 +597,7 @@ class TrainingLoop(ABC):
         self.total = total
         self.is_main = is_main
         self.saved = 0  # units completed at the last checkpoint
+        self._config_recorded = False
 
     @abstractmethod
     def checkpointed(self) -> dict[str, Any]:
@@ -671,13 +672,21 @@ class TrainingLoop(ABC):
         return self.saved
 
     def _open_run_dir(self, start: int) -> None:
-        """Record the settings, drop log records of units after the checkpoint (and a torn last line), and remove
-        the temporary files of writes an interruption cut short."""
+        """Remove the temporary files of writes an interruption cut short, record the settings of a run being
+        continued, and drop log records of units after the checkpoint (and a torn last line)."""
         _remove_temporaries(self.run_dir)
-        write_run_config(self.run_dir, self.task, self.config.to_dict())
+        if start or (self.run_dir / CONFIG_FILE).is_file():
+            self._record_config()
         log = self.run_dir / LOG_FILE
         if log.is_file():
             write_jsonl(log, [r for r in read_jsonl(log) if r.get(self.unit, 0) <= start])
+
+    def _record_config(self) -> None:
+        """``config.json``, written with the first unit's results (a run that fails before them leaves no run
+        behind to remove) or at once when continuing one."""
+        if not self._config_recorded:
+            write_run_config(self.run_dir, self.task, self.config.to_dict())
+            self._config_recorded = True
 
     def _write_checkpoint(self, done: int) -> None:
         """``checkpoint.pt`` after unit ``done``; when it cannot be written (a full disk), the previous one stays."""
@@ -694,6 +703,7 @@ class TrainingLoop(ABC):
         self.saved = done
 
     def _save(self, done: int, record: dict[str, Any]) -> None:
+        self._record_config()
         checkpoint = self.checkpoint_due(done)
         if checkpoint:
             self._require_finite_weights(done)
@@ -728,6 +738,8 @@ class TrainingLoop(ABC):
                 if writes:
                     self._save(index + 1, record)
                 self.after_unit(index + 1, record)
+            if writes:
+                self._record_config()
             result = self.finish(record)
             if writes and (self.run_dir / WEIGHTS_FILE).is_file():
                 record_weights_sha256(self.run_dir)

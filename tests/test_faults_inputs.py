@@ -2,6 +2,7 @@
 the other task, damaged npz files, a headless model given to add_npe, the device of a resumed run."""
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -142,3 +143,20 @@ def test_half_precision_models_export_and_match_onnx_runtime(tmp_path):
     with pytest.raises(ValueError, match="bfloat16 model does not export to ONNX"):
         export_onnx(half.to(torch.bfloat16), tmp_path / "bf16.onnx")
     assert not (tmp_path / "bf16.onnx").exists()
+
+
+def test_a_run_that_fails_in_its_first_epoch_leaves_no_run_to_remove(tmp_path, capsys, monkeypatch):
+    _npz(tmp_path / "data", x=np.zeros((20, 32, 32, 3), np.uint8), y=np.arange(20) % 10)
+    command = ["train", "--out", str(tmp_path / "run"), "--no-progress", *CLASSIFIER, "--data-dir", str(tmp_path / "data"),
+               "--rho", "2", "--epochs", "1", "--batch-size", "10", "--eval-every", "0"]
+    run_class = importlib.import_module("npe_models.classification.train")._Run
+
+    def diverge(self, epoch):
+        raise ValueError("diverged")
+
+    monkeypatch.setattr(run_class, "train_epoch", diverge)
+    assert cli.main(command) == 1 and "diverged" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "config.json").exists()
+    monkeypatch.undo()
+    assert cli.main(command) == 0  # the same command again, no rm needed
+    assert (tmp_path / "run" / "config.json").is_file() and (tmp_path / "run" / "model.safetensors").is_file()
