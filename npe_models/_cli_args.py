@@ -10,10 +10,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .data import CLASSIFICATION_DATASETS
+from .data import CLASSIFICATION_DATASETS, default_data_dir
 
 __all__ = ["reject_other_task_options", "add_train_arguments", "add_evaluate_arguments", "add_export_arguments", "add_list_arguments",
-           "add_predict_arguments"]
+           "add_predict_arguments", "add_adapt_parser", "adapt_options"]
 
 SEGMENTATION_DATASETS = ("stare",)
 EPILOG_TRAIN = """examples:
@@ -36,6 +36,15 @@ EPILOG_PREDICT = """examples:
   npe-models predict runs/npe16_hp2 photos/ --top-k 3 --json       # a folder, searched recursively; JSON for scripts
   npe-models predict runs/npe16_hp2 photos/ --alpha 0 --csv        # the unadjusted logits (no NPE-LA)
   npe-models predict resnet32_npe16.onnx photos/                   # an ONNX export, run with ONNX Runtime
+"""
+EPILOG_ADAPT = """DATA: cifar10:test, cifar10:heldout (training images CIFAR-LT leaves out; --rho), cifar100:..., or an .npz
+file with x (N, H, W, 3) uint8 images and y labels (y needed for --calibration).
+examples:
+  npe-models adapt resnet32_npe16.cifar10_lt_r100_hp2 --pretrained --unlabeled target.npz \\
+      --calibration cifar10:heldout --data-dir ../shared/data --out adapted/npe16   # NPE-LA logits are balanced
+  npe-models adapt resnet32.cifar10_lt_r100_hp2 --pretrained --source-prior train --unlabeled target.npz \\
+      --calibration cifar10:heldout --out adapted/ce                               # plain CE: remove its training prior
+  npe-models evaluate adapted/npe16 --data-dir ../shared/data --target-prior adapted/npe16/prior.json
 """
 
 
@@ -151,6 +160,8 @@ def add_evaluate_arguments(evaluate: argparse.ArgumentParser) -> None:
     cls.add_argument("--max-per-class", type=int, help="largest training class size (default: the run's)")
     cls.add_argument("--posthoc-tau", type=float, help="also score post-hoc LA, logits - tau * log prior")
     cls.add_argument("--sets", nargs="+", choices=("full", "exact", "jpeg_twins"), help="test sets (default: all)")
+    cls.add_argument("--target-prior", metavar="MIX", help="also report the expected top-1 under a class mix: uniform, "
+                     "train, inverse, dirichlet:A (seed 0) or a .json file of per-class weights (e.g. adapt's prior.json)")
     seg = evaluate.add_argument_group("segmentation (STARE)")
     seg.add_argument("--split", choices=("train", "val"), help="STARE images to score (default: val)")
     seg.add_argument("--annotation", nargs="+", choices=("ah", "vk"), help="masks to score against (default: ah vk)")
@@ -220,6 +231,37 @@ def add_predict_arguments(predict: argparse.ArgumentParser) -> None:
     predict.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
     predict.add_argument("--device", help="cpu, cuda, cuda:N or auto for PyTorch models (default: auto)")
     predict.add_argument("--no-progress", action="store_true", help="no progress bar (shown for folders, on stderr)")
+
+
+def add_adapt_parser(commands: Any) -> argparse.ArgumentParser:
+    """The ``adapt`` subcommand and its options: estimate a deployment prior and fold it into the model."""
+    adapt = commands.add_parser("adapt", help="estimate the class mix of unlabeled data and fold it into the model",
+                                epilog=EPILOG_ADAPT, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                description="Fit BCTS on labeled calibration data, estimate the prior of the unlabeled "
+                                "data (EM or BBSE), fold both into the final bias; writes a Hub folder and prior.json.")
+    adapt.add_argument("source", help="run directory, checkpoint, model name[.tag] (with --pretrained) or Hub folder")
+    adapt.add_argument("--pretrained", action="store_true", help="load the named model's pretrained weights")
+    adapt.add_argument("--unlabeled", required=True, metavar="DATA", help="images from the deployment class mix")
+    adapt.add_argument("--calibration", required=True, metavar="DATA", help="labeled images from the training "
+                       "distribution, every class present (never the test set)")
+    adapt.add_argument("--out", required=True, help="folder to write (config.json, model.safetensors, README.md, prior.json)")
+    adapt.add_argument("--method", choices=("em", "bbse"), default="em", help="estimator (default: em, with BCTS)")
+    adapt.add_argument("--source-prior", choices=("uniform", "train"), default="uniform", help="uniform for balanced "
+                       "logits (NPE-LA, LA, post-hoc LA; default), train for plain cross-entropy (its training counts)")
+    adapt.add_argument("--data-dir", help="folder with the data sets (default: $NPE_DATA_DIR, else ./data)")
+    adapt.add_argument("--rho", type=float, default=100.0, help="CIFAR-LT imbalance ratio of cifar10:heldout (default: 100)")
+    adapt.add_argument("--batch-size", type=int, default=500, help="images per forward pass (default: 500)")
+    adapt.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    adapt.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    return adapt
+
+
+def adapt_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``adapt_source``'s arguments from the ``adapt`` options."""
+    return dict(source=args.source, unlabeled=args.unlabeled, calibration=args.calibration, out=args.out,
+                pretrained=args.pretrained, method=args.method, source_prior=args.source_prior,
+                data_dir=args.data_dir or default_data_dir(), rho=args.rho, batch_size=args.batch_size,
+                device=args.device, overwrite=args.overwrite)
 
 
 def reject_other_task_options(args: argparse.Namespace, task: str) -> None:

@@ -35,9 +35,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .classification.evaluate import predict
-from .data import CIFAR_NUM_CLASSES, BatchStream, ImageArrays, load_cifar, long_tailed_indices
-from .describe import TARGET_PRIOR_KEY
+from .data import CIFAR_NUM_CLASSES, BatchStream, ImageArrays, load_cifar, load_long_tailed, long_tailed_indices
+from .describe import TARGET_PRIOR_KEY, describe_model
+from .distributed import resolve_device
+from .hub import save_for_hub
+from .loading import LoadedModel, load_model, source_kind
 from .npe import has_pems
+from .runs import write_json
 
 __all__ = [
     "TARGET_PRIOR_KEY",
@@ -51,10 +55,14 @@ __all__ = [
     "StreamingPriorAdapter",
     "predict_logits",
     "cifar_calibration_set",
+    "read_images",
+    "PriorAdaptation",
+    "adapt_source",
+    "format_adaptation",
 ]
 
 PriorLike = Union[Tensor, Sequence[float], np.ndarray]
-_WARM_START_FLOOR = 1e-6  # a warm start keeps every class reachable: EM never revives a class at exactly 0
+_PRIOR_FLOOR = 1e-6  # estimates are floored here where a log must stay finite or EM must reach every class
 
 
 def _check_logits(logits: Tensor, name: str, num_classes: Optional[int] = None) -> Tensor:
@@ -300,7 +308,7 @@ class OnlinePriorEstimator:
         """Add a batch of logits ``(B, C)`` to the window and return the new prior estimate."""
         logits = _check_logits(logits, "logits", self.num_classes)
         self._logits = torch.cat([self._logits, logits])[-self.window:]
-        start = self.prior.clamp_min(_WARM_START_FLOOR)
+        start = self.prior.clamp_min(_PRIOR_FLOOR)
         self.prior = em_prior(
             self._logits, source_prior=self.source_prior, init=start, max_iter=self.max_iter, tol=self.tol
         )
@@ -371,3 +379,117 @@ def cifar_calibration_set(
         warnings.warn(f"{dataset}-LT rho={rho:g} keeps every training image of classes {seen}; "
                       "their calibration images are training images.", stacklevel=2)
     return train.subset(np.concatenate(chosen))
+
+
+def _read_npz_images(path: Path, labeled: bool) -> ImageArrays:
+    """``x`` (N, H, W, 3) uint8 images and, when ``labeled``, ``y`` class indices from an npz file."""
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            images, labels = arrays["x"], arrays["y"] if "y" in arrays.files else None
+    except (OSError, KeyError, ValueError) as error:
+        raise ValueError(f"{path} must be an npz file with an array x of images ({error}).") from None
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or len(images) == 0:
+        raise ValueError(f"{path}: x must hold uint8 images (N, H, W, 3), N >= 1; got {images.dtype} {images.shape}.")
+    if labeled and (labels is None or labels.shape != (len(images),)):
+        raise ValueError(f"{path}: calibration data needs y, one class index per image.")
+    labels = np.zeros(len(images), np.int64) if labels is None else labels.astype(np.int64)
+    return ImageArrays(images, labels, np.ones(len(images), bool))
+
+
+def read_images(spec: str, data_dir: Union[str, Path], *, labeled: bool, rho: float = 100.0) -> ImageArrays:
+    """The images a DATA spec names: ``cifar10:test`` / ``cifar100:test`` (the test set), ``cifar10:heldout``
+    (:func:`cifar_calibration_set` at ``rho``), both from ``data_dir``, or an ``.npz`` file with ``x`` (N, H, W, 3)
+    uint8 images and ``y`` labels (needed when ``labeled``)."""
+    dataset, _, split = spec.partition(":")
+    if dataset in CIFAR_NUM_CLASSES and split == "test":
+        return load_cifar(data_dir, dataset, train=False)
+    if dataset in CIFAR_NUM_CLASSES and split == "heldout":
+        return cifar_calibration_set(data_dir, dataset, rho)
+    if spec.endswith(".npz"):
+        return _read_npz_images(Path(spec), labeled)
+    raise ValueError(f"data must be cifar10:test, cifar10:heldout (or cifar100:...) or an .npz file, got {spec!r}.")
+
+
+@dataclass(frozen=True)
+class PriorAdaptation:
+    """What :func:`adapt_source` estimated and wrote: the adapted model, the prior, how and from what."""
+
+    model: nn.Module
+    prior: Tensor
+    method: str
+    calibration: Calibration
+    data: str
+    out: Path
+    class_names: Optional[list[str]] = None
+
+
+def _estimate(logits: Tensor, cal_logits: Tensor, cal_labels: Tensor, calibration: Calibration, method: str) -> Tensor:
+    if method == "em":
+        return em_prior(calibration(logits))
+    if method == "bbse":
+        return bbse_prior(logits, cal_logits, cal_labels)
+    raise ValueError(f"method must be 'em' (EM with BCTS) or 'bbse', got {method!r}.")
+
+
+def _training_prior(loaded: LoadedModel, data_dir: Union[str, Path]) -> Tensor:
+    """The training counts of a loaded model, from its run config or pretrained tag, for plain cross-entropy."""
+    if loaded.dataset is None:
+        raise ValueError(f"{loaded.source} does not record its training data; its training prior is unknown.")
+    settings = {"data_dir": data_dir, **loaded.data_settings()}
+    data = load_long_tailed(settings.pop("dataset"), settings.pop("data_dir"), **settings)
+    return torch.as_tensor(data.counts, dtype=torch.float64)
+
+
+def adapt_source(
+    source: str,
+    unlabeled: str,
+    calibration: str,
+    out: Union[str, Path],
+    *,
+    pretrained: bool = False,
+    method: str = "em",
+    source_prior: str = "uniform",
+    data_dir: Union[str, Path] = "data",
+    rho: float = 100.0,
+    batch_size: int = 500,
+    device: Union[str, torch.device] = "cpu",
+    overwrite: bool = False,
+) -> PriorAdaptation:
+    """Estimate the class mix of ``unlabeled`` images for a model, fold it in and save a Hub folder plus ``prior.json``.
+
+    ``source`` is anything :func:`npe_models.loading.load_model` loads; ``unlabeled`` and
+    ``calibration`` are DATA specs (:func:`read_images`). BCTS is fitted on the calibration set;
+    ``method`` is ``em`` (EM on the calibrated logits) or ``bbse``. ``source_prior`` says what the
+    model's logits are: ``uniform`` (balanced: NPE-LA, LA, post-hoc LA) or ``train`` (plain
+    cross-entropy: its training counts, read from its run or pretrained tag).
+    """
+    if source_prior not in ("uniform", "train"):
+        raise ValueError(f"source_prior must be 'uniform' (balanced logits) or 'train' (plain CE), got {source_prior!r}.")
+    if source_kind(source) == "registered" and not pretrained:
+        raise ValueError(f"'{source}' is a model name: pass pretrained=True (--pretrained) to adapt its weights.")
+    loaded, device = load_model(source, pretrained=pretrained), resolve_device(str(device))
+    train_prior = _training_prior(loaded, data_dir) if source_prior == "train" else None
+    logits, _ = predict_logits(loaded.model, read_images(unlabeled, data_dir, labeled=False, rho=rho), batch_size, device)
+    cal_logits, cal_labels = predict_logits(
+        loaded.model, read_images(calibration, data_dir, labeled=True, rho=rho), batch_size, device
+    )
+    fitted = fit_bcts(cal_logits, cal_labels, source_prior=train_prior)
+    prior = _estimate(logits, cal_logits, cal_labels, fitted, method)
+    data = f"{method} on {len(logits)} unlabeled images of {unlabeled}, BCTS on {len(cal_labels)} of {calibration}"
+    adapted = adapt_prior(loaded.model.cpu(), prior.clamp_min(_PRIOR_FLOOR).log(), calibration=fitted, data=data)
+    folder = save_for_hub(adapted, out, label_names=loaded.class_names, overwrite=overwrite,
+                          notes=f"Deployment prior folded into the classifier bias: {data}.")
+    write_json(folder / "prior.json", {**adapted.pretrained_cfg[TARGET_PRIOR_KEY], "method": method,
+                                       "source": source, "class_names": loaded.class_names})
+    return PriorAdaptation(adapted, prior, method, fitted, data, folder, loaded.class_names)
+
+
+def format_adaptation(result: PriorAdaptation) -> str:
+    """The estimated prior per class, the calibration and the files written, for the command line."""
+    names = result.class_names or [f"class {c}" for c in range(len(result.prior))]
+    lines = [f"estimated prior ({result.data}):"]
+    lines += [f"  {name:<20} {float(p):.4f}" for name, p in zip(names, result.prior)]
+    lines.append(f"BCTS temperature {result.calibration.temperature:.3f}")
+    lines.append(f"adapted model (a plain {describe_model(result.model).architecture}, the prior in its bias): "
+                 f"{result.out} ({', '.join(sorted(p.name for p in result.out.iterdir()))})")
+    return "\n".join(lines)

@@ -19,8 +19,9 @@ from timm.utils import reparameterize_model
 
 from ._cli_args import (EPILOG_EVALUATE, EPILOG_PREDICT, EPILOG_TRAIN, SEGMENTATION_DATASETS, add_evaluate_arguments,
                         add_export_arguments, add_list_arguments, add_predict_arguments, add_train_arguments,
-                        reject_other_task_options)
+                        reject_other_task_options, add_adapt_parser, adapt_options)
 from . import classification, segmentation
+from .adapt import adapt_source, format_adaptation
 from .classification import TrainConfig, format_metrics, resolve_train_config, train
 from .data import default_data_dir
 from .hub import pretrained_card, push_to_hub, save_for_hub
@@ -116,7 +117,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         data = {"data_dir": default_data_dir(), **loaded.data_settings(), **_set(
             dataset=args.dataset, rho=args.rho, max_per_class=args.max_per_class, data_dir=args.data_dir,
             split_dir=args.split_dir, image_size=args.image_size, workers=args.workers, download=args.download,
-            device=args.device, batch_size=args.eval_batch_size, channels_last=args.channels_last, amp=args.amp)}
+            device=args.device, batch_size=args.eval_batch_size, channels_last=args.channels_last, amp=args.amp,
+            target_prior=args.target_prior)}
         metrics = classification.evaluate_run(model, out, posthoc_tau=args.posthoc_tau, sets=args.sets, about=about,
                                               title=f"{loaded.name}{' merged' if args.merge else ''}", **data)
         print(format_metrics(metrics))
@@ -189,10 +191,15 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _adapt(args: argparse.Namespace) -> int:
+    print(format_adaptation(adapt_source(**adapt_options(args))))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``npe-models`` command."""
     parser = argparse.ArgumentParser(prog=_PROG, description="Neural Prior Estimation (NPE): train, evaluate, "
-                                     "export and list long-tailed recognition models.")
+                                     "adapt, export and list long-tailed recognition models.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     raw = argparse.RawDescriptionHelpFormatter
     train = commands.add_parser("train", help="train a model (NPE or a baseline)", epilog=EPILOG_TRAIN,
@@ -214,8 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="top-k classes of images or folders of images", epilog=EPILOG_PREDICT,
                                   formatter_class=raw, description="Classify images with any model npe-models loads.")
     add_predict_arguments(predict)
+    adapt = add_adapt_parser(commands)
     for subparser, handler in ((train, _train), (evaluate, _evaluate), (onnx, _export_onnx), (hub, _export_hub),
-                               (listing, _list), (predict, _predict)):
+                               (listing, _list), (predict, _predict), (adapt, _adapt)):
         subparser.set_defaults(handler=handler)
     return parser
 

@@ -2,13 +2,16 @@
 into a plain exportable model, and the streaming adapter follows a change of class mix."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import timm
 import torch
 from torch import nn
 
-import npe_models  # noqa: F401  (registers the models)
+import npe_models  # registers the models
+import npe_models.loading
 from npe_models import adapt
 from npe_models.data import long_tailed_indices, load_cifar
 from npe_models.describe import describe_model
@@ -182,3 +185,83 @@ def test_cifar_calibration_set_holds_out_the_long_tailed_subset(data_dir) -> Non
     used = long_tailed_indices(train.labels, 100.0, 10)
     used_images = {train.images[i].tobytes() for i in used if train.labels[i] != 0}
     assert not any(image.tobytes() in used_images for image in held_out.images[held_out.labels != 0])
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [("uniform", [0.25] * 4), ("train", [0.5, 0.3, 0.15, 0.05]), ("inverse", [0.05, 0.15, 0.3, 0.5]), ([1, 1, 2, 0], [0.25, 0.25, 0.5, 0])],
+)
+def test_resolve_target_prior(spec, expected) -> None:
+    from npe_models.classification.evaluate import resolve_target_prior
+
+    np.testing.assert_allclose(resolve_target_prior(spec, [500, 300, 150, 50]), expected)
+
+
+def test_resolve_target_prior_reads_files_and_dirichlet_draws(tmp_path) -> None:
+    from npe_models.classification.evaluate import resolve_target_prior
+
+    (tmp_path / "list.json").write_text("[1, 3]")
+    (tmp_path / "adapt.json").write_text('{"prior": [0.2, 0.8], "data": "x"}')
+    np.testing.assert_allclose(resolve_target_prior(str(tmp_path / "list.json"), [5, 1]), [0.25, 0.75])
+    np.testing.assert_allclose(resolve_target_prior(str(tmp_path / "adapt.json"), [5, 1]), [0.2, 0.8])
+    draw = resolve_target_prior("dirichlet:0.5", [5, 1, 1])
+    np.testing.assert_array_equal(draw, resolve_target_prior("dirichlet:0.5", [5, 1, 1]))  # seeded
+    for bad in ("dirichlet:-1", "skewed", [1.0, -1.0]):
+        with pytest.raises(ValueError, match="dirichlet|target prior"):
+            resolve_target_prior(bad, [5, 1])
+
+
+def _npz(path, images: np.ndarray, labels: np.ndarray) -> str:
+    np.savez(path, x=images, y=labels)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def skewed(data_dir, tmp_path_factory) -> dict:
+    """npz files of CIFAR-10 test images: unlabeled ones skewed toward the last classes (5, 15, ..., 95 per class) and
+    20 labeled ones per class (calibration for a test only: real calibration data never comes from the test set)."""
+    folder = tmp_path_factory.mktemp("skewed")
+    test = load_cifar(data_dir, train=False)
+    rng = np.random.default_rng(0)
+    unlabeled = np.concatenate([rng.choice(np.flatnonzero(test.labels == c), 5 + 10 * c, replace=False) for c in range(10)])
+    labeled = np.concatenate([rng.choice(np.flatnonzero(test.labels == c), 20, replace=False) for c in range(10)])
+    return {"test": test, "unlabeled": unlabeled, "labeled": labeled,
+            "unlabeled.npz": _npz(folder / "unlabeled.npz", test.images[unlabeled], test.labels[unlabeled]),
+            "calibration.npz": _npz(folder / "calibration.npz", test.images[labeled], test.labels[labeled])}
+
+
+def _adapt(skewed: dict, out, *options: str) -> dict:
+    from npe_models.cli import main
+
+    assert main(["adapt", *options, "--pretrained", "--unlabeled", skewed["unlabeled.npz"],
+                 "--calibration", skewed["calibration.npz"], "--out", str(out)]) == 0
+    return json.loads((out / "prior.json").read_text())
+
+
+def test_adapt_command_folds_an_estimate_and_evaluate_scores_a_target_mix(skewed, tmp_path, capsys) -> None:
+    """npe-models adapt on the skewed images, then evaluate the adapted model under adapt's prior.json."""
+    from npe_models.cli import main
+
+    out = tmp_path / "adapted"
+    written = _adapt(skewed, out, "resnet32_npe16.cifar10_lt_r100_hp2")
+    assert "estimated prior" in capsys.readouterr().out
+    record = npe_models.loading.load_model(str(out)).model.pretrained_cfg[adapt.TARGET_PRIOR_KEY]
+    assert record["prior"] == written["prior"] and record["prior"][9] > 5 * record["prior"][0]
+    timm.create_model("resnet32").load_state_dict(timm.create_model(f"local-dir:{out}", pretrained=True).state_dict())
+    test, toy = skewed["test"], tmp_path / "toy"
+    toy.mkdir()
+    _npz(toy / "train.npz", test.images[skewed["labeled"]], test.labels[skewed["labeled"]])
+    np.savez(toy / "test.npz", x=test.images[skewed["unlabeled"]], y=test.labels[skewed["unlabeled"]],
+             lossless=np.ones(len(skewed["unlabeled"]), bool))
+    assert main(["evaluate", str(out), "--data-dir", str(toy), "--rho", "1", "--target-prior", str(out / "prior.json"),
+                 "--sets", "full", "--out", str(tmp_path / "eval"), "--no-progress"]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    scores = metrics["sets"]["full"]["plain"]
+    assert scores["target_top1"] == pytest.approx(sum(p * a for p, a in zip(metrics["target_prior"], scores["per_class"])))
+    np.testing.assert_allclose(metrics["target_prior"], record["prior"], atol=1e-9)
+
+
+def test_adapt_command_removes_the_training_prior_of_plain_cross_entropy(skewed, data_dir, tmp_path) -> None:
+    written = _adapt(skewed, tmp_path / "ce", "resnet32.cifar10_lt_r100_hp2", "--source-prior", "train", "--method", "bbse",
+                     "--data-dir", str(data_dir))  # the training counts come from the data
+    assert written["method"] == "bbse" and written["prior"][9] > 5 * written["prior"][0]

@@ -3,10 +3,12 @@ confusion matrices, and for NPE models how well the learned estimate tracks the 
 
 Every prediction variant is scored: ``plain`` (the model's logits, or for NPE models the
 unadjusted main logits ``z``), ``npe_la`` (``z - alpha * eta``, the NPE model's eval output) and
-``posthoc_la`` (``z - tau * log prior``) when asked for.
+``posthoc_la`` (``z - tau * log prior``) when asked for. With a target prior, each variant's expected
+top-1 on a test set of that class mix is added (``target_top1``, see :func:`resolve_target_prior`).
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
@@ -28,6 +30,7 @@ __all__ = [
     "classification_metrics",
     "group_accuracy",
     "prior_diagnostics",
+    "resolve_target_prior",
     "evaluate_model",
     "summary",
     "evaluate_run",
@@ -165,11 +168,67 @@ def prior_diagnostics(estimate: Tensor, train_counts: Sequence[int]) -> dict[str
     }
 
 
-def _score(predictions: Predictions, train_counts: Sequence[int]) -> dict[str, object]:
+def _read_prior_file(path: Path) -> Any:
+    """The weights in a JSON file: a list, or an object with a ``prior`` list (what ``npe-models adapt`` writes)."""
+    try:
+        weights = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"cannot read the target prior file {path}: {error}.") from None
+    return weights.get("prior") if isinstance(weights, dict) else weights
+
+
+def _named_prior(spec: str, counts: np.ndarray, seed: int) -> np.ndarray:
+    """Class weights of a named mix: uniform, train, inverse or dirichlet:A."""
+    if spec == "uniform":
+        return np.ones_like(counts)
+    if spec == "train":
+        return counts
+    if spec == "inverse":
+        order = np.argsort(counts, kind="stable")
+        weights = np.empty_like(counts)
+        weights[order] = counts[order[::-1]]
+        return weights
+    if spec.startswith("dirichlet:"):
+        try:
+            concentration = float(spec.partition(":")[2])
+        except ValueError:
+            concentration = float("nan")
+        if not np.isfinite(concentration) or concentration <= 0:
+            raise ValueError(f"dirichlet:A needs a positive number A, got {spec!r}.")
+        return np.random.default_rng(seed).dirichlet(np.full(len(counts), concentration))
+    raise ValueError(f"target prior must be uniform, train, inverse, dirichlet:A or a .json file, got {spec!r}.")
+
+
+def resolve_target_prior(
+    spec: Union[str, Sequence[float]], train_counts: Sequence[int], seed: int = 0
+) -> np.ndarray:
+    """The class mix ``spec`` names, normalised: ``uniform``; ``train`` (the training counts); ``inverse`` (each class
+    takes the count of its mirror rank, so the rarest class is the most frequent); ``dirichlet:A`` (one Dirichlet(A)
+    draw from ``seed``); a ``.json`` file of per-class weights; or the weights themselves."""
+    counts = np.asarray(train_counts, dtype=np.float64)
+    if isinstance(spec, str) and spec.endswith(".json"):
+        spec = _read_prior_file(Path(spec))
+    weights = _named_prior(spec, counts, seed) if isinstance(spec, str) else np.asarray(spec, dtype=np.float64)
+    if weights.shape != counts.shape or not np.isfinite(weights).all() or (weights < 0).any() or weights.sum() <= 0:
+        raise ValueError(f"a target prior needs {len(counts)} finite non-negative weights, not all zero.")
+    return weights / weights.sum()
+
+
+def _target_top1(per_class: Sequence[Optional[float]], prior: np.ndarray) -> Optional[float]:
+    """Expected top-1 under class mix ``prior``: ``sum_c prior_c * accuracy_c`` (None when a weighted class is absent)."""
+    if any(accuracy is None for accuracy, weight in zip(per_class, prior) if weight > 0):
+        return None
+    return float(sum(weight * accuracy for accuracy, weight in zip(per_class, prior) if weight > 0))
+
+
+def _score(predictions: Predictions, train_counts: Sequence[int], target: Optional[np.ndarray] = None) -> dict[str, object]:
     scores: dict[str, object] = {
         variant: classification_metrics(logits.argmax(1), predictions.labels, train_counts)
         for variant, logits in predictions.logits.items()
     }
+    if target is not None:
+        for values in scores.values():
+            values["target_top1"] = _target_top1(values["per_class"], target)
     if predictions.estimate is not None:
         scores["prior"] = prior_diagnostics(predictions.estimate, train_counts)
     return scores
@@ -184,13 +243,18 @@ def evaluate_model(
     channels_last: bool = False,
     amp: bool = False,
     sets: Optional[Sequence[str]] = None,
+    target_prior: Optional[Sequence[float]] = None,
 ) -> dict[str, object]:
     """Score ``model`` on the evaluation sets of ``data`` (all of ``data.eval_sets``, or the named ``sets``).
 
     Returns ``{"primary": variant, "train_counts": [...], "groups": [...], "sets": {set: {variant:
     metrics, "prior": diagnostics}}}`` (and ``class_names`` when the data names its classes);
-    ``primary`` is ``npe_la`` for NPE models, else ``plain``.
+    ``primary`` is ``npe_la`` for NPE models, else ``plain``. With ``target_prior`` (class weights)
+    each variant also gets ``target_top1``: the expected top-1 on a test set of that class mix, computed
+    exactly from the per-class accuracy rather than from a random resample, which would only add noise
+    for a fixed prediction rule.
     """
+    target = None if target_prior is None else resolve_target_prior(target_prior, data.counts)
     names = list(data.eval_sets) if sets is None else list(sets)
     unknown = sorted(set(names) - set(data.eval_sets))
     if unknown:
@@ -210,8 +274,10 @@ def evaluate_model(
         "primary": "npe_la" if _npe_head(model) is not None else "plain",
         "train_counts": data.counts.tolist(),
         "groups": [GROUP_NAMES[g] for g in data.groups],
-        "sets": {name: _score(computed[name], data.counts) for name in names},
+        "sets": {name: _score(computed[name], data.counts, target) for name in names},
     }
+    if target is not None:
+        metrics["target_prior"] = target.tolist()
     if data.class_names is not None:
         metrics["class_names"] = list(data.class_names)
     return metrics
@@ -248,13 +314,15 @@ def evaluate_run(
     amp: bool = False,
     title: str = "",
     about: Optional[dict[str, Any]] = None,
+    target_prior: Optional[Union[str, Sequence[float]]] = None,
 ) -> dict[str, Any]:
     """Score a trained classifier on a data set's evaluation sets; write ``metrics.json`` and plots to ``out_dir``.
 
     ``dataset`` (default cifar10; rho 100 for CIFAR) names the long-tailed training set whose counts
     define the Many / Medium / Few groups and the post-hoc LA prior (see
     :func:`npe_models.data.load_long_tailed` for the data options); ``about`` (e.g. the source and
-    whether it was merged) is recorded at the top of ``metrics.json``.
+    whether it was merged) is recorded at the top of ``metrics.json``; ``target_prior`` (see
+    :func:`resolve_target_prior`) adds each variant's expected top-1 under that class mix.
     """
     dataset = dataset or "cifar10"
     if dataset in CIFAR_NUM_CLASSES:  # before reading the data: a wrong --dataset fails fast
@@ -262,11 +330,12 @@ def evaluate_run(
     data = load_long_tailed(dataset, data_dir, rho=rho, max_per_class=max_per_class, download=download,
                             split_dir=split_dir, image_size=image_size, workers=workers)
     check_num_classes(model, data.num_classes, "the model")
+    target = None if target_prior is None else resolve_target_prior(target_prior, data.counts)
     device = resolve_device(str(device))
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     out_dir = Path(out_dir)
     with locked_dir(out_dir):  # one evaluation at a time writes the folder: its metrics.json and plots agree
-        metrics = evaluate_model(model, data, device, batch_size, posthoc_tau, channels_last, amp, sets)
+        metrics = evaluate_model(model, data, device, batch_size, posthoc_tau, channels_last, amp, sets, target)
         metrics = {**(about or {}), "dataset": dataset, "rho": data.rho, **metrics}
         save_evaluation_plots(metrics, out_dir, next(iter(metrics["sets"])), f"{title} {data.title}".strip())
         write_json(out_dir / "metrics.json", metrics)
@@ -279,12 +348,15 @@ def _cell(value: Optional[float]) -> str:
 
 def format_metrics(metrics: dict[str, Any]) -> str:
     """A text table of accuracy per test set and prediction variant, then the NPE estimate's diagnostics."""
-    lines = [f"{'set':<11} {'variant':<11} {'top-1':>6} {'bal.':>6} {'many':>6} {'medium':>6} {'few':>6}"]
+    keys = ("top1", "balanced", *GROUP_NAMES, *(("target_top1",) if "target_prior" in metrics else ()))
+    lines = [f"{'set':<11} {'variant':<11} {'top-1':>6} {'bal.':>6} {'many':>6} {'medium':>6} {'few':>6}"
+             + (f" {'target':>6}" if len(keys) > 5 else "")]
     for set_name, scores in metrics["sets"].items():
         for variant, values in scores.items():
             if variant != "prior":
-                row = " ".join(_cell(values[k]) for k in ("top1", "balanced", *GROUP_NAMES))
-                lines.append(f"{set_name:<11} {variant:<11} {row}")
+                lines.append(f"{set_name:<11} {variant:<11} " + " ".join(_cell(values[k]) for k in keys))
+    if "target_prior" in metrics:
+        lines.append("target: expected top-1 under the class mix " + ", ".join(f"{p:.3f}" for p in metrics["target_prior"]))
     for set_name, scores in metrics["sets"].items():
         if "prior" in scores:
             prior = scores["prior"]
