@@ -19,7 +19,10 @@ model is the plain base architecture; :class:`OnlinePriorEstimator` and
 :class:`StreamingPriorAdapter` follow a drifting class mix.
 
 CIFAR-LT calibration data (:func:`cifar_calibration_set`): the training images the long-tailed
-subset leaves out (37,594 of CIFAR-10's 50,000 at rho 100), never the test set.
+subset leaves out (37,594 of CIFAR-10's 50,000 at rho 100), never the test set; the largest class
+has none, so its calibration images are training images. Calibration images must pass through the
+deployment's image pipeline (e.g. its JPEG compression), or the label-shift assumption breaks
+(benchmarks/RESULTS.md, issue 14). :func:`adapt_source` is ``npe-models adapt``.
 """
 from __future__ import annotations
 
@@ -331,6 +334,7 @@ class StreamingPriorAdapter(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: Tensor) -> Tensor:
+        """Update the estimate with this batch, then return its adapted logits."""
         logits = self.model(x)
         calibrated = logits.double() if self.calibration is None else self.calibration(logits)
         prior = self.estimator.update(calibrated)
