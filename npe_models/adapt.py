@@ -38,7 +38,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .classification.evaluate import predict
-from .data import CIFAR_NUM_CLASSES, BatchStream, ImageArrays, load_cifar, load_long_tailed, long_tailed_indices
+from .data import (CIFAR_NUM_CLASSES, BatchStream, ImageArrays, load_cifar, load_image_npz, load_long_tailed,
+                   long_tailed_indices)
 from .describe import TARGET_PRIOR_KEY, describe_model
 from .distributed import resolve_device
 from .hub import save_for_hub
@@ -385,21 +386,6 @@ def cifar_calibration_set(
     return train.subset(np.concatenate(chosen))
 
 
-def _read_npz_images(path: Path, labeled: bool) -> ImageArrays:
-    """``x`` (N, H, W, 3) uint8 images and, when ``labeled``, ``y`` class indices from an npz file."""
-    try:
-        with np.load(path, allow_pickle=False) as arrays:
-            images, labels = arrays["x"], arrays["y"] if "y" in arrays.files else None
-    except (OSError, KeyError, ValueError) as error:
-        raise ValueError(f"{path} must be an npz file with an array x of images ({error}).") from None
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or len(images) == 0:
-        raise ValueError(f"{path}: x must hold uint8 images (N, H, W, 3), N >= 1; got {images.dtype} {images.shape}.")
-    if labeled and (labels is None or labels.shape != (len(images),)):
-        raise ValueError(f"{path}: calibration data needs y, one class index per image.")
-    labels = np.zeros(len(images), np.int64) if labels is None else labels.astype(np.int64)
-    return ImageArrays(images, labels, np.ones(len(images), bool))
-
-
 def read_images(spec: str, data_dir: Union[str, Path], *, labeled: bool, rho: float = 100.0) -> ImageArrays:
     """The images a DATA spec names: ``cifar10:test`` / ``cifar100:test`` (the test set), ``cifar10:heldout``
     (:func:`cifar_calibration_set` at ``rho``), both from ``data_dir``, or an ``.npz`` file with ``x`` (N, H, W, 3)
@@ -410,7 +396,7 @@ def read_images(spec: str, data_dir: Union[str, Path], *, labeled: bool, rho: fl
     if dataset in CIFAR_NUM_CLASSES and split == "heldout":
         return cifar_calibration_set(data_dir, dataset, rho)
     if spec.endswith(".npz"):
-        return _read_npz_images(Path(spec), labeled)
+        return load_image_npz(spec, labeled=labeled)
     raise ValueError(f"data must be cifar10:test, cifar10:heldout (or cifar100:...) or an .npz file, got {spec!r}.")
 
 

@@ -160,3 +160,14 @@ def test_a_run_that_fails_in_its_first_epoch_leaves_no_run_to_remove(tmp_path, c
     monkeypatch.undo()
     assert cli.main(command) == 0  # the same command again, no rm needed
     assert (tmp_path / "run" / "config.json").is_file() and (tmp_path / "run" / "model.safetensors").is_file()
+
+
+def test_unlabeled_images_need_no_labels_but_calibration_images_do(tmp_path):
+    from npe_models.adapt import read_images
+    from npe_models.data import load_image_npz
+
+    np.savez(tmp_path / "unlabeled.npz", x=np.zeros((3, 32, 32, 3), np.uint8))
+    assert load_image_npz(tmp_path / "unlabeled.npz", labeled=False).labels.tolist() == [0, 0, 0]
+    assert len(read_images(str(tmp_path / "unlabeled.npz"), tmp_path, labeled=False)) == 3
+    with pytest.raises(ValueError, match="has no array y; expected x"):
+        read_images(str(tmp_path / "unlabeled.npz"), tmp_path, labeled=True)

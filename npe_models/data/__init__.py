@@ -15,6 +15,7 @@ from .cifar import (
     class_groups,
     load_cifar,
     load_cifar_lt,
+    load_image_npz,
     long_tailed_counts,
     long_tailed_indices,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "class_groups",
     "load_cifar",
     "load_cifar_lt",
+    "load_image_npz",
     "long_tailed_counts",
     "long_tailed_indices",
 ]

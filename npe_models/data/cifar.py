@@ -30,6 +30,7 @@ __all__ = [
     "class_groups",
     "load_cifar",
     "load_cifar_lt",
+    "load_image_npz",
     "BatchStream",
 ]
 
@@ -181,23 +182,29 @@ def _npz_folder(root: Path, dataset: str) -> Optional[Path]:
     return None
 
 
-def _read_npz(path: Path, exact_key: Optional[str]) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+def _read_npz(path: Path, exact_key: Optional[str], labeled: bool) -> dict[str, np.ndarray]:
     """The arrays of an npz file; a damaged file (truncated, not an npz, arrays missing) is a clear error."""
     try:
         with np.load(path, allow_pickle=False) as arrays:
             found = {key: arrays[key] for key in ("x", "y", exact_key) if key and key in arrays.files}
     except (OSError, EOFError, zipfile.BadZipFile, ValueError) as error:
         raise ValueError(f"{path} is not a readable npz file ({type(error).__name__}); re-create or re-copy it.") from None
-    missing = [key for key in ("x", "y") if key not in found]
+    missing = [key for key in ("x", "y") if key not in found and (key == "x" or labeled)]
     if missing:
         raise ValueError(f"{path} has no array {' or '.join(missing)}; expected x (images) and y (labels).")
-    return found["x"], found["y"], found.get(exact_key) if exact_key else None
+    return found
 
 
-def _load_npz(path: Path, exact_key: Optional[str]) -> ImageArrays:
-    images, labels, exact = _read_npz(path, exact_key)
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"{path}: 'x' must be uint8 images (N, H, W, 3), got {images.dtype} {images.shape}.")
+def load_image_npz(path: PathLike, exact_key: Optional[str] = None, labeled: bool = True) -> ImageArrays:
+    """Images ``x`` (N, H, W, 3) uint8 and labels ``y`` from an npz file (``y`` optional unless ``labeled``:
+    missing labels read as 0), every image marked exact unless ``exact_key`` names a boolean array."""
+    path = Path(path)
+    found = _read_npz(path, exact_key, labeled)
+    images = found["x"]
+    labels = found.get("y", np.zeros(len(images), np.int64))
+    exact = found.get(exact_key) if exact_key else None
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or len(images) == 0:
+        raise ValueError(f"{path}: 'x' must be uint8 images (N, H, W, 3), N >= 1; got {images.dtype} {images.shape}.")
     if labels.ndim != 1 or len(labels) != len(images) or (exact is not None and len(exact) != len(images)):
         raise ValueError(
             f"{path}: 'y' must hold one label per image: {len(images)} images but labels of shape {labels.shape}."
@@ -239,7 +246,7 @@ def load_cifar(root: PathLike, dataset: str = "cifar10", train: bool = True, dow
     root = Path(root).expanduser()
     folder = _npz_folder(root, dataset)
     if folder is not None:
-        return _load_npz(folder / ("train.npz" if train else "test.npz"), None if train else "lossless")
+        return load_image_npz(folder / ("train.npz" if train else "test.npz"), None if train else "lossless")
     if download or (root / _TORCHVISION_FOLDERS[dataset]).is_dir():
         return _load_torchvision(root, dataset, train, download)
     raise FileNotFoundError(_missing_data_message(root, dataset))
@@ -251,7 +258,7 @@ def _load_jpeg_twins(root: Path, dataset: str) -> Optional[ImageArrays]:
     path = folder / "test_jpeg_twins.npz" if folder is not None else None
     if path is None or not path.is_file():
         return None
-    twins = _load_npz(path, None)
+    twins = load_image_npz(path)
     return ImageArrays(twins.images, twins.labels, np.zeros(len(twins), bool))
 
 
