@@ -196,8 +196,8 @@ class _ProgressReport:
 
 def _check_crop_fits(crop_size: tuple[int, int], dataset: Dataset) -> None:
     """A training crop may pad small images, but not exceed the largest image in both sides (a likely typo)."""
-    height = max(dataset[i][0].shape[-2] for i in range(len(dataset)))
-    width = max(dataset[i][0].shape[-1] for i in range(len(dataset)))
+    sizes = [tuple(dataset[i][0].shape[-2:]) for i in range(len(dataset))]  # each image read once
+    height, width = max(h for h, _ in sizes), max(w for _, w in sizes)
     if crop_size[0] > height and crop_size[1] > width:
         raise ValueError(
             f"crop_size (--crop-size) {crop_size[0]}x{crop_size[1]} is larger than every training image (at most "
