@@ -36,6 +36,7 @@ from PIL import Image
 
 import npe_models  # noqa: F401  (registers the models)
 from npe_models import adapt
+from npe_models.classification.evaluate import resolve_target_prior
 from npe_models.data import ImageArrays, load_cifar_lt
 
 # label -> (pretrained name, whether its logits carry the training prior: plain cross-entropy)
@@ -85,12 +86,9 @@ def _predictions(data_dir: Path, out: Path) -> dict:
 
 
 def _mixes(counts: np.ndarray, draws: int) -> dict[str, list[np.ndarray]]:
-    train = counts / counts.sum()
     rng = np.random.default_rng(1234)
-    return {
-        "uniform": [np.full(len(counts), 1.0 / len(counts))], "train": [train], "inverse": [train[::-1].copy()],
-        "dirichlet": list(rng.dirichlet(np.ones(len(counts)), draws)),
-    }
+    named = {mix: [resolve_target_prior(mix, counts)] for mix in ("uniform", "train", "inverse")}
+    return {**named, "dirichlet": list(rng.dirichlet(np.ones(len(counts)), draws))}
 
 
 def _resample(labels: np.ndarray, pool: np.ndarray, prior: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -164,9 +162,9 @@ def _static(models: dict[str, Adapted], preds: dict, pool_name: str, seeds: int,
 
 def _stream_mix(counts: np.ndarray) -> np.ndarray:
     """``(STREAM_LENGTH, C)`` class mix: the training prior, linearly to its inverse at the midpoint, and back."""
-    train = counts / counts.sum()
+    train, inverse = resolve_target_prior("train", counts), resolve_target_prior("inverse", counts)
     s = 1.0 - np.abs(2.0 * np.arange(STREAM_LENGTH) / (STREAM_LENGTH - 1) - 1.0)
-    return (1.0 - s)[:, None] * train + s[:, None] * train[::-1]
+    return (1.0 - s)[:, None] * train + s[:, None] * inverse
 
 
 def _stream_indices(labels: np.ndarray, mix: np.ndarray, seed: int = 0) -> np.ndarray:
