@@ -38,7 +38,7 @@ class NPEOutput(NamedTuple):
 def estimate_sign(t: int) -> float:
     """``(-1)^t`` for the PEM sign convention ``t`` (0 or 1): the factor that maps PEM outputs to the log prior."""
     if t not in (0, 1):
-        raise ValueError(f"t must be 0 or 1 (the PEM sign convention: eta = (-1)^t * mean_k u_k), got {t!r}.")
+        raise ValueError(f"t must be 0 or 1 (the PEM sign convention: eta = (-1)^t * mean_k u_k), got {t}.")  # no !r: TorchScript compiles this
     return -1.0 if t == 1 else 1.0
 
 

@@ -15,6 +15,11 @@ ALL_MODELS = npe_models.list_classifiers()
 NPE_MODELS = npe_models.list_classifiers(npe_only=True)
 CIFAR_MODELS = [name for name in ALL_MODELS if timm.get_pretrained_cfg_value(name, "input_size") == (3, 32, 32)]
 IMAGENET_NPE_MODELS = [name for name in NPE_MODELS if name not in CIFAR_MODELS]
+# Scripting compiles every block: the deeper CIFAR ResNets (the same code as ResNet-20/32) run with -m slow.
+SCRIPTED_MODELS = [
+    pytest.param(name, marks=pytest.mark.slow) if name.startswith(("resnet44", "resnet56", "resnet110")) else name
+    for name in ALL_MODELS
+]
 
 
 def _small_model(name: str, **kwargs) -> nn.Module:
@@ -156,6 +161,80 @@ def test_features_only(name: str) -> None:
     feats = model(torch.randn(2, 3, 32, 32))
     assert [f.shape[1] for f in feats] == model.feature_info.channels() == [16, 16, 32, 64]
     assert [f.shape[-1] for f in feats] == [32, 32, 16, 8]
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_forward_intermediates_like_timm(name: str) -> None:
+    """timm 1.0's feature API: final features as forward_features, one map per feature_info entry."""
+    model = _small_model(name).eval()
+    x = _input_for(name, batch=2)
+    with torch.no_grad():
+        final, maps = model.forward_intermediates(x)
+        assert torch.allclose(final, model.forward_features(x), atol=1e-6)
+        assert [m.shape[1] for m in maps] == [info["num_chs"] for info in model.feature_info]
+        last_two = model.forward_intermediates(x, indices=2, intermediates_only=True)
+        assert len(last_two) == 2 and all(torch.equal(a, b) for a, b in zip(last_two, maps[-2:]))
+        early = model.forward_intermediates(x, indices=[1], stop_early=True, intermediates_only=True)
+        assert len(early) == 1 and torch.equal(early[0], maps[1])
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_prune_intermediate_layers_keeps_the_asked_maps(name: str) -> None:
+    model = _small_model(name).eval()
+    x = _input_for(name, batch=2)
+    with torch.no_grad():
+        wanted = model.forward_intermediates(x, indices=[1], intermediates_only=True)[0]
+        assert model.prune_intermediate_layers([1]) == [1]
+        assert isinstance(model.get_classifier(), nn.Identity)
+        assert torch.equal(model.forward_intermediates(x, indices=[1], intermediates_only=True)[0], wanted)
+    assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in _small_model(name).parameters())
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_features_only_getter_gives_the_hooked_maps(name: str) -> None:
+    """``feature_cls="getter"`` (forward_intermediates) and the default features_only wrapper agree."""
+    x = _input_for(name, batch=2)
+    torch.manual_seed(0)
+    hooked = _small_model(name, features_only=True).eval()
+    torch.manual_seed(0)
+    getter = _small_model(name, features_only=True, feature_cls="getter").eval()
+    base = _small_model(_base_name(name), features_only=True)
+    assert getter.feature_info.channels() == hooked.feature_info.channels() == base.feature_info.channels()
+    with torch.no_grad():
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(getter(x), hooked(x), strict=True))
+
+
+def test_pretrained_getter_features_come_from_the_checkpoint() -> None:
+    model = timm.create_model("resnet32_npe16", pretrained=True).eval()
+    getter = timm.create_model("resnet32_npe16", pretrained=True, features_only=True, feature_cls="getter").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(getter(x), model.forward_intermediates(x)[1], strict=True))
+
+
+@pytest.mark.parametrize("name", SCRIPTED_MODELS)
+def test_torchscript_matches_eager_unmerged_and_merged(name: str) -> None:
+    model = _small_model(name, num_classes=5)
+    x = _input_for(name, batch=2)
+    if npe_models.has_pems(model):
+        _calibrate_and_randomise(model, x)
+    forms = [model.eval()] + ([reparameterize_model(model)] if npe_models.has_pems(model) else [])
+    with torch.no_grad():
+        for form in forms:
+            assert torch.allclose(torch.jit.script(form)(x), form(x), atol=1e-5)
+
+
+def test_grad_checkpointing_gives_the_same_gradients() -> None:
+    x = torch.randn(2, 3, 32, 32)
+    torch.manual_seed(0)
+    plain = timm.create_model("resnet20_npe4")
+    torch.manual_seed(0)
+    checkpointed = timm.create_model("resnet20_npe4")
+    checkpointed.set_grad_checkpointing()
+    for model in (plain, checkpointed):
+        model.forward_train(x).logits.sum().backward()
+    for (key, a), b in zip(plain.named_parameters(), checkpointed.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-6), key
 
 
 def test_pretrained_variant_loads_base_weights_and_keeps_fresh_pems(tmp_path) -> None:

@@ -7,14 +7,15 @@ timm-style classifier; ``<arch>_npe<K>`` is it with K PEMs beside the classifier
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from timm.layers import SelectAdaptivePool2d
-from timm.models import build_model_with_cfg, generate_default_cfgs
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
+from timm.models._features import feature_take_indices  # not re-exported by timm.models; timm's own families import it from here
 
 from ._bundled import bundled_pretrained_cfgs, verify_pretrained_file
 from ._registry import npe_model_name, register_variants
@@ -26,6 +27,7 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)
 CIFAR_DEPTHS = (20, 32, 44, 56, 110)
 NUM_PEMS_VARIANTS = (1, 4, 8, 16)
+_STAGE_NAMES = ("layer1", "layer2", "layer3")
 
 
 def _shortcut_option_a(x: Tensor, out_chs: int) -> Tensor:
@@ -124,14 +126,63 @@ class CifarResNet(nn.Module):
             self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         self.fc = self._make_classifier(num_classes)
 
+    @torch.jit.ignore
+    def _stages(self) -> tuple[nn.Sequential, ...]:
+        return tuple(getattr(self, name) for name in _STAGE_NAMES)
+
+    @torch.jit.ignore
+    def _run_stage(self, stage: nn.Sequential, x: Tensor) -> Tensor:
+        """One stage; with grad checkpointing, block by block (timm's ``checkpoint_seq``)."""
+        return checkpoint_seq(stage, x) if self.grad_checkpointing else stage(x)
+
+    @torch.jit.ignore
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: Optional[Union[int, List[int]]] = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> Union[List[Tensor], Tuple[Tensor, List[Tensor]]]:
+        """Final features and the feature maps at ``indices`` (stem, layer1..3: 0..3), as timm's ResNet.
+
+        ``indices``: the last n maps if an int, all if None, those listed if a sequence;
+        ``stop_early`` skips the stages after the last map asked for; ``norm`` has no effect
+        (there is no final norm layer).
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"CifarResNet's feature maps are NCHW; output_fmt={output_fmt!r} is not supported.")
+        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
+        x = self.act1(self.bn1(self.conv1(x)))
+        intermediates = [x] if 0 in take_indices else []
+        stages = self._stages()[:max_index] if stop_early else self._stages()
+        for index, stage in enumerate(stages, start=1):
+            x = self._run_stage(stage, x)
+            if index in take_indices:
+                intermediates.append(x)
+        return intermediates if intermediates_only else (x, intermediates)
+
+    @torch.jit.ignore
+    def prune_intermediate_layers(
+        self, indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> List[int]:
+        """Drop the stages after the last feature map in ``indices`` (and the classifier); returns the kept indices."""
+        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
+        for name in _STAGE_NAMES[max_index:]:
+            setattr(self, name, nn.Sequential())  # empty, so checkpoint_seq can still iterate it
+        prune_end = max_index < len(_STAGE_NAMES)
+        if prune_end:
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+        if prune_head or prune_end:
+            self.reset_classifier(0, "")
+        return take_indices
+
     def forward_features(self, x: Tensor) -> Tensor:
         x = self.act1(self.bn1(self.conv1(x)))
-        for stage in (self.layer1, self.layer2, self.layer3):
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = torch.utils.checkpoint.checkpoint_sequential(stage, len(stage), x, use_reentrant=False)
-            else:
-                x = stage(x)
-        return x
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self._stages(), x, flatten=True)
+        return self.layer3(self.layer2(self.layer1(x)))  # no loop over the stages: TorchScript cannot iterate a tuple of modules
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.global_pool(x)

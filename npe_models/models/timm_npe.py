@@ -23,13 +23,20 @@ from ._registry import npe_model_name, register_variants
 __all__ = ["add_npe", "create_npe_variant", "TIMM_NPE_BASES"]
 
 TIMM_NPE_BASES = ("resnet18", "resnet50", "resnet152", "convnext_tiny", "efficientnet_b0", "vit_small_patch16_224")
+# The ``features_only`` cfg each base family's timm create function passes (timm does not expose it);
+# ResNets use timm's default (every feature_info entry, by forward hooks). EfficientNet's own
+# feature class gives the maps that hooks on its flattened blocks give.
+_BASE_FEATURE_CFGS = {
+    "convnext_tiny": dict(out_indices=(0, 1, 2, 3), flatten_sequential=True),
+    "efficientnet_b0": dict(flatten_sequential=True),
+    "vit_small_patch16_224": dict(out_indices=3, feature_cls="getter"),
+}
 _NUM_PEMS = 16
 
 
 class _NPETimmMixin(NPEClassifierMixin):
     """Keeps the model an NPE model when timm's ``reset_classifier`` replaces the classifier: fresh PEMs beside it."""
 
-    _pem_settings: tuple[int, int, float]
 
     def reset_classifier(self, num_classes: int, *args: Any, **kwargs: Any) -> None:
         head = self.get_classifier()
@@ -157,14 +164,17 @@ def _variant_cfgs() -> dict[str, dict[str, Any]]:
     return cfgs
 
 
-def _imagenet_doc(name: str, base: str, num_pems: int) -> str:
+def _imagenet_doc(name: str, base: str, num_pems: int, feature_cfg: dict[str, Any]) -> str:
     return f"timm ``{base}`` with {num_pems} PEMs; ``pretrained=True`` loads ``{base}`` weights and fresh PEMs."
 
 
 default_cfgs = generate_default_cfgs(_variant_cfgs())
 
 register_variants(
-    {npe_model_name(base, _NUM_PEMS): dict(base=base, num_pems=_NUM_PEMS) for base in TIMM_NPE_BASES},
+    {
+        npe_model_name(base, _NUM_PEMS): dict(base=base, num_pems=_NUM_PEMS, feature_cfg=_BASE_FEATURE_CFGS.get(base, {}))
+        for base in TIMM_NPE_BASES
+    },
     create_npe_variant,
     doc=_imagenet_doc,
 )
