@@ -28,7 +28,7 @@ from npe_models.classification.evaluate import evaluate_model, summary
 from npe_models.data.cifar import load_cifar_lt
 from npe_models.hub import DATASET_NAMES, pretrained_card, save_for_hub
 from npe_models.models import parse_npe_name
-from npe_models.models._bundled import MANIFEST_FILE, WEIGHTS_DIR, file_sha256
+from npe_models.models._bundled import MANIFEST_FILE, WEIGHTS_DIR, checkpoint_cfg, file_sha256
 
 __all__ = ["checkpoint_names", "package_run", "read_manifest", "reproduces", "write_manifest", "REPRODUCE_TOLERANCE"]
 
@@ -165,8 +165,7 @@ def _write_checkpoint(
     if start:
         entry["starts_from"] = start
     entry = json.loads(json.dumps(entry))  # as the manifest stores it, so the card reads the same when regenerated
-    model.pretrained_cfg = {**model.pretrained_cfg, "tag": name.split(".", 1)[1], "description": description,
-                            "label_names": label_names}
+    model.pretrained_cfg = {**model.pretrained_cfg, "tag": name.split(".", 1)[1], **checkpoint_cfg(name, entry)}
     save_for_hub(model, hub_dir / name, overwrite=True, **pretrained_card(name, entry))
     return entry
 

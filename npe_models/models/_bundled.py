@@ -3,7 +3,9 @@
 The weights live in ``npe_models/weights/`` as safetensors files. ``manifest.json`` there records,
 per ``<arch>.<tag>`` name, the file, its sha256, the run that produced it and the accuracy we
 measured, so a corrupted or swapped file fails loudly instead of giving silently wrong outputs.
-timm loads the files offline through the cfg's ``file``; ``hf_hub_id`` names the Hub copy.
+timm loads the files offline through the cfg's ``file``; ``hf_hub_id`` names the Hub copy, and
+``paper_name`` / ``paper_ids`` / ``origin_url`` / ``notes`` say where the method comes from and
+what each checkpoint is.
 """
 from __future__ import annotations
 
@@ -20,7 +22,13 @@ __all__ = [
     "WEIGHTS_DIR",
     "MANIFEST_FILE",
     "HUB_ORGANISATION",
+    "PAPER_NAME",
+    "PAPER_ID",
+    "ORIGIN_URL",
+    "hub_repo_id",
     "bundled_checkpoints",
+    "checkpoint_notes",
+    "checkpoint_cfg",
     "bundled_pretrained_cfgs",
     "file_sha256",
     "verify_bundled_weights",
@@ -30,6 +38,21 @@ __all__ = [
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 MANIFEST_FILE = WEIGHTS_DIR / "manifest.json"
 HUB_ORGANISATION = "npe-models"
+PAPER_NAME = "Neural Prior Estimation: Learning Class Priors from Latent Representations"
+PAPER_ID = "arXiv:2602.17853"
+ORIGIN_URL = "https://github.com/masoudya/neural-prior-estimator"
+"""The NPE paper (Yavari & Moallem, 2026) and its reference code, which the checkpoints' recipes follow."""
+_TEST_SET_NOTE = (
+    "Scored on the CIFAR test set as recovered here (9,000 of its 10,000 images from JPEG copies) and on its "
+    "1,000 exact images, reported apart."
+)
+_METHOD_NOTES = {
+    "ce": "Cross-entropy baseline: no PEMs, no logit adjustment.",
+    "la": "Trained with the logit-adjusted loss (tau = {tau:g}).",
+    "crt": "The classifier of {starts_from} re-trained with class-balanced sampling (cRT); its features are unchanged.",
+    "posthoc_la": "The classifier bias of {starts_from} minus {tau:g} * log training prior (post-hoc logit adjustment); "
+    "no training of its own.",
+}
 _RESTORE = (
     "Restore the package's weights: reinstall npe-models (pip install --force-reinstall npe-models), "
     "or in a git checkout run `git checkout -- npe_models/weights`."
@@ -44,15 +67,51 @@ def bundled_checkpoints() -> dict[str, dict[str, Any]]:
     return json.loads(MANIFEST_FILE.read_text(encoding="utf-8"))["checkpoints"]
 
 
+def hub_repo_id(name: str) -> str:
+    """The Hugging Face Hub repository of a shipped checkpoint ``<arch>.<tag>``: ``npe-models/<arch>.<tag>``."""
+    return f"{HUB_ORGANISATION}/{name}"
+
+
+def _npe_note(run: dict[str, Any], form: str) -> str:
+    """What an NPE checkpoint's PEMs do, unmerged or folded into the classifier."""
+    if form == "merged":
+        return (
+            f"The PEMs of a {run['model']} folded into the classifier: a plain model that outputs NPE-LA logits "
+            f"(alpha = {run['npe_alpha']:g})."
+        )
+    return (
+        f"Keeps its PEMs: eval mode outputs NPE-LA logits (alpha = {run['npe_alpha']:g}), `npe_estimate` the class "
+        "prior estimate; `timm.utils.reparameterize_model` folds the PEMs into the classifier."
+    )
+
+
+def checkpoint_notes(entry: dict[str, Any]) -> tuple[str, ...]:
+    """timm's ``notes`` for a shipped checkpoint, from its manifest entry: what it is, and how it was scored."""
+    run = entry["run"]
+    if run["method"] == "npe":
+        what = _npe_note(run, entry["form"])
+    else:
+        what = _METHOD_NOTES[run["method"]].format(tau=run["tau"], starts_from=entry.get("starts_from"))
+    return what, _TEST_SET_NOTE
+
+
+def checkpoint_cfg(name: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """The pretrained cfg fields of a shipped checkpoint besides its file: Hub copy, labels, paper, notes."""
+    return dict(
+        hf_hub_id=hub_repo_id(name),
+        label_names=tuple(entry["cfg"]["label_names"] or ()) or None,
+        description=entry["cfg"]["description"],
+        paper_name=PAPER_NAME,
+        paper_ids=PAPER_ID,
+        origin_url=ORIGIN_URL,
+        notes=checkpoint_notes(entry),
+    )
+
+
 def bundled_pretrained_cfgs(architecture: str, make_cfg: Callable[..., dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """timm cfgs ``{'<arch>.<tag>': cfg}`` for the bundled checkpoints of ``architecture``."""
     return {
-        name: make_cfg(
-            file=str(WEIGHTS_DIR / entry["file"]),
-            hf_hub_id=f"{HUB_ORGANISATION}/{name}",
-            label_names=tuple(entry["cfg"]["label_names"] or ()) or None,
-            description=entry["cfg"]["description"],
-        )
+        name: make_cfg(file=str(WEIGHTS_DIR / entry["file"]), **checkpoint_cfg(name, entry))
         for name, entry in bundled_checkpoints().items()
         if name.split(".", 1)[0] == architecture
     }
