@@ -1,8 +1,9 @@
 """What a model built by this package is: architecture, task, classes, PEMs, NPE-LA settings, preprocessing.
 
 ``describe_model`` is what both exporters record (the Hub's ``config.json``, the ONNX file's
-metadata), and ``check_weights_fit`` checks saved weights against the architecture a
-description names, on the meta device. Nothing here needs huggingface_hub or onnx.
+metadata), ``check_weights_fit`` checks saved weights against the architecture a
+description names and ``model_stats`` counts its parameters and MACs, both on the meta
+device. Nothing here needs huggingface_hub or onnx.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import timm
 import torch
 from timm.models import get_model_args
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models.segmentation import FCN, LRASPP, DeepLabV3
 
 from .models.segmentation import (
@@ -32,8 +34,10 @@ __all__ = [
     "SEGMENTATION_INPUT_SIZE",
     "TARGET_PRIOR_KEY",
     "ModelDescription",
+    "ModelStats",
     "describe_model",
     "check_weights_fit",
+    "model_stats",
 ]
 
 CLASSIFICATION = "image-classification"
@@ -76,6 +80,8 @@ class ModelDescription:
     """How timm's eval transform resizes and crops for a classifier (``timm.data.create_transform``)."""
     target_prior: Optional[dict[str, Any]] = None
     """The deployment prior folded into the bias (``npe_models.adapt.adapt_prior``): prior, calibration, data."""
+    pretrained_tag: Optional[str] = None
+    """The tag of the classifier's ``pretrained_cfg`` (``cifar10_lt_r100_hp2``): the weights timm built it for."""
 
     def npe_config(self) -> dict[str, Any]:
         """The ``npe`` section of ``config.json``: the method's settings, for people and tools."""
@@ -166,6 +172,7 @@ def _describe_classifier(model: nn.Module, label_names: Optional[Sequence[str]])
         interpolation=cfg.get("interpolation"), crop_pct=cfg.get("crop_pct"), crop_mode=cfg.get("crop_mode"),
         label_names=_label_names(label_names, cfg.get("label_names"), model.num_classes),
         target_prior=cfg.get(TARGET_PRIOR_KEY),
+        pretrained_tag=cfg.get("tag") or None,
         model_args=args,
         **npe,
     )
@@ -309,3 +316,32 @@ def check_weights_fit(
             f"the weights in {where} do not fit {architecture!r} with {dict(model_args)}: {shown}. "
             "The weights file and config.json must come from the same save_for_hub call."
         )
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    """Size and cost of a described model for one image at its input size, as timm's model cards report them."""
+
+    params: int
+    macs: int
+    """Multiply-accumulates of one eval-mode forward (half the FLOPs ``FlopCounterMode`` counts)."""
+    unpooled_shape: Optional[tuple[int, ...]] = None
+    """Shape of ``forward_features`` for one image, without the batch axis (classifiers)."""
+    num_features: Optional[int] = None
+    """Width of the pooled embedding ``forward_head(pre_logits=True)`` returns (classifiers)."""
+
+
+def model_stats(description: ModelDescription) -> ModelStats:
+    """Parameters, MACs and embedding shapes of the described model, counted on the meta device (no weights needed)."""
+    model = _build_on_meta(description.architecture, description.task, description.model_args).eval()
+    image = torch.empty(1, *description.input_size, device="meta")
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(image)
+    params = sum(p.numel() for p in model.parameters())
+    if description.task != CLASSIFICATION:
+        return ModelStats(params=params, macs=counter.get_total_flops() // 2)
+    with torch.no_grad():
+        unpooled = tuple(model.forward_features(image).shape[1:])
+    return ModelStats(
+        params=params, macs=counter.get_total_flops() // 2, unpooled_shape=unpooled, num_features=model.num_features,
+    )

@@ -29,9 +29,10 @@ from timm.models import save_for_hf
 from torch import nn
 
 from .describe import (
-    CLASSIFICATION, SEGMENTATION, TARGET_PRIOR_KEY, ModelDescription, check_weights_fit, describe_model,
+    CLASSIFICATION, SEGMENTATION, TARGET_PRIOR_KEY, ModelDescription, ModelStats, check_weights_fit, describe_model,
+    model_stats,
 )
-from .models._bundled import HUB_ORGANISATION, bundled_checkpoints
+from .models._bundled import ORIGIN_URL, PAPER_ID, PAPER_NAME, bundled_checkpoints, hub_repo_id
 from .models.segmentation import parse_segmentation_model_name
 from .segmentation.checkpoint import save_segmentation_weights
 from .segmentation.config import SegmentationModelConfig
@@ -62,12 +63,12 @@ CARD_NAME = "README.md"
 HUB_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
 _PIPELINE_TAGS = {CLASSIFICATION: "image-classification", SEGMENTATION: "image-segmentation"}
 _LOADER_TASKS = {CLASSIFICATION: "classification", SEGMENTATION: "segmentation"}  # the names runs and the loader use
-CITATION = """@article{yavari2026npe,
-  title   = {Neural Prior Estimation: Learning Class Priors from Latent Representations},
-  author  = {Yavari, Masoud and Moallem, Payman},
-  journal = {arXiv preprint arXiv:2602.17853},
-  year    = {2026}
-}"""
+CITATION = f"""@article{{yavari2026npe,
+  title   = {{{PAPER_NAME}}},
+  author  = {{Yavari, Masoud and Moallem, Payman}},
+  journal = {{arXiv preprint {PAPER_ID}}},
+  year    = {{2026}}
+}}"""
 
 # metric key -> (model-index metric type, human-readable name, metric config)
 _METRICS = {
@@ -83,6 +84,11 @@ _METRICS = {
 DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 """Readable names of the data sets the shipped checkpoints were trained on."""
 _TEST_SETS = {"full": "full 10,000", "exact": "exact 1,000", "jpeg_twins": "JPEG twins of the exact 1,000"}
+_INDEXED_TEST_SETS = {
+    "full": ("JPEG-recovered (10,000 images, 9,000 of them from JPEG copies)", "jpeg-recovered", "test"),
+    "exact": ("1,000 exact images (the official test batch's first 1,000)", None, "test[:1000]"),
+}
+"""Model-index name, config and split of a shipped checkpoint's test sets: apart, and never the clean CIFAR test set."""
 
 
 def _write_classifier_files(model: nn.Module, description: ModelDescription, folder: Path) -> dict[str, Any]:
@@ -117,12 +123,23 @@ def _format_value(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _metric_table(metrics: Mapping[str, float]) -> str:
-    rows = [f"| {_METRICS.get(key, (key, key, None))[1]} | {_format_value(value)} |" for key, value in metrics.items()]
-    return "\n".join(["| metric | value |", "| --- | --- |", *rows])
+def _evaluation_text(results: Sequence[EvalResult]) -> str:
+    """One metric table per data set and split of the model-index."""
+    tables: dict[tuple[str, Optional[str]], list[str]] = {}
+    for result in results:
+        row = f"| {result.metric_name} | {_format_value(result.metric_value)} |"
+        tables.setdefault((result.dataset_name, result.dataset_split), []).append(row)
+    if not tables:
+        return "No evaluation results recorded."
+    return "\n\n".join(
+        f"On {dataset} ({split} split):\n\n" + "\n".join(["| metric | value |", "| --- | --- |", *rows])
+        for (dataset, split), rows in tables.items()
+    )
 
 
-def _eval_results(metrics: Mapping[str, float], task: str, dataset: str, dataset_id: str, split: str) -> list[EvalResult]:
+def _eval_results(
+    metrics: Mapping[str, float], task: str, dataset: str, dataset_id: str, split: str, config: Optional[str] = None
+) -> list[EvalResult]:
     results = []
     for key, value in metrics.items():
         metric_type, metric_name, metric_config = _METRICS.get(key, (key, key, None))
@@ -131,6 +148,7 @@ def _eval_results(metrics: Mapping[str, float], task: str, dataset: str, dataset
                 task_type=task,
                 dataset_type=dataset_id,
                 dataset_name=dataset,
+                dataset_config=config,
                 dataset_split=split,
                 metric_type=metric_type,
                 metric_name=metric_name,
@@ -141,32 +159,93 @@ def _eval_results(metrics: Mapping[str, float], task: str, dataset: str, dataset
     return results
 
 
-def _usage(description: ModelDescription, repo_id: Optional[str]) -> str:
+def _python(lines: Sequence[str]) -> str:
+    return "```python\n" + "\n".join(lines) + "\n```"
+
+
+def _timm_model_lines(source: str, options: str = "") -> list[str]:
+    """How each timm snippet starts: imports, the model (``options``: extra create_model arguments), its transform."""
+    return [
+        "import timm",
+        "import npe_models  # registers the NPE architectures with timm",
+        "",
+        "# image: a PIL.Image",
+        f'model = timm.create_model("{source}", pretrained=True{options}).eval()',
+        "transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))",
+    ]
+
+
+def _npe_training_lines(description: ModelDescription) -> list[str]:
+    if not description.num_pems or description.merged:
+        return []
+    return [
+        "",
+        "# Training: out = model.forward_train(images) gives the main and PEM logits;",
+        "# deployment: timm.utils.reparameterize_model(model) folds the PEMs away where they merge.",
+    ]
+
+
+def _classifier_usage(description: ModelDescription, stats: ModelStats, source: str) -> list[str]:
+    """timm's three usage sections: classification, feature maps (``features_only``), embeddings (``num_classes=0``)."""
+    logits = f"# (1, {description.num_classes})" + (" NPE-LA logits" if description.num_pems else " logits")
+    embedding = f"# (1, {stats.num_features})"
+    unpooled = f"# unpooled, (1, {', '.join(map(str, stats.unpooled_shape))})"
+    classification = [
+        *_timm_model_lines(source),
+        f"logits = model(transform(image).unsqueeze(0))  {logits}",
+        f"top_probabilities, top_class_indices = logits.softmax(dim=1).topk({min(5, description.num_classes)})",
+        *_npe_training_lines(description),
+    ]
+    feature_maps = [
+        *_timm_model_lines(source, ", features_only=True"),
+        "for feature_map in model(transform(image).unsqueeze(0)):",
+        "    print(feature_map.shape)  # (1, C, H, W) per stage: C in model.feature_info.channels()",
+    ]
+    embeddings = [
+        *_timm_model_lines(source, ", num_classes=0"),
+        f"embedding = model(transform(image).unsqueeze(0))  {embedding}, no classifier",
+        "",
+        "# or, keeping the classifier:",
+        f'model = timm.create_model("{source}", pretrained=True).eval()',
+        f"features = model.forward_features(transform(image).unsqueeze(0))  {unpooled}",
+        f"embedding = model.forward_head(features, pre_logits=True)  {embedding}",
+    ]
+    return [
+        "### Image Classification", _python(classification),
+        "### Feature Map Extraction", _python(feature_maps),
+        "### Image Embeddings", _python(embeddings),
+    ]
+
+
+def _usage(description: ModelDescription, stats: ModelStats, repo_id: Optional[str]) -> list[str]:
     source = f"hf-hub:{repo_id}" if repo_id else "local-dir:/path/to/this/folder"
     if description.task == CLASSIFICATION:
-        lines = [
-            "import timm",
-            "import npe_models  # registers the NPE architectures with timm",
-            "",
-            f'model = timm.create_model("{source}", pretrained=True).eval()',
-            "transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))",
-            "logits = model(transform(image).unsqueeze(0))"
-            + ("  # NPE-LA logits" if description.num_pems else ""),
-        ]
-    else:
-        lines = [
-            "from npe_models.hub import load_from_hub",
-            "",
-            f'model = load_from_hub("{source}").eval()',
-            'logits = model(images)["out"]  # (B, C, H, W)' + (", NPE-LA adjusted" if description.num_pems else ""),
-        ]
-    if description.num_pems and not description.merged:
-        lines += [
-            "",
-            "# Training: out = model.forward_train(images) gives the main and PEM logits;",
-            "# deployment: timm.utils.reparameterize_model(model) folds the PEMs away where they merge.",
-        ]
-    return "```python\n" + "\n".join(lines) + "\n```"
+        return _classifier_usage(description, stats, source)
+    lines = [
+        "from npe_models.hub import load_from_hub",
+        "",
+        f'model = load_from_hub("{source}").eval()',
+        'logits = model(images)["out"]  # (B, C, H, W)' + (", NPE-LA adjusted" if description.num_pems else ""),
+        *_npe_training_lines(description),
+    ]
+    return [_python(lines)]
+
+
+def _model_details(description: ModelDescription, stats: ModelStats) -> str:
+    """Architecture, classes, input, timm's "Model Stats" (parameters, GMACs at the input size) and the paper."""
+    channels, height, width = description.input_size
+    classes = description.label_names if description.label_names and len(description.label_names) <= 20 else None
+    return "\n".join([
+        f"- Architecture to build: `{description.architecture}`",
+        f"- Classes: {description.num_classes}" + (f" ({', '.join(classes)})" if classes else ""),
+        f"- Input: {channels} x {height} x {width}, mean {list(description.mean)}, std {list(description.std)}",
+        "- Model Stats:",
+        f"  - Params (M): {stats.params / 1e6:.3g} ({stats.params:,} parameters)",
+        f"  - GMACs: {stats.macs / 1e9:.3g}",
+        f"  - Image size: {height} x {width}",
+        f"- Paper: {PAPER_NAME} ({PAPER_ID})",
+        f"- Reference code: {ORIGIN_URL}",
+    ])
 
 
 def _model_summary(description: ModelDescription) -> str:
@@ -190,52 +269,42 @@ def _model_card(
     *,
     model_name: str,
     repo_id: Optional[str],
-    metrics: Optional[Mapping[str, float]],
-    dataset: Optional[str],
-    dataset_id: Optional[str],
-    split: str,
+    results: Sequence[EvalResult],
     recipe: Optional[Mapping[str, Any]],
     license: Optional[str],
+    base_model: Optional[str] = None,
     notes: Optional[str] = None,
 ) -> ModelCard:
     library = "timm" if description.task == CLASSIFICATION else "pytorch"
     card_data = ModelCardData(
+        base_model=base_model,
         library_name=library,
         license=license,
         model_name=model_name,
         pipeline_tag=_PIPELINE_TAGS[description.task],
         tags=[_PIPELINE_TAGS[description.task], library, "npe-models", "neural-prior-estimation", "long-tailed-recognition"],
-        datasets=[dataset_id] if dataset_id else None,
-        metrics=sorted({_METRICS.get(key, (key,))[0] for key in metrics}) if metrics else None,
-        eval_results=_eval_results(metrics, _PIPELINE_TAGS[description.task], dataset, dataset_id, split) if metrics else None,
+        datasets=sorted({result.dataset_type for result in results}) or None,
+        metrics=sorted({result.metric_type for result in results}) or None,
+        eval_results=list(results) or None,
     )
-    details = [
-        f"- Architecture to build: `{description.architecture}`",
-        f"- Classes: {description.num_classes}"
-        + (f" ({', '.join(description.label_names)})" if description.label_names and len(description.label_names) <= 20 else ""),
-        f"- Input: {description.input_size[0]} x {description.input_size[1]} x {description.input_size[2]}, "
-        f"mean {list(description.mean)}, std {list(description.std)}",
-    ]
     recipe_text = (
         "\n".join(["| setting | value |", "| --- | --- |", *(f"| {key} | {_format_value(value)} |" for key, value in recipe.items())])
         if recipe
         else "Not recorded for this checkpoint."
     )
-    metrics_text = (
-        f"On {dataset} ({split} split):\n\n{_metric_table(metrics)}" if metrics else "No evaluation results recorded."
-    )
+    stats = model_stats(description)
     body = "\n\n".join(
         [
             f"# {model_name}",
             _model_summary(description),
             "## Usage",
-            _usage(description, repo_id),
+            *_usage(description, stats, repo_id),
             "## Model details",
-            "\n".join(details),
+            _model_details(description, stats),
             "## Training recipe",
             recipe_text,
             "## Evaluation",
-            metrics_text,
+            _evaluation_text(results),
             *([notes] if notes else []),
             "## Citation",
             f"```bibtex\n{CITATION}\n```",
@@ -291,18 +360,25 @@ def save_for_hub(
     overwrite: bool = False,
     config: Optional[SegmentationModelConfig] = None,
     notes: Optional[str] = None,
+    eval_results: Sequence[EvalResult] = (),
+    base_model: Optional[str] = None,
 ) -> Path:
     """Write ``config.json``, ``model.safetensors`` and a ``README.md`` model card into ``directory``.
 
     ``metrics`` (e.g. ``{"top1": 80.1, "many": 91.0, "medium": 78.2, "few": 70.3}``) become
-    the card's ``model-index`` results on ``dataset``; ``recipe`` is shown as the training
-    recipe; ``notes`` (markdown) follows the evaluation; ``repo_id`` fills the usage snippet. The folder is assembled under a temporary
-    name beside ``directory`` and renamed into place, so it is complete or absent.
+    the card's ``model-index`` results on ``dataset``, followed by ``eval_results`` (further
+    entries, e.g. a named subset of the test set); ``recipe`` is shown as the training recipe;
+    ``notes`` (markdown) follows the evaluation; ``repo_id`` fills the usage snippets;
+    ``base_model`` (a Hub id) names the checkpoint this one was made from. The folder is
+    assembled under a temporary name beside ``directory`` and renamed into place, so it is
+    complete or absent.
     """
     if metrics and not (dataset and dataset_id):
         raise ValueError("metrics need dataset= (a readable name) and dataset_id= (e.g. 'cifar10') for the model card.")
     directory = Path(directory)
     description = describe_model(model, label_names, config)
+    task = _PIPELINE_TAGS[description.task]
+    results = [*(_eval_results(metrics, task, dataset, dataset_id, split) if metrics else []), *eval_results]
     parent = _writable_parent(directory)
     staging = parent / f".{directory.name}.{uuid.uuid4().hex}.partial"
     staging.mkdir()
@@ -317,8 +393,7 @@ def save_for_hub(
         card = _model_card(
             description,
             model_name=model_name or (repo_id.split("/")[-1] if repo_id else description.npe_architecture or description.architecture),
-            repo_id=repo_id, metrics=metrics, dataset=dataset, dataset_id=dataset_id, split=split,
-            recipe=recipe, license=license, notes=notes,
+            repo_id=repo_id, results=results, recipe=recipe, license=license, base_model=base_model, notes=notes,
         )
         card.save(staging / CARD_NAME)
         _publish_directory(staging, directory, overwrite)
@@ -385,24 +460,43 @@ def _shipped_entry(name: str) -> Mapping[str, Any]:
     return entry
 
 
+def _card_metrics(scores: Mapping[str, Optional[float]]) -> dict[str, float]:
+    """A test set's recorded scores as ``save_for_hub`` metrics, to two decimals; absent groups left out."""
+    metrics = {"top1": round(scores["top1"], 2), "balanced_accuracy": round(scores["balanced"], 2)}
+    metrics.update({key: round(scores[key], 2) for key in ("many", "medium", "few") if scores[key] is not None})
+    return metrics
+
+
+def _recorded_results(run: Mapping[str, Any], record: Mapping[str, Any]) -> list[EvalResult]:
+    """Model-index entries of a shipped checkpoint: the full test set and its exact images, each its own entry."""
+    results, task = [], _PIPELINE_TAGS[CLASSIFICATION]
+    for test_set, (label, config, split) in _INDEXED_TEST_SETS.items():
+        dataset = f"{DATASET_NAMES[run['dataset']]}-LT (rho={run['rho']:g}) test set, {label}"
+        results += _eval_results(_card_metrics(record[test_set]), task, dataset, run["dataset"], split, config)
+    return results
+
+
+def _base_model(entry: Mapping[str, Any]) -> Optional[str]:
+    """The Hub id of the checkpoint a cRT or post-hoc LA checkpoint was made from, when the packaging named one."""
+    start = entry.get("starts_from")
+    return hub_repo_id(start) if start and "." in start and timm.is_model(start) else None
+
+
 def pretrained_card(name: str, entry: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
     """``save_for_hub`` keyword arguments for a checkpoint trained by npe-models, from its manifest entry.
 
-    ``entry`` defaults to the bundled manifest's. The card carries the recorded accuracy (full test
-    set as ``model-index`` results, every test set in the notes), the training recipe and the
-    ``npe-models/<name>`` repository.
+    ``entry`` defaults to the bundled manifest's. The card carries the recorded accuracy (the full
+    test set and its 1,000 exact images as separate ``model-index`` entries in ``eval_results``,
+    so ``metrics`` given on top add entries; every test set in the notes), the training recipe,
+    the checkpoint it was made from and the ``npe-models/<name>`` repository.
     """
     entry = _shipped_entry(name) if entry is None else entry
-    run, full = entry["run"], entry["metrics"]["full"]
-    metrics = {"top1": round(full["top1"], 2), "balanced_accuracy": round(full["balanced"], 2)}
-    metrics.update({key: round(full[key], 2) for key in ("many", "medium", "few") if full[key] is not None})
     return dict(
         label_names=entry["cfg"]["label_names"],
-        metrics=metrics,
-        dataset=f"{DATASET_NAMES[run['dataset']]}-LT (rho={run['rho']:g}) test set",
-        dataset_id=run["dataset"],
-        recipe=run,
-        repo_id=f"{HUB_ORGANISATION}/{name}",
+        eval_results=_recorded_results(entry["run"], entry["metrics"]),
+        base_model=_base_model(entry),
+        recipe=entry["run"],
+        repo_id=hub_repo_id(name),
         model_name=name,
         notes=_pretrained_notes(name, entry),
     )
