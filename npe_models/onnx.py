@@ -4,7 +4,8 @@
 merge (dense ``fcn`` / ``replica`` PEMs do not, and export as the full NPE-LA graph), with
 torch's dynamo exporter, into one self-contained file with a dynamic batch axis (and dynamic
 height and width for segmentation), checked by ``onnx.checker`` and labelled with metadata
-(architecture, classes, alpha, mean, std, input size, eval resize and crop, package version).
+(architecture, classes, alpha, mean, std, input size, eval resize and crop, pretrained tag,
+model version).
 ``check_parity`` compares PyTorch's eval output with ONNX Runtime's. What a model is comes from
 ``npe_models.describe``; random-weight parity models, int8 quantisation and the validation
 sweep are release tooling, in ``export/onnx_validate.py``.
@@ -150,7 +151,14 @@ def _dynamic_shapes(dynamic_size: bool) -> tuple[dict[int, Any]]:
 
 
 def _metadata(description: ModelDescription, dynamic_size: bool) -> dict[str, str]:
-    """ONNX ``metadata_props``: strings, lists as JSON."""
+    """ONNX ``metadata_props``: strings, lists as JSON.
+
+    ``pretrained_tag`` is the tag of the model's ``pretrained_cfg`` (``cifar10_lt_r100_hp2``; timm
+    sets the default tag also on a model it built without loading weights). ``model_version`` is
+    the npe-models version: shipped weights are bundled with the package, whose manifest pins
+    their sha256, so ``architecture`` + ``pretrained_tag`` + ``model_version`` name the exact
+    weights, and the same version produced the exported graph (merge, NPE-LA).
+    """
     from . import __version__
 
     values: dict[str, Any] = {
@@ -171,6 +179,8 @@ def _metadata(description: ModelDescription, dynamic_size: bool) -> dict[str, st
         "crop_mode": description.crop_mode,
         "dynamic_size": dynamic_size,
         "target_prior": description.target_prior,
+        "pretrained_tag": description.pretrained_tag,
+        "model_version": __version__,
         "npe_models_version": __version__,
     }
     return {key: value if isinstance(value, str) else json.dumps(value) for key, value in values.items()}
@@ -193,7 +203,9 @@ def export_onnx(
     always dynamic, height and width when ``dynamic_size`` (default: for segmentation).
     ``merge`` folds mergeable PEMs first. ``config`` describes a segmentation model (see
     ``npe_models.describe.describe_model``). The file is checked with ``onnx.checker`` (full
-    check) and written under a temporary name, then renamed into place.
+    check) and written under a temporary name, then renamed into place. Its metadata
+    (``read_onnx_metadata``) says what the model is, its pretrained tag and, as
+    ``model_version``, the npe-models version that exported it and shipped its weights.
     """
     onnx = _import_optional("onnx")
     _check_opset(opset_version, onnx)

@@ -35,6 +35,7 @@ IMAGENET = {"resnet18_npe16", "resnet50_npe16", "resnet152_npe16", "convnext_tin
 # Exports take 4-40 s each on 2 cores: the ResNet-20 family stays in the default suite, the rest is slow.
 SLOW = {name for name in CLASSIFIERS if not name.startswith("resnet20")}
 NPE_MODEL = "resnet20_npe16"
+TAG = "cifar10_lt_r100_hp2"  # the pretrained tag the shared export records
 LABELS = [f"class{i}" for i in range(10)]
 
 
@@ -45,9 +46,9 @@ def _realistic_model(name: str, **kwargs) -> tuple[torch.nn.Module, tuple[int, i
 
 @pytest.fixture(scope="module")
 def npe_export(tmp_path_factory) -> tuple[torch.nn.Module, Path, Path]:
-    """A realistic resnet20_npe16 (alpha 0.5) and its merged and unmerged exports, shared by the tests below."""
+    """A realistic resnet20_npe16 (alpha 0.5, tagged TAG) and its merged and unmerged exports, shared by the tests below."""
     folder = tmp_path_factory.mktemp("npe_export")
-    model, _ = _realistic_model(NPE_MODEL, npe_alpha=0.5)
+    model, _ = _realistic_model(NPE_MODEL, npe_alpha=0.5, pretrained_cfg_overlay=dict(tag=TAG))
     merged = export_onnx(model, folder / "merged" / "model.onnx", label_names=LABELS)
     unmerged = export_onnx(model, folder / "unmerged.onnx", merge=False)
     return model, merged, unmerged
@@ -155,6 +156,8 @@ def test_onnx_file_structure_and_metadata(npe_export) -> None:
         "mean": list(model.pretrained_cfg["mean"]),
         "std": list(model.pretrained_cfg["std"]),
         "input_size": [3, 32, 32],
+        "pretrained_tag": TAG,
+        "model_version": npe_models.__version__,
         "npe_models_version": npe_models.__version__,
     }
     assert read_onnx_metadata(npe_export[2])["merged"] is False
