@@ -8,12 +8,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from .data import CLASSIFICATION_DATASETS, default_data_dir
+from .runs import LOG_FILE
 
 __all__ = ["reject_other_task_options", "add_train_arguments", "add_evaluate_arguments", "add_export_arguments", "add_list_arguments",
-           "add_predict_arguments", "add_adapt_parser", "adapt_options"]
+           "add_predict_arguments", "add_adapt_parser", "adapt_options", "not_none", "classification_evaluate_options"]
 
 SEGMENTATION_DATASETS = ("stare",)
 EPILOG_TRAIN = """examples:
@@ -119,6 +120,8 @@ def add_train_arguments(train: argparse.ArgumentParser) -> None:
     cls.add_argument("--max-per-class", type=int, help="images in the largest class (default: all)")
     cls.add_argument("--tau", type=float, help="logit-adjustment strength of la and posthoc_la (default: 1)")
     cls.add_argument("--eval-every", type=int, help="test every N epochs, 0 for the last only (default: 10)")
+    cls.add_argument("--tensorboard", action="store_true", default=None, help="also log each epoch's losses, lr and "
+                     "accuracies to RUN/tensorboard (needs: pip install npe-models[tensorboard])")
     seg = train.add_argument_group("segmentation (STARE)")
     seg.add_argument("--num-pems", type=int, help="PEMs for a plain architecture name (default: from the name)")
     seg.add_argument("--pem-type", choices=("linear", "fcn", "replica"), help="PEM architecture (default: linear)")
@@ -262,6 +265,33 @@ def adapt_options(args: argparse.Namespace) -> dict[str, Any]:
                 pretrained=args.pretrained, method=args.method, source_prior=args.source_prior,
                 data_dir=args.data_dir or default_data_dir(), rho=args.rho, batch_size=args.batch_size,
                 device=args.device, overwrite=args.overwrite)
+
+
+def not_none(**options: Any) -> dict[str, Any]:
+    """The options that were given (not None), so the library's defaults apply to the rest."""
+    return {name: value for name, value in options.items() if value is not None}
+
+
+def _training_log(loaded: Any) -> Optional[Path]:
+    """The ``log.jsonl`` of the training run a loaded model comes from (its directory, or a file in it), if any."""
+    if loaded.config is None:
+        return None
+    source = Path(loaded.source)
+    log = (source if source.is_dir() else source.parent) / LOG_FILE
+    return log if log.is_file() else None
+
+
+def classification_evaluate_options(args: argparse.Namespace, loaded: Any, about: dict[str, Any]) -> dict[str, Any]:
+    """``classification.evaluate_run``'s arguments (but the model and folder) from the ``evaluate`` options and what
+    the loaded model records: its data, its training method (which names the plots' variants) and its run's log."""
+    method = {"method": loaded.config.method} if loaded.config is not None else {}
+    return {"data_dir": default_data_dir(), **loaded.data_settings(), **not_none(
+        dataset=args.dataset, rho=args.rho, max_per_class=args.max_per_class, data_dir=args.data_dir,
+        split_dir=args.split_dir, image_size=args.image_size, workers=args.workers, download=args.download,
+        device=args.device, batch_size=args.eval_batch_size, channels_last=args.channels_last, amp=args.amp,
+        target_prior=args.target_prior), "posthoc_tau": args.posthoc_tau, "sets": args.sets,
+        "about": {**about, **method}, "training_log": _training_log(loaded),
+        "title": f"{loaded.name}{' merged' if args.merge else ''}"}
 
 
 def reject_other_task_options(args: argparse.Namespace, task: str) -> None:

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from timm.utils import reparameterize_model
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ._cli_args import (EPILOG_EVALUATE, EPILOG_PREDICT, EPILOG_TRAIN, SEGMENTATION_DATASETS, add_evaluate_arguments,
                         add_export_arguments, add_list_arguments, add_predict_arguments, add_train_arguments,
-                        reject_other_task_options, add_adapt_parser, adapt_options)
+                        reject_other_task_options, add_adapt_parser, adapt_options, classification_evaluate_options,
+                        not_none)
 from . import classification, segmentation
 from .adapt import adapt_source, format_adaptation
 from .classification import TrainConfig, format_metrics, resolve_train_config, train
@@ -53,11 +55,6 @@ def _given(args: argparse.Namespace, config_cls: type) -> dict[str, Any]:
     return {name: value for name, value in vars(args).items() if name in names and value is not None}
 
 
-def _set(**options: Any) -> dict[str, Any]:
-    """The options that were given (not None), so the library's defaults apply to the rest."""
-    return {name: value for name, value in options.items() if value is not None}
-
-
 def _is_segmentation_run(args: argparse.Namespace) -> bool:
     if args.dataset is not None:
         return args.dataset in SEGMENTATION_DATASETS
@@ -72,7 +69,7 @@ def _train(args: argparse.Namespace) -> int:
     if task == "segmentation":
         return _train_segmentation(args)
     config = resolve_train_config(args.out, args.resume, **_given(args, TrainConfig))
-    result = train(config, args.out, resume=args.resume, progress=_progress(args))
+    result = train(config, args.out, resume=args.resume, progress=_progress(args), tensorboard=bool(args.tensorboard))
     if result.already_finished:
         print(f"{result.run_dir} is already finished ({result.epochs_done} epochs); nothing to do.")
     if result.metrics is not None:
@@ -105,7 +102,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if loaded.task == "segmentation":
         results = segmentation.evaluate_run(
             model, loaded.segmentation_config, out, data_dir=args.data_dir or default_data_dir(),
-            overlays=args.overlays, progress=_progress(args), about=about, **_set(
+            overlays=args.overlays, progress=_progress(args), about=about, **not_none(
                 dataset=args.dataset, split=args.split, annotations=args.annotation, alphas=args.alpha, mode=args.mode,
                 crop_size=args.crop_size, stride=args.stride, device=args.device),
         )
@@ -114,14 +111,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     else:
         if args.alpha is not None:
             set_alpha(model, _one_alpha(args.alpha))
-        data = {"data_dir": default_data_dir(), **loaded.data_settings(), **_set(
-            dataset=args.dataset, rho=args.rho, max_per_class=args.max_per_class, data_dir=args.data_dir,
-            split_dir=args.split_dir, image_size=args.image_size, workers=args.workers, download=args.download,
-            device=args.device, batch_size=args.eval_batch_size, channels_last=args.channels_last, amp=args.amp,
-            target_prior=args.target_prior)}
-        metrics = classification.evaluate_run(model, out, posthoc_tau=args.posthoc_tau, sets=args.sets, about=about,
-                                              title=f"{loaded.name}{' merged' if args.merge else ''}", **data)
-        print(format_metrics(metrics))
+        result = classification.evaluate_run(model, out, progress=_progress(args),
+                                             **classification_evaluate_options(args, loaded, about))
+        print(format_metrics(result.metrics))
+        print("plots:", *result.plots, sep="\n  ")
     print(f"metrics and plots: {out}")
     return 0
 
@@ -161,7 +154,7 @@ def _export_hub(args: argparse.Namespace) -> int:
     loaded, label_names = _load_for_export(args)
     model = reparameterize_model(loaded.model) if args.merge else loaded.model
     shipped = args.pretrained and not args.merge and args.model in bundled_checkpoints()
-    given = _set(label_names=label_names, metrics=dict(args.metric) or None, dataset=args.dataset,
+    given = not_none(label_names=label_names, metrics=dict(args.metric) or None, dataset=args.dataset,
                  dataset_id=args.dataset_id, recipe=dict(args.recipe) or loaded.recipe, repo_id=args.repo_id)
     card = {**(pretrained_card(args.model) if shipped else {}), **given, "split": args.split,
             "config": loaded.segmentation_config}
@@ -233,7 +226,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        return args.handler(args)
+        with logging_redirect_tqdm():  # log lines above the progress bars, not through them
+            return args.handler(args)
     except (ValueError, TypeError, OSError, ImportError, NonFiniteLossError) as error:
         if isinstance(error, BrokenPipeError):  # piped into a reader that stopped early (`npe-models list | head`)
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -619,6 +619,9 @@ class TrainingLoop(ABC):
         """Whether a checkpoint is written after unit ``done`` (1-based)."""
         return True
 
+    def begin(self, start: int) -> None:
+        """Called once the run knows the units already done (``start``, after resuming), before the first unit."""
+
     def after_unit(self, done: int, record: dict[str, Any]) -> None:
         """Called after unit ``done`` is logged and checkpointed (reporting, synchronising processes)."""
 
@@ -732,6 +735,7 @@ class TrainingLoop(ABC):
         writes = self.run_dir is not None and self.is_main
         with locked_dir(self.run_dir) if writes else contextlib.nullcontext():
             start = self._start(resume, writes)
+            self.begin(start)
             record = None
             for index in range(start, self.total):
                 record = self.train_unit(index)

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -54,3 +57,33 @@ def interrupt_training(monkeypatch):
         monkeypatch.setattr(run_class, "train_epoch", original if epoch is None else train_epoch)
 
     return interrupt_at
+
+
+@pytest.fixture(scope="session")
+def toy_data(tmp_path_factory):
+    """Random 10-class images in the npz format (20 training, 4 test images per class)."""
+    folder = tmp_path_factory.mktemp("toy_cifar")
+    rng = np.random.default_rng(0)
+    for name, per_class in (("train", 20), ("test", 4)):
+        labels = np.repeat(np.arange(10), per_class)
+        images = rng.integers(0, 256, (len(labels), 32, 32, 3), dtype=np.uint8)
+        np.savez(folder / f"{name}.npz", x=images, y=labels, lossless=np.ones(len(labels), bool))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def watched_run_args(toy_data) -> list[str]:
+    """``npe-models train`` options of a two-epoch NPE run on the toy data, scored after each epoch (no --out)."""
+    return ["--model", "resnet20_npe4", "--data-dir", str(toy_data), "--rho", "10", "--epochs", "2",
+            "--batch-size", "32", "--eval-every", "1", "--device", "cpu"]
+
+
+@pytest.fixture(scope="session")
+def watched_run(watched_run_args, tmp_path_factory):
+    """``(run_dir, completed process)`` of that run trained as a user would, in a subprocess whose output is piped
+    (not a terminal), with progress bars and --tensorboard (once per session: it takes seconds)."""
+    out = tmp_path_factory.mktemp("watched") / "run"
+    argv = [sys.executable, "-m", "npe_models.cli", "train", *watched_run_args, "--out", str(out), "--tensorboard"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    return out, done

@@ -6,25 +6,12 @@ import shutil
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from npe_models.cli import main
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def toy_data(tmp_path_factory):
-    """Random 10-class images in the npz format (20 training, 4 test images per class)."""
-    folder = tmp_path_factory.mktemp("toy_cifar")
-    rng = np.random.default_rng(0)
-    for name, per_class in (("train", 20), ("test", 4)):
-        labels = np.repeat(np.arange(10), per_class)
-        images = rng.integers(0, 256, (len(labels), 32, 32, 3), dtype=np.uint8)
-        np.savez(folder / f"{name}.npz", x=images, y=labels, lossless=np.ones(len(labels), bool))
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -20,11 +20,13 @@ from torch import Tensor, nn
 from ..data import CIFAR_NUM_CLASSES, GROUP_NAMES, LongTailedData, class_groups, load_long_tailed
 from ..distributed import resolve_device
 from ..npe import NPEHead, npe_heads
-from ..runs import locked_dir, write_json
+from ..runs import locked_dir, read_jsonl, write_json
 from .checkpoint import check_num_classes
 from .plots import save_evaluation_plots
 
 __all__ = [
+    "ProgressFactory",
+    "EvaluationResult",
     "Predictions",
     "predict",
     "classification_metrics",
@@ -36,6 +38,19 @@ __all__ = [
     "evaluate_run",
     "format_metrics",
 ]
+
+
+# A tqdm-like factory such as ``tqdm.tqdm``: ``progress(iterable, total=, desc=, leave=, position=)`` wraps batches,
+# ``progress(total=, initial=, desc=, unit=)`` makes a bar advanced by hand; bars have update, set_postfix and close.
+ProgressFactory = Callable[..., Any]
+
+
+@dataclass
+class EvaluationResult:
+    """What :func:`evaluate_run` wrote: the metrics (as in ``metrics.json``) and the paths of the plots."""
+
+    metrics: dict[str, Any]
+    plots: list[Path]
 
 
 @dataclass
@@ -244,15 +259,16 @@ def evaluate_model(
     amp: bool = False,
     sets: Optional[Sequence[str]] = None,
     target_prior: Optional[Sequence[float]] = None,
+    progress: Optional[ProgressFactory] = None,
 ) -> dict[str, object]:
     """Score ``model`` on the evaluation sets of ``data`` (all of ``data.eval_sets``, or the named ``sets``).
 
     Returns ``{"primary": variant, "train_counts": [...], "groups": [...], "sets": {set: {variant:
-    metrics, "prior": diagnostics}}}`` (and ``class_names`` when the data names its classes);
-    ``primary`` is ``npe_la`` for NPE models, else ``plain``. With ``target_prior`` (class weights)
-    each variant also gets ``target_top1``: the expected top-1 on a test set of that class mix, computed
-    exactly from the per-class accuracy rather than from a random resample, which would only add noise
-    for a fixed prediction rule.
+    metrics, "prior": diagnostics}}}`` (and ``class_names`` when the data or the model's ``label_names``
+    name the classes); ``primary`` is ``npe_la`` for NPE models, else ``plain``. With ``target_prior``
+    (class weights) each variant also gets ``target_top1``: the expected top-1 on a test set of that class
+    mix, computed exactly from the per-class accuracy rather than from a random resample, which would only
+    add noise for a fixed prediction rule. ``progress`` shows a bar over each set's batches.
     """
     target = None if target_prior is None else resolve_target_prior(target_prior, data.counts)
     names = list(data.eval_sets) if sets is None else list(sets)
@@ -269,6 +285,8 @@ def evaluate_model(
             computed[name] = computed[base].subset(torch.from_numpy(mask))
         else:
             batches = data.evaluation_batches(name, model, batch_size, device=device, channels_last=channels_last)
+            if progress is not None:
+                batches = progress(batches, total=len(batches), desc=f"evaluate {name}", unit="batch", leave=False)
             computed[name] = predict(model, batches, log_prior, posthoc_tau or 0.0, amp)
     metrics: dict[str, object] = {
         "primary": "npe_la" if _npe_head(model) is not None else "plain",
@@ -278,8 +296,9 @@ def evaluate_model(
     }
     if target is not None:
         metrics["target_prior"] = target.tolist()
-    if data.class_names is not None:
-        metrics["class_names"] = list(data.class_names)
+    class_names = data.class_names or getattr(model, "pretrained_cfg", {}).get("label_names")
+    if class_names:
+        metrics["class_names"] = list(class_names)
     return metrics
 
 
@@ -315,14 +334,18 @@ def evaluate_run(
     title: str = "",
     about: Optional[dict[str, Any]] = None,
     target_prior: Optional[Union[str, Sequence[float]]] = None,
-) -> dict[str, Any]:
+    training_log: Optional[Union[str, Path]] = None,
+    progress: Optional[ProgressFactory] = None,
+) -> EvaluationResult:
     """Score a trained classifier on a data set's evaluation sets; write ``metrics.json`` and plots to ``out_dir``.
 
     ``dataset`` (default cifar10; rho 100 for CIFAR) names the long-tailed training set whose counts
     define the Many / Medium / Few groups and the post-hoc LA prior (see
-    :func:`npe_models.data.load_long_tailed` for the data options); ``about`` (e.g. the source and
-    whether it was merged) is recorded at the top of ``metrics.json``; ``target_prior`` (see
-    :func:`resolve_target_prior`) adds each variant's expected top-1 under that class mix.
+    :func:`npe_models.data.load_long_tailed` for the data options); ``about`` (e.g. the source, its
+    training method and whether it was merged) is recorded at the top of ``metrics.json`` and names the
+    plots' variants; ``target_prior`` (see :func:`resolve_target_prior`) adds each variant's expected top-1
+    under that class mix; ``training_log`` (a run's ``log.jsonl``) adds its training curves to the plots;
+    ``progress`` (e.g. ``tqdm.tqdm``) shows a bar per evaluated set.
     """
     dataset = dataset or "cifar10"
     if dataset in CIFAR_NUM_CLASSES:  # before reading the data: a wrong --dataset fails fast
@@ -335,11 +358,13 @@ def evaluate_run(
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     out_dir = Path(out_dir)
     with locked_dir(out_dir):  # one evaluation at a time writes the folder: its metrics.json and plots agree
-        metrics = evaluate_model(model, data, device, batch_size, posthoc_tau, channels_last, amp, sets, target)
+        metrics = evaluate_model(model, data, device, batch_size, posthoc_tau, channels_last, amp, sets, target, progress)
         metrics = {**(about or {}), "dataset": dataset, "rho": data.rho, **metrics}
-        save_evaluation_plots(metrics, out_dir, next(iter(metrics["sets"])), f"{title} {data.title}".strip())
+        records = read_jsonl(training_log) if training_log is not None else None
+        plots = save_evaluation_plots(metrics, out_dir, next(iter(metrics["sets"])), f"{title} {data.title}".strip(),
+                                      records)
         write_json(out_dir / "metrics.json", metrics)
-    return metrics
+    return EvaluationResult(metrics, plots)
 
 
 def _cell(value: Optional[float]) -> str:

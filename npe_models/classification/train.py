@@ -5,12 +5,15 @@ epoch, exact resumption, a JSON-lines log).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import math
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional, Union
+from typing import Any, Iterable, Iterator, Optional, Union
 
 import numpy as np
 import torch
@@ -33,17 +36,17 @@ from ..runs import (
 from .checkpoint import build_model, save_weights, set_label_names
 from .config import TrainConfig
 from ..distributed import DistributedContext, all_reduce_sum, barrier, init_distributed
-from .evaluate import evaluate_model, group_accuracy, summary
+from .evaluate import ProgressFactory, evaluate_model, group_accuracy, summary
 from .methods import TrainingMethod, make_method
 from .plots import save_evaluation_plots
 
-__all__ = ["train", "TrainResult", "NonFiniteLossError", "ProgressFactory"]
+__all__ = ["train", "TrainResult", "NonFiniteLossError", "ProgressFactory", "TENSORBOARD_DIR"]
 
 logger = logging.getLogger(__name__)
 
-# Wraps the batch iterable for display, e.g. ``tqdm.tqdm``; called as ``progress(batches, total=, desc=, leave=)``.
-ProgressFactory = Callable[..., Iterable]
-_CHECK_EVERY = 20
+_CHECK_EVERY = 20  # steps between the loss's read-backs (finiteness check, step bar)
+TENSORBOARD_DIR = "tensorboard"  # the run directory's folder of TensorBoard event files
+_NOT_SCALARS = ("epoch", "images")  # log fields that are not worth a TensorBoard chart (the step, a constant)
 
 
 @dataclass
@@ -112,12 +115,16 @@ class _Run(TrainingLoop):
     restart_hint = "lower the learning rate (--lr) or train without --amp"
 
     def __init__(
-        self, config: TrainConfig, run_dir: Path, context: DistributedContext, progress: Optional[ProgressFactory]
+        self, config: TrainConfig, run_dir: Path, context: DistributedContext, progress: Optional[ProgressFactory],
+        summary_writer: Optional[type] = None,
     ) -> None:
         super().__init__(config, run_dir, config.epochs, is_main=context.is_main)
         self.context = context
         self.device = context.device
         self.progress = progress if context.is_main else None
+        self.summary_writer = summary_writer if context.is_main else None
+        self.run_bar: Any = None  # the run-level bar, from begin()
+        self.writer: Any = None  # the TensorBoard SummaryWriter, from begin()
         self.final_metrics: Optional[dict[str, Any]] = None  # the last epoch's evaluation
         if config.batch_size % (context.world_size * config.accum_steps):
             raise ValueError(
@@ -162,6 +169,30 @@ class _Run(TrainingLoop):
             return contextlib.nullcontext()
         return self.forward.no_sync()
 
+    def begin(self, start: int) -> None:
+        """The run-level bar (epochs, starting at the resumed one) and the TensorBoard writer, on the main process."""
+        if self.progress is not None:
+            self.run_bar = self.progress(total=self.total, initial=start, desc="training", unit="epoch", position=0)
+        if self.summary_writer is not None:
+            self.writer = self.summary_writer(str(self.run_dir / TENSORBOARD_DIR))
+
+    def close(self) -> None:
+        """Close the run-level bar and the TensorBoard writer (also when the run stops early)."""
+        for opened in (self.run_bar, self.writer):
+            if opened is not None:
+                opened.close()
+
+    def _check_running_loss(self, epoch: int, loss_sums: Tensor, images: int, bar: Any) -> None:
+        """Every ``_CHECK_EVERY`` steps, from one read-back of the loss sums: stop on a non-finite loss (without
+        DDP, where one process raising alone would hang the others) and show the running loss and lr in the step bar."""
+        if self.context.enabled and bar is None:
+            return
+        sums = loss_sums.tolist()
+        if not self.context.enabled and not all(map(math.isfinite, sums)):
+            raise self.non_finite(epoch, sums[0])
+        if bar is not None:
+            bar.set_postfix(loss=f"{sums[0] / max(1, images):.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.4g}")
+
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         """One pass over the training stream; returns the epoch's log fields."""
         num_classes = self.data.num_classes
@@ -171,9 +202,10 @@ class _Run(TrainingLoop):
         seen = torch.zeros(num_classes, dtype=torch.long, device=self.device)
         self.stream.set_epoch(epoch)
         self.method.set_train_mode(self.model)
-        batches: Iterable = self.stream
-        if self.progress is not None:
-            batches = self.progress(batches, total=len(self.stream), desc=f"epoch {epoch + 1}/{self.config.epochs}", leave=False)
+        bar = None if self.progress is None else self.progress(
+            self.stream, total=len(self.stream), desc=f"epoch {epoch + 1}/{self.config.epochs}", leave=False, position=1)
+        batches: Iterable = self.stream if bar is None else bar
+        images_seen = 0  # on this process, counted on the host
         start = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         for step, (images, labels) in enumerate(batches):
@@ -192,11 +224,9 @@ class _Run(TrainingLoop):
                 predicted = self.method.logits(output).detach().argmax(1)
                 correct += torch.bincount(labels[predicted == labels], minlength=num_classes)
                 seen += torch.bincount(labels, minlength=num_classes)
-            if step % _CHECK_EVERY == 0 and not self.context.enabled:
-                if not torch.isfinite(loss_sums).all():
-                    raise self.non_finite(epoch, loss_sums[0].item())
-                if hasattr(batches, "set_postfix"):
-                    batches.set_postfix(loss=f"{loss_sums[0].item() / max(1, seen.sum().item()):.4f}")
+            images_seen += len(labels)
+            if step % _CHECK_EVERY == 0:
+                self._check_running_loss(epoch, loss_sums, images_seen, bar)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - start
@@ -214,9 +244,11 @@ class _Run(TrainingLoop):
         return record
 
     def evaluate(self, sets: Optional[list[str]] = None) -> dict[str, Any]:
+        """The evaluation of ``sets`` (default: all), its bar beneath the run-level one."""
         return evaluate_model(
             self.model, self.data, self.device, self.config.eval_batch_size,
             channels_last=self.config.channels_last, amp=self.config.amp, sets=sets,
+            progress=None if self.progress is None else functools.partial(self.progress, position=1),
         )
 
     def train_unit(self, index: int) -> dict[str, Any]:
@@ -233,11 +265,22 @@ class _Run(TrainingLoop):
 
     def after_unit(self, done: int, record: dict[str, Any]) -> None:
         if self.is_main:
-            logger.info(
-                "epoch %d/%d loss %.4f %.1f images/s%s", done, self.config.epochs, record["loss"], record["images_per_s"],
-                f" test top-1 {next(iter(record['test'].values()))['top1']:.2f}" if "test" in record else "",
-            )
+            top1 = next(iter(record["test"].values()))["top1"] if "test" in record else None
+            logger.info("epoch %d/%d loss %.4f %.1f images/s%s", done, self.config.epochs, record["loss"],
+                        record["images_per_s"], "" if top1 is None else f" test top-1 {top1:.2f}")
+            self._report(done, record, top1)
         barrier(self.context)
+
+    def _report(self, done: int, record: dict[str, Any], top1: Optional[float]) -> None:
+        """The epoch in the run-level bar (loss, lr, test top-1 when scored) and its log fields in TensorBoard."""
+        if self.run_bar is not None:
+            shown = {"loss": f"{record['loss']:.4f}", "lr": f"{record['lr']:.4g}"}
+            self.run_bar.set_postfix({**shown, **({} if top1 is None else {"top1": f"{top1:.2f}"})}, refresh=False)
+            self.run_bar.update(1)
+        if self.writer is not None:
+            for tag, value in _scalars(record):
+                self.writer.add_scalar(tag, value, done)
+            self.writer.flush()
 
     def finish(self, record: Optional[dict[str, Any]]) -> TrainResult:
         """The final weights, metrics.json and plots (main process)."""
@@ -252,11 +295,37 @@ def _monitored_sets(data: LongTailedData) -> list[str]:
 
 
 def _log_test_summary(metrics: dict[str, Any]) -> dict[str, Any]:
-    """The per-epoch log's test fields: primary variant per set, and the unadjusted one for NPE models."""
-    fields = {"test": summary(metrics)}
+    """The per-epoch log's test fields: primary variant per set, and for NPE models the unadjusted one and how the
+    estimate correlates with the log training count."""
+    fields: dict[str, Any] = {"test": summary(metrics)}
     if metrics["primary"] != "plain":
         fields["test_unadjusted"] = summary(metrics, "plain")
+    estimate = {name: {key: scores["prior"][key] for key in ("pearson", "spearman", "slope")}
+                for name, scores in metrics["sets"].items() if "prior" in scores}
+    if estimate:
+        fields["test_estimate"] = estimate
     return fields
+
+
+def _scalars(record: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, float]]:
+    """The numbers of a log record as TensorBoard tags: its field names, nested ones joined by ``/``
+    (``test/full/top1``); ``None`` values and bookkeeping fields are left out."""
+    for key, value in record.items():
+        if isinstance(value, Mapping):
+            yield from _scalars(value, f"{prefix}{key}/")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and f"{prefix}{key}" not in _NOT_SCALARS:
+            yield f"{prefix}{key}", float(value)
+
+
+def _summary_writer_class() -> type:
+    """TensorBoard's ``SummaryWriter``; a clear ImportError, naming the extra to install, when tensorboard is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as error:
+        raise ImportError(
+            "TensorBoard logging (--tensorboard) needs the tensorboard package: pip install npe-models[tensorboard]"
+        ) from error
+    return SummaryWriter
 
 
 def _training_totals(log_path: Path) -> dict[str, Any]:
@@ -279,41 +348,49 @@ def _finish(run: _Run, metrics: Optional[dict[str, Any]]) -> dict[str, Any]:
                **metrics, "training": _training_totals(run_dir / LOG_FILE), "config": config.to_dict()}
     save_weights(run_dir / WEIGHTS_FILE, run.model, config)
     title = f"{config.model} {config.method} {run.data.title}"
-    save_evaluation_plots(metrics, run_dir, next(iter(metrics["sets"])), title)
+    save_evaluation_plots(metrics, run_dir, next(iter(metrics["sets"])), title, read_jsonl(run_dir / LOG_FILE))
     write_json(run_dir / METRICS_FILE, metrics)
     return metrics
 
 
 def _train(config: TrainConfig, run_dir: Path, resume: bool, context: DistributedContext,
-           progress: Optional[ProgressFactory]) -> TrainResult:
+           progress: Optional[ProgressFactory], summary_writer: Optional[type]) -> TrainResult:
     check_run_dir(run_dir, config, resume)
     if (run_dir / METRICS_FILE).is_file() and (run_dir / WEIGHTS_FILE).is_file():
         return TrainResult(run_dir, config.epochs, read_json(run_dir / METRICS_FILE), already_finished=True)
     barrier(context)
-    run = _Run(config, run_dir, context, progress)
+    run = _Run(config, run_dir, context, progress, summary_writer)
     logger.info(
         "%s (%s) on %s: %d training images, %d epochs, device %s, %d process(es) -> %s",
         config.model, config.method, run.data.title, len(run.data.train), config.epochs,
         context.device, context.world_size, run_dir,
     )
-    return run.run(resume)
+    try:
+        return run.run(resume)
+    finally:
+        run.close()
 
 
 def train(
-    config: TrainConfig, out_dir: Union[str, Path], resume: bool = False, progress: Optional[ProgressFactory] = None
+    config: TrainConfig, out_dir: Union[str, Path], resume: bool = False, progress: Optional[ProgressFactory] = None,
+    tensorboard: bool = False,
 ) -> TrainResult:
     """Train (or, with ``resume``, continue) the run ``config`` describes in ``out_dir``; return its final metrics.
 
-    Under ``torchrun`` every process calls this; rank 0 writes the run directory. Raises
-    :class:`NonFiniteLossError` when the loss diverges (the last good checkpoint stays).
+    ``progress`` (e.g. ``tqdm.tqdm``) shows a run-level bar over the epochs and each epoch's and
+    evaluation's bar beneath it. ``tensorboard`` writes each epoch's log fields as TensorBoard scalars to
+    ``out_dir/tensorboard`` (it needs the ``tensorboard`` extra; without it this fails before any work).
+    Under ``torchrun`` every process calls this; rank 0 writes the run directory and shows the bars.
+    Raises :class:`NonFiniteLossError` when the loss diverges (the last good checkpoint stays).
     """
     config.validate()
+    summary_writer = _summary_writer_class() if tensorboard else None
     run_dir = Path(out_dir)
     started_group = not dist.is_initialized()
     context = init_distributed(config.device)
     try:
         with _determinism(config.deterministic, context.device):
-            return _train(config, run_dir, resume, context, progress)
+            return _train(config, run_dir, resume, context, progress, summary_writer)
     finally:
         if context.enabled and started_group and dist.is_initialized():
             dist.destroy_process_group()
