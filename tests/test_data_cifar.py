@@ -11,6 +11,7 @@ from npe_models.data import (
     ImageArrays,
     class_groups,
     load_cifar,
+    load_cifar_class_names,
     load_cifar_lt,
     long_tailed_counts,
     long_tailed_indices,
@@ -74,6 +75,7 @@ def test_real_cifar10_lt_subset_is_exact_and_stable(data_dir):
     assert len(first.test) == 10000 and first.test.exact.sum() == 1000
     assert first.jpeg_twins is not None and len(first.jpeg_twins) == 1000
     assert first.groups.tolist() == [0] * 8 + [1] * 2
+    assert first.class_names[:3] == ("airplane", "automobile", "bird") and len(first.class_names) == 10
 
 
 def test_missing_data_dir_says_how_to_get_the_data(tmp_path):
@@ -113,6 +115,24 @@ def test_torchvision_source_marks_first_1000_test_images_exact(tmp_path, monkeyp
     test = load_cifar(tmp_path, "cifar10", train=False)
     assert test.exact.tolist() == [True] * 1000 + [False] * 1000
     assert load_cifar(tmp_path, "cifar10", train=True).exact.all()
+
+
+def test_class_names_from_torchvision_meta_and_bad_classes_json(tmp_path):
+    import pickle
+
+    folder = tmp_path / "tv" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    names = [f"class{i}" for i in range(10)]
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": names}))
+    assert load_cifar_class_names(tmp_path / "tv") == tuple(names)
+    _write_npz(tmp_path, per_class=3)
+    assert load_cifar_class_names(tmp_path) is None  # no classes.json: no names, not an error
+    (tmp_path / "classes.json").write_text('{"classes": ["a", "b"]}')
+    with pytest.raises(ValueError, match="expected 10 class names"):
+        load_cifar_class_names(tmp_path)
+    (tmp_path / "classes.json").write_text("[not json")
+    with pytest.raises(ValueError, match="'classes' list"):
+        load_cifar_class_names(tmp_path)
 
 
 def _toy_images(count: int = 12, size: int = 8) -> ImageArrays:

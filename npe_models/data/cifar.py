@@ -7,7 +7,9 @@ normalisation run on whole batches as tensor operations.
 """
 from __future__ import annotations
 
+import json
 import math
+import pickle
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,7 @@ __all__ = [
     "long_tailed_indices",
     "class_groups",
     "load_cifar",
+    "load_cifar_class_names",
     "load_cifar_lt",
     "load_image_npz",
     "BatchStream",
@@ -83,14 +86,11 @@ class CifarLT(ClassCounts):
     test: ImageArrays
     counts: np.ndarray
     jpeg_twins: Optional[ImageArrays] = None
+    class_names: Optional[tuple[str, ...]] = None
 
     @property
     def title(self) -> str:
         return f"{self.dataset}-LT rho={self.rho:g}"
-
-    @property
-    def class_names(self) -> None:
-        return None
 
     @property
     def eval_sets(self) -> dict[str, ImageArrays]:
@@ -252,6 +252,49 @@ def load_cifar(root: PathLike, dataset: str = "cifar10", train: bool = True, dow
     raise FileNotFoundError(_missing_data_message(root, dataset))
 
 
+def _torchvision_class_names(root: Path, dataset: str) -> Optional[list[str]]:
+    """The class names in torchvision's extracted meta file (where torchvision's own ``classes`` come from)."""
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    meta = (CIFAR10 if dataset == "cifar10" else CIFAR100).meta
+    path = root / _TORCHVISION_FOLDERS[dataset] / meta["filename"]
+    if not path.is_file():
+        return None
+    with path.open("rb") as file:
+        return pickle.load(file, encoding="latin1")[meta["key"]]
+
+
+def _read_classes_json(path: Path) -> list[str]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))["classes"]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"{path} is not a JSON object with a 'classes' list of names; fix or remove it.") from None
+
+
+def load_cifar_class_names(root: PathLike, dataset: str = "cifar10") -> Optional[tuple[str, ...]]:
+    """The class names, from ``classes.json`` (``{"classes": [...]}``) beside the npz files or torchvision's meta file.
+
+    None when neither is there; a list of the wrong length is a clear error.
+    """
+    _check_dataset(dataset)
+    root = Path(root).expanduser()
+    folder = _npz_folder(root, dataset)
+    if folder is not None:
+        path = folder / "classes.json"
+        names = _read_classes_json(path) if path.is_file() else None
+    else:
+        path = root / _TORCHVISION_FOLDERS[dataset]
+        names = _torchvision_class_names(root, dataset)
+    if names is None:
+        return None
+    if len(names) != CIFAR_NUM_CLASSES[dataset] or not all(isinstance(name, str) for name in names):
+        raise ValueError(
+            f"{path}: expected {CIFAR_NUM_CLASSES[dataset]} class names for {dataset}, got {len(names)}; "
+            "fix or remove the file."
+        )
+    return tuple(names)
+
+
 def _load_jpeg_twins(root: Path, dataset: str) -> Optional[ImageArrays]:
     """The JPEG copies of the exact test images, when the npz folder provides them."""
     folder = _npz_folder(root, dataset)
@@ -298,7 +341,8 @@ def load_cifar_lt(
         )
     subset = train.subset(long_tailed_indices(train.labels, rho, num_classes, n_max))
     counts = np.bincount(subset.labels, minlength=num_classes)
-    return CifarLT(dataset, float(rho), subset, test, counts, _load_jpeg_twins(Path(root).expanduser(), dataset))
+    root = Path(root).expanduser()
+    return CifarLT(dataset, float(rho), subset, test, counts, _load_jpeg_twins(root, dataset), load_cifar_class_names(root, dataset))
 
 
 class BatchStream:
