@@ -24,6 +24,7 @@ from torch import nn
 from . import runs
 from .classification.checkpoint import load_trained_model
 from .hub import hub_folder, hub_segmentation_config, hub_task, is_hub_folder, load_from_hub, read_hub_config
+from .models._bundled import forget_pretrained_weights
 from .models.segmentation import create_segmentation_model, parse_segmentation_model_name
 from .npe import set_alpha
 from .segmentation.checkpoint import load_segmentation_model
@@ -198,6 +199,8 @@ def _load_registered(
             model.load_state_dict(_read_state_dict(Path(weights)), strict=True)
         except RuntimeError as error:
             raise ValueError(f"weights {weights} do not fit {name}: {error}") from error
+    if not pretrained and task == CLASSIFICATION:
+        forget_pretrained_weights(model)
     dataset, rho = tag_training_data(name) if pretrained else (None, None)
     names = model.pretrained_cfg.get("label_names") if pretrained else None
     return LoadedModel(model, task, name, dataset=dataset, rho=rho, class_names=list(names) if names else None)

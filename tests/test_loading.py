@@ -117,6 +117,27 @@ def test_pretrained_name_with_and_without_its_tag() -> None:
     assert fresh.model.num_classes == 7 and fresh.dataset is None and fresh.class_names is None
 
 
+def test_only_the_shipped_weights_carry_their_tag(tmp_path: Path) -> None:
+    """A model holding other weights (a file, a run, random init) must not name the default checkpoint in exports."""
+    from npe_models.classification.checkpoint import build_model
+    from npe_models.classification.config import TrainConfig
+    from npe_models.describe import describe_model
+
+    arch, tag = SHIPPED.split(".", 1)
+    shipped = load_model(SHIPPED, pretrained=True).model
+    assert describe_model(shipped).pretrained_tag == tag and shipped.pretrained_cfg["notes"]
+    safetensors.torch.save_file(shipped.state_dict(), str(tmp_path / "mine.safetensors"))
+    others = [
+        load_model(arch, weights=tmp_path / "mine.safetensors").model,
+        load_model(arch).model,
+        build_model(TrainConfig(model=arch, method="npe"), 10),
+    ]
+    for model in others:
+        assert describe_model(model).pretrained_tag is None
+        assert not {"tag", "file", "description", "notes", "label_names"} & set(model.pretrained_cfg)
+        assert model.pretrained_cfg["mean"] == shipped.pretrained_cfg["mean"]  # the preprocessing stays
+
+
 def test_shipped_checkpoint_through_its_generated_hub_folder(tmp_path: Path) -> None:
     folder = save_pretrained_for_hub(SHIPPED, tmp_path / SHIPPED)
     loaded = load_model(f"local-dir:{folder}")

@@ -14,6 +14,7 @@ from timm.models import get_pretrained_cfg
 from torch import nn
 
 from .. import runs
+from ..models._bundled import forget_pretrained_weights
 from ..runs import CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, METRICS_FILE, WEIGHTS_FILE, atomic_write, write_json
 from ..runs import load_training_state as load_checkpoint
 from .config import TrainConfig, num_pems_of
@@ -39,13 +40,16 @@ def save_weights(path: PathLike, model: nn.Module, config: Optional[TrainConfig]
 
 
 def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
-    """The timm model a config names, with ``num_classes`` outputs (and its NPE settings when it has PEMs)."""
+    """The timm model a config names, with ``num_classes`` outputs (and its NPE settings when it has PEMs).
+
+    It will hold a run's weights, so its pretrained cfg no longer names the architecture's default checkpoint.
+    """
     if not timm.is_model(config.model.split(".", 1)[0]):
         raise ValueError(f"unknown model {config.model!r}; run `npe-models list` to see the available models.")
     kwargs: dict[str, Any] = {"num_classes": num_classes, **_backbone_weights(config.backbone_weights)}
     if num_pems_of(config.model):
         kwargs.update(npe_alpha=config.npe_alpha, npe_t=config.npe_t)
-    return timm.create_model(config.model, **kwargs)
+    return forget_pretrained_weights(timm.create_model(config.model, **kwargs))
 
 
 def _backbone_weights(weights: Optional[str]) -> dict[str, Any]:

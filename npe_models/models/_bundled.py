@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 from timm.models import resolve_pretrained_cfg
+from torch import nn
 
 __all__ = [
     "WEIGHTS_DIR",
@@ -29,6 +30,7 @@ __all__ = [
     "bundled_checkpoints",
     "checkpoint_notes",
     "checkpoint_cfg",
+    "forget_pretrained_weights",
     "bundled_pretrained_cfgs",
     "file_sha256",
     "verify_bundled_weights",
@@ -106,6 +108,18 @@ def checkpoint_cfg(name: str, entry: dict[str, Any]) -> dict[str, Any]:
         origin_url=ORIGIN_URL,
         notes=checkpoint_notes(entry),
     )
+
+
+# The pretrained cfg fields that describe one set of weights (not the architecture or its preprocessing).
+_WEIGHTS_CFG_KEYS = ("tag", "url", "file", "hf_hub_id", "label_names", "description", "notes")
+
+
+def forget_pretrained_weights(model: nn.Module) -> nn.Module:
+    """Drop from ``model.pretrained_cfg`` what describes its default pretrained weights (tag, file, labels,
+    description, notes), for a model that holds other weights, so that exports do not claim that checkpoint."""
+    cfg = {key: value for key, value in model.pretrained_cfg.items() if key not in _WEIGHTS_CFG_KEYS}
+    model.pretrained_cfg = model.default_cfg = cfg  # timm keeps default_cfg as an alias
+    return model
 
 
 def bundled_pretrained_cfgs(architecture: str, make_cfg: Callable[..., dict[str, Any]]) -> dict[str, dict[str, Any]]:
