@@ -8,9 +8,10 @@
         (getrusage ru_maxrss) of a fresh subprocess per variant, and seconds per step of both
         variants in one process, interleaved rounds.
     python benchmarks/bench_segmentation.py stare --data-dir ../shared/data [--runs runs] [--base-channels 16]
-                                                  [--baseline-iterations 600]
-        train the UNet-FCN baseline, freeze it, train one linear PEM (600 iterations, lr 1e-2,
-        x0.1 at 200 and 400), evaluate alpha 0 (baseline) and NPE-LA at 1, 0.5, 0.2, 0.1. Resumable.
+                                                  [--baseline-iterations 600] [--pem-types linear fcn]
+        train the UNet-FCN baseline (runs/stare_unet<C>_i<N>_baseline), freeze it, train one PEM of
+        each type on it (600 iterations, lr 1e-2, x0.1 at 200 and 400; --pem-iterations), evaluate alpha 0 (baseline)
+        and NPE-LA at 1, 0.5, 0.2, 0.1, and show where the estimate points. Resumable.
 """
 from __future__ import annotations
 
@@ -185,28 +186,43 @@ def estimate_diagnostic(run: Path, data_dir: str) -> None:
         print(f"| {group} | {eta_sum / count:.3f} | {z_sum / count:.3f} | {int(count):,} |")
 
 
-def bench_stare(args: argparse.Namespace) -> None:
-    runs = Path(args.runs)
-    name = f"stare_unet{args.base_channels}"
-    baseline, npe = runs / f"{name}_baseline", runs / f"{name}_npe1"
+def _stare_pem_steps(args: argparse.Namespace, baseline: Path, pem_type: str) -> tuple[Path, list[list[str]]]:
+    """Train one PEM of ``pem_type`` on the frozen baseline, then evaluate alpha 0 and the NPE-LA strengths."""
     common = ["--data-dir", args.data_dir, "--device", args.device]
-    model = ["--model-arg", f"base_channels={args.base_channels}", "--aux-loss"]
+    npe = baseline.with_name(baseline.name.replace("_baseline", f"_npe1_{pem_type}"))
     steps = [
-        ["train", "--model", "unet_fcn", *model, "--no-freeze-backbone", "--iterations", str(args.baseline_iterations),
-         "--lr-schedule", "poly", "--lr", "0.03", "--out", str(baseline), *_resume(baseline), *common],
-        ["train", "--model", "unet_fcn_npe1", *model, "--freeze-decode-head", "--iterations", "600", "--lr", "0.01",
-         "--milestones", "200", "400", "--init", str(baseline), "--out", str(npe), *_resume(npe), *common],
+        ["train", "--model", "unet_fcn_npe1", "--pem-type", pem_type, "--model-arg", f"base_channels={args.base_channels}",
+         "--aux-loss", "--freeze-decode-head", "--iterations", str(args.pem_iterations), "--lr", "0.01",
+         "--milestones", *(str(round(args.pem_iterations * f)) for f in (1 / 3, 2 / 3)),
+         "--init", str(baseline), "--out", str(npe), *_resume(npe), *common],
         ["evaluate", str(npe), "--mode", "slide", "--crop-size", "128", "--stride", "85",
          "--alpha", *STARE_ALPHAS, "--overlays", "2", *common],
     ]
+    return npe, steps
+
+
+def _run_cli(steps: list[list[str]]) -> None:
     for argv in steps:
         print("$ npe-models " + " ".join(argv), flush=True)
         if npe_models_cli(argv) != 0:
             raise SystemExit(f"step failed: {argv[0]}")
-    report = json.loads((npe / "eval" / "metrics.json").read_text())["results"]
-    _stare_table("STARE validation, 'ah' masks (8 images)", report["ah"])
-    _stare_table("STARE validation, 'vk' masks (10 images)", report["vk"])
-    estimate_diagnostic(npe, args.data_dir)
+
+
+def bench_stare(args: argparse.Namespace) -> None:
+    runs = Path(args.runs)
+    baseline = runs / f"stare_unet{args.base_channels}_i{args.baseline_iterations}_baseline"
+    _run_cli([
+        ["train", "--model", "unet_fcn", "--model-arg", f"base_channels={args.base_channels}", "--aux-loss",
+         "--no-freeze-backbone", "--iterations", str(args.baseline_iterations), "--lr-schedule", "poly", "--lr", "0.03",
+         "--out", str(baseline), *_resume(baseline), "--data-dir", args.data_dir, "--device", args.device],
+    ])
+    for pem_type in args.pem_types:
+        npe, steps = _stare_pem_steps(args, baseline, pem_type)
+        _run_cli(steps)
+        report = json.loads((npe / "eval" / "metrics.json").read_text())["results"]
+        _stare_table(f"STARE validation, 'ah' masks (8 images), {pem_type} PEM", report["ah"])
+        _stare_table(f"STARE validation, 'vk' masks (10 images), {pem_type} PEM", report["vk"])
+        estimate_diagnostic(npe, args.data_dir)
 
 
 def main() -> None:
@@ -232,6 +248,8 @@ def main() -> None:
     stare.add_argument("--device", default="cpu")
     stare.add_argument("--base-channels", type=int, default=16)
     stare.add_argument("--baseline-iterations", type=int, default=600)
+    stare.add_argument("--pem-iterations", type=int, default=600, help="PEM training steps (lr x0.1 at 1/3 and 2/3)")
+    stare.add_argument("--pem-types", nargs="+", choices=("linear", "fcn"), default=["linear", "fcn"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}", flush=True)
