@@ -106,6 +106,21 @@ def test_bad_targets_are_clear_errors(target: torch.Tensor, message: str) -> Non
         logit_adjusted_cross_entropy(torch.randn(2, 4), target, torch.zeros(4))
 
 
+def test_check_targets_false_skips_only_the_value_check(monkeypatch) -> None:
+    """For validated targets the losses skip reading the targets back (a GPU sync); values and shape checks stay."""
+    pem_logits, logits, target = torch.randn(3, 5, 4), torch.randn(5, 4), torch.tensor([0, 3, 1, 1, 2])
+    checked = one_way_logistic_loss(pem_logits, target), logit_adjusted_cross_entropy(logits, target, torch.zeros(4))
+    reads = []
+    monkeypatch.setattr(torch.Tensor, "min", lambda self, *a, **k: reads.append("min") or torch.Tensor.amin(self))
+    unchecked = (
+        one_way_logistic_loss(pem_logits, target, check_targets=False),
+        logit_adjusted_cross_entropy(logits, target, torch.zeros(4), check_targets=False),
+    )
+    assert reads == [] and all(torch.equal(a, b) for a, b in zip(checked, unchecked))
+    with pytest.raises(ValueError, match="expected \\(5,\\)"):
+        one_way_logistic_loss(pem_logits, target[:2], check_targets=False)
+
+
 def test_pem_logits_of_wrong_rank() -> None:
     with pytest.raises(ValueError, match="forward_train"):
         one_way_logistic_loss(torch.randn(2, 4), torch.tensor([0, 1]))

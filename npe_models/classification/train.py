@@ -222,8 +222,8 @@ class _Run(TrainingLoop):
                 values = torch.stack([loss.detach(), *(loss_parts[name].detach() for name in parts)]).float()
                 loss_sums += values * len(labels)
                 predicted = self.method.logits(output).detach().argmax(1)
-                correct += torch.bincount(labels[predicted == labels], minlength=num_classes)
-                seen += torch.bincount(labels, minlength=num_classes)
+                correct.index_add_(0, labels, (predicted == labels).long())  # no bincount / masking: no host sync
+                seen.index_add_(0, labels, torch.ones_like(labels))
             images_seen += len(labels)
             if step % _CHECK_EVERY == 0:
                 self._check_running_loss(epoch, loss_sums, images_seen, bar)
