@@ -25,7 +25,7 @@ from torch import nn
 from npe_models.classification.checkpoint import METRICS_FILE, WEIGHTS_FILE, atomic_write, load_trained_model, read_saved_config
 from npe_models.classification.config import TrainConfig, resolve_config
 from npe_models.classification.evaluate import evaluate_model, summary
-from npe_models.data.cifar import load_cifar_lt
+from npe_models.data.cifar import load_cifar_class_names, load_cifar_lt
 from npe_models.hub import DATASET_NAMES, pretrained_card, save_for_hub
 from npe_models.models import parse_npe_name
 from npe_models.models._bundled import MANIFEST_FILE, WEIGHTS_DIR, checkpoint_cfg, file_sha256
@@ -48,9 +48,11 @@ _METHOD_NAMES = {"ce": "cross-entropy", "la": "logit-adjusted loss", "crt": "cRT
 
 
 def _tag(config: TrainConfig) -> str:
-    """``cifar10_lt_r100_hp2``; baselines other than CE on a plain model add the method (``_la``, ``_crt``)."""
-    suffix = "" if config.method in ("ce", "npe") else f"_{config.method}"
-    return f"{config.dataset}_lt_r{config.rho:g}_{config.recipe}{suffix}"
+    """``cifar10_lt_r100_hp2``; baselines other than CE on a plain model add the method (``_la``, ``_crt``), seeds
+    other than 0 add ``_s<seed>`` (so seed 0 keeps the architecture's default tag)."""
+    method = "" if config.method in ("ce", "npe") else f"_{config.method}"
+    seed = f"_s{config.seed}" if config.seed else ""
+    return f"{config.dataset}_lt_r{config.rho:g}_{config.recipe}{method}{seed}"
 
 
 def checkpoint_names(config: TrainConfig) -> tuple[str, Optional[str]]:
@@ -73,9 +75,15 @@ def _manifest_order(name: str) -> tuple[str, bool, str]:
     return arch, not tag.endswith(_DEFAULT_TAG_SUFFIX), tag
 
 
-def write_manifest(checkpoints: dict[str, dict[str, Any]], path: PathLike = MANIFEST_FILE) -> None:
-    ordered = {name: checkpoints[name] for name in sorted(checkpoints, key=_manifest_order)}
-    text = json.dumps({"checkpoints": ordered}, indent=2) + "\n"
+def write_manifest(
+    checkpoints: dict[str, dict[str, Any]], path: PathLike = MANIFEST_FILE, section: str = "checkpoints"
+) -> None:
+    """Replace one section of the manifest (``checkpoints``: the classifiers, ``segmentation``: dense weights)."""
+    path = Path(path)
+    manifest = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    if section == "checkpoints":
+        checkpoints = {name: checkpoints[name] for name in sorted(checkpoints, key=_manifest_order)}
+    text = json.dumps({**manifest, section: checkpoints}, indent=2) + "\n"
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     Path(path).chmod(0o644)
 
@@ -100,12 +108,6 @@ def _finished_metrics(run_dir: Path) -> dict[str, Any]:
             "finish it with `npe-models train --resume --out RUN_DIR ...` first."
         )
     return json.loads((run_dir / METRICS_FILE).read_text())
-
-
-def _class_names(data_dir: PathLike, dataset: str) -> Optional[list[str]]:
-    """Class names from the data directory's ``classes.json``, if it has one."""
-    path = Path(data_dir) / dataset / "classes.json"
-    return list(json.loads(path.read_text())["classes"]) if path.is_file() else None
 
 
 def _recorded_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -203,7 +205,7 @@ def package_run(
     _check_full_recipe(run_dir, config)
     model, _ = load_trained_model(run_dir)
     data = load_cifar_lt(data_dir or config.data_dir, config.dataset, config.rho)
-    label_names = _class_names(data_dir or config.data_dir, config.dataset)
+    label_names = load_cifar_class_names(data_dir or config.data_dir, config.dataset)
     weights_dir.mkdir(parents=True, exist_ok=True)
     record = _recorded_metrics(metrics)
     unmerged_name, merged_name = checkpoint_names(config)

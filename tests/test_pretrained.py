@@ -23,7 +23,7 @@ from npe_models.hub import load_from_hub, save_pretrained_for_hub
 from npe_models.models import _bundled
 from npe_models.models._bundled import WEIGHTS_DIR, bundled_checkpoints, file_sha256
 from npe_models.npe import NPEHead
-from zoo import package_run, read_manifest, reproduces  # release tooling in export/, on the test path
+from zoo import checkpoint_names, package_run, read_manifest, reproduces  # release tooling in export/, on the test path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = list(bundled_checkpoints())
@@ -64,6 +64,19 @@ def packaged(tmp_path_factory, data_dir: Path, cifar10_lt):
 def test_package_run_names_both_forms(packaged) -> None:
     _, _, names = packaged
     assert names == ["resnet32_npe16.cifar10_lt_r100_hp2", "resnet32.cifar10_lt_r100_hp2_npe16_merged"]
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (dict(method="npe", model="resnet32_npe16", rho=50.0),
+     ("resnet32_npe16.cifar10_lt_r50_hp2", "resnet32.cifar10_lt_r50_hp2_npe16_merged")),
+    (dict(method="npe", model="resnet32_npe16", seed=1),
+     ("resnet32_npe16.cifar10_lt_r100_hp2_s1", "resnet32.cifar10_lt_r100_hp2_s1_npe16_merged")),
+    (dict(method="la", model="resnet32", seed=2), ("resnet32.cifar10_lt_r100_hp2_la_s2", None)),
+])
+def test_checkpoint_names_tell_rho_and_seed_apart(overrides: dict, expected: tuple) -> None:
+    """Seed 0 keeps the default tag; other seeds and imbalance ratios never overwrite it."""
+    method = overrides.pop("method")
+    assert checkpoint_names(resolve_config("hp2", method, **overrides)) == expected
 
 
 def test_package_posthoc_run_names_the_checkpoint_it_adjusts(tmp_path: Path, data_dir: Path, cifar10_lt) -> None:
