@@ -7,8 +7,8 @@ Classifiers are built by ``timm.create_model(name, pretrained=pretrained, **kwar
 timm argument works (``num_classes``, ``npe_alpha``, ``pretrained_cfg`` ...): ``resnet32_npe16`` with
 ``pretrained=True`` is our CIFAR-10-LT checkpoint (``npe-models list --pretrained`` lists them all).
 Segmentation models are built by ``npe_models.create_segmentation_model(name, **kwargs)``;
-``pretrained=True`` there loads the base architecture's default torchvision weights (the PEMs
-stay fresh).
+``pretrained=True`` there loads the base architecture's default weights: torchvision's, with fresh
+PEMs, or for ``unet_fcn_npe1`` the STARE network trained here with its trained ``fcn`` PEM.
 """
 import timm as _timm
 import torchvision as _torchvision
@@ -46,7 +46,7 @@ def _segmentation_entrypoint(name: str):
     return _named(
         entrypoint, name,
         f"{doc}\n\nSame as ``npe_models.create_segmentation_model({name!r}, **kwargs)``; ``pretrained=True`` adds "
-        "``weights='DEFAULT'`` (the base model's default torchvision weights, fresh PEMs).",
+        "``weights='DEFAULT'`` (the base model's default weights: torchvision's with fresh PEMs; UNet-FCN: ours).",
     )
 
 

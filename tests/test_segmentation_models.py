@@ -200,7 +200,7 @@ def test_create_segmentation_model_names_and_errors() -> None:
         seg.add_segmentation_npe(model)
     with pytest.raises(TypeError, match="torchvision segmentation model"):
         seg.add_segmentation_npe(nn.Conv2d(3, 3, 1))
-    with pytest.raises(ValueError, match="no pretrained"):
+    with pytest.raises(ValueError, match="no separate backbone weights"):
         npe_models.create_segmentation_model("unet_fcn", weights_backbone="IMAGENET1K_V1")
 
 

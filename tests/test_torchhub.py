@@ -72,8 +72,10 @@ def test_pretrained_segmentation_asks_for_the_base_torchvision_weights(monkeypat
     with pytest.raises(ConnectionError):
         torch.hub.load(str(REPO_ROOT), "lraspp_mobilenet_v3_large_npe1", source="local", pretrained=True)
     assert len(requested) == 1 and "lraspp_mobilenet_v3_large" in requested[0]
-    with pytest.raises(ValueError, match="no pretrained torchvision weights"):
-        torch.hub.load(str(REPO_ROOT), "unet_fcn_npe1", source="local", pretrained=True)
+    stare = torch.hub.load(str(REPO_ROOT), "unet_fcn_npe1", source="local", pretrained=True)  # bundled: no download
+    assert stare.pem_type == "fcn" and len(requested) == 1
+    with pytest.raises(ValueError, match="weights='STARE'.*fresh PEMs"):
+        torch.hub.load(str(REPO_ROOT), "unet_fcn_npe16", source="local", pretrained=True)
 
 
 def test_unknown_entrypoint_fails_clearly() -> None:

@@ -28,12 +28,14 @@ __all__ = [
     "ORIGIN_URL",
     "hub_repo_id",
     "bundled_checkpoints",
+    "bundled_weights_meta",
     "checkpoint_notes",
     "checkpoint_cfg",
     "forget_pretrained_weights",
     "bundled_pretrained_cfgs",
     "file_sha256",
     "verify_bundled_weights",
+    "check_weights_file",
     "verify_pretrained_file",
 ]
 
@@ -67,6 +69,14 @@ def bundled_checkpoints() -> dict[str, dict[str, Any]]:
     if not MANIFEST_FILE.exists():
         return {}
     return json.loads(MANIFEST_FILE.read_text(encoding="utf-8"))["checkpoints"]
+
+
+def bundled_weights_meta(name: str) -> dict[str, Any]:
+    """The manifest entry of bundled segmentation weights ``name`` (torchvision-style ``Weights.meta``)."""
+    entries = json.loads(MANIFEST_FILE.read_text(encoding="utf-8")).get("segmentation", {})
+    if name not in entries:
+        raise RuntimeError(f"{MANIFEST_FILE} has no segmentation weights '{name}'. {_RESTORE}")
+    return entries[name]
 
 
 def hub_repo_id(name: str) -> str:
@@ -160,15 +170,20 @@ def verify_bundled_weights(path: Union[str, os.PathLike]) -> None:
     if found is None:
         return
     name, entry = found
+    check_weights_file(path, entry["sha256"], name)
+
+
+def check_weights_file(path: Union[str, os.PathLike], sha256: str, name: str) -> None:
+    """Raise a clear error when the bundled weights file of ``name`` is missing or its sha256 is not ``sha256``."""
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"the weights of '{name}' are missing: {path} does not exist. {_RESTORE}"
         )
     actual = file_sha256(path)
-    if actual != entry["sha256"]:
+    if actual != sha256:
         raise RuntimeError(
-            f"the weights file of '{name}' is corrupted: {path} has sha256 {actual}, expected {entry['sha256']}. "
-            f"{_RESTORE}"
+            f"the weights file of '{name}' is corrupted: {path} has sha256 {actual}, expected {sha256}. {_RESTORE}"
         )
 
 

@@ -19,6 +19,8 @@ any PEM type, and the plain base models (the baselines). PEM types:
 
 Like torchvision's builders, nothing is downloaded unless asked: ``weights`` (the base
 model's torchvision weights; PEMs stay fresh) and ``weights_backbone`` both default to None.
+``UNet_FCN_Weights`` are weights trained by npe-models and bundled with the package (STARE):
+``torchvision.models.get_model("unet_fcn_npe1", weights="DEFAULT")`` loads them offline.
 """
 from __future__ import annotations
 
@@ -27,16 +29,20 @@ import functools
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, Union
 
+import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.models import Weights, WeightsEnum
 from torchvision.models import segmentation as tv_segmentation
+from torchvision.transforms._presets import SemanticSegmentation  # torchvision's own weights' preset
 from torchvision.models.segmentation.fcn import FCN
 from torchvision.models.segmentation.lraspp import LRASPP
 
 from ..npe import PEM_INIT_STD, AlphaOwnerMixin, NPEHead, PEMNetworks, estimate_sign, npe_heads, validate_npe_args
+from ._bundled import WEIGHTS_DIR, bundled_weights_meta, check_weights_file
 from ._registry import npe_model_name, parse_npe_name, register_variants
 
 __all__ = [
@@ -48,6 +54,7 @@ __all__ = [
     "NPESegmentationOutput",
     "PEMNotMergedWarning",
     "UNetBackbone",
+    "UNet_FCN_Weights",
     "add_segmentation_npe",
     "create_segmentation_model",
     "is_segmentation_model",
@@ -408,39 +415,91 @@ def _unet_fcn_head(in_channels: int, channels: int, num_classes: int) -> nn.Sequ
     )
 
 
+def _bundled_weights(name: str) -> Weights:
+    """A ``Weights`` entry for the bundled file ``name`` of ``manifest.json``'s segmentation section."""
+    meta = bundled_weights_meta(name)
+    return Weights(
+        url=(WEIGHTS_DIR / meta["file"]).as_uri(),
+        transforms=functools.partial(SemanticSegmentation, resize_size=None, mean=meta["mean"], std=meta["std"]),
+        meta={**meta, "name": name},
+    )
+
+
+class UNet_FCN_Weights(WeightsEnum):
+    """UNet-FCN weights trained by npe-models on STARE (``benchmarks/bench_segmentation.py stare``), bundled.
+
+    ``STARE_NPE1_FCN`` (the default) is the baseline with one trained ``fcn`` PEM, trained on the
+    frozen baseline; ``STARE`` is the baseline alone. Both come from one file: the baseline is the
+    NPE form's network without its PEM. ``meta`` holds the recipe, the iterations and the
+    validation metrics; ``unet_fcn(weights=)`` loads the network, ``unet_fcn_npe1(weights=)``
+    the baseline with a fresh PEM (``STARE``) or with its trained PEM (``STARE_NPE1_FCN``).
+    """
+
+    STARE = _bundled_weights("unet_fcn.stare")
+    STARE_NPE1_FCN = _bundled_weights("unet_fcn_npe1.stare_fcn")
+    DEFAULT = STARE_NPE1_FCN
+
+    def get_state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
+        """The bundled file's weights, its sha256 checked first (nothing is downloaded)."""
+        path = WEIGHTS_DIR / self.meta["file"]
+        check_weights_file(path, self.meta["sha256"], self.meta["name"])
+        return safetensors.torch.load_file(str(path))
+
+
+def _settings_of(weights: Weights, given: dict[str, Any]) -> dict[str, Any]:
+    """The builder arguments ``weights`` were trained with; a different value among ``given`` is an error."""
+    fixed = {"num_classes": len(weights.meta["categories"]), **weights.meta["model_kwargs"]}
+    for key, value in fixed.items():
+        if given.get(key) is not None and given[key] != value:
+            raise ValueError(f"{weights.meta['name']} was trained with {key}={value!r}; got {key}={given[key]!r}.")
+    return {**given, **fixed}
+
+
+def _network_state(weights: Weights, model: nn.Module) -> dict[str, Tensor]:
+    """The entries of ``weights``' state dict that ``model`` has: the network without the PEMs of an NPE form."""
+    state = weights.get_state_dict()
+    return {key: state[key] for key in model.state_dict()}
+
+
 def unet_fcn(
     *,
-    weights: None = None,
+    weights: Optional[Union[UNet_FCN_Weights, str]] = None,
     progress: bool = True,
     num_classes: Optional[int] = None,
     aux_loss: Optional[bool] = None,
     weights_backbone: None = None,
-    base_channels: int = 64,
-    num_stages: int = 5,
+    base_channels: Optional[int] = None,
+    num_stages: Optional[int] = None,
     **kwargs: Any,
 ) -> FCN:
     """UNet (UNet-S5-D16 layout) with an FCN head, as torchvision's ``FCN``; 2 classes by default (STARE).
 
-    There are no published weights: ``weights`` / ``weights_backbone`` must be None (load a
-    checkpoint instead). ``aux_loss=True`` adds an FCN head on the half-resolution decoder stage.
+    ``weights`` (``UNet_FCN_Weights`` or a member's name) loads a STARE network trained here and
+    fixes the class count, width and aux head to its own; by default 64 base channels, 5 stages.
+    ``aux_loss=True`` adds an FCN head on the half-resolution decoder stage.
     """
-    if weights is not None or weights_backbone is not None:
-        raise ValueError("unet_fcn has no pretrained torchvision weights; leave weights/weights_backbone None "
-                         "and load a trained checkpoint with load_state_dict.")
+    weights = UNet_FCN_Weights.verify(weights)
+    if weights_backbone is not None:
+        raise ValueError("unet_fcn has no separate backbone weights; leave weights_backbone None (weights= loads all).")
     if kwargs:
         raise TypeError(f"unet_fcn got unexpected arguments {sorted(kwargs)}.")
-    num_classes = 2 if num_classes is None else num_classes
-    backbone = UNetBackbone(3, base_channels, num_stages)
-    width = backbone.out_channels
+    settings = dict(num_classes=num_classes, aux_loss=aux_loss, base_channels=base_channels, num_stages=num_stages)
+    if weights is not None:
+        settings = _settings_of(weights, settings)
+    backbone = UNetBackbone(3, settings["base_channels"] or 64, settings["num_stages"] or 5)
+    width, num_classes = backbone.out_channels, settings["num_classes"] or 2
     classifier = _unet_fcn_head(width, width, num_classes)
-    aux_classifier = _unet_fcn_head(2 * width, width, num_classes) if aux_loss else None
-    return FCN(backbone, classifier, aux_classifier)
+    aux_classifier = _unet_fcn_head(2 * width, width, num_classes) if settings["aux_loss"] else None
+    model = FCN(backbone, classifier, aux_classifier)
+    if weights is not None:
+        model.load_state_dict(_network_state(weights, model))
+    return model
 
 
 @dataclass(frozen=True)
 class _Architecture:
     builder: Callable[..., nn.Module]
-    weights_enum: Optional[type]
+    weights_enum: type[WeightsEnum]
 
 
 SEGMENTATION_ARCHITECTURES: dict[str, _Architecture] = {
@@ -454,7 +513,7 @@ SEGMENTATION_ARCHITECTURES: dict[str, _Architecture] = {
     "lraspp_mobilenet_v3_large": _Architecture(
         tv_segmentation.lraspp_mobilenet_v3_large, tv_segmentation.LRASPP_MobileNet_V3_Large_Weights
     ),
-    "unet_fcn": _Architecture(unet_fcn, None),
+    "unet_fcn": _Architecture(unet_fcn, UNet_FCN_Weights),
 }
 
 
@@ -485,12 +544,47 @@ def is_segmentation_model(name: str) -> bool:
     return True
 
 
+def _trained_pems(weights: Any) -> int:
+    """How many trained PEMs a weights entry carries (0: torchvision's and our baselines)."""
+    return getattr(weights, "meta", {}).get("num_pems", 0)
+
+
+def _npe_form(
+    arch: str, weights: Weights, num_pems: int, pem_type: Optional[str], alpha: float, t: int, **kwargs: Any
+) -> nn.Module:
+    """``arch`` with the trained PEMs of ``weights`` (which fix their count and type) and its network."""
+    meta = weights.meta
+    if num_pems != meta["num_pems"] or pem_type not in (None, meta["pem_type"]):
+        baselines = [member.name for member in type(weights) if not _trained_pems(member)]
+        raise ValueError(
+            f"{meta['name']} holds {meta['num_pems']} trained '{meta['pem_type']}' PEM(s); build it as "
+            f"{npe_model_name(arch, meta['num_pems'])} with pem_type={meta['pem_type']!r} (or leave pem_type unset), "
+            f"or take weights={baselines[0]!r} (the network alone) for fresh PEMs."
+        )
+    model = add_segmentation_npe(_build_base(arch, **_settings_of(weights, kwargs)), num_pems,
+                                 pem_type=meta["pem_type"], alpha=alpha, t=t)
+    model.load_state_dict(weights.get_state_dict())
+    return model
+
+
+def _verified_weights(arch: str, weights: Any) -> Optional[Weights]:
+    """``weights`` as a member of ``arch``'s weights enum (given as a member or its name); a clear error otherwise."""
+    enum = SEGMENTATION_ARCHITECTURES[arch].weights_enum
+    try:
+        return enum.verify(weights)
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"{weights!r} is not a weights entry of {arch}; choose one of {[member.name for member in enum]} "
+            f"(torchvision.models.get_model_weights('{npe_model_name(arch, 1)}')) or None."
+        ) from None
+
+
 def create_segmentation_model(
     name: str,
     *,
     num_classes: Optional[int] = None,
     num_pems: Optional[int] = None,
-    pem_type: str = "linear",
+    pem_type: Optional[str] = None,
     alpha: float = DEFAULT_SEGMENTATION_ALPHA,
     t: int = 1,
     weights: Any = None,
@@ -501,22 +595,24 @@ def create_segmentation_model(
 ) -> nn.Module:
     """Build a segmentation model by name: ``<arch>_npe<K>``, or ``<arch>`` with ``num_pems`` (plain when None / 0).
 
-    ``weights`` / ``weights_backbone`` take the base architecture's torchvision weights (an
-    enum member or its name, e.g. ``"IMAGENET1K_V1"``); both default to None, so nothing is
-    downloaded unless asked. Extra keyword arguments go to the base builder
-    (``unet_fcn``: ``base_channels``, ``num_stages``).
+    ``weights`` / ``weights_backbone`` take the base architecture's weights (an enum member or its
+    name, e.g. ``"IMAGENET1K_V1"``); the PEMs stay fresh (``pem_type``, default ``linear``) unless
+    the weights hold trained PEMs (``UNet_FCN_Weights.STARE_NPE1_FCN``), which are loaded. Both
+    default to None, so nothing is downloaded unless asked. Extra keyword arguments go to the
+    base builder (``unet_fcn``: ``base_channels``, ``num_stages``).
     """
     arch, named_pems = parse_segmentation_model_name(name)
     if named_pems is not None and num_pems is not None and num_pems != named_pems:
         raise ValueError(f"{name!r} has {named_pems} PEMs by name but num_pems={num_pems}; pass one or the other.")
     num_pems = named_pems if named_pems is not None else num_pems
-    model = _build_base(
-        arch, weights=weights, weights_backbone=weights_backbone, num_classes=num_classes, aux_loss=aux_loss,
-        progress=progress, **kwargs,
-    )
+    weights = _verified_weights(arch, weights)
+    settings = dict(weights_backbone=weights_backbone, num_classes=num_classes, aux_loss=aux_loss, progress=progress)
+    if num_pems and _trained_pems(weights):
+        return _npe_form(arch, weights, num_pems, pem_type, alpha, t, **settings, **kwargs)
+    model = _build_base(arch, weights=weights, **settings, **kwargs)
     if not num_pems:
         return model
-    return add_segmentation_npe(model, num_pems, pem_type=pem_type, alpha=alpha, t=t)
+    return add_segmentation_npe(model, num_pems, pem_type=pem_type or "linear", alpha=alpha, t=t)
 
 
 def list_segmentation_models() -> list[str]:
@@ -528,14 +624,14 @@ def _builder_doc(name: str) -> str:
     arch, num_pems = parse_npe_name(name)
     return (
         f"torchvision-style builder for ``{arch}`` with {num_pems} PEM(s) (``pem_type`` linear/fcn/replica); "
-        "``weights`` loads the base model's torchvision weights and keeps fresh PEMs; nothing downloads by default."
+        "``weights`` loads the base model's weights and keeps fresh PEMs (or trained ones, where the weights hold "
+        "them); nothing downloads by default."
     )
 
 
 def _builder_annotations(name: str) -> dict[str, Any]:
     """The base architecture's weights enum on ``weights``: ``torchvision.models.get_model_weights(name)`` reads it."""
-    weights_enum = SEGMENTATION_ARCHITECTURES[parse_npe_name(name)[0]].weights_enum
-    return {} if weights_enum is None else {"weights": Optional[weights_enum]}
+    return {"weights": Optional[SEGMENTATION_ARCHITECTURES[parse_npe_name(name)[0]].weights_enum]}
 
 
 # the name says everything create_segmentation_model needs, so no variant has build arguments of its own
