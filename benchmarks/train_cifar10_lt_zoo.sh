@@ -37,6 +37,7 @@ method_runs 100 hp1 0 ""
 # Issue 15, in its order.
 # 1. LA HP-1 again, on one device from start to end (the shipped run switched GPU -> CPU at epoch 39).
 run resnet32_la_r100_hp1_onedevice 0 --model resnet32 --method la --recipe hp1 --rho 100
+run resnet32_la_r100_hp1_onedevice_s1 1 --model resnet32 --method la --recipe hp1 --rho 100  # and seed 1
 # 2. rho = 50 and 200 under HP-2, with cRT and post-hoc LA from each CE run.
 for rho in 50 200; do
   method_runs "$rho" hp2 0 ""
