@@ -264,6 +264,9 @@ def test_cli_lists_every_shipped_checkpoint(capsys) -> None:
     for name in SHIPPED:
         assert name in trained and bundled_checkpoints()[name]["cfg"]["description"] in trained
     assert "resnet50_npe16.a1_in1k" in out.split("Base architectures")[1]
+    segmentation = out.split("Segmentation weights trained by npe-models")[1]
+    assert "unet_fcn weights=STARE " in segmentation and "unet_fcn_npe1 weights=STARE_NPE1_FCN" in segmentation
+    assert "mDice 90.25 on the 'ah' validation masks" in segmentation  # from the weights' recorded metrics
 
 
 @pytest.mark.parametrize("name", SHIPPED[:1])

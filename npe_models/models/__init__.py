@@ -3,6 +3,8 @@
 ``_registry`` holds what the families share: the ``<arch>_npe<K>`` name parser and
 ``register_variants``; ``timm_npe`` the one NPE mechanism for classifiers (``add_npe``).
 """
+import fnmatch
+
 import timm
 
 from ._registry import npe_model_name, parse_npe_name, register_variants
@@ -10,7 +12,7 @@ from .cifar_resnet import CifarResNet
 from .timm_npe import add_npe
 from . import segmentation  # noqa: F401  (importing registers the segmentation models with torchvision)
 from ._bundled import bundled_checkpoints
-from .segmentation import is_segmentation_model
+from .segmentation import bundled_segmentation_weights, is_segmentation_model
 
 __all__ = [
     "CifarResNet",
@@ -55,4 +57,7 @@ def list_registered(pattern: str = "", pretrained: bool = False) -> dict[str, li
             [(name, _summary(name)) for name in trained],
         "Base architectures' own weights with fresh PEMs (to fine-tune):":
             [(name, _summary(name)) for name in ours if name not in trained],
+        "Segmentation weights trained by npe-models (bundled; npe_models.create_segmentation_model(name, weights=...), "
+        "_npe names also torchvision.models.get_model):":
+            [row for row in bundled_segmentation_weights() if fnmatch.fnmatch(row[0].split()[0], pattern or "*")],
     }

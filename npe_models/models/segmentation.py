@@ -55,6 +55,7 @@ __all__ = [
     "PEMNotMergedWarning",
     "UNetBackbone",
     "UNet_FCN_Weights",
+    "bundled_segmentation_weights",
     "add_segmentation_npe",
     "create_segmentation_model",
     "is_segmentation_model",
@@ -444,6 +445,24 @@ class UNet_FCN_Weights(WeightsEnum):
         path = WEIGHTS_DIR / self.meta["file"]
         check_weights_file(path, self.meta["sha256"], self.meta["name"])
         return safetensors.torch.load_file(str(path))
+
+
+def bundled_segmentation_weights() -> list[tuple[str, str]]:
+    """``(builder weights=ENTRY, what it is and scores)`` for each bundled segmentation weights entry."""
+    rows = []
+    for weights in UNet_FCN_Weights:
+        meta, scores = weights.meta, weights.meta["_metrics"]["STARE-val-ah"]
+        builder = npe_model_name("unet_fcn", 1) if meta["num_pems"] else "unet_fcn"
+        adjusted = [alpha for alpha in scores if alpha != "0"]
+        best = max(adjusted, key=lambda alpha: scores[alpha]["mean_dice"], default=None)
+        iterations = meta["iterations"]["baseline"] if meta["num_pems"] else meta["iterations"]
+        summary = (f"STARE UNet-FCN, {iterations} iterations: mDice {100 * scores['0']['mean_dice']:.2f} "
+                   "on the 'ah' validation masks")
+        if best is not None:
+            summary += (f"; with its trained {meta['pem_type']} PEM, {100 * scores[best]['mean_dice']:.2f} "
+                        f"at NPE-LA alpha {best}")
+        rows.append((f"{builder} weights={weights.name}", summary))
+    return rows
 
 
 def _settings_of(weights: Weights, given: dict[str, Any]) -> dict[str, Any]:
