@@ -64,16 +64,19 @@ _RESTORE = (
 
 
 @functools.cache
+def _manifest() -> dict[str, Any]:
+    """``manifest.json``, read once: ``checkpoints`` (the classifiers) and ``segmentation`` (dense weights)."""
+    return json.loads(MANIFEST_FILE.read_text(encoding="utf-8")) if MANIFEST_FILE.exists() else {}
+
+
 def bundled_checkpoints() -> dict[str, dict[str, Any]]:
     """``{'<arch>.<tag>': entry}`` for every bundled checkpoint, in manifest order (the default tag first)."""
-    if not MANIFEST_FILE.exists():
-        return {}
-    return json.loads(MANIFEST_FILE.read_text(encoding="utf-8"))["checkpoints"]
+    return _manifest().get("checkpoints", {})
 
 
 def bundled_weights_meta(name: str) -> dict[str, Any]:
     """The manifest entry of bundled segmentation weights ``name`` (torchvision-style ``Weights.meta``)."""
-    entries = json.loads(MANIFEST_FILE.read_text(encoding="utf-8")).get("segmentation", {})
+    entries = _manifest().get("segmentation", {})
     if name not in entries:
         raise RuntimeError(f"{MANIFEST_FILE} has no segmentation weights '{name}'. {_RESTORE}")
     return entries[name]
