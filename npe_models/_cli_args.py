@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
+from .classification.config import COMPILE_MODES
 from .data import CLASSIFICATION_DATASETS, default_data_dir
 from .runs import LOG_FILE
 
@@ -119,6 +120,9 @@ def add_train_arguments(train: argparse.ArgumentParser) -> None:
                      "folder: a long-tailed subset of train/ when given, else train/ as it is)")
     cls.add_argument("--max-per-class", type=int, help="images in the largest class (default: all)")
     cls.add_argument("--tau", type=float, help="logit-adjustment strength of la and posthoc_la (default: 1)")
+    cls.add_argument("--compile", nargs="?", const="default", choices=COMPILE_MODES,
+                     help="torch.compile the training step (default: off; bare --compile: mode default); "
+                     "reduce-overhead adds CUDA graphs and needs a GPU")
     cls.add_argument("--eval-every", type=int, help="test every N epochs, 0 for the last only (default: 10)")
     cls.add_argument("--tensorboard", action="store_true", default=None, help="also log each epoch's losses, lr and "
                      "accuracies to RUN/tensorboard (needs: pip install npe-models[tensorboard])")

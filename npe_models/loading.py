@@ -48,7 +48,8 @@ PathLike = Union[str, os.PathLike]
 _HUB_PREFIXES = ("hf-hub:", "local-dir:")
 _TAG_DATA = re.compile(r"(?:^|\.)(cifar10|cifar100)_lt_r(\d+(?:\.\d+)?)")
 # Training settings that describe the machine or the bookkeeping, not the recipe: left out of model cards.
-_NOT_RECIPE = ("data_dir", "download", "device", "channels_last", "eval_every", "eval_batch_size", "init", "deterministic")
+_NOT_RECIPE = ("data_dir", "download", "device", "channels_last", "compile", "eval_every", "eval_batch_size", "init",
+               "deterministic")
 _UNKNOWN_SOURCE = (
     "unknown model {source!r}: neither a run directory, a checkpoint or weights file, a Hub folder (DIR, local-dir:DIR "
     "or hf-hub:ORG/NAME) nor a registered name; check the path, or see `npe-models list` for the names."

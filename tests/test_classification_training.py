@@ -27,7 +27,9 @@ from npe_models.classification import (
     resolve_train_config,
     train,
 )
+from npe_models.classification.train import _Run
 from npe_models.data import BatchStream, load_cifar_lt
+from npe_models.distributed import DistributedContext
 from npe_models.runs import write_run_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -111,6 +113,7 @@ def test_resolve_train_config_for_fresh_and_resumed_runs(tmp_path, monkeypatch):
         ("ce", {"model": "resnet32_npe16"}, "has PEMs"),
         ("crt", {"model": "resnet32"}, "--init"),
         ("ce", {"lr": -1.0}, r"lr \(--lr\) must be a finite number > 0"),
+        ("ce", {"compile": "fast"}, r"compile \(--compile\) must be one of default, reduce-overhead"),
     ],
 )
 def test_invalid_settings_are_rejected(method, overrides, message):
@@ -190,6 +193,41 @@ def test_deterministic_runs_match_and_resume_reproduces_them(tiny_data, tmp_path
     with pytest.raises(ValueError, match="lr"):
         os.remove(tmp_path / "c" / "metrics.json")
         train(_config(tiny_data, model="resnet20_npe4", method="npe", lr=0.1), tmp_path / "c", resume=True)
+
+
+def test_compile_needs_what_its_mode_needs_before_any_work(tiny_data, tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="reduce-overhead captures CUDA graphs and needs a CUDA device"):
+        train(_config(tiny_data, compile="reduce-overhead"), tmp_path / "graphs")
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    with pytest.raises(ValueError, match="needs a C\\+\\+ compiler"):
+        train(_config(tiny_data, compile="default"), tmp_path / "cpu")
+    assert not (tmp_path / "graphs").exists() and not (tmp_path / "cpu").exists()
+
+
+@pytest.mark.slow
+def test_compiled_training_step_matches_eager(tiny_data, tmp_path):
+    """The engine's compiled step (inductor's CPU code) computes eager's loss and gradients, equal to float64
+    rounding; in float32 a compiled run then differs from eager by rounding only, which training amplifies."""
+    config = _config(tiny_data, model="resnet20_npe4", method="npe", epochs=1)
+    context = DistributedContext(0, 1, 0, torch.device("cpu"))
+    configs = (config, dataclasses.replace(config, compile="default"))
+    runs = [_Run(c, tmp_path / "unused", context, progress=None) for c in configs]
+    assert isinstance(runs[1].forward, torch._dynamo.eval_frame.OptimizedModule)
+    images, labels = next(iter(runs[0].stream))
+    steps = []
+    for run in runs:
+        run.model.double().train()
+        loss, _ = run.method.loss(run.forward(images.double()), labels)
+        loss.backward()
+        steps.append([loss.detach(), *(parameter.grad for parameter in run.model.parameters())])
+    for eager, compiled in zip(*steps):
+        torch.testing.assert_close(compiled, eager, rtol=1e-9, atol=1e-12)
+
+    train(config, tmp_path / "eager")
+    train(dataclasses.replace(config, compile="default"), tmp_path / "compiled")
+    assert _weights(tmp_path / "compiled").keys() == _weights(tmp_path / "eager").keys()
+    losses = [json.loads((tmp_path / run / "log.jsonl").read_text())["loss"] for run in ("eager", "compiled")]
+    assert losses[1] == pytest.approx(losses[0], rel=2e-3)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path):

@@ -45,7 +45,10 @@ RECIPES: dict[str, dict[str, Any]] = {**CIFAR_RECIPES, **LARGE_RECIPES}
 CRT_OVERRIDES: dict[str, Any] = dict(epochs=10, schedule="cosine", milestones=())
 
 # Settings that may change between sittings of one run (paths, hardware) without changing its result.
-RUNTIME_FIELDS = ("data_dir", "split_dir", "download", "workers", "device", "amp", "channels_last", "eval_batch_size")
+RUNTIME_FIELDS = ("data_dir", "split_dir", "download", "workers", "device", "amp", "channels_last", "compile",
+                  "eval_batch_size")
+# torch.compile modes of the training step (--compile); reduce-overhead adds CUDA graphs, so it needs a GPU.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 # Range of each numeric setting (checked before any data is loaded; see _validation.check_number).
@@ -102,6 +105,7 @@ class TrainConfig(SerializableConfig):
     device: str = "auto"
     amp: bool = False
     channels_last: bool = True
+    compile: Optional[str] = None
     eval_every: int = 10
     eval_batch_size: int = 500
 
@@ -141,6 +145,8 @@ class TrainConfig(SerializableConfig):
             raise ValueError(f"epochs (--epochs) must be >= 1 for method {self.method!r}; got 0.")
         if self.schedule not in ("step", "cosine"):
             raise ValueError(f"schedule must be 'step' or 'cosine', got {self.schedule!r}.")
+        if self.compile is not None and self.compile not in COMPILE_MODES:
+            raise ValueError(f"compile (--compile) must be one of {', '.join(COMPILE_MODES)}; got {self.compile!r}.")
         if self.npe_t not in (0, 1):
             raise ValueError(f"npe_t (--npe-t), the PEM sign convention, must be 0 or 1; got {self.npe_t!r}.")
         if self.batch_size % self.accum_steps:

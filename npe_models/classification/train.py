@@ -9,6 +9,7 @@ import functools
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -107,6 +108,17 @@ def _make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> to
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.milestones), gamma=config.gamma)
 
 
+def _check_compile_mode(mode: Optional[str], device: torch.device) -> None:
+    """Fail before any data loads, with the fix, where ``torch.compile(mode=mode)`` cannot work on ``device``
+    (inductor would fail only at the first step, deep inside): CUDA graphs need a GPU, CPU code a C++ compiler."""
+    if mode == "reduce-overhead" and device.type != "cuda":
+        raise ValueError(f"--compile reduce-overhead captures CUDA graphs and needs a CUDA device; on {device.type} "
+                         "use --compile default.")
+    if mode is not None and device.type == "cpu" and shutil.which(os.environ.get("CXX", "g++")) is None:
+        raise ValueError("--compile on the CPU needs a C++ compiler (g++, or the one $CXX names); install one or "
+                         "train without --compile.")
+
+
 class _Run(TrainingLoop):
     """One training run in one process: its data, model, optimiser, schedule and run directory."""
 
@@ -126,6 +138,7 @@ class _Run(TrainingLoop):
         self.run_bar: Any = None  # the run-level bar, from begin()
         self.writer: Any = None  # the TensorBoard SummaryWriter, from begin()
         self.final_metrics: Optional[dict[str, Any]] = None  # the last epoch's evaluation
+        _check_compile_mode(config.compile, self.device)
         if config.batch_size % (context.world_size * config.accum_steps):
             raise ValueError(
                 f"batch_size {config.batch_size} (the global batch) must be divisible by the {context.world_size} "
@@ -149,8 +162,10 @@ class _Run(TrainingLoop):
             parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
         )
         self.scheduler = _make_scheduler(self.optimizer, config)
-        forward = _TrainingForward(self.model, self.method)
-        self.forward = DistributedDataParallel(forward) if context.enabled else forward
+        forward: nn.Module = _TrainingForward(self.model, self.method)
+        self.ddp = DistributedDataParallel(forward) if context.enabled else None
+        forward = self.ddp or forward
+        self.forward = torch.compile(forward, mode=config.compile) if config.compile else forward
         self.stream = self.data.training_batches(
             self.model, config.batch_size // (context.world_size * config.accum_steps), device=self.device,
             sampling=self.method.sampling, seed=config.seed, rank=context.rank, world_size=context.world_size,
@@ -165,9 +180,9 @@ class _Run(TrainingLoop):
 
     def _gradient_sync(self, steps_now: bool) -> contextlib.AbstractContextManager:
         """DDP's all-reduce only on the micro-batch that ends an accumulation group."""
-        if steps_now or not isinstance(self.forward, DistributedDataParallel):
+        if steps_now or self.ddp is None:
             return contextlib.nullcontext()
-        return self.forward.no_sync()
+        return self.ddp.no_sync()
 
     def begin(self, start: int) -> None:
         """The run-level bar (epochs, starting at the resumed one) and the TensorBoard writer, on the main process."""
