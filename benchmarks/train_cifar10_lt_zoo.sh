@@ -37,7 +37,6 @@ method_runs 100 hp1 0 ""
 # Issue 15, in its order.
 # 1. LA HP-1 again, on one device from start to end (the shipped run switched GPU -> CPU at epoch 39).
 run resnet32_la_r100_hp1_onedevice 0 --model resnet32 --method la --recipe hp1 --rho 100
-run resnet32_la_r100_hp1_onedevice_s1 1 --model resnet32 --method la --recipe hp1 --rho 100  # and seed 1
 # 2. rho = 50 and 200 under HP-2, with cRT and post-hoc LA from each CE run.
 for rho in 50 200; do
   method_runs "$rho" hp2 0 ""
@@ -53,4 +52,6 @@ for k in 4 8; do
 done
 # 5. rho = 50 and 200 under HP-1.
 for rho in 50 200; do method_runs "$rho" hp1 0 ""; done
+# 1b. LA HP-1 seed 1 "if time allows": last, so that it does not hold back the new rows above.
+run resnet32_la_r100_hp1_onedevice_s1 1 --model resnet32 --method la --recipe hp1 --rho 100  # and seed 1
 echo "=== $(date -u +%FT%TZ) all runs finished"
