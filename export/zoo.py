@@ -2,7 +2,8 @@
 
 ``package_run(run_dir)`` takes a run that ``npe-models train`` finished, writes its weights into
 ``npe_models/weights/`` as ``<arch>.<tag>.safetensors`` (plus the merged form of NPE models, a
-plain ``<base>`` checkpoint), records their sha256 and the run's measured accuracy in the
+plain ``<base>`` checkpoint; runs other than the rho = 100 HP-2 seed-0 defaults into
+``weights/extra/``, which the wheel leaves out to stay small), records their sha256 and the run's measured accuracy in the
 manifest timm's pretrained cfgs are built from, and writes a ready-to-upload Hub folder with a
 model card per checkpoint (``npe_models.hub.pretrained_card``, so a folder regenerated later
 with ``save_pretrained_for_hub`` is the same) into a git-ignored folder. The exported weights are
@@ -28,9 +29,9 @@ from npe_models.classification.evaluate import evaluate_model, summary
 from npe_models.data.cifar import load_cifar_class_names, load_cifar_lt
 from npe_models.hub import DATASET_NAMES, pretrained_card, save_for_hub
 from npe_models.models import parse_npe_name
-from npe_models.models._bundled import MANIFEST_FILE, WEIGHTS_DIR, checkpoint_cfg, file_sha256
+from npe_models.models._bundled import EXTRA_WEIGHTS_DIR, MANIFEST_FILE, WEIGHTS_DIR, checkpoint_cfg, file_sha256
 
-__all__ = ["checkpoint_names", "package_run", "read_manifest", "reproduces", "write_manifest", "REPRODUCE_TOLERANCE"]
+__all__ = ["checkpoint_names", "is_bundled", "package_run", "read_manifest", "reproduces", "write_manifest", "REPRODUCE_TOLERANCE"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -43,8 +44,16 @@ _RUN_FIELDS = ("model", "method", "recipe", "dataset", "rho", "epochs", "batch_s
                "weight_decay", "schedule", "milestones", "gamma", "tau", "npe_alpha", "npe_t", "seed", "deterministic")
 _SCHEDULE_FIELDS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule", "milestones", "gamma")
 _DEFAULT_TAG_SUFFIX = "_lt_r100_hp2"
+_BUNDLED_RUNS = dict(rho=100.0, recipe="hp2", seed=0)
+"""The runs whose checkpoints the wheel bundles (each architecture's default tag and the methods beside it); the
+rest (other rho, HP-1, seeds) go to ``weights/extra/``, so that the wheel stays under about 40 MB."""
 _METHOD_NAMES = {"ce": "cross-entropy", "la": "logit-adjusted loss", "crt": "cRT: classifier re-trained with class-balanced sampling",
                  "posthoc_la": "cross-entropy + post-hoc logit adjustment", "npe": "NPE"}
+
+
+def is_bundled(config: TrainConfig) -> bool:
+    """Whether the wheel bundles a run's checkpoints (see ``_BUNDLED_RUNS``)."""
+    return all(getattr(config, key) == value for key, value in _BUNDLED_RUNS.items())
 
 
 def _tag(config: TrainConfig) -> str:
@@ -142,8 +151,10 @@ def _write_checkpoint(
     name: str, model: nn.Module, record: dict[str, Any], config: TrainConfig, training: dict[str, Any],
     label_names: Optional[list[str]], weights_dir: Path, hub_dir: Path, form: str,
 ) -> dict[str, Any]:
-    """Bundle one form of the model and write its Hub folder; return its manifest entry."""
-    file = weights_dir / f"{name}.safetensors"
+    """Write one form of the model into the weights folder and its Hub folder; return its manifest entry."""
+    bundled = is_bundled(config)
+    file = (weights_dir if bundled else weights_dir / EXTRA_WEIGHTS_DIR.name) / f"{name}.safetensors"
+    file.parent.mkdir(parents=True, exist_ok=True)
     state = {key: value.detach().contiguous() for key, value in model.state_dict().items()}
     atomic_write(file, lambda tmp: save_file(state, str(tmp)))
     file.chmod(0o644)
@@ -156,6 +167,7 @@ def _write_checkpoint(
     )
     entry = {
         "file": file.name,
+        "bundled": bundled,
         "sha256": file_sha256(file),
         "form": form,
         "cfg": {"label_names": label_names, "description": description},
@@ -194,7 +206,7 @@ def package_run(
     weights_dir: PathLike = WEIGHTS_DIR,
     hub_dir: PathLike = HUB_DIR,
 ) -> list[str]:
-    """Ship a finished run: bundled weights (unmerged, and merged for NPE), manifest entries, Hub folders.
+    """Ship a finished run: its weights (unmerged, and merged for NPE), manifest entries, Hub folders.
 
     Returns the checkpoint names written. ``data_dir`` defaults to the run's own data directory.
     """

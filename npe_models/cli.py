@@ -29,7 +29,7 @@ from .data import default_data_dir
 from .hub import pretrained_card, push_to_hub, save_for_hub
 from .loading import evaluation_dir, load_model, read_label_names, source_kind
 from .models import is_segmentation_model, list_registered
-from .models._bundled import bundled_checkpoints
+from .models._bundled import shipped_checkpoints
 from .npe import set_alpha
 from .onnx import check_parity, export_onnx, format_parity, onnx_summary
 from .runs import NonFiniteLossError, run_task
@@ -153,7 +153,7 @@ def _export_hub(args: argparse.Namespace) -> int:
         raise ValueError("give --output-dir DIR, or --push with --repo-id.")
     loaded, label_names = _load_for_export(args)
     model = reparameterize_model(loaded.model) if args.merge else loaded.model
-    shipped = args.pretrained and not args.merge and args.model in bundled_checkpoints()
+    shipped = args.pretrained and not args.merge and args.model in shipped_checkpoints()
     given = not_none(label_names=label_names, metrics=dict(args.metric) or None, dataset=args.dataset,
                  dataset_id=args.dataset_id, recipe=dict(args.recipe) or loaded.recipe, repo_id=args.repo_id)
     card = {**(pretrained_card(args.model) if shipped else {}), **given, "split": args.split,

@@ -32,7 +32,7 @@ from .describe import (
     CLASSIFICATION, SEGMENTATION, TARGET_PRIOR_KEY, ModelDescription, ModelStats, check_weights_fit, describe_model,
     model_stats,
 )
-from .models._bundled import ORIGIN_URL, PAPER_ID, PAPER_NAME, bundled_checkpoints, hub_repo_id
+from .models._bundled import ORIGIN_URL, PAPER_ID, PAPER_NAME, shipped_checkpoints, hub_repo_id
 from .models.segmentation import parse_segmentation_model_name
 from .segmentation.checkpoint import save_segmentation_weights
 from .segmentation.config import SegmentationModelConfig
@@ -427,7 +427,11 @@ def _results_by_test_set(record: Mapping[str, Any]) -> list[str]:
 def _training_note(name: str, entry: Mapping[str, Any]) -> str:
     """How a shipped checkpoint was trained (time, speed, devices, the checkpoint it started from) and where it lives."""
     training, start = entry["training"], entry.get("starts_from")
-    weights = f"Weights: `npe_models/weights/{name}.safetensors` in the package."
+    weights = (
+        f"Weights: `npe_models/weights/{name}.safetensors` in the package." if entry["bundled"] else
+        f"Weights: `npe_models/weights/extra/{name}.safetensors` in a source checkout of npe-models (the wheel "
+        "bundles the rho = 100 HP-2 seed-0 checkpoints only)."
+    )
     if not training["epochs"]:
         model = f"the cross-entropy model `{start}`" if start else "the cross-entropy model it adjusts"
         return f"No training of its own: the classifier bias of {model} absorbs -{entry['run']['tau']:g} * log prior. {weights}"
@@ -452,7 +456,7 @@ def _pretrained_notes(name: str, entry: Mapping[str, Any]) -> str:
 
 
 def _shipped_entry(name: str) -> Mapping[str, Any]:
-    entry = bundled_checkpoints().get(name)
+    entry = shipped_checkpoints().get(name)
     if entry is None:
         raise ValueError(
             f"{name!r} is not a checkpoint shipped with npe-models; see `npe-models list --pretrained` for the names."

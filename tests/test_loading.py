@@ -19,7 +19,7 @@ from npe_models.loading import (
     source_kind,
     tag_training_data,
 )
-from npe_models.models._bundled import bundled_checkpoints
+from npe_models.models._bundled import shipped_checkpoints
 from npe_models.npe import npe_heads
 from npe_models.segmentation.checkpoint import save_segmentation_weights
 from npe_models.segmentation.config import SegmentationModelConfig, SegmentationTrainConfig
@@ -142,7 +142,7 @@ def test_shipped_checkpoint_through_its_generated_hub_folder(tmp_path: Path) -> 
     folder = save_pretrained_for_hub(SHIPPED, tmp_path / SHIPPED)
     loaded = load_model(f"local-dir:{folder}")
     _same_weights(loaded, load_model(SHIPPED, pretrained=True).model)
-    assert loaded.class_names == list(bundled_checkpoints()[SHIPPED]["cfg"]["label_names"])
+    assert loaded.class_names == list(shipped_checkpoints()[SHIPPED]["cfg"]["label_names"])
 
 
 def _segmentation_model() -> torch.nn.Module:

@@ -15,10 +15,10 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 from npe_models.hub import CITATION, pretrained_card, save_for_hub, save_pretrained_for_hub
-from npe_models.models._bundled import bundled_checkpoints
+from npe_models.models._bundled import shipped_checkpoints
 from onnx_validate import random_model_for_parity  # export/, on the test path
 
-SHIPPED = bundled_checkpoints()
+SHIPPED = shipped_checkpoints()
 CRT = "resnet32.cifar10_lt_r100_hp2_crt"
 POSTHOC_LA = "resnet32.cifar10_lt_r100_hp2_posthoc_la"
 CE = "resnet32.cifar10_lt_r100_hp2"

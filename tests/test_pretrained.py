@@ -21,12 +21,12 @@ from npe_models.classification.config import resolve_config
 from npe_models.classification.evaluate import evaluate_model
 from npe_models.hub import load_from_hub, save_pretrained_for_hub
 from npe_models.models import _bundled
-from npe_models.models._bundled import WEIGHTS_DIR, bundled_checkpoints, file_sha256
+from npe_models.models._bundled import EXTRA_WEIGHTS_DIR, WEIGHTS_DIR, checkpoint_path, file_sha256, shipped_checkpoints
 from npe_models.npe import NPEHead
 from zoo import checkpoint_names, package_run, read_manifest, reproduces  # release tooling in export/, on the test path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = list(bundled_checkpoints())
+SHIPPED = list(shipped_checkpoints())
 CPU = torch.device("cpu")
 
 
@@ -91,6 +91,69 @@ def test_package_posthoc_run_names_the_checkpoint_it_adjusts(tmp_path: Path, dat
     assert entry["starts_from"] == "resnet32.cifar10_lt_r100_hp2"  # recorded, so the card can be regenerated
 
 
+def test_package_run_keeps_other_seeds_and_ratios_out_of_the_wheel(tmp_path: Path, data_dir: Path, cifar10_lt) -> None:
+    _fake_finished_run(tmp_path / "ce_s1", data_dir, cifar10_lt, "ce", model="resnet32", seed=1)
+    names = package_run(tmp_path / "ce_s1", weights_dir=tmp_path / "weights", hub_dir=tmp_path / "hub")
+    assert names == ["resnet32.cifar10_lt_r100_hp2_s1"]
+    entry = read_manifest(tmp_path / "weights" / "manifest.json")[names[0]]
+    assert not entry["bundled"] and not (tmp_path / "weights" / entry["file"]).exists()
+    assert entry["sha256"] == file_sha256(tmp_path / "weights" / EXTRA_WEIGHTS_DIR.name / entry["file"])
+    assert "`npe_models/weights/extra/resnet32.cifar10_lt_r100_hp2_s1.safetensors` in a source checkout" in (
+        tmp_path / "hub" / names[0] / "README.md").read_text()
+
+
+def test_wheel_bundles_the_default_checkpoints_only_and_stays_small() -> None:
+    """The package data globs of pyproject.toml take the bundled files and leave ``weights/extra/`` out."""
+    import tomllib
+
+    patterns = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["npe_models"]
+    in_wheel = {path for pattern in patterns for path in (REPO_ROOT / "npe_models").glob(pattern)}
+    for name, entry in shipped_checkpoints().items():
+        assert (checkpoint_path(entry) in in_wheel) == entry["bundled"], name
+    assert any(not entry["bundled"] for entry in shipped_checkpoints().values())
+    assert sum(path.stat().st_size for path in in_wheel) < 40e6
+
+
+UNBUNDLED = [name for name, entry in shipped_checkpoints().items() if not entry["bundled"]]
+
+
+@pytest.mark.parametrize("name", UNBUNDLED[:1])
+def test_unbundled_checkpoint_comes_from_the_hub_sha256_checked_or_says_how_to_get_it(
+    name: str, tmp_path: Path, monkeypatch
+) -> None:
+    """As installed from the wheel (no ``weights/extra/``): the Hub copy, checked, or an error naming both remedies."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    entry = shipped_checkpoints()[name]
+    in_checkout = timm.create_model(name, pretrained=True).eval()
+    hub_copy = tmp_path / "hub_cache" / "model.safetensors"
+    hub_copy.parent.mkdir()
+    shutil.copy(checkpoint_path(entry), hub_copy)
+    requested = []
+
+    def fake_download(repo_id: str, filename: str) -> str:
+        requested.append((repo_id, filename))
+        if not hub_copy.exists():
+            raise LocalEntryNotFoundError("offline, and the file is not in the local cache")
+        return str(hub_copy)
+
+    monkeypatch.setattr(_bundled, "EXTRA_WEIGHTS_DIR", tmp_path / "absent")
+    monkeypatch.setattr(_bundled, "hf_hub_download", fake_download)
+    as_installed = dict(pretrained_cfg_overlay=dict(file=str(tmp_path / "absent" / entry["file"])))  # the cfg's file
+    from_hub = timm.create_model(name, pretrained=True, **as_installed).eval()
+    assert requested == [(f"npe-models/{name}", "model.safetensors")]
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(from_hub(x), in_checkout(x), rtol=0, atol=0)
+    _corrupt(hub_copy)
+    with pytest.raises(RuntimeError, match=f"is corrupted: .* The Hub copy at npe-models/{name} is not the shipped file"):
+        timm.create_model(name, pretrained=True, **as_installed)
+    hub_copy.unlink()
+    with pytest.raises(RuntimeError, match=f"'{name}' is not bundled with this installation .* LocalEntryNotFoundError") as error:
+        timm.create_model(name, pretrained=True, **as_installed)
+    assert f"python export/package_pretrained.py --hub-only {name} --hub-dir hub/" in str(error.value)
+
+
 def test_package_run_records_files_hashes_and_metrics(packaged) -> None:
     root, _, names = packaged
     manifest = read_manifest(root / "weights" / "manifest.json")
@@ -103,6 +166,7 @@ def test_package_run_records_files_hashes_and_metrics(packaged) -> None:
         assert entry["metrics"]["exact"]["top1"] == run_metrics["sets"]["exact"]["npe_la"]["top1"]
         assert entry["run"]["epochs"] == 120 and entry["run"]["recipe"] == "hp2"
         assert entry["cfg"]["label_names"][0] == "airplane"
+        assert entry["bundled"], "rho 100 HP-2 seed 0: a default, bundled in the wheel"
     assert manifest[names[0]]["form"] == "unmerged" and manifest[names[1]]["form"] == "merged"
     assert manifest[names[0]]["metrics"]["unadjusted"]["exact"]["top1"] == run_metrics["sets"]["exact"]["plain"]["top1"]
 
@@ -162,9 +226,9 @@ def _corrupt(path: Path) -> None:
 def test_corrupted_bundled_weights_fail_their_sha256_check(tmp_path: Path, monkeypatch) -> None:
     weights = tmp_path / "resnet32_npe16.cifar10_lt_r100_hp2.safetensors"
     save_weights(weights, timm.create_model("resnet32_npe16"))
-    entry = {"file": weights.name, "sha256": file_sha256(weights)}
+    entry = {"file": weights.name, "bundled": True, "sha256": file_sha256(weights)}
     monkeypatch.setattr(_bundled, "WEIGHTS_DIR", tmp_path)
-    monkeypatch.setattr(_bundled, "bundled_checkpoints", lambda: {"resnet32_npe16.cifar10_lt_r100_hp2": entry})
+    monkeypatch.setattr(_bundled, "shipped_checkpoints", lambda: {"resnet32_npe16.cifar10_lt_r100_hp2": entry})
     overlay = dict(file=str(weights))
     timm.create_model("resnet32_npe16", pretrained=True, pretrained_cfg_overlay=overlay)  # intact: loads
     _corrupt(weights)
@@ -177,10 +241,11 @@ def test_corrupted_bundled_weights_fail_their_sha256_check(tmp_path: Path, monke
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_checkpoint_fails_its_sha256_check_when_corrupted(name: str, tmp_path: Path, monkeypatch) -> None:
-    copy = tmp_path / bundled_checkpoints()[name]["file"]
-    shutil.copy(WEIGHTS_DIR / copy.name, copy)
+    entry = shipped_checkpoints()[name]
+    copy = tmp_path / entry["file"]
+    shutil.copy(checkpoint_path(entry), copy)
     _corrupt(copy)
-    monkeypatch.setattr(_bundled, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr(_bundled, "WEIGHTS_DIR" if entry["bundled"] else "EXTRA_WEIGHTS_DIR", tmp_path)
     with pytest.raises(RuntimeError, match=f"the weights file of '{name}' is corrupted"):
         timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(copy)))
 
@@ -192,7 +257,7 @@ def test_reproduces_allows_one_exact_image_and_no_more() -> None:
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_checkpoint_reproduces_its_recorded_accuracy(name: str, data_dir: Path) -> None:
-    entry = bundled_checkpoints()[name]
+    entry = shipped_checkpoints()[name]
     model = timm.create_model(name, pretrained=True).eval()
     data = load_cifar_lt(data_dir, entry["run"]["dataset"], entry["run"]["rho"])
     scored = evaluate_model(model, data, CPU, sets=["exact"])
@@ -218,13 +283,14 @@ def test_shipped_checkpoint_loads_through_torch_hub_and_its_hub_folder(name: str
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_checkpoint_hub_folder_is_generated_with_its_card(name: str, tmp_path: Path) -> None:
-    entry = bundled_checkpoints()[name]
+    entry = shipped_checkpoints()[name]
     folder = save_pretrained_for_hub(name, tmp_path / "hub" / name)
     assert {p.name for p in folder.iterdir()} == {"config.json", "model.safetensors", "README.md"}
     card = (folder / "README.md").read_text()
     assert f"hf-hub:npe-models/{name}" in card and "exact 1,000" in card and "JPEG penalty" in card
     assert f"| Top-1 accuracy | {round(entry['metrics']['full']['top1'], 2):g} |" in card
-    assert f"`npe_models/weights/{name}.safetensors`" in card and f"| recipe | {entry['run']['recipe']} |" in card
+    folder_in_checkout = "npe_models/weights" if entry["bundled"] else "npe_models/weights/extra"
+    assert f"`{folder_in_checkout}/{name}.safetensors`" in card and f"| recipe | {entry['run']['recipe']} |" in card
     cfg = json.loads((folder / "config.json").read_text())["pretrained_cfg"]
     assert cfg["tag"] == name.split(".", 1)[1] and cfg["description"] == entry["cfg"]["description"]
     assert "file" not in cfg and "hf_hub_id" not in cfg, "the folder must not point back at this machine"
@@ -246,8 +312,8 @@ def test_only_shipped_checkpoints_have_generated_hub_folders(tmp_path: Path) -> 
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_checkpoint_is_intact_and_packaged(name: str) -> None:
-    entry = bundled_checkpoints()[name]
-    assert file_sha256(WEIGHTS_DIR / entry["file"]) == entry["sha256"]
+    entry = shipped_checkpoints()[name]
+    assert file_sha256(checkpoint_path(entry)) == entry["sha256"]
     assert timm.models.get_pretrained_cfg(name).hf_hub_id == f"npe-models/{name}"
     assert name in timm.list_pretrained(name.split(".", 1)[0] + ".*")
 
@@ -262,7 +328,9 @@ def test_cli_lists_every_shipped_checkpoint(capsys) -> None:
     if not SHIPPED:
         assert "none yet." in trained
     for name in SHIPPED:
-        assert name in trained and bundled_checkpoints()[name]["cfg"]["description"] in trained
+        entry = shipped_checkpoints()[name]
+        mark = "" if entry["bundled"] else "[not bundled: source checkout or Hub] "
+        assert name in trained and f"{mark}{entry['cfg']['description']}" in trained
     assert "resnet50_npe16.a1_in1k" in out.split("Base architectures")[1]
     segmentation = out.split("Segmentation weights trained by npe-models")[1]
     assert "unet_fcn weights=STARE " in segmentation and "unet_fcn_npe1 weights=STARE_NPE1_FCN" in segmentation
@@ -277,4 +345,4 @@ def test_cli_evaluates_a_shipped_checkpoint_by_name(name: str, data_dir: Path, t
     assert main(argv) == 0
     scored = json.loads((tmp_path / "metrics.json").read_text())
     top1 = scored["sets"]["exact"][scored["primary"]]["top1"]
-    assert reproduces(top1, bundled_checkpoints()[name]["metrics"]["exact"]["top1"])
+    assert reproduces(top1, shipped_checkpoints()[name]["metrics"]["exact"]["top1"])

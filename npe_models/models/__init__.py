@@ -4,6 +4,7 @@
 ``register_variants``; ``timm_npe`` the one NPE mechanism for classifiers (``add_npe``).
 """
 import fnmatch
+from typing import Any
 
 import timm
 
@@ -11,7 +12,7 @@ from ._registry import npe_model_name, parse_npe_name, register_variants
 from .cifar_resnet import CifarResNet
 from .timm_npe import add_npe
 from . import segmentation  # noqa: F401  (importing registers the segmentation models with torchvision)
-from ._bundled import bundled_checkpoints
+from ._bundled import shipped_checkpoints
 from .segmentation import bundled_segmentation_weights, is_segmentation_model
 
 __all__ = [
@@ -41,6 +42,11 @@ def _summary(name: str) -> str:
     return doc[0] if doc else ""
 
 
+def _shipped_summary(name: str, entry: dict[str, Any]) -> str:
+    """A shipped checkpoint's line, marked when the wheel leaves its file out (a source checkout has it)."""
+    return _summary(name) if entry["bundled"] else f"[not bundled: source checkout or Hub] {_summary(name)}"
+
+
 def list_registered(pattern: str = "", pretrained: bool = False) -> dict[str, list[tuple[str, str]]]:
     """This package's timm classifiers matching a wildcard ``pattern``, as ``{section title: [(name, summary)]}``.
 
@@ -51,10 +57,11 @@ def list_registered(pattern: str = "", pretrained: bool = False) -> dict[str, li
             if timm.models.model_entrypoint(name.split(".", 1)[0]).__module__.startswith(__package__)]
     if not pretrained:
         return {"Models (timm.create_model(name)):": [(name, _summary(name)) for name in ours]}
-    trained = [name for name in ours if name in bundled_checkpoints()]
+    shipped = shipped_checkpoints()
+    trained = [name for name in ours if name in shipped]
     return {
-        "Checkpoints trained by npe-models (bundled; timm.create_model(name, pretrained=True)):":
-            [(name, _summary(name)) for name in trained],
+        "Checkpoints trained by npe-models (timm.create_model(name, pretrained=True); bundled unless marked):":
+            [(name, _shipped_summary(name, shipped[name])) for name in trained],
         "Base architectures' own weights with fresh PEMs (to fine-tune):":
             [(name, _summary(name)) for name in ours if name not in trained],
         "Segmentation weights trained by npe-models (bundled; npe_models.create_segmentation_model(name, weights=...), "

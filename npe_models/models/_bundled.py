@@ -1,11 +1,14 @@
-"""Checkpoints trained by npe-models and bundled with the package: timm pretrained cfgs and sha256 checks.
+"""Checkpoints trained by npe-models and shipped with the package: timm pretrained cfgs and sha256 checks.
 
-The weights live in ``npe_models/weights/`` as safetensors files. ``manifest.json`` there records,
-per ``<arch>.<tag>`` name, the file, its sha256, the run that produced it and the accuracy we
-measured, so a corrupted or swapped file fails loudly instead of giving silently wrong outputs.
-timm loads the files offline through the cfg's ``file``; ``hf_hub_id`` names the Hub copy, and
-``paper_name`` / ``paper_ids`` / ``origin_url`` / ``notes`` say where the method comes from and
-what each checkpoint is.
+``npe_models/weights/manifest.json`` records, per ``<arch>.<tag>`` name, the safetensors file, its
+sha256, the run that produced it and the accuracy we measured, so a corrupted or swapped file
+fails loudly instead of giving silently wrong outputs. The wheel bundles the files of the
+``bundled`` entries (rho = 100, HP-2, seed 0: the defaults) in ``weights/``; the others live in
+``weights/extra/``, which a source checkout has and the wheel leaves out to stay small: without
+them, ``pretrained=True`` fetches the file from the entry's Hub repository, sha256-checked, or
+says how to get it. timm loads the files through the cfg's ``file``; ``hf_hub_id`` names the Hub
+copy, and ``paper_name`` / ``paper_ids`` / ``origin_url`` / ``notes`` say where the method comes
+from and what each checkpoint is.
 """
 from __future__ import annotations
 
@@ -16,30 +19,34 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
+from huggingface_hub import hf_hub_download
 from timm.models import resolve_pretrained_cfg
 from torch import nn
 
 __all__ = [
     "WEIGHTS_DIR",
+    "EXTRA_WEIGHTS_DIR",
     "MANIFEST_FILE",
     "HUB_ORGANISATION",
     "PAPER_NAME",
     "PAPER_ID",
     "ORIGIN_URL",
     "hub_repo_id",
-    "bundled_checkpoints",
+    "shipped_checkpoints",
+    "checkpoint_path",
     "bundled_weights_meta",
     "checkpoint_notes",
     "checkpoint_cfg",
     "forget_pretrained_weights",
-    "bundled_pretrained_cfgs",
+    "shipped_pretrained_cfgs",
     "file_sha256",
-    "verify_bundled_weights",
     "check_weights_file",
-    "verify_pretrained_file",
+    "checked_pretrained_kwargs",
 ]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+EXTRA_WEIGHTS_DIR = WEIGHTS_DIR / "extra"
+"""The shipped checkpoints the wheel does not bundle (``"bundled": false``): in a source checkout only."""
 MANIFEST_FILE = WEIGHTS_DIR / "manifest.json"
 HUB_ORGANISATION = "npe-models"
 PAPER_NAME = "Neural Prior Estimation: Learning Class Priors from Latent Representations"
@@ -69,9 +76,14 @@ def _manifest() -> dict[str, Any]:
     return json.loads(MANIFEST_FILE.read_text(encoding="utf-8")) if MANIFEST_FILE.exists() else {}
 
 
-def bundled_checkpoints() -> dict[str, dict[str, Any]]:
-    """``{'<arch>.<tag>': entry}`` for every bundled checkpoint, in manifest order (the default tag first)."""
+def shipped_checkpoints() -> dict[str, dict[str, Any]]:
+    """``{'<arch>.<tag>': entry}`` for every shipped checkpoint, bundled or not, in manifest order (default tag first)."""
     return _manifest().get("checkpoints", {})
+
+
+def checkpoint_path(entry: dict[str, Any]) -> Path:
+    """Where a shipped checkpoint's file lies: ``weights/`` when the wheel bundles it, ``weights/extra/`` else."""
+    return (WEIGHTS_DIR if entry["bundled"] else EXTRA_WEIGHTS_DIR) / entry["file"]
 
 
 def bundled_weights_meta(name: str) -> dict[str, Any]:
@@ -135,11 +147,11 @@ def forget_pretrained_weights(model: nn.Module) -> nn.Module:
     return model
 
 
-def bundled_pretrained_cfgs(architecture: str, make_cfg: Callable[..., dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """timm cfgs ``{'<arch>.<tag>': cfg}`` for the bundled checkpoints of ``architecture``."""
+def shipped_pretrained_cfgs(architecture: str, make_cfg: Callable[..., dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """timm cfgs ``{'<arch>.<tag>': cfg}`` for the shipped checkpoints of ``architecture``."""
     return {
-        name: make_cfg(file=str(WEIGHTS_DIR / entry["file"]), **checkpoint_cfg(name, entry))
-        for name, entry in bundled_checkpoints().items()
+        name: make_cfg(file=str(checkpoint_path(entry)), **checkpoint_cfg(name, entry))
+        for name, entry in shipped_checkpoints().items()
         if name.split(".", 1)[0] == architecture
     }
 
@@ -154,44 +166,67 @@ def file_sha256(path: Union[str, os.PathLike]) -> str:
 
 
 def _entry_for_file(path: Path) -> Optional[tuple[str, dict[str, Any]]]:
-    if path.resolve().parent != WEIGHTS_DIR.resolve():
-        return None
-    for name, entry in bundled_checkpoints().items():
-        if entry["file"] == path.name:
+    """The shipped checkpoint whose file ``path`` is, if it is one (a user's own file is not)."""
+    for name, entry in shipped_checkpoints().items():
+        if checkpoint_path(entry).resolve() == path.resolve():
             return name, entry
     return None
 
 
-def verify_bundled_weights(path: Union[str, os.PathLike]) -> None:
-    """Raise a clear error when a bundled weights file is missing or lacks its recorded sha256.
-
-    Files outside the package's weights folder (a user's own ``pretrained_cfg_overlay=dict(file=...)``)
-    are not checked.
-    """
-    path = Path(path)
-    found = _entry_for_file(path)
-    if found is None:
-        return
-    name, entry = found
-    check_weights_file(path, entry["sha256"], name)
-
-
-def check_weights_file(path: Union[str, os.PathLike], sha256: str, name: str) -> None:
-    """Raise a clear error when the bundled weights file of ``name`` is missing or its sha256 is not ``sha256``."""
+def check_weights_file(path: Union[str, os.PathLike], sha256: str, name: str, remedy: str = _RESTORE) -> None:
+    """Raise a clear error when the weights file of ``name`` is missing or its sha256 is not ``sha256``."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"the weights of '{name}' are missing: {path} does not exist. {_RESTORE}"
+            f"the weights of '{name}' are missing: {path} does not exist. {remedy}"
         )
     actual = file_sha256(path)
     if actual != sha256:
         raise RuntimeError(
-            f"the weights file of '{name}' is corrupted: {path} has sha256 {actual}, expected {sha256}. {_RESTORE}"
+            f"the weights file of '{name}' is corrupted: {path} has sha256 {actual}, expected {sha256}. {remedy}"
         )
 
 
-def verify_pretrained_file(variant: str, kwargs: dict[str, Any]) -> None:
-    """Check the sha256 of the bundled file ``timm.create_model(variant, pretrained=True, **kwargs)`` would load."""
+def _get_from_checkout(name: str) -> str:
+    """How to obtain an unbundled checkpoint without the Hub: its Hub folder, generated from a source checkout."""
+    return (
+        f"Or, on a machine with a source checkout of npe-models (which keeps every checkpoint in "
+        f"npe_models/weights/extra/), generate its Hub folder with `python export/package_pretrained.py --hub-only "
+        f"{name} --hub-dir hub/`, copy hub/{name} here and load it with npe_models.hub.load_from_hub('hub/{name}') or "
+        f"timm.create_model('{name}', pretrained=True, pretrained_cfg_overlay=dict(file='hub/{name}/model.safetensors'))."
+    )
+
+
+def _fetch_unbundled(name: str, entry: dict[str, Any]) -> Path:
+    """The file of a checkpoint this installation does not bundle, from its Hub repository, sha256-checked."""
+    repo = hub_repo_id(name)
+    remedy = _get_from_checkout(name)
+    try:
+        path = Path(hf_hub_download(repo, "model.safetensors"))
+    except Exception as error:  # offline, no such repository, HTTP errors: all end in the same advice
+        raise RuntimeError(
+            f"'{name}' is not bundled with this installation of npe-models (the wheel carries the rho = 100 HP-2 "
+            f"seed-0 checkpoints only), and fetching it from the Hugging Face Hub repository {repo} failed: "
+            f"{type(error).__name__}: {str(error).rstrip('.')}. Connect to the Hub (or fill its cache) and retry. {remedy}"
+        ) from error
+    check_weights_file(path, entry["sha256"], name, remedy=f"The Hub copy at {repo} is not the shipped file. {remedy}")
+    return path
+
+
+def checked_pretrained_kwargs(variant: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` for ``timm.create_model(variant, pretrained=True, **kwargs)``, its shipped file sha256-checked.
+
+    A checkpoint this installation does not bundle is fetched from the Hub into ``pretrained_cfg_overlay``;
+    a user's own file (``pretrained_cfg_overlay=dict(file=...)``) is not checked.
+    """
     cfg = resolve_pretrained_cfg(variant, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay"))
-    if cfg.file and cfg.source != "local-dir":
-        verify_bundled_weights(cfg.file)
+    found = _entry_for_file(Path(cfg.file)) if cfg.file and cfg.source != "local-dir" else None
+    if found is None:
+        return kwargs
+    name, entry = found
+    path = checkpoint_path(entry)
+    if entry["bundled"] or path.is_file():
+        check_weights_file(path, entry["sha256"], name)
+        return kwargs
+    overlay = {**(kwargs.get("pretrained_cfg_overlay") or {}), "file": str(_fetch_unbundled(name, entry))}
+    return {**kwargs, "pretrained_cfg_overlay": overlay}

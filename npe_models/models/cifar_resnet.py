@@ -17,7 +17,7 @@ from timm.layers import SelectAdaptivePool2d
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
 from timm.models._features import feature_take_indices  # not re-exported by timm.models; timm's own families import it from here
 
-from ._bundled import bundled_pretrained_cfgs, verify_pretrained_file
+from ._bundled import checked_pretrained_kwargs, shipped_pretrained_cfgs
 from ._registry import npe_model_name, register_variants
 from .timm_npe import create_npe_variant
 
@@ -220,14 +220,14 @@ _NPE = {
 }
 
 default_cfgs = generate_default_cfgs(
-    {tagged: cfg for name in (*_PLAIN, *_NPE) for tagged, cfg in (bundled_pretrained_cfgs(name, _cfg) or {name: _cfg()}).items()}
+    {tagged: cfg for name in (*_PLAIN, *_NPE) for tagged, cfg in (shipped_pretrained_cfgs(name, _cfg) or {name: _cfg()}).items()}
 )
 
 
 def _create_cifar_resnet(variant: str, pretrained: bool = False, *, depth: int, **kwargs: Any) -> CifarResNet:
-    """Build the plain ``resnet<depth>`` (``pretrained=True``: its bundled checkpoint, sha256-checked)."""
+    """Build the plain ``resnet<depth>`` (``pretrained=True``: its shipped checkpoint, sha256-checked)."""
     if pretrained:
-        verify_pretrained_file(variant, kwargs)
+        kwargs = checked_pretrained_kwargs(variant, kwargs)
     return build_model_with_cfg(CifarResNet, variant, pretrained, depth=depth, feature_cfg=dict(_FEATURE_CFG), **kwargs)
 
 

@@ -17,7 +17,7 @@ from torch import nn
 from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg
 
 from ..npe import NPEClassifierMixin, NPEHead, fill_missing_pem_params, validate_npe_args
-from ._bundled import verify_pretrained_file
+from ._bundled import checked_pretrained_kwargs
 from ._registry import npe_model_name, register_variants
 
 __all__ = ["add_npe", "create_npe_variant", "TIMM_NPE_BASES"]
@@ -136,7 +136,7 @@ def create_npe_variant(
     checkpoint filter, with fresh PEMs where it has none.
     """
     if pretrained:
-        verify_pretrained_file(variant, kwargs)
+        kwargs = checked_pretrained_kwargs(variant, kwargs)
     base_filter = _base_filter_fn(base)
 
     def build(**model_kwargs: Any) -> nn.Module:
