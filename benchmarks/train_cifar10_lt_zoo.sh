@@ -3,21 +3,29 @@
 # resumable: rerun the script after an interruption and every run continues from its last
 # epoch; finished runs are skipped.
 #   NPE_DATA_DIR=../shared/data nohup nice -n 10 benchmarks/train_cifar10_lt_zoo.sh >> zoo/train.log 2>&1 &
-# Runs land in zoo/<name>/ (config.json, log.jsonl, checkpoint.pt, model.safetensors, metrics.json).
+# Runs land in zoo/<name>/ (config.json, log.jsonl, checkpoint.pt, model.safetensors, metrics.json). Each run
+# that finishes here is shipped at once (export/package_pretrained.py: weights, manifest, Hub folder);
+# ZOO_PACKAGE=0 turns that off (e.g. with another ZOO_DIR).
 # On a CPU shared with other jobs, prefix OMP_NUM_THREADS=1 (or OMP_WAIT_POLICY=PASSIVE): spinning
 # OpenMP threads collapse throughput there (7.6 vs 50.1 images/s measured), while on an idle
 # machine passive waiting costs 1.3x (267.8 vs 347.2 images/s, ResNet-32 + 16 PEMs, batch 64).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${ZOO_DIR:-zoo}
-common=(--dataset cifar10 --data-dir "${NPE_DATA_DIR:-../shared/data}" --deterministic --no-progress)
+data=${NPE_DATA_DIR:-../shared/data}
+common=(--dataset cifar10 --data-dir "$data" --deterministic --no-progress)
 
 run() {  # run NAME SEED ARGS...: train (or resume, or skip when finished) one run
   local name=$1 seed=$2; shift 2
   local resume=()
   [[ -f "$out/$name/config.json" ]] && resume=(--resume)  # resuming a run that never started is an error
+  local finished=0
+  [[ -f "$out/$name/metrics.json" ]] && finished=1
   echo "=== $(date -u +%FT%TZ) $name"
   npe-models train "${common[@]}" --seed "$seed" --out "$out/$name" "${resume[@]}" "$@"
+  if (( ! finished )) && [[ "${ZOO_PACKAGE:-1}" == 1 ]]; then
+    python export/package_pretrained.py "$out/$name" --data-dir "$data"
+  fi
 }
 
 method_runs() {  # method_runs RHO RECIPE SEED SUFFIX: NPE(16), CE, LA, NPE(1), then cRT and post-hoc LA
