@@ -62,6 +62,7 @@ VARIANTS = {
     "npe16-b128-1thread": Variant("resnet32_npe16", 128, threads=1),
     "pil-npe16-b128": Variant("resnet32_npe16", 128, channels_last=False, pipeline="pil"),
     "npe16-b128-compiled": Variant("resnet32_npe16", 128, compile="default"),
+    "npe16-b64-compiled": Variant("resnet32_npe16", 64, compile="default"),  # the HP-2 zoo runs, compiled on a CPU
     "npe16-b128-bf16": Variant("resnet32_npe16", 128, amp=True),
     "npe16-b128-compiled-bf16": Variant("resnet32_npe16", 128, compile="default", amp=True),
     "npe16-b128-graphs": Variant("resnet32_npe16", 128, compile="reduce-overhead"),  # CUDA graphs: GPU only
