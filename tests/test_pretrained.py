@@ -27,6 +27,12 @@ from zoo import checkpoint_names, package_run, read_manifest, reproduces  # rele
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = list(shipped_checkpoints())
+SHIPPED_SLOW_UNLESS_BUNDLED = [
+    name if shipped_checkpoints()[name]["bundled"] else pytest.param(name, marks=pytest.mark.slow) for name in SHIPPED
+]
+"""The checks that score or re-export a checkpoint run on the bundled ones by default and on the rest under
+``-m slow``: the default suite stays within its time as the zoo grows, and the packaging scored each one on
+the exact images already (the sha256 checks, in the default suite for all, keep the files what was scored)."""
 CPU = torch.device("cpu")
 
 
@@ -255,7 +261,7 @@ def test_reproduces_allows_one_exact_image_and_no_more() -> None:
     assert not reproduces(82.1, 81.9)
 
 
-@pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.parametrize("name", SHIPPED_SLOW_UNLESS_BUNDLED)
 def test_shipped_checkpoint_reproduces_its_recorded_accuracy(name: str, data_dir: Path) -> None:
     entry = shipped_checkpoints()[name]
     model = timm.create_model(name, pretrained=True).eval()
@@ -265,7 +271,7 @@ def test_shipped_checkpoint_reproduces_its_recorded_accuracy(name: str, data_dir
     assert reproduces(top1, entry["metrics"]["exact"]["top1"])
 
 
-@pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.parametrize("name", SHIPPED_SLOW_UNLESS_BUNDLED)
 def test_shipped_checkpoint_loads_through_torch_hub_and_its_hub_folder(name: str, tmp_path: Path) -> None:
     arch, tag = name.split(".", 1)
     reference = timm.create_model(name, pretrained=True).eval()
@@ -281,7 +287,7 @@ def test_shipped_checkpoint_loads_through_torch_hub_and_its_hub_folder(name: str
             torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.parametrize("name", SHIPPED_SLOW_UNLESS_BUNDLED)
 def test_shipped_checkpoint_hub_folder_is_generated_with_its_card(name: str, tmp_path: Path) -> None:
     entry = shipped_checkpoints()[name]
     folder = save_pretrained_for_hub(name, tmp_path / "hub" / name)
