@@ -19,7 +19,6 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
-from huggingface_hub import hf_hub_download
 from timm.models import resolve_pretrained_cfg
 from torch import nn
 
@@ -199,6 +198,8 @@ def _get_from_checkout(name: str) -> str:
 
 def _fetch_unbundled(name: str, entry: dict[str, Any]) -> Path:
     """The file of a checkpoint this installation does not bundle, from its Hub repository, sha256-checked."""
+    from huggingface_hub import hf_hub_download  # here: loading bundled weights (and ONNX export) needs no Hub client
+
     repo = hub_repo_id(name)
     remedy = _get_from_checkout(name)
     try:
