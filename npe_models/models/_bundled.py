@@ -210,7 +210,8 @@ def _fetch_unbundled(name: str, entry: dict[str, Any]) -> Path:
             f"seed-0 checkpoints only), and fetching it from the Hugging Face Hub repository {repo} failed: "
             f"{type(error).__name__}: {str(error).rstrip('.')}. Connect to the Hub (or fill its cache) and retry. {remedy}"
         ) from error
-    check_weights_file(path, entry["sha256"], name, remedy=f"The Hub copy at {repo} is not the shipped file. {remedy}")
+    stale = f"The Hub copy at {repo} is not the shipped file: delete {path} from the Hub cache and retry. {remedy}"
+    check_weights_file(path, entry["sha256"], name, remedy=stale)
     return path
 
 
