@@ -32,7 +32,7 @@ from .describe import (
     CLASSIFICATION, SEGMENTATION, TARGET_PRIOR_KEY, ModelDescription, ModelStats, check_weights_fit, describe_model,
     model_stats,
 )
-from .models._bundled import ORIGIN_URL, PAPER_ID, PAPER_NAME, shipped_checkpoints, hub_repo_id
+from .models._bundled import BUNDLED_IN_WHEEL, ORIGIN_URL, PAPER_ID, PAPER_NAME, hub_repo_id, shipped_checkpoints
 from .models.segmentation import parse_segmentation_model_name
 from .segmentation.checkpoint import save_segmentation_weights
 from .segmentation.config import SegmentationModelConfig
@@ -429,8 +429,8 @@ def _training_note(name: str, entry: Mapping[str, Any]) -> str:
     training, start = entry["training"], entry.get("starts_from")
     weights = (
         f"Weights: `npe_models/weights/{name}.safetensors` in the package." if entry["bundled"] else
-        f"Weights: `npe_models/weights/extra/{name}.safetensors` in a source checkout of npe-models (the wheel "
-        "bundles the rho = 100 HP-2 seed-0 checkpoints only)."
+        f"Weights: `npe_models/weights/extra/{name}.safetensors` in a source checkout of npe-models "
+        f"({BUNDLED_IN_WHEEL})."
     )
     if not training["epochs"]:
         model = f"the cross-entropy model `{start}`" if start else "the cross-entropy model it adjusts"

@@ -25,6 +25,7 @@ from torch import nn
 __all__ = [
     "WEIGHTS_DIR",
     "EXTRA_WEIGHTS_DIR",
+    "BUNDLED_IN_WHEEL",
     "MANIFEST_FILE",
     "HUB_ORGANISATION",
     "PAPER_NAME",
@@ -46,6 +47,7 @@ __all__ = [
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 EXTRA_WEIGHTS_DIR = WEIGHTS_DIR / "extra"
 """The shipped checkpoints the wheel does not bundle (``"bundled": false``): in a source checkout only."""
+BUNDLED_IN_WHEEL = "the wheel bundles the rho = 100 HP-2 seed-0 checkpoints only"
 MANIFEST_FILE = WEIGHTS_DIR / "manifest.json"
 HUB_ORGANISATION = "npe-models"
 PAPER_NAME = "Neural Prior Estimation: Learning Class Priors from Latent Representations"
@@ -200,14 +202,15 @@ def _fetch_unbundled(name: str, entry: dict[str, Any]) -> Path:
     """The file of a checkpoint this installation does not bundle, from its Hub repository, sha256-checked."""
     from huggingface_hub import hf_hub_download  # here: loading bundled weights (and ONNX export) needs no Hub client
 
+    from ..hub import WEIGHTS_NAME
+
     repo = hub_repo_id(name)
     remedy = _get_from_checkout(name)
     try:
-        path = Path(hf_hub_download(repo, "model.safetensors"))
+        path = Path(hf_hub_download(repo, WEIGHTS_NAME))
     except Exception as error:  # offline, no such repository, HTTP errors: all end in the same advice
         raise RuntimeError(
-            f"'{name}' is not bundled with this installation of npe-models (the wheel carries the rho = 100 HP-2 "
-            f"seed-0 checkpoints only), and fetching it from the Hugging Face Hub repository {repo} failed: "
+            f"'{name}' is not bundled with this installation of npe-models ({BUNDLED_IN_WHEEL}), and fetching it from the Hugging Face Hub repository {repo} failed: "
             f"{type(error).__name__}: {str(error).rstrip('.')}. Connect to the Hub (or fill its cache) and retry. {remedy}"
         ) from error
     stale = f"The Hub copy at {repo} is not the shipped file: delete {path} from the Hub cache and retry. {remedy}"
