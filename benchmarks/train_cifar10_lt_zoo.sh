@@ -6,6 +6,12 @@
 # Runs land in zoo/<name>/ (config.json, log.jsonl, checkpoint.pt, model.safetensors, metrics.json). Each run
 # that finishes here is shipped at once (export/package_pretrained.py: weights, manifest, Hub folder);
 # ZOO_PACKAGE=0 turns that off (e.g. with another ZOO_DIR).
+# Lanes: start the script several times (one per core, each with OMP_NUM_THREADS=1) and each copy takes
+# the next run that no other copy holds (a lock in the run folder), so the list trains side by side; a
+# run that starts from another (cRT, post-hoc LA) waits for it to finish and is then trained by the copy
+# that finished it. On the 2-core development CPU two 1-thread lanes train 1.10-1.32x the images/s of one
+# 2-thread run (benchmarks/RESULTS.md, issue 15):
+#   for lane in 1 2; do OMP_NUM_THREADS=1 nohup nice -n 10 benchmarks/train_cifar10_lt_zoo.sh >> zoo/train-$lane.log 2>&1 & done
 # On a CPU shared with other jobs, prefix OMP_NUM_THREADS=1 (or OMP_WAIT_POLICY=PASSIVE): spinning
 # OpenMP threads collapse throughput there (7.6 vs 50.1 images/s measured), while on an idle
 # machine passive waiting costs 1.3x (267.8 vs 347.2 images/s, ResNet-32 + 16 PEMs, batch 64).
@@ -15,17 +21,31 @@ out=${ZOO_DIR:-zoo}
 data=${NPE_DATA_DIR:-../shared/data}
 common=(--dataset cifar10 --data-dir "$data" --deterministic --no-progress)
 
-run() {  # run NAME SEED ARGS...: train (or resume, or skip when finished) one run
+unfinished_init() {  # unfinished_init ARGS...: prints the --init run folder among ARGS if it has not finished
+  while (( $# )); do
+    if [[ $1 == --init && ! -f "$2/metrics.json" ]]; then echo "$2"; return; fi
+    shift
+  done
+}
+
+run() {  # run NAME SEED ARGS...: train (or resume, or skip when finished or held by another lane) one run
   local name=$1 seed=$2; shift 2
+  local dir="$out/$name" waiting lane_lock
+  if [[ -f "$dir/metrics.json" ]]; then echo "=== $name: finished"; return; fi
+  waiting=$(unfinished_init "$@")
+  if [[ -n "$waiting" ]]; then echo "=== $name: waits for $waiting (the lane training it trains this next)"; return; fi
+  mkdir -p "$dir"
+  exec {lane_lock}> "$dir/.zoo-lane.lock"
+  if ! flock -n "$lane_lock"; then echo "=== $name: held by another lane"; exec {lane_lock}>&-; return; fi
+  if [[ -f "$dir/metrics.json" ]]; then exec {lane_lock}>&-; return; fi  # another lane finished it meanwhile
   local resume=()
-  [[ -f "$out/$name/config.json" ]] && resume=(--resume)  # resuming a run that never started is an error
-  local finished=0
-  [[ -f "$out/$name/metrics.json" ]] && finished=1
+  [[ -f "$dir/config.json" ]] && resume=(--resume)  # resuming a run that never started is an error
   echo "=== $(date -u +%FT%TZ) $name"
-  npe-models train "${common[@]}" --seed "$seed" --out "$out/$name" "${resume[@]}" "$@"
-  if (( ! finished )) && [[ "${ZOO_PACKAGE:-1}" == 1 ]]; then
-    python export/package_pretrained.py "$out/$name" --data-dir "$data"
+  npe-models train "${common[@]}" --seed "$seed" --out "$dir" "${resume[@]}" "$@"
+  if [[ "${ZOO_PACKAGE:-1}" == 1 ]]; then  # one lane at a time writes the manifest
+    flock "$out/.zoo-package.lock" python export/package_pretrained.py "$dir" --data-dir "$data"
   fi
+  exec {lane_lock}>&-
 }
 
 method_runs() {  # method_runs RHO RECIPE SEED SUFFIX: NPE(16), CE, LA, NPE(1), then cRT and post-hoc LA

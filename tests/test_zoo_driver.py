@@ -1,0 +1,77 @@
+"""The zoo's training driver (benchmarks/train_cifar10_lt_zoo.sh), run against a stand-in ``npe-models``:
+lanes started side by side train every run exactly once, and a run started from another only after it."""
+
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+DRIVER = Path(__file__).resolve().parents[1] / "benchmarks" / "train_cifar10_lt_zoo.sh"
+
+# Records each training as "<run folder name> <--init folder name or ->", refuses an --init run that has
+# not finished and an --out that already finished, then finishes the run as a real one would.
+FAKE_NPE_MODELS = """#!/usr/bin/env bash
+set -euo pipefail
+out="" init=""
+while (( $# )); do
+  case $1 in --out) out=$2; shift ;; --init) init=$2; shift ;; esac
+  shift
+done
+if [[ -n "$init" && ! -f "$init/metrics.json" ]]; then echo "init $init not finished" >&2; exit 3; fi
+if [[ -f "$out/metrics.json" ]]; then echo "$out trained twice" >&2; exit 4; fi
+sleep 0.05
+echo "$(basename "$out") $( [[ -n "$init" ]] && basename "$init" || echo -)" >> "$TRAINED_LOG"
+echo '{}' > "$out/config.json"
+echo '{}' > "$out/metrics.json"
+"""
+
+
+@pytest.fixture()
+def fake_bin(tmp_path: Path) -> Path:
+    if shutil.which("flock") is None:
+        pytest.skip("the driver needs flock (util-linux)")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "npe-models"
+    fake.write_text(FAKE_NPE_MODELS)
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    return bin_dir
+
+
+def _start_lane(fake_bin: Path, zoo: Path, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PATH": f"{fake_bin}{os.pathsep}{os.environ['PATH']}", "ZOO_DIR": str(zoo),
+           "ZOO_PACKAGE": "0", "TRAINED_LOG": str(log)}
+    return subprocess.Popen(["bash", str(DRIVER)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_two_lanes_train_every_run_once_and_each_init_run_first(fake_bin: Path, tmp_path: Path) -> None:
+    zoo, log = tmp_path / "zoo", tmp_path / "trained.txt"
+    lanes = [_start_lane(fake_bin, zoo, log) for _ in range(2)]
+    outputs = [lane.communicate(timeout=120)[0] for lane in lanes]
+    assert [lane.returncode for lane in lanes] == [0, 0], outputs
+
+    trained = [line.split() for line in log.read_text().splitlines()]
+    names = [name for name, _ in trained]
+    assert len(names) == len(set(names)), "a run was trained twice"
+    assert {"resnet32_npe16_r50_hp2", "resnet32_crt_r200_hp2", "resnet32_la_r100_hp1_onedevice_s1"} <= set(names)
+    order = {name: index for index, name in enumerate(names)}
+    for name, init in trained:
+        if init != "-":
+            assert order[init] < order[name], f"{name} trained before its --init run {init}"
+    assert all((zoo / name / "metrics.json").is_file() for name in names)
+    assert any("held by another lane" in output for output in outputs)  # the lanes did share the list
+
+
+def test_a_rerun_skips_finished_runs(fake_bin: Path, tmp_path: Path) -> None:
+    zoo, log = tmp_path / "zoo", tmp_path / "trained.txt"
+    first = _start_lane(fake_bin, zoo, log)
+    first.communicate(timeout=120)
+    trained_once = log.read_text()
+    again = _start_lane(fake_bin, zoo, log)
+    output = again.communicate(timeout=120)[0]
+    assert again.returncode == 0, output
+    assert log.read_text() == trained_once
+    assert "resnet32_npe16_r50_hp2: finished" in output
