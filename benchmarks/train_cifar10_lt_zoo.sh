@@ -9,7 +9,7 @@
 # Lanes: start the script several times (one per core, each with OMP_NUM_THREADS=1) and each copy takes
 # the next run that no other copy holds (a lock in the run folder), so the list trains side by side; a
 # run that starts from another (cRT, post-hoc LA) waits for it to finish and is then trained by the copy
-# that finished it. On the 2-core development CPU two 1-thread lanes train 1.10-1.32x the images/s of one
+# that finished it. On the 2-core development CPU two 1-thread lanes train 1.10-1.29x the images/s of one
 # 2-thread run (benchmarks/RESULTS.md, issue 15):
 #   for lane in 1 2; do OMP_NUM_THREADS=1 nohup nice -n 10 benchmarks/train_cifar10_lt_zoo.sh >> zoo/train-$lane.log 2>&1 & done
 # On a CPU shared with other jobs, prefix OMP_NUM_THREADS=1 (or OMP_WAIT_POLICY=PASSIVE): spinning
@@ -28,24 +28,27 @@ unfinished_init() {  # unfinished_init ARGS...: prints the --init run folder amo
   done
 }
 
-run() {  # run NAME SEED ARGS...: train (or resume, or skip when finished or held by another lane) one run
-  local name=$1 seed=$2; shift 2
-  local dir="$out/$name" waiting lane_lock
-  if [[ -f "$dir/metrics.json" ]]; then echo "=== $name: finished"; return; fi
-  waiting=$(unfinished_init "$@")
-  if [[ -n "$waiting" ]]; then echo "=== $name: waits for $waiting (the lane training it trains this next)"; return; fi
-  mkdir -p "$dir"
-  exec {lane_lock}> "$dir/.zoo-lane.lock"
-  if ! flock -n "$lane_lock"; then echo "=== $name: held by another lane"; exec {lane_lock}>&-; return; fi
-  if [[ -f "$dir/metrics.json" ]]; then exec {lane_lock}>&-; return; fi  # another lane finished it meanwhile
+train_unless_held() {  # train_unless_held DIR SEED ARGS...: train and ship one run unless another lane holds fd 9
+  local dir=$1 seed=$2; shift 2
+  if ! flock -n 9; then echo "=== ${dir##*/}: held by another lane"; return; fi
+  if [[ -f "$dir/metrics.json" ]]; then return; fi  # another lane finished it meanwhile
   local resume=()
   [[ -f "$dir/config.json" ]] && resume=(--resume)  # resuming a run that never started is an error
-  echo "=== $(date -u +%FT%TZ) $name"
+  echo "=== $(date -u +%FT%TZ) ${dir##*/}"
   npe-models train "${common[@]}" --seed "$seed" --out "$dir" "${resume[@]}" "$@"
   if [[ "${ZOO_PACKAGE:-1}" == 1 ]]; then  # one lane at a time writes the manifest
     flock "$out/.zoo-package.lock" python export/package_pretrained.py "$dir" --data-dir "$data"
   fi
-  exec {lane_lock}>&-
+}
+
+run() {  # run NAME SEED ARGS...: train (or resume, or skip when finished or held by another lane) one run
+  local name=$1 seed=$2; shift 2
+  local dir="$out/$name" waiting
+  if [[ -f "$dir/metrics.json" ]]; then echo "=== $name: finished"; return; fi
+  waiting=$(unfinished_init "$@")
+  if [[ -n "$waiting" ]]; then echo "=== $name: waits for $waiting (the lane training it trains this next)"; return; fi
+  mkdir -p "$dir"
+  train_unless_held "$dir" "$seed" "$@" 9> "$dir/.zoo-lane.lock"  # the lock lives as long as the call
 }
 
 method_runs() {  # method_runs RHO RECIPE SEED SUFFIX: NPE(16), CE, LA, NPE(1), then cRT and post-hoc LA

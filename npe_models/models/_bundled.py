@@ -210,7 +210,8 @@ def _fetch_unbundled(name: str, entry: dict[str, Any]) -> Path:
         path = Path(hf_hub_download(repo, WEIGHTS_NAME))
     except Exception as error:  # offline, no such repository, HTTP errors: all end in the same advice
         raise RuntimeError(
-            f"'{name}' is not bundled with this installation of npe-models ({BUNDLED_IN_WHEEL}), and fetching it from the Hugging Face Hub repository {repo} failed: "
+            f"'{name}' is not bundled with this installation of npe-models ({BUNDLED_IN_WHEEL}), and fetching it "
+            f"from the Hugging Face Hub repository {repo} failed: "
             f"{type(error).__name__}: {str(error).rstrip('.')}. Connect to the Hub (or fill its cache) and retry. {remedy}"
         ) from error
     stale = f"The Hub copy at {repo} is not the shipped file: delete {path} from the Hub cache and retry. {remedy}"
