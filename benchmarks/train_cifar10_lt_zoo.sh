@@ -19,6 +19,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${ZOO_DIR:-zoo}
 data=${NPE_DATA_DIR:-../shared/data}
+if ! command -v npe-models > /dev/null; then
+  echo "train_cifar10_lt_zoo.sh: the npe-models command is not on PATH; install the package (pip install -e .) or activate its virtual environment (. .venv/bin/activate), then rerun" >&2
+  exit 1
+fi
 common=(--dataset cifar10 --data-dir "$data" --deterministic --no-progress)
 
 unfinished_init() {  # unfinished_init ARGS...: prints the --init run folder among ARGS if it has not finished

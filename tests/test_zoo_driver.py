@@ -75,3 +75,14 @@ def test_a_rerun_skips_finished_runs(fake_bin: Path, tmp_path: Path) -> None:
     assert again.returncode == 0, output
     assert log.read_text() == trained_once
     assert "resnet32_npe16_r50_hp2: finished" in output
+
+
+def test_without_the_command_the_driver_says_how_to_get_it(tmp_path: Path) -> None:
+    system_path = os.pathsep.join(["/usr/bin", "/bin"])
+    if shutil.which("npe-models", path=system_path) is not None:
+        pytest.skip("npe-models is installed system-wide here")
+    env = {"PATH": system_path, "ZOO_DIR": str(tmp_path / "zoo"), "ZOO_PACKAGE": "0"}
+    result = subprocess.run(["bash", str(DRIVER)], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "npe-models command is not on PATH" in result.stderr and "activate" in result.stderr
+    assert not (tmp_path / "zoo").exists()  # nothing started
