@@ -4,8 +4,9 @@
 # epoch; finished runs are skipped.
 #   NPE_DATA_DIR=../shared/data nohup nice -n 10 benchmarks/train_cifar10_lt_zoo.sh >> zoo/train.log 2>&1 &
 # Runs land in zoo/<name>/ (config.json, log.jsonl, checkpoint.pt, model.safetensors, metrics.json). Each run
-# that finishes here is shipped at once (export/package_pretrained.py: weights, manifest, Hub folder);
-# ZOO_PACKAGE=0 turns that off (e.g. with another ZOO_DIR).
+# that finishes here is shipped at once (export/package_pretrained.py: weights, manifest, Hub folder), and
+# each start first ships the finished runs the manifest lacks; ZOO_PACKAGE=0 turns both off (e.g. with
+# another ZOO_DIR).
 # Lanes: start the script several times (one per core, each with OMP_NUM_THREADS=1) and each copy takes
 # the next run that no other copy holds (a lock in the run folder), so the list trains side by side; a
 # run that starts from another (cRT, post-hoc LA) waits for it to finish and is then trained by the copy
@@ -24,6 +25,13 @@ if ! command -v npe-models > /dev/null; then
   exit 1
 fi
 common=(--dataset cifar10 --data-dir "$data" --deterministic --no-progress)
+
+ship_finished_runs() {  # ship runs that finished unshipped (packaging off, or it failed): once, at the start
+  local finished=("$out"/*/metrics.json)
+  [[ -f "${finished[0]}" ]] || return 0
+  flock "$out/.zoo-package.lock" python export/package_pretrained.py --skip-shipped --data-dir "$data" \
+    "${finished[@]%/metrics.json}" || echo "=== shipping the finished runs failed (above); training goes on"
+}
 
 unfinished_init() {  # unfinished_init ARGS...: prints the --init run folder among ARGS if it has not finished
   while (( $# )); do
@@ -61,6 +69,8 @@ method_runs() {  # method_runs RHO RECIPE SEED SUFFIX: NPE(16), CE, LA, NPE(1), 
   run "resnet32_ce_r${rho}_${hp}${sfx}" "$seed" --model resnet32 --method ce --recipe "$hp" --rho "$rho"
   run "resnet32_la_r${rho}_${hp}${sfx}" "$seed" --model resnet32 --method la --recipe "$hp" --rho "$rho"
 }
+
+if [[ "${ZOO_PACKAGE:-1}" == 1 ]]; then ship_finished_runs; fi
 
 # Issue 6: rho = 100, seed 0.
 method_runs 100 hp2 0 ""

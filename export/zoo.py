@@ -31,7 +31,7 @@ from npe_models.hub import DATASET_NAMES, pretrained_card, save_for_hub
 from npe_models.models import parse_npe_name
 from npe_models.models._bundled import EXTRA_WEIGHTS_DIR, MANIFEST_FILE, WEIGHTS_DIR, checkpoint_cfg, file_sha256
 
-__all__ = ["checkpoint_names", "is_bundled", "package_run", "read_manifest", "reproduces", "write_manifest", "REPRODUCE_TOLERANCE"]
+__all__ = ["checkpoint_names", "is_bundled", "is_shipped", "package_run", "read_manifest", "reproduces", "write_manifest", "REPRODUCE_TOLERANCE"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -76,6 +76,16 @@ def checkpoint_names(config: TrainConfig) -> tuple[str, Optional[str]]:
 def read_manifest(path: PathLike = MANIFEST_FILE) -> dict[str, dict[str, Any]]:
     path = Path(path)
     return json.loads(path.read_text(encoding="utf-8"))["checkpoints"] if path.exists() else {}
+
+
+def is_shipped(run_dir: PathLike, weights_dir: PathLike = WEIGHTS_DIR) -> bool:
+    """Whether the manifest lists every checkpoint name a run ships under (its weights may come from another run
+    of the same tag, e.g. a rerun: shipping is by name, so a rerun replaces a shipped checkpoint only on request)."""
+    config = read_saved_config(run_dir)
+    if config is None:  # not a run folder: package_run says so
+        return False
+    names = [name for name in checkpoint_names(config) if name]
+    return set(names) <= set(read_manifest(Path(weights_dir) / MANIFEST_FILE.name))
 
 
 def _manifest_order(name: str) -> tuple[str, bool, str]:

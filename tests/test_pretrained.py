@@ -24,7 +24,7 @@ from npe_models.hub import load_from_hub, save_pretrained_for_hub
 from npe_models.models import _bundled
 from npe_models.models._bundled import EXTRA_WEIGHTS_DIR, WEIGHTS_DIR, checkpoint_path, file_sha256, shipped_checkpoints
 from npe_models.npe import NPEHead
-from zoo import checkpoint_names, package_run, read_manifest, reproduces  # release tooling in export/, on the test path
+from zoo import checkpoint_names, is_shipped, package_run, read_manifest, reproduces  # release tooling in export/, on the test path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = list(shipped_checkpoints())
@@ -74,6 +74,12 @@ def packaged(tmp_path_factory, data_dir: Path, cifar10_lt):
 def test_package_run_names_both_forms(packaged) -> None:
     _, _, names = packaged
     assert names == ["resnet32_npe16.cifar10_lt_r100_hp2", "resnet32.cifar10_lt_r100_hp2_npe16_merged"]
+
+
+def test_a_packaged_run_counts_as_shipped_in_its_manifest_only(packaged, tmp_path: Path) -> None:
+    root, _, _ = packaged
+    assert is_shipped(root / "run", root / "weights")
+    assert not is_shipped(root / "run", tmp_path)  # an empty weights folder ships nothing
 
 
 @pytest.mark.parametrize("overrides, expected", [

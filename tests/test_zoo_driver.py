@@ -86,3 +86,22 @@ def test_without_the_command_the_driver_says_how_to_get_it(tmp_path: Path) -> No
     assert result.returncode == 1
     assert "npe-models command is not on PATH" in result.stderr and "activate" in result.stderr
     assert not (tmp_path / "zoo").exists()  # nothing started
+
+
+def test_a_start_ships_the_finished_runs_the_manifest_lacks(fake_bin: Path, tmp_path: Path) -> None:
+    """Runs finished with packaging off (or when it failed) are handed to the packager, which skips shipped ones."""
+    zoo, log = tmp_path / "zoo", tmp_path / "trained.txt"
+    _start_lane(fake_bin, zoo, log).communicate(timeout=120)
+    calls = tmp_path / "packager.txt"
+    fake_python = fake_bin / "python"
+    fake_python.write_text(f'#!/usr/bin/env bash\necho "$@" >> {calls}\n')
+    fake_python.chmod(fake_python.stat().st_mode | stat.S_IXUSR)
+    env = {**os.environ, "PATH": f"{fake_bin}{os.pathsep}{os.environ['PATH']}", "ZOO_DIR": str(zoo),
+           "ZOO_PACKAGE": "1", "TRAINED_LOG": str(log)}
+    result = subprocess.run(["bash", str(DRIVER)], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (call,) = calls.read_text().splitlines()  # once, for all of them, and nothing trained again
+    script, flag, *args = call.split()
+    assert script == "export/package_pretrained.py" and flag == "--skip-shipped"
+    finished = {str(path.parent) for path in zoo.glob("*/metrics.json")}
+    assert finished and finished <= set(args)
