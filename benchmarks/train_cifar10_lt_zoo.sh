@@ -70,33 +70,39 @@ method_runs() {  # method_runs RHO RECIPE SEED SUFFIX: NPE(16), CE, LA, NPE(1), 
   run "resnet32_la_r${rho}_${hp}${sfx}" "$seed" --model resnet32 --method la --recipe "$hp" --rho "$rho"
 }
 
-if [[ "${ZOO_PACKAGE:-1}" == 1 ]]; then ship_finished_runs; fi
+zoo_list() {  # the whole list, in order; a function, so that bash has read all of it before the first run and
+  # an edit of this file while lanes train cannot shift what a running lane reads next
+  local rho seed k
+  if [[ "${ZOO_PACKAGE:-1}" == 1 ]]; then ship_finished_runs; fi
 
-# Issue 6: rho = 100, seed 0.
-method_runs 100 hp2 0 ""
-run resnet32_npe1_r100_hp2 0 --model resnet32_npe1 --method npe --recipe hp2 --rho 100
-run resnet32_crt_r100_hp2 0 --model resnet32 --method crt --recipe hp2 --rho 100 --init "$out/resnet32_ce_r100_hp2"
-run resnet32_posthoc_la_r100_hp2 0 --model resnet32 --method posthoc_la --recipe hp2 --rho 100 --init "$out/resnet32_ce_r100_hp2"
-method_runs 100 hp1 0 ""
+  # Issue 6: rho = 100, seed 0.
+  method_runs 100 hp2 0 ""
+  run resnet32_npe1_r100_hp2 0 --model resnet32_npe1 --method npe --recipe hp2 --rho 100
+  run resnet32_crt_r100_hp2 0 --model resnet32 --method crt --recipe hp2 --rho 100 --init "$out/resnet32_ce_r100_hp2"
+  run resnet32_posthoc_la_r100_hp2 0 --model resnet32 --method posthoc_la --recipe hp2 --rho 100 --init "$out/resnet32_ce_r100_hp2"
+  method_runs 100 hp1 0 ""
 
-# Issue 15, in its order.
-# 1. LA HP-1 again, on one device from start to end (the shipped run switched GPU -> CPU at epoch 39).
-run resnet32_la_r100_hp1_onedevice 0 --model resnet32 --method la --recipe hp1 --rho 100
-# 2. rho = 50 and 200 under HP-2, with cRT and post-hoc LA from each CE run.
-for rho in 50 200; do
-  method_runs "$rho" hp2 0 ""
-  run "resnet32_npe1_r${rho}_hp2" 0 --model resnet32_npe1 --method npe --recipe hp2 --rho "$rho"
-  run "resnet32_crt_r${rho}_hp2" 0 --model resnet32 --method crt --recipe hp2 --rho "$rho" --init "$out/resnet32_ce_r${rho}_hp2"
-  run "resnet32_posthoc_la_r${rho}_hp2" 0 --model resnet32 --method posthoc_la --recipe hp2 --rho "$rho" --init "$out/resnet32_ce_r${rho}_hp2"
-done
-# 3. Seeds 1 and 2 at rho = 100, HP-2.
-for seed in 1 2; do method_runs 100 hp2 "$seed" "_s${seed}"; done
-# 4. Table 3: 4 and 8 PEMs.
-for k in 4 8; do
-  run "resnet32_npe${k}_r100_hp2" 0 --model "resnet32_npe${k}" --method npe --recipe hp2 --rho 100
-done
-# 5. rho = 50 and 200 under HP-1.
-for rho in 50 200; do method_runs "$rho" hp1 0 ""; done
-# 1b. LA HP-1 seed 1 "if time allows": last, so that it does not hold back the new rows above.
-run resnet32_la_r100_hp1_onedevice_s1 1 --model resnet32 --method la --recipe hp1 --rho 100  # and seed 1
-echo "=== $(date -u +%FT%TZ) all runs finished"
+  # Issue 15, in its order.
+  # 1. LA HP-1 again, on one device from start to end (the shipped run switched GPU -> CPU at epoch 39).
+  run resnet32_la_r100_hp1_onedevice 0 --model resnet32 --method la --recipe hp1 --rho 100
+  # 2. rho = 50 and 200 under HP-2, with cRT and post-hoc LA from each CE run.
+  for rho in 50 200; do
+    method_runs "$rho" hp2 0 ""
+    run "resnet32_npe1_r${rho}_hp2" 0 --model resnet32_npe1 --method npe --recipe hp2 --rho "$rho"
+    run "resnet32_crt_r${rho}_hp2" 0 --model resnet32 --method crt --recipe hp2 --rho "$rho" --init "$out/resnet32_ce_r${rho}_hp2"
+    run "resnet32_posthoc_la_r${rho}_hp2" 0 --model resnet32 --method posthoc_la --recipe hp2 --rho "$rho" --init "$out/resnet32_ce_r${rho}_hp2"
+  done
+  # 3. Seeds 1 and 2 at rho = 100, HP-2.
+  for seed in 1 2; do method_runs 100 hp2 "$seed" "_s${seed}"; done
+  # 4. Table 3: 4 and 8 PEMs.
+  for k in 4 8; do
+    run "resnet32_npe${k}_r100_hp2" 0 --model "resnet32_npe${k}" --method npe --recipe hp2 --rho 100
+  done
+  # 5. rho = 50 and 200 under HP-1.
+  for rho in 50 200; do method_runs "$rho" hp1 0 ""; done
+  # 1b. LA HP-1 seed 1 "if time allows": last, so that it does not hold back the new rows above.
+  run resnet32_la_r100_hp1_onedevice_s1 1 --model resnet32 --method la --recipe hp1 --rho 100  # and seed 1
+  echo "=== $(date -u +%FT%TZ) all runs finished"
+}
+
+zoo_list; exit
