@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import shutil
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from npe_models.classification.checkpoint import METRICS_FILE, save_weights, wri
 from npe_models.classification.config import resolve_config
 from npe_models.classification.evaluate import evaluate_model
 from npe_models.hub import load_from_hub, save_pretrained_for_hub
-from npe_models.models import _bundled
+from npe_models.models import _bundled, parse_npe_name
 from npe_models.models._bundled import EXTRA_WEIGHTS_DIR, WEIGHTS_DIR, checkpoint_path, file_sha256, shipped_checkpoints
 from npe_models.npe import NPEHead
 from zoo import checkpoint_names, is_shipped, package_run, read_manifest, reproduces  # release tooling in export/, on the test path
@@ -316,8 +315,7 @@ def test_shipped_checkpoint_hub_folder_is_generated_with_its_card(name: str, tmp
     if entry["form"] == "merged":  # a plain <base> that still says which NPE model it was folded from
         assert npe["merged"] and npe["npe_architecture"] == entry["run"]["model"] and "were folded into" in card
     else:
-        pems_in_name = re.fullmatch(r"\w+_npe(\d+)", entry["run"]["model"])  # resnet32_npe4: 4; resnet32: none
-        assert not npe["merged"] and npe["num_pems"] == (int(pems_in_name[1]) if pems_in_name else 0)
+        assert not npe["merged"] and npe["num_pems"] == parse_npe_name(entry["run"]["model"])[1]
     with pytest.raises(FileExistsError, match="overwrite=True"):
         save_pretrained_for_hub(name, folder)
     assert sorted(p.name for p in (tmp_path / "hub").iterdir()) == [name], "no staging leftovers"
