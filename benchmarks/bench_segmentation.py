@@ -8,10 +8,11 @@
         (getrusage ru_maxrss) of a fresh subprocess per variant, and seconds per step of both
         variants in one process, interleaved rounds.
     python benchmarks/bench_segmentation.py stare --data-dir ../shared/data [--runs runs] [--base-channels 16]
-                                                  [--baseline-iterations 600] [--pem-types linear fcn]
+                                                  [--baseline-iterations 600] [--pem-types linear fcn] [--pem-lr 0.01]
         train the UNet-FCN baseline (runs/stare_unet<C>_i<N>_baseline), freeze it, train one PEM of
-        each type on it (600 iterations, lr 1e-2, x0.1 at 200 and 400; --pem-iterations), evaluate alpha 0 (baseline)
-        and NPE-LA at 1, 0.5, 0.2, 0.1, and show where the estimate points. Resumable.
+        each type on it (600 iterations, lr 1e-2, x0.1 at 200 and 400; --pem-iterations, --pem-lr), evaluate alpha 0
+        (baseline) and NPE-LA at 1, 0.5, 0.2, 0.1, and show where the estimate points. Resumable. A PEM lr other
+        than 1e-2 names its run ..._npe1_<type>_lr<lr>.
 """
 from __future__ import annotations
 
@@ -39,13 +40,20 @@ from npe_models.segmentation import (
     set_train_mode,
 )
 from npe_models.cli import main as npe_models_cli
+from npe_models.runs import WEIGHTS_FILE
 
 STARE_ALPHAS = ("0", "1", "0.5", "0.2", "0.1")
+DEFAULT_PEM_LR = 0.01
 
 
 def _resume(run: Path) -> list[str]:
     """``--resume`` for a run that has started (resuming a run that has not is an error)."""
     return ["--resume"] if (run / "config.json").is_file() else []
+
+
+def _unless_finished(run: Path, step: list[str]) -> list[list[str]]:
+    """The training step of ``run``, or none once it has its final weights (a zoo run may keep no checkpoint)."""
+    return [] if (run / WEIGHTS_FILE).is_file() else [step]
 
 
 def _interleaved(fns: dict[str, Callable[[], None]], rounds: int) -> dict[str, dict[str, list[float]]]:
@@ -170,31 +178,36 @@ def _stare_table(title: str, results: dict) -> None:
 
 
 def estimate_diagnostic(run: Path, data_dir: str) -> None:
-    """Where the trained estimate points: mean vessel-minus-background gap of eta and of z, by pixel group."""
+    """Where the trained estimate points, by pixel group: the mean vessel-minus-background gap of eta and of z, and
+    the spread of eta's gap (about 0 when the PEM learned only its bias, a constant shift)."""
     model, config = load_segmentation_model(run)
     groups = ("background pixels", "vessel pixels", "near the boundary: abs(z_vessel - z_background) < 1")
-    totals = {group: torch.zeros(3, dtype=torch.float64) for group in groups}  # eta gap, z gap, count
+    totals = {group: torch.zeros(4, dtype=torch.float64) for group in groups}  # eta gap, its square, z gap, count
     for image, mask in StareSegmentation(data_dir, "val", "ah"):
         logits, estimate = predict_logits(model, normalize_images(image[None], config.mean, config.std))
-        eta_gap, z_gap = estimate[0, 1] - estimate[0, 0], logits[0, 1] - logits[0, 0]
+        eta_gap, z_gap = (estimate[0, 1] - estimate[0, 0]).double(), (logits[0, 1] - logits[0, 0]).double()
         for group, where in zip(groups, (mask == 0, mask == 1, z_gap.abs() < 1)):
-            totals[group] += torch.stack([eta_gap[where].sum(), z_gap[where].sum(), where.sum()]).double()
+            gap = eta_gap[where]
+            totals[group] += torch.stack([gap.sum(), gap.square().sum(), z_gap[where].sum(), where.sum().double()])
     print("\nEstimate vs main logits on the 'ah' validation images (whole-image inference)")
-    print("| pixels | mean eta_vessel - eta_background | mean z_vessel - z_background | pixels counted |")
-    print("| --- | ---: | ---: | ---: |")
-    for group, (eta_sum, z_sum, count) in totals.items():
-        print(f"| {group} | {eta_sum / count:.3f} | {z_sum / count:.3f} | {int(count):,} |")
+    print("| pixels | mean eta_vessel - eta_background | its std | mean z_vessel - z_background | pixels counted |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for group, (eta_sum, eta_squares, z_sum, count) in totals.items():
+        eta_mean = eta_sum / count
+        eta_std = (eta_squares / count - eta_mean**2).clamp(min=0).sqrt()
+        print(f"| {group} | {eta_mean:.3f} | {eta_std:.3f} | {z_sum / count:.3f} | {int(count):,} |")
 
 
 def _stare_pem_steps(args: argparse.Namespace, baseline: Path, pem_type: str) -> tuple[Path, list[list[str]]]:
     """Train one PEM of ``pem_type`` on the frozen baseline, then evaluate alpha 0 and the NPE-LA strengths."""
     common = ["--data-dir", args.data_dir, "--device", args.device]
-    npe = baseline.with_name(baseline.name.replace("_baseline", f"_npe1_{pem_type}"))
+    lr_tag = "" if args.pem_lr == DEFAULT_PEM_LR else f"_lr{args.pem_lr:g}"
+    npe = baseline.with_name(baseline.name.replace("_baseline", f"_npe1_{pem_type}{lr_tag}"))
     steps = [
-        ["train", "--model", "unet_fcn_npe1", "--pem-type", pem_type, "--model-arg", f"base_channels={args.base_channels}",
-         "--aux-loss", "--freeze-decode-head", "--iterations", str(args.pem_iterations), "--lr", "0.01",
+        *_unless_finished(npe, ["train", "--model", "unet_fcn_npe1", "--pem-type", pem_type, "--model-arg", f"base_channels={args.base_channels}",
+         "--aux-loss", "--freeze-decode-head", "--iterations", str(args.pem_iterations), "--lr", f"{args.pem_lr:g}",
          "--milestones", *(str(round(args.pem_iterations * f)) for f in (1 / 3, 2 / 3)),
-         "--init", str(baseline), "--out", str(npe), *_resume(npe), *common],
+         "--init", str(baseline), "--out", str(npe), *_resume(npe), *common]),
         ["evaluate", str(npe), "--mode", "slide", "--crop-size", "128", "--stride", "85",
          "--alpha", *STARE_ALPHAS, "--overlays", "2", *common],
     ]
@@ -211,11 +224,11 @@ def _run_cli(steps: list[list[str]]) -> None:
 def bench_stare(args: argparse.Namespace) -> None:
     runs = Path(args.runs)
     baseline = runs / f"stare_unet{args.base_channels}_i{args.baseline_iterations}_baseline"
-    _run_cli([
-        ["train", "--model", "unet_fcn", "--model-arg", f"base_channels={args.base_channels}", "--aux-loss",
-         "--no-freeze-backbone", "--iterations", str(args.baseline_iterations), "--lr-schedule", "poly", "--lr", "0.03",
-         "--out", str(baseline), *_resume(baseline), "--data-dir", args.data_dir, "--device", args.device],
-    ])
+    _run_cli(_unless_finished(baseline, [
+        "train", "--model", "unet_fcn", "--model-arg", f"base_channels={args.base_channels}", "--aux-loss",
+        "--no-freeze-backbone", "--iterations", str(args.baseline_iterations), "--lr-schedule", "poly", "--lr", "0.03",
+        "--out", str(baseline), *_resume(baseline), "--data-dir", args.data_dir, "--device", args.device,
+    ]))
     for pem_type in args.pem_types:
         npe, steps = _stare_pem_steps(args, baseline, pem_type)
         _run_cli(steps)
@@ -250,6 +263,9 @@ def main() -> None:
     stare.add_argument("--baseline-iterations", type=int, default=600)
     stare.add_argument("--pem-iterations", type=int, default=600, help="PEM training steps (lr x0.1 at 1/3 and 2/3)")
     stare.add_argument("--pem-types", nargs="+", choices=("linear", "fcn"), default=["linear", "fcn"])
+    stare.add_argument("--pem-lr", type=float, default=DEFAULT_PEM_LR,
+                       help="PEM learning rate; raise it when the baseline's features are small and the PEM's "
+                            "estimate stays constant (its weights never leave the N(0, 0.001) start)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}", flush=True)

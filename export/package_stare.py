@@ -32,8 +32,9 @@ STARE_ALPHAS = (0.0, 1.0, 0.5, 0.2, 0.1)
 BASELINE_NAME, NPE_NAME = "unet_fcn.stare", "unet_fcn_npe1.stare_fcn"
 RECIPE = (
     "benchmarks/bench_segmentation.py stare: the UNet-FCN baseline (aux head, weight 0.4) from random init, batch 4, "
-    "random 128x128 crops with flips, SGD momentum 0.9, wd 5e-4, lr 0.03 with poly decay (power 0.9), then everything "
-    "frozen and one PEM trained with the dense one-way logistic loss, lr 1e-2 x0.1 at 1/3 and 2/3 of its iterations"
+    "random 128x128 crops with flips, SGD momentum 0.9, wd 5e-4, lr {baseline_lr:g} with poly decay (power 0.9), then "
+    "everything frozen and one PEM trained with the dense one-way logistic loss, lr {pem_lr:g} x0.1 at 1/3 and 2/3 of "
+    "its iterations"
 )
 
 
@@ -78,6 +79,12 @@ def _same_network(npe: nn.Module, baseline: nn.Module) -> None:
         raise SystemExit(f"the PEM run changed its baseline's network ({different[:3]}...): it was not frozen.")
 
 
+def _recipe(baseline_run: Path, npe_run: Path) -> str:
+    """The recipe line, with the learning rates the two runs recorded."""
+    return RECIPE.format(baseline_lr=read_json(baseline_run / "config.json")["train"]["lr"],
+                         pem_lr=read_json(npe_run / "config.json")["train"]["lr"])
+
+
 def _meta(config: SegmentationModelConfig, model: nn.Module, file: str, **fields: Any) -> dict[str, Any]:
     return {
         "file": file,
@@ -87,7 +94,6 @@ def _meta(config: SegmentationModelConfig, model: nn.Module, file: str, **fields
         "std": list(config.std),
         "model_kwargs": {"aux_loss": config.aux_loss, "num_stages": 5, **config.model_kwargs},
         "num_params": sum(p.numel() for p in model.parameters()),
-        "recipe": RECIPE,
         "evaluation": "STARE validation split (last 10 ids sorted; 'ah' masks exist for 8), sliding window 128/85",
         **fields,
     }
@@ -104,10 +110,11 @@ def package_stare(npe_run: Path, data_dir: str, manifest: Optional[Path] = None)
     save_file(npe.state_dict(), str(WEIGHTS_DIR / file))
     (WEIGHTS_DIR / file).chmod(0o644)  # package data: readable by every user of an installed package
     metrics = stare_metrics(npe, config, data_dir)
+    recipe = _recipe(baseline_run, npe_run)
     entries = {
-        BASELINE_NAME: _meta(baseline_config, baseline, file, num_pems=0, iterations=iterations["baseline"],
-                             _metrics={key: {"0": by_alpha["0"]} for key, by_alpha in metrics.items()}),
-        NPE_NAME: _meta(config, npe, file, num_pems=1, pem_type=config.pem_type, iterations=iterations,
+        BASELINE_NAME: _meta(baseline_config, baseline, file, recipe=recipe, num_pems=0,
+                             iterations=iterations["baseline"], _metrics={key: {"0": by_alpha["0"]} for key, by_alpha in metrics.items()}),
+        NPE_NAME: _meta(config, npe, file, recipe=recipe, num_pems=1, pem_type=config.pem_type, iterations=iterations,
                         _metrics=metrics, quick_check=stare_quick_check(npe, config, data_dir)),
     }
     write_manifest(entries, manifest or MANIFEST_FILE, section="segmentation")

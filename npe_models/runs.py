@@ -658,6 +658,12 @@ class TrainingLoop(ABC):
         """Load the checkpoint in the run directory, if there is one; returns the units it had completed."""
         path = self.run_dir / CHECKPOINT_FILE
         if not path.is_file():
+            if (self.run_dir / WEIGHTS_FILE).is_file():
+                raise FileExistsError(
+                    f"cannot resume {self.run_dir}: it is a finished run whose {CHECKPOINT_FILE} was removed, so "
+                    f"training would start over and overwrite its {WEIGHTS_FILE} and log. Use its weights as they "
+                    "are, or train again in another --out."
+                )
             return 0
         state = load_training_state(path)
         for name, part in self.checkpointed().items():

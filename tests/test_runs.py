@@ -239,6 +239,17 @@ def test_training_loop_resumes_exactly_and_drops_log_records_after_the_checkpoin
     assert _ToyLoop(longer, run).run(resume=True) == _ToyLoop(longer, tmp_path / "long").run()
 
 
+def test_resuming_a_finished_run_without_its_checkpoint_is_refused_and_keeps_its_files(tmp_path: Path) -> None:
+    run = tmp_path / "finished"
+    _ToyLoop(_ToySettings(), run).run()
+    save_file({"w": torch.ones(1)}, str(run / WEIGHTS_FILE))
+    (run / CHECKPOINT_FILE).unlink()  # as the zoo keeps a finished run: weights and log, no checkpoint
+    kept = {name: (run / name).read_bytes() for name in (WEIGHTS_FILE, LOG_FILE, CONFIG_FILE)}
+    with pytest.raises(FileExistsError, match="finished run whose checkpoint.pt was removed.*another --out"):
+        _ToyLoop(_ToySettings(), run).run(resume=True)
+    assert {name: (run / name).read_bytes() for name in kept} == kept
+
+
 def test_training_loop_reports_a_non_finite_loss_with_the_last_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(NonFiniteLossError, match="during step 1; .* No checkpoint had been written yet") as error:
         _ToyLoop(_ToySettings(), tmp_path / "early", explode_at=0).run()
