@@ -23,6 +23,7 @@ from npe_models.classification.evaluate import evaluate_model
 from npe_models.hub import load_from_hub, save_pretrained_for_hub
 from npe_models.models import _bundled, parse_npe_name
 from npe_models.models._bundled import EXTRA_WEIGHTS_DIR, WEIGHTS_DIR, checkpoint_path, file_sha256, shipped_checkpoints
+from npe_models.models.segmentation import UNet_FCN_Weights
 from npe_models.npe import NPEHead
 from zoo import checkpoint_names, is_shipped, package_run, read_manifest, reproduces  # release tooling in export/, on the test path
 
@@ -351,7 +352,8 @@ def test_cli_lists_every_shipped_checkpoint(capsys) -> None:
     assert "resnet50_npe16.a1_in1k" in out.split("Base architectures")[1]
     segmentation = out.split("Segmentation weights trained by npe-models")[1]
     assert "unet_fcn weights=STARE " in segmentation and "unet_fcn_npe1 weights=STARE_NPE1_FCN" in segmentation
-    assert "mDice 90.25 on the 'ah' validation masks" in segmentation  # from the weights' recorded metrics
+    recorded = UNet_FCN_Weights.STARE.meta["_metrics"]["STARE-val-ah"]["0"]["mean_dice"]
+    assert f"mDice {100 * recorded:.2f} on the 'ah' validation masks" in segmentation  # the weights' recorded metrics
 
 
 @pytest.mark.parametrize("name", SHIPPED[:1])

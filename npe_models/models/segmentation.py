@@ -456,7 +456,7 @@ def bundled_segmentation_weights() -> list[tuple[str, str]]:
         adjusted = [alpha for alpha in scores if alpha != "0"]
         best = max(adjusted, key=lambda alpha: scores[alpha]["mean_dice"], default=None)
         iterations = meta["iterations"]["baseline"] if meta["num_pems"] else meta["iterations"]
-        summary = (f"STARE UNet-FCN, {iterations} iterations: mDice {100 * scores['0']['mean_dice']:.2f} "
+        summary = (f"STARE UNet-FCN, {iterations:,} iterations: mDice {100 * scores['0']['mean_dice']:.2f} "
                    "on the 'ah' validation masks")
         if best is not None:
             summary += (f"; with its trained {meta['pem_type']} PEM, {100 * scores[best]['mean_dice']:.2f} "
