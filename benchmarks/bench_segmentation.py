@@ -205,7 +205,8 @@ def _stare_pem_steps(args: argparse.Namespace, baseline: Path, pem_type: str) ->
     npe = baseline.with_name(baseline.name.replace("_baseline", f"_npe1_{pem_type}{lr_tag}"))
     train = [
         "train", "--model", "unet_fcn_npe1", "--pem-type", pem_type,
-        "--model-arg", f"base_channels={args.base_channels}", "--aux-loss", "--freeze-decode-head", "--iterations", str(args.pem_iterations), "--lr", f"{args.pem_lr:g}",
+        "--model-arg", f"base_channels={args.base_channels}", "--aux-loss", "--freeze-decode-head",
+        "--iterations", str(args.pem_iterations), "--lr", f"{args.pem_lr:g}",
         "--milestones", *(str(round(args.pem_iterations * f)) for f in (1 / 3, 2 / 3)),
         "--init", str(baseline), "--out", str(npe), *_resume(npe), *common,
     ]
