@@ -113,7 +113,8 @@ def package_stare(npe_run: Path, data_dir: str, manifest: Optional[Path] = None)
     recipe = _recipe(baseline_run, npe_run)
     entries = {
         BASELINE_NAME: _meta(baseline_config, baseline, file, recipe=recipe, num_pems=0,
-                             iterations=iterations["baseline"], _metrics={key: {"0": by_alpha["0"]} for key, by_alpha in metrics.items()}),
+                             iterations=iterations["baseline"],
+                             _metrics={key: {"0": by_alpha["0"]} for key, by_alpha in metrics.items()}),
         NPE_NAME: _meta(config, npe, file, recipe=recipe, num_pems=1, pem_type=config.pem_type, iterations=iterations,
                         _metrics=metrics, quick_check=stare_quick_check(npe, config, data_dir)),
     }

@@ -503,16 +503,23 @@ def check_out_dir(run_dir: PathLike) -> None:
 
 
 def check_run_dir(run_dir: PathLike, config: SerializableConfig, resume: bool) -> None:
-    """Refuse an --out that cannot be written, to overwrite a run, or (``resume``) to continue it with settings
-    that differ from its config.json."""
+    """Refuse an --out that cannot be written, to overwrite a run (or restart a finished one that kept no checkpoint),
+    or (``resume``) to continue a run with settings that differ from its config.json."""
     run_dir = Path(run_dir)
     check_out_dir(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
         if (run_dir / CHECKPOINT_FILE).is_file():
             raise FileExistsError(f"{run_dir} has a {CHECKPOINT_FILE} but no {CONFIG_FILE}; use a new --out.")
         return
+    finished = (run_dir / WEIGHTS_FILE).is_file()
+    if finished and not (run_dir / CHECKPOINT_FILE).is_file():
+        raise FileExistsError(
+            f"{run_dir} holds a finished run whose {CHECKPOINT_FILE} was removed: training in it, with --resume or "
+            f"without, would start over and overwrite its {WEIGHTS_FILE} and log. Use its weights as they are, or "
+            "train again in another --out."
+        )
     if not resume:
-        state = "a finished run" if (run_dir / WEIGHTS_FILE).is_file() else "a run"
+        state = "a finished run" if finished else "a run"
         raise FileExistsError(f"{run_dir} holds {state}; pass --resume to continue it, or choose another --out.")
     saved = type(config).from_dict(read_run_config(run_dir, config.task))
     changed = saved.differences(config)
@@ -658,12 +665,6 @@ class TrainingLoop(ABC):
         """Load the checkpoint in the run directory, if there is one; returns the units it had completed."""
         path = self.run_dir / CHECKPOINT_FILE
         if not path.is_file():
-            if (self.run_dir / WEIGHTS_FILE).is_file():
-                raise FileExistsError(
-                    f"cannot resume {self.run_dir}: it is a finished run whose {CHECKPOINT_FILE} was removed, so "
-                    f"training would start over and overwrite its {WEIGHTS_FILE} and log. Use its weights as they "
-                    "are, or train again in another --out."
-                )
             return 0
         state = load_training_state(path)
         for name, part in self.checkpointed().items():
