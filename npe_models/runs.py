@@ -20,6 +20,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterator, Mapping
@@ -131,13 +132,39 @@ def _remove_temporaries(directory: Path) -> None:
         logger.info("removed %s, left by an interrupted write", leftover)
 
 
-def _lock_holder(lock: Path) -> str:
-    """Who holds a lock, as its holder recorded it: ``pid 123 on host since 2026-01-01T12:00:00+00:00``."""
+HOLDER_RECORD_WAIT_S = 2.0  # how long a refused process waits for the lock's holder to record itself
+
+
+def _live_holder_record(lock: Path) -> Optional[dict[str, Any]]:
+    """The holder record in ``lock``, or None while it is missing, half-written or left by a dead process on this host."""
     try:
         holder = json.loads(lock.read_text())
-        return f"pid {holder['pid']} on {holder['host']} since {holder['started']}"
+        pid, host = int(holder["pid"]), holder["host"]
+        holder["started"]
     except (OSError, ValueError, KeyError, TypeError):
-        return "a process that has not recorded itself yet"
+        return None
+    if host == socket.gethostname():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None  # the record of a killed run, not yet overwritten by the new holder
+        except PermissionError:
+            pass  # alive, owned by another user
+    return holder
+
+
+def _lock_holder(lock: Path) -> str:
+    """Who holds a lock, as its holder recorded it: ``pid 123 on host since 2026-01-01T12:00:00+00:00``.
+
+    The holder writes its record just after taking the lock, so a process refused in between waits
+    up to :data:`HOLDER_RECORD_WAIT_S` for it rather than naming nobody (or a dead run).
+    """
+    deadline = time.monotonic() + HOLDER_RECORD_WAIT_S
+    while (holder := _live_holder_record(lock)) is None:
+        if time.monotonic() >= deadline:
+            return "a process that has not recorded itself yet"
+        time.sleep(0.02)
+    return f"pid {holder['pid']} on {holder['host']} since {holder['started']}"
 
 
 @contextlib.contextmanager

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import importlib
 import json
 import os
 import re
 import shutil
+import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -199,6 +202,36 @@ def test_a_held_lock_refuses_trainings_and_evaluations_naming_its_holder(tiny_da
             segmentation.evaluate_run(_segmentation_config().build(), _segmentation_config(), out, device="cpu")
     assert main(_argv(tiny_data, out)) == 0, "released when its holder is done"
     assert isinstance(RunDirLockedError("x"), OSError), "npe-models' main reports it as one line"
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_a_process_refused_before_the_holder_recorded_itself_waits_for_the_record(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    out.mkdir()
+    lock = out / LOCK_FILE
+    lock.write_text(json.dumps({"pid": _dead_pid(), "host": socket.gethostname(), "started": "long ago"}))
+    handle = os.open(lock, os.O_RDWR)  # the new holder has the lock; the killed run's record is still in the file
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        live = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": "now"})
+        recorder = threading.Timer(0.3, lock.write_text, [live])
+        recorder.start()
+        with pytest.raises(RunDirLockedError, match=f"pid {os.getpid()} on .* since now"):
+            with locked_dir(out):
+                pass
+        recorder.join()
+        lock.write_text("")
+        monkeypatch.setattr("npe_models.runs.HOLDER_RECORD_WAIT_S", 0.1)
+        with pytest.raises(RunDirLockedError, match="a process that has not recorded itself yet"):
+            with locked_dir(out):
+                pass
+    finally:
+        os.close(handle)
 
 
 def test_the_run_directory_is_checked_again_under_its_lock(tiny_data, tmp_path, monkeypatch):
