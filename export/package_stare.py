@@ -22,7 +22,7 @@ from torch.utils.data import Subset
 
 from npe_models.data.stare import StareSegmentation
 from npe_models.models._bundled import MANIFEST_FILE, WEIGHTS_DIR, file_sha256
-from npe_models.runs import LOG_FILE, read_json, read_jsonl
+from npe_models.runs import LOG_FILE, WEIGHTS_FILE, read_jsonl, read_run_config
 from npe_models.segmentation import evaluate_segmentation, load_segmentation_model
 from npe_models.segmentation.config import SegmentationModelConfig
 from zoo import write_manifest
@@ -63,12 +63,11 @@ def stare_quick_check(model: nn.Module, config: SegmentationModelConfig, data_di
             "mean_dice": {f"{alpha:g}": metrics.mean_dice for alpha, metrics in results.items()}}
 
 
-def _finished_iterations(run: Path) -> int:
-    """The iterations of a finished run; an unfinished one is an error."""
-    config = read_json(run / "config.json")
+def _finished_iterations(run: Path, settings: dict[str, Any]) -> int:
+    """The iterations of a finished run (``settings``: its config.json); an unfinished one is an error."""
     done = read_jsonl(run / LOG_FILE)[-1]["iteration"] if (run / LOG_FILE).is_file() else 0
-    if done != config["train"]["iterations"] or not (run / "model.safetensors").is_file():
-        raise SystemExit(f"{run} is not finished ({done} of {config['train']['iterations']} iterations).")
+    if done != settings["train"]["iterations"] or not (run / WEIGHTS_FILE).is_file():
+        raise SystemExit(f"{run} is not finished ({done} of {settings['train']['iterations']} iterations).")
     return done
 
 
@@ -77,12 +76,6 @@ def _same_network(npe: nn.Module, baseline: nn.Module) -> None:
     different = [key for key, value in baseline.state_dict().items() if not torch.equal(state[key], value)]
     if different:
         raise SystemExit(f"the PEM run changed its baseline's network ({different[:3]}...): it was not frozen.")
-
-
-def _recipe(baseline_run: Path, npe_run: Path) -> str:
-    """The recipe line, with the learning rates the two runs recorded."""
-    return RECIPE.format(baseline_lr=read_json(baseline_run / "config.json")["train"]["lr"],
-                         pem_lr=read_json(npe_run / "config.json")["train"]["lr"])
 
 
 def _meta(config: SegmentationModelConfig, model: nn.Module, file: str, **fields: Any) -> dict[str, Any]:
@@ -102,15 +95,18 @@ def _meta(config: SegmentationModelConfig, model: nn.Module, file: str, **fields
 def package_stare(npe_run: Path, data_dir: str, manifest: Optional[Path] = None) -> dict[str, dict[str, Any]]:
     """Write the weights file and the manifest entries of the baseline and its NPE form; returns the entries."""
     npe, config = load_segmentation_model(npe_run)
-    baseline_run = Path(read_json(npe_run / "config.json")["data"]["init"])
-    iterations = {"baseline": _finished_iterations(baseline_run), "pem": _finished_iterations(npe_run)}
+    npe_settings = read_run_config(npe_run, "segmentation")
+    baseline_run = Path(npe_settings["data"]["init"])
+    baseline_settings = read_run_config(baseline_run, "segmentation")
+    iterations = {"baseline": _finished_iterations(baseline_run, baseline_settings),
+                  "pem": _finished_iterations(npe_run, npe_settings)}
     baseline, baseline_config = load_segmentation_model(baseline_run)
     _same_network(npe, baseline)
     file = f"{NPE_NAME}.safetensors"
     save_file(npe.state_dict(), str(WEIGHTS_DIR / file))
     (WEIGHTS_DIR / file).chmod(0o644)  # package data: readable by every user of an installed package
     metrics = stare_metrics(npe, config, data_dir)
-    recipe = _recipe(baseline_run, npe_run)
+    recipe = RECIPE.format(baseline_lr=baseline_settings["train"]["lr"], pem_lr=npe_settings["train"]["lr"])
     entries = {
         BASELINE_NAME: _meta(baseline_config, baseline, file, recipe=recipe, num_pems=0,
                              iterations=iterations["baseline"],

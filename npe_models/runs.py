@@ -135,12 +135,12 @@ def _remove_temporaries(directory: Path) -> None:
 HOLDER_RECORD_WAIT_S = 2.0  # how long a refused process waits for the lock's holder to record itself
 
 
-def _live_holder_record(lock: Path) -> Optional[dict[str, Any]]:
-    """The holder record in ``lock``, or None while it is missing, half-written or left by a dead process on this host."""
+def _live_holder(lock: Path) -> Optional[str]:
+    """The holder recorded in ``lock``, or None while the record is missing, half-written or left by a dead process
+    on this host."""
     try:
         holder = json.loads(lock.read_text())
-        pid, host = int(holder["pid"]), holder["host"]
-        holder["started"]
+        pid, host, started = int(holder["pid"]), holder["host"], holder["started"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if host == socket.gethostname():
@@ -150,7 +150,7 @@ def _live_holder_record(lock: Path) -> Optional[dict[str, Any]]:
             return None  # the record of a killed run, not yet overwritten by the new holder
         except PermissionError:
             pass  # alive, owned by another user
-    return holder
+    return f"pid {pid} on {host} since {started}"
 
 
 def _lock_holder(lock: Path) -> str:
@@ -160,11 +160,11 @@ def _lock_holder(lock: Path) -> str:
     up to :data:`HOLDER_RECORD_WAIT_S` for it rather than naming nobody (or a dead run).
     """
     deadline = time.monotonic() + HOLDER_RECORD_WAIT_S
-    while (holder := _live_holder_record(lock)) is None:
+    while (holder := _live_holder(lock)) is None:
         if time.monotonic() >= deadline:
             return "a process that has not recorded itself yet"
         time.sleep(0.02)
-    return f"pid {holder['pid']} on {holder['host']} since {holder['started']}"
+    return holder
 
 
 @contextlib.contextmanager
