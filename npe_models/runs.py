@@ -692,6 +692,7 @@ class TrainingLoop(ABC):
         """Load the checkpoint in the run directory, if there is one; returns the units it had completed."""
         path = self.run_dir / CHECKPOINT_FILE
         if not path.is_file():
+            self._refuse_lost_checkpoint()
             return 0
         state = load_training_state(path)
         for name, part in self.checkpointed().items():
@@ -707,6 +708,19 @@ class TrainingLoop(ABC):
         self.saved = int(state[self.unit])
         logger.info("resuming %s after %s %d of %d", self.run_dir, self.unit, self.saved, self.total)
         return self.saved
+
+    def _refuse_lost_checkpoint(self) -> None:
+        """Refuse to resume a run whose log goes past a unit that was checkpointed but whose checkpoint is gone:
+        it would silently start over and cut its log back to nothing."""
+        log = self.run_dir / LOG_FILE
+        logged = max((r.get(self.unit, 0) for r in read_jsonl(log)), default=0) if log.is_file() else 0
+        if any(self.checkpoint_due(done) for done in range(1, logged + 1)):
+            raise FileNotFoundError(
+                f"cannot resume {self.run_dir}: its log reaches {self.unit} {logged:,} but its {CHECKPOINT_FILE} "
+                "is missing (deleted, or left behind on another machine), so training would start over and "
+                f"overwrite the log. Bring the checkpoint back, or start the run again in another --out (or after "
+                f"removing {self.run_dir})."
+            )
 
     def _open_run_dir(self, start: int) -> None:
         """Remove the temporary files of writes an interruption cut short, record the settings of a run being

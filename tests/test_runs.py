@@ -250,6 +250,25 @@ def test_resuming_a_finished_run_without_its_checkpoint_is_refused_and_keeps_its
     assert {name: (run / name).read_bytes() for name in kept} == kept
 
 
+def test_resuming_a_run_whose_checkpoint_was_lost_is_refused_and_keeps_its_log(tmp_path: Path) -> None:
+    run = tmp_path / "lost"
+    with pytest.raises(KeyboardInterrupt):
+        _ToyLoop(_ToySettings(), run, stop_at=3).run()
+    (run / CHECKPOINT_FILE).unlink()  # as a git-ignored checkpoint is lost with the machine it was on
+    log = (run / LOG_FILE).read_bytes()
+    with pytest.raises(FileNotFoundError, match="log reaches step 3 but its checkpoint.pt is missing.*another --out"):
+        _ToyLoop(_ToySettings(), run).run(resume=True)
+    assert (run / LOG_FILE).read_bytes() == log
+
+
+def test_resuming_a_run_stopped_before_its_first_checkpoint_starts_it_over(tmp_path: Path) -> None:
+    run = tmp_path / "early"
+    with pytest.raises(KeyboardInterrupt):
+        _ToyLoop(_ToySettings(), run, stop_at=1).run()
+    assert not (run / CHECKPOINT_FILE).exists() and [r["step"] for r in read_jsonl(run / LOG_FILE)] == [1]
+    assert _ToyLoop(_ToySettings(), run).run(resume=True) == _ToyLoop(_ToySettings(), tmp_path / "straight").run()
+
+
 def test_training_loop_reports_a_non_finite_loss_with_the_last_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(NonFiniteLossError, match="during step 1; .* No checkpoint had been written yet") as error:
         _ToyLoop(_ToySettings(), tmp_path / "early", explode_at=0).run()
