@@ -712,8 +712,7 @@ class TrainingLoop(ABC):
     def _refuse_lost_checkpoint(self) -> None:
         """Refuse to resume a run whose log goes past a unit that was checkpointed but whose checkpoint is gone:
         it would silently start over and cut its log back to nothing."""
-        log = self.run_dir / LOG_FILE
-        logged = max((r.get(self.unit, 0) for r in read_jsonl(log)), default=0) if log.is_file() else 0
+        logged = max((r.get(self.unit, 0) for r in read_jsonl(self.run_dir / LOG_FILE)), default=0)
         if any(self.checkpoint_due(done) for done in range(1, logged + 1)):
             raise FileNotFoundError(
                 f"cannot resume {self.run_dir}: its log reaches {self.unit} {logged:,} but its {CHECKPOINT_FILE} "
