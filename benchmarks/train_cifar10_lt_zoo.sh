@@ -25,6 +25,8 @@ if ! command -v npe-models > /dev/null; then
   exit 1
 fi
 common=(--dataset cifar10 --data-dir "$data" --deterministic --no-progress)
+amp=()  # ZOO_AMP=1: runs that start from now on train with bf16 autocast (issue 46: only once the bf16 check below passed)
+if [[ "${ZOO_AMP:-0}" == 1 ]]; then amp=(--amp); fi
 
 ship_finished_runs() {  # ship runs that finished unshipped (packaging off, or it failed): once, at the start
   local finished=("$out"/*/metrics.json)
@@ -47,19 +49,21 @@ train_unless_held() {  # train_unless_held DIR SEED ARGS...: train and ship one 
   local resume=()
   [[ -f "$dir/config.json" ]] && resume=(--resume)  # resuming a run that never started is an error
   echo "=== $(date -u +%FT%TZ) ${dir##*/}"
-  npe-models train "${common[@]}" --seed "$seed" --out "$dir" "${resume[@]}" "$@"
-  if [[ "${ZOO_PACKAGE:-1}" == 1 ]]; then  # one lane at a time writes the manifest
+  npe-models train "${common[@]}" --seed "$seed" --out "$dir" "${resume[@]}" "${new_run_args[@]}" "$@"
+  if [[ "${ZOO_PACKAGE:-1}" == 1 && "${dir%/*}" == "$out" ]]; then  # one lane at a time writes the manifest;
+    # runs in a subfolder ($out/checks/) are measurements, never shipped
     flock "$out/.zoo-package.lock" python export/package_pretrained.py "$dir" --data-dir "$data"
   fi
 }
 
 run() {  # run NAME SEED ARGS...: train (or resume, or skip when finished or held by another lane) one run
   local name=$1 seed=$2; shift 2
-  local dir="$out/$name" waiting
+  local dir="$out/$name" waiting new_run_args=()
   if [[ -f "$dir/metrics.json" ]]; then echo "=== $name: finished"; return; fi
   waiting=$(unfinished_init "$@")
   if [[ -n "$waiting" ]]; then echo "=== $name: waits for $waiting (the lane training it trains this next)"; return; fi
   mkdir -p "$dir"
+  [[ -f "$dir/config.json" ]] || new_run_args=("${amp[@]}")  # --amp only when a run starts: a resumed run keeps its own
   train_unless_held "$dir" "$seed" "$@" 9> "$dir/.zoo-lane.lock"  # the lock lives as long as the call
 }
 
@@ -70,9 +74,15 @@ method_runs() {  # method_runs RHO RECIPE SEED SUFFIX: NPE(16), CE, LA, NPE(1), 
   run "resnet32_la_r${rho}_${hp}${sfx}" "$seed" --model resnet32 --method la --recipe "$hp" --rho "$rho"
 }
 
+crt_run() {  # crt_run RHO RECIPE SEED SUFFIX: cRT from the CE run of the same cell and seed
+  local rho=$1 hp=$2 seed=$3 sfx=$4
+  run "resnet32_crt_r${rho}_${hp}${sfx}" "$seed" --model resnet32 --method crt --recipe "$hp" --rho "$rho" \
+    --init "$out/resnet32_ce_r${rho}_${hp}${sfx}"
+}
+
 zoo_list() {  # the whole list, in order; a function, so that bash has read all of it before the first run and
   # an edit of this file while lanes train cannot shift what a running lane reads next
-  local rho seed k
+  local rho seed k sfx
   if [[ "${ZOO_PACKAGE:-1}" == 1 ]]; then ship_finished_runs; fi
 
   # Issue 6: rho = 100, seed 0.
@@ -102,6 +112,29 @@ zoo_list() {  # the whole list, in order; a function, so that bash has read all 
   for rho in 50 200; do method_runs "$rho" hp1 0 ""; done
   # 1b. LA HP-1 seed 1 "if time allows": last, so that it does not hold back the new rows above.
   run resnet32_la_r100_hp1_onedevice_s1 1 --model resnet32 --method la --recipe hp1 --rho 100  # and seed 1
+
+  # Issue 46: three seeds wherever the paper reports one cell, short runs and the two unexplained cells first.
+  # The bf16 check (never shipped): one full HP-2 rho = 100 NPE(16) run with bf16 autocast, against the fp32 seeds.
+  run checks/resnet32_npe16_r100_hp2_bf16 0 --model resnet32_npe16 --method npe --recipe hp2 --rho 100 --amp
+  for rho in 100 50 200; do crt_run "$rho" hp1 0 ""; done  # HP-1 cRT from the seed-0 CE runs
+  for seed in 1 2; do run "resnet32_ce_r200_hp2_s${seed}" "$seed" --model resnet32 --method ce --recipe hp2 --rho 200; done
+  for seed in 1 2; do crt_run 200 hp2 "$seed" "_s${seed}"; done
+  for seed in 1 2; do run "resnet32_la_r200_hp1_s${seed}" "$seed" --model resnet32 --method la --recipe hp1 --rho 200; done
+  for seed in 1 2; do
+    run "resnet32_la_r200_hp2_s${seed}" "$seed" --model resnet32 --method la --recipe hp2 --rho 200
+    run "resnet32_npe16_r200_hp2_s${seed}" "$seed" --model resnet32_npe16 --method npe --recipe hp2 --rho 200
+  done
+  for seed in 1 2; do method_runs 50 hp2 "$seed" "_s${seed}"; crt_run 50 hp2 "$seed" "_s${seed}"; done
+  for seed in 1 2; do
+    run "resnet32_ce_r100_hp1_s${seed}" "$seed" --model resnet32 --method ce --recipe hp1 --rho 100
+    crt_run 100 hp1 "$seed" "_s${seed}"
+    run "resnet32_npe16_r100_hp1_s${seed}" "$seed" --model resnet32_npe16 --method npe --recipe hp1 --rho 100
+  done
+  run resnet32_la_r100_hp1_s2 2 --model resnet32 --method la --recipe hp1 --rho 100
+  for seed in 0 1 2; do
+    sfx=""; (( seed )) && sfx="_s${seed}"
+    run "resnet32_npe1_r100_hp1${sfx}" "$seed" --model resnet32_npe1 --method npe --recipe hp1 --rho 100
+  done
   echo "=== $(date -u +%FT%TZ) all runs finished"
 }
 
