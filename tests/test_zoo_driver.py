@@ -12,7 +12,7 @@ import pytest
 
 DRIVER = Path(__file__).resolve().parents[1] / "benchmarks" / "train_cifar10_lt_zoo.sh"
 
-# Records each training as "<run folder name> <--init folder name or ->", refuses an --init run that has
+# Records each training as "<run folder, relative to the zoo> <--init folder name or ->", refuses an --init run that has
 # not finished and an --out that already finished, then finishes the run as a real one would.
 FAKE_NPE_MODELS = """#!/usr/bin/env bash
 set -euo pipefail
@@ -24,7 +24,7 @@ done
 if [[ -n "$init" && ! -f "$init/metrics.json" ]]; then echo "init $init not finished" >&2; exit 3; fi
 if [[ -f "$out/metrics.json" ]]; then echo "$out trained twice" >&2; exit 4; fi
 [[ "$(basename "$out")" == "${SLOW_RUN:-}" ]] && sleep 2 || sleep 0.05
-echo "$(basename "$out") $( [[ -n "$init" ]] && basename "$init" || echo -)" >> "$TRAINED_LOG"
+echo "${out#"$ZOO_DIR"/} $( [[ -n "$init" ]] && basename "$init" || echo -)" >> "$TRAINED_LOG"
 echo '{}' > "$out/config.json"
 echo '{}' > "$out/metrics.json"
 """
@@ -57,7 +57,8 @@ def test_two_lanes_train_every_run_once_and_each_init_run_first(fake_bin: Path, 
     trained = [line.split() for line in log.read_text().splitlines()]
     names = [name for name, _ in trained]
     assert len(names) == len(set(names)), "a run was trained twice"
-    assert {"resnet32_npe16_r50_hp2", "resnet32_crt_r200_hp2", "resnet32_la_r100_hp1_onedevice_s1"} <= set(names)
+    assert {"resnet32_npe16_r50_hp2", "resnet32_crt_r200_hp2", "resnet32_la_r100_hp1_onedevice_s1",
+            "checks/resnet32_npe16_r100_hp2_bf16", "resnet32_crt_r50_hp2_s2", "resnet32_npe1_r100_hp1_s2"} <= set(names)
     order = {name: index for index, name in enumerate(names)}
     for name, init in trained:
         if init != "-":
