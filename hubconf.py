@@ -10,6 +10,7 @@ Segmentation models are built by ``npe_models.create_segmentation_model(name, **
 ``pretrained=True`` there loads the base architecture's default weights: torchvision's, with fresh
 PEMs, or for ``unet_fcn_npe1`` the STARE network trained here with its trained ``fcn`` PEM.
 """
+
 import timm as _timm
 import torchvision as _torchvision
 
@@ -33,7 +34,9 @@ def _classifier_entrypoint(name: str):
         return _timm.create_model(name, pretrained=pretrained, **kwargs)
 
     doc = _timm.models.model_entrypoint(name).__doc__.strip()
-    return _named(entrypoint, name, f"{doc}\n\nSame as ``timm.create_model({name!r}, pretrained=pretrained, **kwargs)``.")
+    return _named(
+        entrypoint, name, f"{doc}\n\nSame as ``timm.create_model({name!r}, pretrained=pretrained, **kwargs)``."
+    )
 
 
 def _segmentation_entrypoint(name: str):
@@ -44,7 +47,8 @@ def _segmentation_entrypoint(name: str):
 
     doc = _torchvision.models.get_model_builder(name).__doc__.strip()
     return _named(
-        entrypoint, name,
+        entrypoint,
+        name,
         f"{doc}\n\nSame as ``npe_models.create_segmentation_model({name!r}, **kwargs)``; ``pretrained=True`` adds "
         "``weights='DEFAULT'`` (the base model's default weights: torchvision's with fresh PEMs; UNet-FCN: ours).",
     )

@@ -10,6 +10,7 @@ reading files.
     python benchmarks/bench_file_source.py --data-dir ../shared/data --tree /tmp/cifar10_lt_png
     python benchmarks/bench_file_source.py --variants memory folder-w0 folder-w2 --max-batches 30 --rounds 2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,10 @@ def write_tree(data_dir: str, tree: Path) -> None:
         return
     data = load_cifar_lt(data_dir, "cifar10", 100)
     test = load_cifar(data_dir, train=False)
-    for split, images, labels in (("train", data.train.images, data.train.labels),
-                                  ("val", test.images[:100], test.labels[:100])):
+    for split, images, labels in (
+        ("train", data.train.images, data.train.labels),
+        ("val", test.images[:100], test.labels[:100]),
+    ):
         for index, (image, label) in enumerate(zip(images, labels)):
             folder = tree / split / CLASSES[label]
             folder.mkdir(parents=True, exist_ok=True)
@@ -48,7 +51,9 @@ def write_tree(data_dir: str, tree: Path) -> None:
 
 
 def _run(source: str, data_dir: str, tree: Path, workers: int, batch_size: int) -> _Run:
-    data = dict(dataset="folder", data_dir=str(tree), workers=workers) if source == "folder" else dict(data_dir=data_dir)
+    data = (
+        dict(dataset="folder", data_dir=str(tree), workers=workers) if source == "folder" else dict(data_dir=data_dir)
+    )
     config = resolve_config("hp1", "npe", model="resnet32_npe16", batch_size=batch_size, device="cpu", **data)
     return _Run(config, Path("unused"), DistributedContext(0, 1, 0, torch.device("cpu")), progress=None)
 
@@ -87,14 +92,18 @@ def main() -> None:
     args = parser.parse_args()
     tree = args.tree or Path(tempfile.mkdtemp(prefix="cifar10_lt_png_"))
     write_tree(args.data_dir, tree)
-    print(f"# {time.strftime('%Y-%m-%d %H:%M:%S')}  {platform.processor() or platform.machine()}  {os.cpu_count()} CPUs  "
-          f"torch {torch.__version__}  threads {torch.get_num_threads()}  load {os.getloadavg()[0]:.2f}  tree {tree}")
+    print(
+        f"# {time.strftime('%Y-%m-%d %H:%M:%S')}  {platform.processor() or platform.machine()}  {os.cpu_count()} CPUs  "
+        f"torch {torch.__version__}  threads {torch.get_num_threads()}  load {os.getloadavg()[0]:.2f}  tree {tree}"
+    )
     rates: dict[str, list[float]] = {name: [] for name in args.variants}
     for round_index in range(args.rounds):
         for name in args.variants:
             rates[name].append(measure(name, args.data_dir, tree, args.batch_size, args.max_batches))
-            print(f"round {round_index + 1} {name:<10} {rates[name][-1]:8.1f} images/s (load {os.getloadavg()[0]:.2f})",
-                  flush=True)
+            print(
+                f"round {round_index + 1} {name:<10} {rates[name][-1]:8.1f} images/s (load {os.getloadavg()[0]:.2f})",
+                flush=True,
+            )
     reference = "memory" if "memory" in rates else args.variants[0]
     base = float(np.median(rates[reference]))
     print(f"\n| variant | images/s | vs {reference} |\n| --- | --- | --- |")

@@ -5,6 +5,7 @@ alike) and reported as median ratios to the plain model.
 
     python benchmarks/bench_npe_overhead.py [--rounds 7] [--steps 10] [--batch 128]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -95,8 +96,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, timm {timm.__version__}, threads {torch.get_num_threads()}")
-    _report("Training step (forward_train + CE + one-way loss, backward, SGD)", args.batch,
-            bench_training(args.batch, args.rounds, args.steps), "resnet32")
+    _report(
+        "Training step (forward_train + CE + one-way loss, backward, SGD)",
+        args.batch,
+        bench_training(args.batch, args.rounds, args.steps),
+        "resnet32",
+    )
     _report("Inference (eval, NPE-LA)", args.batch, bench_inference(args.batch, args.rounds, args.steps), "resnet32")
 
 

@@ -8,6 +8,7 @@ model at 512x512, batch 1 and 8. Reports medians and the PyTorch / ONNX Runtime 
 
     python benchmarks/bench_onnx.py [--rounds 7] [--threads 2] [--segmentation NAME|none]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,7 +37,9 @@ def _seconds_per_call(fn: Callable[[], object], calls: int) -> float:
     return (time.perf_counter() - start) / calls
 
 
-def _compare(model: torch.nn.Module, path: Path, shape: tuple[int, ...], calls: int, rounds: int, threads: int) -> tuple[float, float]:
+def _compare(
+    model: torch.nn.Module, path: Path, shape: tuple[int, ...], calls: int, rounds: int, threads: int
+) -> tuple[float, float]:
     """Median seconds per call of PyTorch eager and ONNX Runtime on the same seeded input."""
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     feed = {"input": x.numpy()}
@@ -65,11 +68,16 @@ def _speed(batch: int, seconds: float) -> str:
 
 def _report(label: str, shape: tuple[int, ...], torch_s: float, onnx_s: float) -> None:
     batch = shape[0]
-    print(f"| {label} | {'x'.join(map(str, shape))} | {_speed(batch, torch_s)} | {_speed(batch, onnx_s)} | "
-          f"{torch_s / onnx_s:.2f} |", flush=True)
+    print(
+        f"| {label} | {'x'.join(map(str, shape))} | {_speed(batch, torch_s)} | {_speed(batch, onnx_s)} | "
+        f"{torch_s / onnx_s:.2f} |",
+        flush=True,
+    )
 
 
-def _bench(name: str, image_size: Optional[int], batches: list[tuple[int, int]], rounds: int, threads: int, tmp: Path) -> None:
+def _bench(
+    name: str, image_size: Optional[int], batches: list[tuple[int, int]], rounds: int, threads: int, tmp: Path
+) -> None:
     model, size = random_model_for_parity(name, image_size=image_size)
     path = export_onnx(model, tmp / f"{name}.onnx", input_size=size)
     parity = check_parity(model, path, batch_sizes=(1, 3))
@@ -85,12 +93,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds (median reported)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for both runtimes")
     parser.add_argument("--classifier", default="resnet32_npe16")
-    parser.add_argument("--segmentation", default="deeplabv3_mobilenet_v3_large_npe16",
-                        help="segmentation model timed at 512x512, or 'none'")
+    parser.add_argument(
+        "--segmentation",
+        default="deeplabv3_mobilenet_v3_large_npe16",
+        help="segmentation model timed at 512x512, or 'none'",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"<!-- {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {args.threads} threads, "
-          f"torch {torch.__version__}, onnxruntime {__import__('onnxruntime').__version__}, rounds {args.rounds} -->")
+    print(
+        f"<!-- {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {args.threads} threads, "
+        f"torch {torch.__version__}, onnxruntime {__import__('onnxruntime').__version__}, rounds {args.rounds} -->"
+    )
     print("| model | input | PyTorch eager | ONNX Runtime | PyTorch / ORT time |")
     print("| --- | --- | --- | --- | --- |")
     with tempfile.TemporaryDirectory(prefix="bench-onnx-") as tmp:

@@ -17,6 +17,7 @@ whose mix moves linearly from the training prior to the inverse and back; EM run
 window (``--window``) of the most recent predictions, updated every ``--batch`` images.
 Prints markdown tables and writes ``results.json`` and the running-accuracy plot.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,12 +54,15 @@ STREAM_LENGTH = 20_000
 
 def _jpeg(images: ImageArrays, quality: int = 75) -> ImageArrays:
     """The images after a JPEG round trip at PIL ``quality``, as the 9,000 recovered test images were made."""
+
     def round_trip(image: np.ndarray) -> np.ndarray:
         buffer = io.BytesIO()
         Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
         return np.asarray(Image.open(buffer).convert("RGB"))
 
-    return ImageArrays(np.stack([round_trip(image) for image in images.images]), images.labels, np.zeros(len(images), bool))
+    return ImageArrays(
+        np.stack([round_trip(image) for image in images.images]), images.labels, np.zeros(len(images), bool)
+    )
 
 
 def _predictions(data_dir: Path, out: Path) -> dict:
@@ -70,9 +74,13 @@ def _predictions(data_dir: Path, out: Path) -> dict:
         warnings.simplefilter("always")
         calibration = adapt.cifar_calibration_set(data_dir, per_class=500)
     images = {"test": data.test, "cal": calibration, "cal_jpeg": _jpeg(calibration)}
-    result.update(test_labels=torch.from_numpy(data.test.labels), exact=torch.from_numpy(data.test.exact),
-                  cal_labels=torch.from_numpy(calibration.labels), counts=torch.from_numpy(data.counts),
-                  calibration_note=[str(w.message) for w in caught])
+    result.update(
+        test_labels=torch.from_numpy(data.test.labels),
+        exact=torch.from_numpy(data.test.exact),
+        cal_labels=torch.from_numpy(calibration.labels),
+        counts=torch.from_numpy(data.counts),
+        calibration_note=[str(w.message) for w in caught],
+    )
     for label, (name, _) in MODELS.items():
         model, logits = None, result["logits"].setdefault(label, {})
         for key in images.keys() - logits.keys():
@@ -96,7 +104,9 @@ def _resample(labels: np.ndarray, pool: np.ndarray, prior: np.ndarray, rng: np.r
     available = np.bincount(labels[pool], minlength=len(prior))
     size = np.min(np.where(prior > 0, available / np.maximum(prior, 1e-12), np.inf))
     wanted = np.floor(size * prior + 1e-9).astype(int)
-    return np.concatenate([rng.choice(np.flatnonzero(pool & (labels == c)), n, replace=False) for c, n in enumerate(wanted)])
+    return np.concatenate(
+        [rng.choice(np.flatnonzero(pool & (labels == c)), n, replace=False) for c, n in enumerate(wanted)]
+    )
 
 
 class Adapted:
@@ -174,17 +184,19 @@ def _stream_indices(labels: np.ndarray, mix: np.ndarray, seed: int = 0) -> np.nd
     return np.array([rng.choice(by_class[c]) for c in classes])
 
 
-def _run_stream(model: Adapted, labels: torch.Tensor, index: torch.Tensor, mix: np.ndarray, window: int, batch: int) -> dict:
+def _run_stream(
+    model: Adapted, labels: torch.Tensor, index: torch.Tensor, mix: np.ndarray, window: int, batch: int
+) -> dict:
     """Correct/incorrect per prediction for each method, and the estimators' mean TV error per batch."""
     estimator = adapt.OnlinePriorEstimator(mix.shape[1], window)
     correct = {method: [] for method in METHODS}
     tv = {"em": [], "bbse": []}
     for start in range(0, len(index), batch):
-        part = index[start:start + batch]
+        part = index[start : start + batch]
         y = labels[part]
-        truth = torch.from_numpy(mix[start:start + batch].mean(0))
+        truth = torch.from_numpy(mix[start : start + batch].mean(0))
         em = estimator.update(model.balanced[part])
-        seen = index[max(0, start + batch - window):start + batch]
+        seen = index[max(0, start + batch - window) : start + batch]
         bbse = adapt.bbse_prior(model.test[seen], model.cal_logits, model.cal_labels)
         for method, prior in (("none", None), ("em", em), ("bbse", bbse), ("oracle", truth)):
             correct[method].append(model.predict(part, prior) == y)
@@ -224,34 +236,56 @@ def _plot_stream(streams: dict, mix: np.ndarray, path: Path, width: int) -> None
 
 
 def _table(results: dict, title: str) -> str:
-    lines = [f"| mix ({title}) | model | n | none | EM | BBSE | oracle | EM no BCTS | oracle no BCTS "
-             "| TV EM | TV EM no BCTS | TV BBSE |", "| --- | --- |" + " ---: |" * 10]
+    lines = [
+        f"| mix ({title}) | model | n | none | EM | BBSE | oracle | EM no BCTS | oracle no BCTS "
+        "| TV EM | TV EM no BCTS | TV BBSE |",
+        "| --- | --- |" + " ---: |" * 10,
+    ]
     for mix, by_model in results.items():
         for name, r in by_model.items():
             accuracy = " | ".join(f"{r[m]:.2f}" for m in (*METHODS, "em_no_bcts", "oracle_no_bcts"))
-            lines.append(f"| {mix} | {name} | {r['n']:.0f} | {accuracy} | {r['tv_em']:.3f} | {r['tv_em_no_bcts']:.3f} "
-                         f"| {r['tv_bbse']:.3f} |")
+            lines.append(
+                f"| {mix} | {name} | {r['n']:.0f} | {accuracy} | {r['tv_em']:.3f} | {r['tv_em_no_bcts']:.3f} "
+                f"| {r['tv_bbse']:.3f} |"
+            )
     return "\n".join(lines)
 
 
 def _stream_table(summary: dict, title: str) -> str:
-    lines = [f"| stream ({title}) | model | none | EM | BBSE | oracle | TV EM | TV BBSE |", "| --- | --- |" + " ---: |" * 6]
+    lines = [
+        f"| stream ({title}) | model | none | EM | BBSE | oracle | TV EM | TV BBSE |",
+        "| --- | --- |" + " ---: |" * 6,
+    ]
     for name, s in summary.items():
-        lines.append(f"| drift | {name} | " + " | ".join(f"{s[m]:.2f}" for m in METHODS) + f" | {s['tv_em']:.3f} | {s['tv_bbse']:.3f} |")
+        lines.append(
+            f"| drift | {name} | "
+            + " | ".join(f"{s[m]:.2f}" for m in METHODS)
+            + f" | {s['tv_em']:.3f} | {s['tv_bbse']:.3f} |"
+        )
     return "\n".join(lines)
 
 
 # (test pool, calibration set): the full set is 90% JPEG-recovered, so it is calibrated on JPEG round trips
-SETTINGS = {"full, JPEG calibration": ("full", "cal_jpeg"), "exact, clean calibration": ("exact", "cal"),
-            "full, clean calibration": ("full", "cal")}
+SETTINGS = {
+    "full, JPEG calibration": ("full", "cal_jpeg"),
+    "exact, clean calibration": ("exact", "cal"),
+    "full, clean calibration": ("full", "cal"),
+}
 
 
 def _streams(models: dict[str, Adapted], preds: dict, window: int, batch: int) -> tuple[dict, dict]:
     mix = _stream_mix(preds["counts"].numpy())
     index = torch.from_numpy(_stream_indices(preds["test_labels"].numpy(), mix))
-    streams = {name: _run_stream(model, preds["test_labels"], index, mix, window, batch) for name, model in models.items()}
-    summary = {name: {**{m: 100.0 * float(s["correct"][m].mean()) for m in METHODS},
-                      **{f"tv_{k}": v for k, v in s["tv"].items()}} for name, s in streams.items()}
+    streams = {
+        name: _run_stream(model, preds["test_labels"], index, mix, window, batch) for name, model in models.items()
+    }
+    summary = {
+        name: {
+            **{m: 100.0 * float(s["correct"][m].mean()) for m in METHODS},
+            **{f"tv_{k}": v for k, v in s["tv"].items()},
+        }
+        for name, s in streams.items()
+    }
     return streams, summary
 
 
@@ -270,26 +304,44 @@ def main() -> None:
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     preds = _predictions(args.data_dir, args.out)
     counts = preds["counts"].double()
-    record: dict = {"started": started, "machine": platform.platform(), "torch": torch.__version__,
-                    "args": vars(args), "calibration_note": preds["calibration_note"], "settings": {}}
+    record: dict = {
+        "started": started,
+        "machine": platform.platform(),
+        "torch": torch.__version__,
+        "args": vars(args),
+        "calibration_note": preds["calibration_note"],
+        "settings": {},
+    }
     tables = []
     for title, (pool, cal) in SETTINGS.items():
-        models = {name: Adapted(preds["logits"][name], cal, preds["cal_labels"], counts if ce else None)
-                  for name, (_, ce) in MODELS.items()}
+        models = {
+            name: Adapted(preds["logits"][name], cal, preds["cal_labels"], counts if ce else None)
+            for name, (_, ce) in MODELS.items()
+        }
         static = _static(models, preds, pool, args.seeds, args.draws)
-        entry = {"static": static, "calibration": {name: {"temperature": m.calibration.temperature,
-                                                          "bias": m.calibration.bias.tolist()} for name, m in models.items()}}
+        entry = {
+            "static": static,
+            "calibration": {
+                name: {"temperature": m.calibration.temperature, "bias": m.calibration.bias.tolist()}
+                for name, m in models.items()
+            },
+        }
         tables.append(_table(static, title))
         if pool == "full":
             streams, entry["stream"] = _streams(models, preds, args.window, args.batch)
             tables.append(_stream_table(entry["stream"], title))
             if cal == "cal_jpeg":
-                _plot_stream(streams, _stream_mix(preds["counts"].numpy()), args.figure or args.out / "stream.png", 1000)
+                _plot_stream(
+                    streams, _stream_mix(preds["counts"].numpy()), args.figure or args.out / "stream.png", 1000
+                )
         record["settings"][title] = entry
     (args.out / "results.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     print(f"started {started}; {platform.platform()}; torch {torch.__version__}")
     for title, entry in record["settings"].items():
-        print(f"calibration ({title}):", "; ".join(f"{n} T={c['temperature']:.3f}" for n, c in entry["calibration"].items()))
+        print(
+            f"calibration ({title}):",
+            "; ".join(f"{n} T={c['temperature']:.3f}" for n, c in entry["calibration"].items()),
+        )
     print("\n\n".join(tables))
 
 

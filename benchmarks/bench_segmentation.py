@@ -1,19 +1,20 @@
 """Segmentation with NPE: what linear PEMs cost, and the STARE experiment (the paper's Table 6 protocol).
 
-    python benchmarks/bench_segmentation.py inference [--size 512] [--rounds 5]
-        deeplabv3_resnet50 with 16 linear PEMs, unmerged vs merged vs the plain model, one process,
-        interleaved rounds, median ratios.
-    python benchmarks/bench_segmentation.py train-step [--classes 150] [--batch 4] [--size 512] [--steps 2]
-        one training step with a frozen backbone, 16 linear PEMs vs 1: peak resident memory
-        (getrusage ru_maxrss) of a fresh subprocess per variant, and seconds per step of both
-        variants in one process, interleaved rounds.
-    python benchmarks/bench_segmentation.py stare --data-dir ../shared/data [--runs runs] [--base-channels 16]
-                                                  [--baseline-iterations 600] [--pem-types linear fcn] [--pem-lr 0.01]
-        train the UNet-FCN baseline (runs/stare_unet<C>_i<N>_baseline), freeze it, train one PEM of
-        each type on it (600 iterations, lr 1e-2, x0.1 at 200 and 400; --pem-iterations, --pem-lr), evaluate alpha 0
-        (baseline) and NPE-LA at 1, 0.5, 0.2, 0.1, and show where the estimate points. Resumable. A PEM lr other
-        than 1e-2 names its run ..._npe1_<type>_lr<lr>.
+python benchmarks/bench_segmentation.py inference [--size 512] [--rounds 5]
+    deeplabv3_resnet50 with 16 linear PEMs, unmerged vs merged vs the plain model, one process,
+    interleaved rounds, median ratios.
+python benchmarks/bench_segmentation.py train-step [--classes 150] [--batch 4] [--size 512] [--steps 2]
+    one training step with a frozen backbone, 16 linear PEMs vs 1: peak resident memory
+    (getrusage ru_maxrss) of a fresh subprocess per variant, and seconds per step of both
+    variants in one process, interleaved rounds.
+python benchmarks/bench_segmentation.py stare --data-dir ../shared/data [--runs runs] [--base-channels 16]
+                                              [--baseline-iterations 600] [--pem-types linear fcn] [--pem-lr 0.01]
+    train the UNet-FCN baseline (runs/stare_unet<C>_i<N>_baseline), freeze it, train one PEM of
+    each type on it (600 iterations, lr 1e-2, x0.1 at 200 and 400; --pem-iterations, --pem-lr), evaluate alpha 0
+    (baseline) and NPE-LA at 1, 0.5, 0.2, 0.1, and show where the estimate points. Resumable. A PEM lr other
+    than 1e-2 names its run ..._npe1_<type>_lr<lr>.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -93,15 +94,19 @@ def bench_inference(args: argparse.Namespace) -> None:
 
     times = _interleaved({name: (lambda m=m: infer(m)) for name, m in models.items()}, args.rounds)
     base = times["deeplabv3_resnet50 (plain)"]
-    print(f"\nInference, {args.classes} classes, batch {args.batch}, {args.size}x{args.size}, "
-          f"{args.rounds} interleaved rounds; merged vs unmerged max |diff| {float(difference):.2e}")
+    print(
+        f"\nInference, {args.classes} classes, batch {args.batch}, {args.size}x{args.size}, "
+        f"{args.rounds} interleaved rounds; merged vs unmerged max |diff| {float(difference):.2e}"
+    )
     print("| variant | parameters | wall s / forward | CPU s / forward | wall ratio to plain | CPU ratio to plain |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name, value in times.items():
         parameters = sum(p.numel() for p in models[name].parameters())
-        print(f"| {name} | {parameters:,} | {statistics.median(value['wall']):.3f} | "
-              f"{statistics.median(value['cpu']):.3f} | {_ratio(value['wall'], base['wall']):.3f} | "
-              f"{_ratio(value['cpu'], base['cpu']):.3f} |")
+        print(
+            f"| {name} | {parameters:,} | {statistics.median(value['wall']):.3f} | "
+            f"{statistics.median(value['cpu']):.3f} | {_ratio(value['wall'], base['wall']):.3f} | "
+            f"{_ratio(value['cpu'], base['cpu']):.3f} |"
+        )
     print("(ratios: median of per-round ratios)")
 
 
@@ -139,27 +144,48 @@ def train_step_worker(args: argparse.Namespace) -> None:
 def bench_train_step(args: argparse.Namespace) -> None:
     memory = {}
     for num_pems in (1, 16):
-        command = [sys.executable, __file__, "train-step-worker", "--num-pems", str(num_pems), "--classes",
-                   str(args.classes), "--batch", str(args.batch), "--size", str(args.size), "--steps", str(args.steps)]
+        command = [
+            sys.executable,
+            __file__,
+            "train-step-worker",
+            "--num-pems",
+            str(num_pems),
+            "--classes",
+            str(args.classes),
+            "--batch",
+            str(args.batch),
+            "--size",
+            str(args.size),
+            "--steps",
+            str(args.steps),
+        ]
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         memory[num_pems] = json.loads(output.strip().splitlines()[-1])
     times = _interleaved({k: _training_setup(args, k) for k in (1, 16)}, args.rounds)
-    print(f"\nTraining step, deeplabv3_resnet50, {args.classes} classes, batch {args.batch}, {args.size}x{args.size}, "
-          "frozen backbone, linear PEMs, CE + dense NPE loss. Memory: getrusage ru_maxrss of a fresh process per "
-          f"variant ({args.steps} steps); time: both variants in one process, {args.rounds} interleaved rounds "
-          "after a warm-up step")
-    print("| PEMs | RSS before the first step (MiB) | peak RSS (MiB) | peak - before (MiB) | wall s / step | "
-          "CPU s / step |")
+    print(
+        f"\nTraining step, deeplabv3_resnet50, {args.classes} classes, batch {args.batch}, {args.size}x{args.size}, "
+        "frozen backbone, linear PEMs, CE + dense NPE loss. Memory: getrusage ru_maxrss of a fresh process per "
+        f"variant ({args.steps} steps); time: both variants in one process, {args.rounds} interleaved rounds "
+        "after a warm-up step"
+    )
+    print(
+        "| PEMs | RSS before the first step (MiB) | peak RSS (MiB) | peak - before (MiB) | wall s / step | "
+        "CPU s / step |"
+    )
     print("| ---: | ---: | ---: | ---: | ---: | ---: |")
     for k in (1, 16):
         before, peak = memory[k]["rss_before_steps_mib"], memory[k]["peak_rss_mib"]
-        print(f"| {k} | {before:.0f} | {peak:.0f} | {peak - before:.0f} | {statistics.median(times[k]['wall']):.2f} | "
-              f"{statistics.median(times[k]['cpu']):.2f} |")
+        print(
+            f"| {k} | {before:.0f} | {peak:.0f} | {peak - before:.0f} | {statistics.median(times[k]['wall']):.2f} | "
+            f"{statistics.median(times[k]['cpu']):.2f} |"
+        )
     peak_ratio = memory[16]["peak_rss_mib"] / memory[1]["peak_rss_mib"]
     growth = {k: memory[k]["peak_rss_mib"] - memory[k]["rss_before_steps_mib"] for k in (1, 16)}
-    print(f"\n16 PEMs / 1 PEM: peak RSS {peak_ratio:.3f}x, memory the step adds {growth[16] / growth[1]:.3f}x, "
-          f"wall time {_ratio(times[16]['wall'], times[1]['wall']):.3f}x, "
-          f"CPU time {_ratio(times[16]['cpu'], times[1]['cpu']):.3f}x (median of per-round ratios)")
+    print(
+        f"\n16 PEMs / 1 PEM: peak RSS {peak_ratio:.3f}x, memory the step adds {growth[16] / growth[1]:.3f}x, "
+        f"wall time {_ratio(times[16]['wall'], times[1]['wall']):.3f}x, "
+        f"CPU time {_ratio(times[16]['cpu'], times[1]['cpu']):.3f}x (median of per-round ratios)"
+    )
     for k in (1, 16):
         print(f"per-round wall seconds, {k} PEM(s): " + ", ".join(f"{v:.1f}" for v in times[k]["wall"]))
     naive = 16 * args.batch * args.classes * args.size * args.size * 4 / 2**30
@@ -204,16 +230,45 @@ def _stare_pem_steps(args: argparse.Namespace, baseline: Path, pem_type: str) ->
     lr_tag = "" if args.pem_lr == DEFAULT_PEM_LR else f"_lr{args.pem_lr:g}"
     npe = baseline.with_name(baseline.name.replace("_baseline", f"_npe1_{pem_type}{lr_tag}"))
     train = [
-        "train", "--model", "unet_fcn_npe1", "--pem-type", pem_type,
-        "--model-arg", f"base_channels={args.base_channels}", "--aux-loss", "--freeze-decode-head",
-        "--iterations", str(args.pem_iterations), "--lr", f"{args.pem_lr:g}",
-        "--milestones", *(str(round(args.pem_iterations * f)) for f in (1 / 3, 2 / 3)),
-        "--init", str(baseline), "--out", str(npe), *_resume(npe), *common,
+        "train",
+        "--model",
+        "unet_fcn_npe1",
+        "--pem-type",
+        pem_type,
+        "--model-arg",
+        f"base_channels={args.base_channels}",
+        "--aux-loss",
+        "--freeze-decode-head",
+        "--iterations",
+        str(args.pem_iterations),
+        "--lr",
+        f"{args.pem_lr:g}",
+        "--milestones",
+        *(str(round(args.pem_iterations * f)) for f in (1 / 3, 2 / 3)),
+        "--init",
+        str(baseline),
+        "--out",
+        str(npe),
+        *_resume(npe),
+        *common,
     ]
     steps = [
         *_unless_finished(npe, train),
-        ["evaluate", str(npe), "--mode", "slide", "--crop-size", "128", "--stride", "85",
-         "--alpha", *STARE_ALPHAS, "--overlays", "2", *common],
+        [
+            "evaluate",
+            str(npe),
+            "--mode",
+            "slide",
+            "--crop-size",
+            "128",
+            "--stride",
+            "85",
+            "--alpha",
+            *STARE_ALPHAS,
+            "--overlays",
+            "2",
+            *common,
+        ],
     ]
     return npe, steps
 
@@ -228,11 +283,33 @@ def _run_cli(steps: list[list[str]]) -> None:
 def bench_stare(args: argparse.Namespace) -> None:
     runs = Path(args.runs)
     baseline = runs / f"stare_unet{args.base_channels}_i{args.baseline_iterations}_baseline"
-    _run_cli(_unless_finished(baseline, [
-        "train", "--model", "unet_fcn", "--model-arg", f"base_channels={args.base_channels}", "--aux-loss",
-        "--no-freeze-backbone", "--iterations", str(args.baseline_iterations), "--lr-schedule", "poly", "--lr", "0.03",
-        "--out", str(baseline), *_resume(baseline), "--data-dir", args.data_dir, "--device", args.device,
-    ]))
+    _run_cli(
+        _unless_finished(
+            baseline,
+            [
+                "train",
+                "--model",
+                "unet_fcn",
+                "--model-arg",
+                f"base_channels={args.base_channels}",
+                "--aux-loss",
+                "--no-freeze-backbone",
+                "--iterations",
+                str(args.baseline_iterations),
+                "--lr-schedule",
+                "poly",
+                "--lr",
+                "0.03",
+                "--out",
+                str(baseline),
+                *_resume(baseline),
+                "--data-dir",
+                args.data_dir,
+                "--device",
+                args.device,
+            ],
+        )
+    )
     for pem_type in args.pem_types:
         npe, steps = _stare_pem_steps(args, baseline, pem_type)
         _run_cli(steps)
@@ -267,14 +344,22 @@ def main() -> None:
     stare.add_argument("--baseline-iterations", type=int, default=600)
     stare.add_argument("--pem-iterations", type=int, default=600, help="PEM training steps (lr x0.1 at 1/3 and 2/3)")
     stare.add_argument("--pem-types", nargs="+", choices=("linear", "fcn"), default=["linear", "fcn"])
-    stare.add_argument("--pem-lr", type=float, default=DEFAULT_PEM_LR,
-                       help="PEM learning rate; raise it when the baseline's features are small and the PEM's "
-                            "estimate stays constant (its weights never leave the N(0, 0.001) start)")
+    stare.add_argument(
+        "--pem-lr",
+        type=float,
+        default=DEFAULT_PEM_LR,
+        help="PEM learning rate; raise it when the baseline's features are small and the PEM's "
+        "estimate stays constant (its weights never leave the N(0, 0.001) start)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}", flush=True)
-    {"inference": bench_inference, "train-step": bench_train_step, "train-step-worker": train_step_worker,
-     "stare": bench_stare}[args.command](args)
+    {
+        "inference": bench_inference,
+        "train-step": bench_train_step,
+        "train-step-worker": train_step_worker,
+        "stare": bench_stare,
+    }[args.command](args)
 
 
 if __name__ == "__main__":

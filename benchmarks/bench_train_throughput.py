@@ -20,6 +20,7 @@ training runs sharing the GPU, and adds their sum:
     python benchmarks/bench_train_throughput.py --device cuda --rounds 3
     python benchmarks/bench_train_throughput.py --device cuda --concurrent 8 --variants npe16-b128 npe16-b128-graphs
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,6 +43,7 @@ from npe_models.data import load_cifar_lt
 from npe_models.classification import resolve_config
 from npe_models.distributed import DistributedContext
 from npe_models.classification.train import _Run
+
 
 class Variant(NamedTuple):
     model: str
@@ -88,9 +90,17 @@ def engine_epoch(variant: Variant, data_dir: str, device: str, max_batches: int 
     """(images, wall seconds, CPU seconds) of one epoch of the engine's training loop, after ``warmup`` batches
     (compilation, CUDA graph capture, cuDNN autotuning) that are not timed."""
     method = "npe" if "_npe" in variant.model else "ce"
-    config = resolve_config("hp1", method, model=variant.model, batch_size=variant.batch_size,
-                            channels_last=variant.channels_last, data_dir=data_dir, device=device,
-                            compile=variant.compile, amp=variant.amp)
+    config = resolve_config(
+        "hp1",
+        method,
+        model=variant.model,
+        batch_size=variant.batch_size,
+        channels_last=variant.channels_last,
+        data_dir=data_dir,
+        device=device,
+        compile=variant.compile,
+        amp=variant.amp,
+    )
     run = _Run(config, Path("unused"), DistributedContext(0, 1, 0, torch.device(device)), progress=None)
     labels, images = run.stream.labels, run.stream.images
     if warmup:
@@ -113,10 +123,14 @@ def pil_epoch(model_name: str, batch_size: int, data_dir: str, max_batches: int 
     data = load_cifar_lt(data_dir, "cifar10", 100)
     model = timm.create_model(model_name, num_classes=10).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
-    transform = transforms.Compose([
-        transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
-        transforms.Normalize(model.pretrained_cfg["mean"], model.pretrained_cfg["std"]),
-    ])
+    transform = transforms.Compose(
+        [
+            transforms.RandomCrop(32, padding=4),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(model.pretrained_cfg["mean"], model.pretrained_cfg["std"]),
+        ]
+    )
 
     class PilDataset(torch.utils.data.Dataset):
         def __len__(self) -> int:
@@ -125,8 +139,9 @@ def pil_epoch(model_name: str, batch_size: int, data_dir: str, max_batches: int 
         def __getitem__(self, index: int):
             return transform(Image.fromarray(data.train.images[index])), int(data.train.labels[index])
 
-    loader = torch.utils.data.DataLoader(PilDataset(), batch_size=batch_size, shuffle=True, num_workers=workers,
-                                         persistent_workers=False)
+    loader = torch.utils.data.DataLoader(
+        PilDataset(), batch_size=batch_size, shuffle=True, num_workers=workers, persistent_workers=False
+    )
     start, cpu, seen = time.perf_counter(), _cpu_seconds(), 0
     for images, labels in loader:
         output = model.forward_train(images)
@@ -149,14 +164,18 @@ def measure(args: argparse.Namespace) -> dict[str, list[tuple[float, float]]]:
             default_threads = torch.get_num_threads()
             torch.set_num_threads(variant.threads or default_threads)
             if variant.pipeline == "pil":
-                images, wall, cpu = pil_epoch(variant.model, variant.batch_size, args.data_dir, args.max_batches,
-                                              args.workers)
+                images, wall, cpu = pil_epoch(
+                    variant.model, variant.batch_size, args.data_dir, args.max_batches, args.workers
+                )
             else:
                 images, wall, cpu = engine_epoch(variant, args.data_dir, args.device, args.max_batches, args.warmup)
             torch.set_num_threads(default_threads)
             results[name].append((images / wall, images / cpu))
-            print(f"round {round_index + 1} {name:<24} {images / wall:8.1f} images/s  {images / cpu:7.1f} images/CPU-s  "
-                  f"(load {os.getloadavg()[0]:.2f})", flush=True)
+            print(
+                f"round {round_index + 1} {name:<24} {images / wall:8.1f} images/s  {images / cpu:7.1f} images/CPU-s  "
+                f"(load {os.getloadavg()[0]:.2f})",
+                flush=True,
+            )
     return results
 
 
@@ -166,8 +185,10 @@ def concurrent(args: argparse.Namespace, argv: list[str]) -> dict[str, list[tupl
     with tempfile.TemporaryDirectory() as folder:
         outputs = [Path(folder) / f"copy{index}.json" for index in range(args.concurrent)]
         # argparse keeps an option's last value: each copy runs alone and writes its own results
-        copies = [subprocess.Popen([sys.executable, __file__, *argv, "--concurrent", "1", "--json", str(out)])
-                  for out in outputs]
+        copies = [
+            subprocess.Popen([sys.executable, __file__, *argv, "--concurrent", "1", "--json", str(out)])
+            for out in outputs
+        ]
         if any(copy.wait() for copy in copies):
             raise SystemExit("a concurrent copy failed (its output is above)")
         per_copy = [json.loads(out.read_text()) for out in outputs]
@@ -180,8 +201,10 @@ def report(results: dict[str, list[tuple[float, float]]], copies: int) -> None:
     base_wall = float(np.median([r[0] for r in results[reference]]))
     base_cpu = float(np.median([r[1] for r in results[reference]]))
     total = f" | images/s, all {copies} runs" if copies > 1 else ""
-    print(f"\n| variant | model | batch | images/s{' per run' if copies > 1 else ''} | vs {reference} | "
-          f"images per CPU-second | vs {reference}{total} |")
+    print(
+        f"\n| variant | model | batch | images/s{' per run' if copies > 1 else ''} | vs {reference} | "
+        f"images per CPU-second | vs {reference}{total} |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if copies > 1 else ""))
     for name, rates in results.items():
         variant = VARIANTS[name]
@@ -193,13 +216,22 @@ def report(results: dict[str, list[tuple[float, float]]], copies: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=os.environ.get("NPE_DATA_DIR", "../shared/data"))
-    parser.add_argument("--variants", nargs="+", default=None, choices=list(VARIANTS),
-                        help="default: the CPU set, or with --device cuda the GPU set (eager, bf16, compiled, CUDA graphs)")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=None,
+        choices=list(VARIANTS),
+        help="default: the CPU set, or with --device cuda the GPU set (eager, bf16, compiled, CUDA graphs)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
     parser.add_argument("--rounds", type=int, default=1, help="epochs per variant, interleaved across variants")
     parser.add_argument("--max-batches", type=int, help="stop each epoch after this many batches (quick checks)")
-    parser.add_argument("--warmup", type=int, default=3,
-                        help="untimed batches before each timed epoch (compilation, graph capture; default: 3)")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=3,
+        help="untimed batches before each timed epoch (compilation, graph capture; default: 3)",
+    )
     parser.add_argument("--concurrent", type=int, default=1, help="copies of the benchmark run at once (default: 1)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the pil variant")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -207,10 +239,12 @@ def main() -> None:
     if args.variants is None:
         args.variants = GPU_VARIANTS if args.device.startswith("cuda") else DEFAULT_VARIANTS
 
-    print(f"# {time.strftime('%Y-%m-%d %H:%M:%S')}  {platform.processor() or platform.machine()}  "
-          f"{os.cpu_count()} CPUs  torch {torch.__version__}  threads {torch.get_num_threads()}  device {args.device}"
-          f"{'  ' + torch.cuda.get_device_name(args.device) if args.device.startswith('cuda') else ''}  "
-          f"load average before {os.getloadavg()[0]:.2f}")
+    print(
+        f"# {time.strftime('%Y-%m-%d %H:%M:%S')}  {platform.processor() or platform.machine()}  "
+        f"{os.cpu_count()} CPUs  torch {torch.__version__}  threads {torch.get_num_threads()}  device {args.device}"
+        f"{'  ' + torch.cuda.get_device_name(args.device) if args.device.startswith('cuda') else ''}  "
+        f"load average before {os.getloadavg()[0]:.2f}"
+    )
     results = concurrent(args, sys.argv[1:]) if args.concurrent > 1 else measure(args)
     report(results, args.concurrent)
     print(f"(medians over {args.rounds} round(s); load average after {os.getloadavg()[0]:.2f})")

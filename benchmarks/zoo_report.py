@@ -10,6 +10,7 @@ with the epoch they reached. Then two summaries of the finished runs: each setti
 PEMs, rho) over its seeds, mean +- sample std where there are two or more (the paper's Tables 4
 and 5 report three), and the PEM-count ablation (the paper's Table 3: rho 100, HP-2, seed 0).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,14 @@ from npe_models.runs import CONFIG_FILE, LOG_FILE, METRICS_FILE, read_json, read
 
 # The paper's top-1 (%) for ResNet-32 on CIFAR-10-LT rho = 100 (design guide), by (recipe, method, PEMs).
 PAPER_TOP1 = {
-    ("hp1", "ce", 0): 71.24, ("hp1", "la", 0): 77.37, ("hp1", "npe", 1): 77.89, ("hp1", "npe", 16): 78.17,
-    ("hp2", "ce", 0): 73.18, ("hp2", "la", 0): 80.13, ("hp2", "npe", 1): 79.35, ("hp2", "npe", 16): 80.12,
+    ("hp1", "ce", 0): 71.24,
+    ("hp1", "la", 0): 77.37,
+    ("hp1", "npe", 1): 77.89,
+    ("hp1", "npe", 16): 78.17,
+    ("hp2", "ce", 0): 73.18,
+    ("hp2", "la", 0): 80.13,
+    ("hp2", "npe", 1): 79.35,
+    ("hp2", "npe", 16): 80.12,
 }
 
 SUPERSEDED = {"resnet32_la_r100_hp1": "resnet32_la_r100_hp1_onedevice"}
@@ -51,9 +58,15 @@ def _finished_row(name: str, config: dict[str, Any], metrics: dict[str, Any]) ->
     twins = sets.get("jpeg_twins", {}).get(primary)
     penalty = exact["top1"] - twins["top1"] if twins else None
     prior = sets["full"].get("prior")
-    unadjusted = f" ({sets['full']['plain']['top1']:.2f} / {sets['exact']['plain']['top1']:.2f} unadjusted)" if primary == "npe_la" else ""
+    unadjusted = (
+        f" ({sets['full']['plain']['top1']:.2f} / {sets['exact']['plain']['top1']:.2f} unadjusted)"
+        if primary == "npe_la"
+        else ""
+    )
     comparable = config["rho"] == 100 and config["epochs"] == RECIPES[config["recipe"]]["epochs"]
-    paper = PAPER_TOP1.get((config["recipe"], config["method"], parse_npe_name(config["model"])[1])) if comparable else None
+    paper = (
+        PAPER_TOP1.get((config["recipe"], config["method"], parse_npe_name(config["model"])[1])) if comparable else None
+    )
     training = metrics["training"]
     gap = f"{full['top1'] - paper:+.2f} / {exact['top1'] - paper:+.2f}" if paper is not None else "-"
     return (
@@ -84,7 +97,10 @@ def _top1(metrics: dict[str, Any], variant: Optional[str] = None) -> tuple[float
 
 def _full_recipe(config: dict[str, Any]) -> bool:
     """Whether a run trained its method's whole schedule (cRT: its classifier epochs; post-hoc LA: none)."""
-    return config["epochs"] == resolve_config(config["recipe"], config["method"], model=config["model"], init=config["init"]).epochs
+    return (
+        config["epochs"]
+        == resolve_config(config["recipe"], config["method"], model=config["model"], init=config["init"]).epochs
+    )
 
 
 def _spread(values: list[float]) -> str:

@@ -7,6 +7,7 @@ r"""Save an NPE model as a Hugging Face Hub folder (config.json, model.safetenso
 The same as ``npe-models export hub`` (its library calls: ``npe_models.loading.load_model``, then
 ``npe_models.hub.save_for_hub`` / ``push_to_hub``, or ``save_pretrained_for_hub`` for a shipped one).
 """
+
 import sys
 
 from npe_models.cli import main

@@ -5,6 +5,7 @@ r"""Export an NPE model to ONNX (merged where the PEMs merge), optionally checki
 The same as ``npe-models export onnx`` (its library calls: ``npe_models.loading.load_model``, then
 ``npe_models.onnx.export_onnx`` and ``check_parity``).
 """
+
 import sys
 
 from npe_models.cli import main

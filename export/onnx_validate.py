@@ -15,6 +15,7 @@ Also the release checks' library, imported by the tests and ``benchmarks/bench_o
 calibrated BatchNorm, so a numeric comparison means something), ``quantize_int8`` and
 ``classification_accuracy`` with its ONNX Runtime / PyTorch predictors.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -121,7 +122,9 @@ def calibrate_batchnorm(
     return model
 
 
-def _build_random(name: str, num_classes: int, image_size: Optional[int], model_kwargs: dict[str, Any]) -> tuple[nn.Module, tuple[int, int, int]]:
+def _build_random(
+    name: str, num_classes: int, image_size: Optional[int], model_kwargs: dict[str, Any]
+) -> tuple[nn.Module, tuple[int, int, int]]:
     """A registered classifier or segmentation model at its initial weights, and the input size to check it at."""
     if timm.is_model(name):
         cfg = timm.models.get_pretrained_cfg(name)
@@ -135,7 +138,9 @@ def _build_random(name: str, num_classes: int, image_size: Optional[int], model_
     try:
         parse_segmentation_model_name(name)
     except ValueError as error:
-        raise ValueError(f"unknown model {name!r}: neither a timm classifier nor a segmentation model ({error})") from error
+        raise ValueError(
+            f"unknown model {name!r}: neither a timm classifier nor a segmentation model ({error})"
+        ) from error
     size = image_size or SEGMENTATION_CHECK_SIZE
     return create_segmentation_model(name, num_classes=num_classes, **model_kwargs), (3, size, size)
 
@@ -229,7 +234,10 @@ def classification_accuracy(
     if len(images) != len(labels):
         raise ValueError(f"images ({len(images)}) and labels ({len(labels)}) differ in length.")
     predictions = np.concatenate(
-        [predict(normalize_images(images[i:i + batch_size], mean, std)).argmax(1) for i in range(0, len(images), batch_size)]
+        [
+            predict(normalize_images(images[i : i + batch_size], mean, std)).argmax(1)
+            for i in range(0, len(images), batch_size)
+        ]
     )
     return float((predictions == labels).mean() * 100.0), predictions
 
@@ -279,29 +287,40 @@ def _evaluate(model, path: Path, args: argparse.Namespace) -> bool:
     torch_acc, torch_pred = classification_accuracy(torch_predictor(model), images, labels, mean, std)
     agree = (onnx_pred == torch_pred).mean() * 100
     matches = abs(onnx_acc - torch_acc) <= 0.1
-    print(f"  CIFAR-10 test accuracy on {len(labels)} images: ONNX Runtime {onnx_acc:.2f}%, PyTorch {torch_acc:.2f}% "
-          f"({'matches' if matches else 'DIFFERS'}; predictions agree on {agree:.2f}%)")
+    print(
+        f"  CIFAR-10 test accuracy on {len(labels)} images: ONNX Runtime {onnx_acc:.2f}%, PyTorch {torch_acc:.2f}% "
+        f"({'matches' if matches else 'DIFFERS'}; predictions agree on {agree:.2f}%)"
+    )
     if args.quantize:
         quantized = quantize_int8(path, path.with_suffix(".int8.onnx"))
-        int8_acc, int8_pred = classification_accuracy(onnx_predictor(onnx_session(quantized)), images, labels, mean, std)
-        print(f"  int8 dynamic quantisation: {int8_acc:.2f}% ({int8_acc - onnx_acc:+.2f} points vs fp32 ONNX; "
-              f"predictions agree on {(int8_pred == onnx_pred).mean() * 100:.2f}%), "
-              f"{os.path.getsize(quantized) / 1e6:.2f} MB vs {os.path.getsize(path) / 1e6:.2f} MB -> {quantized}")
+        int8_acc, int8_pred = classification_accuracy(
+            onnx_predictor(onnx_session(quantized)), images, labels, mean, std
+        )
+        print(
+            f"  int8 dynamic quantisation: {int8_acc:.2f}% ({int8_acc - onnx_acc:+.2f} points vs fp32 ONNX; "
+            f"predictions agree on {(int8_pred == onnx_pred).mean() * 100:.2f}%), "
+            f"{os.path.getsize(quantized) / 1e6:.2f} MB vs {os.path.getsize(path) / 1e6:.2f} MB -> {quantized}"
+        )
     return matches
 
 
 def validate_one(args: argparse.Namespace) -> int:
     """Export (or take ``--onnx``), check parity and, for a CIFAR-10 classifier, accuracy; the exit status."""
-    loaded = load_model(args.model, pretrained=args.pretrained, num_classes=args.num_classes, weights=args.weights,
-                        pem_type=args.pem_type, alpha=args.alpha)
+    loaded = load_model(
+        args.model,
+        pretrained=args.pretrained,
+        num_classes=args.num_classes,
+        weights=args.weights,
+        pem_type=args.pem_type,
+        alpha=args.alpha,
+    )
     model = loaded.model
     with tempfile.TemporaryDirectory(prefix="npe-validate-") as tmp:
         path = Path(args.onnx) if args.onnx else Path(tmp) / "model.onnx"
         if not path.is_file():
             export_onnx(model, path, config=loaded.segmentation_config)
         metadata = read_onnx_metadata(path)
-        print(f"{path}: {metadata.get('architecture')} ({pem_form(metadata)}), "
-              f"input {metadata.get('input_size')}")
+        print(f"{path}: {metadata.get('architecture')} ({pem_form(metadata)}), input {metadata.get('input_size')}")
         result = check_parity(model, path)
         print("  " + format_parity(result).replace("\n", "\n  "))
         accurate = _evaluate(model, path, args)
@@ -329,16 +348,22 @@ def sweep(names: Sequence[str], pem_type: str) -> int:
         worst = [max(d for (b, _, _), d in result.max_abs_diff.items() if b == batch) for batch in (1, 3)]
         failures += not result.passed
         sizes = ",".join(f"{h}x{w}" for h, w in image_sizes)
-        print(f"{name:36s} {sizes:>14s} {worst[0]:9.1e} {worst[1]:9.1e} {max(result.max_abs_output.values()):7.2f} "
-              f"{time.perf_counter() - start:8.1f}{'' if result.passed else '  FAILED'}", flush=True)
+        print(
+            f"{name:36s} {sizes:>14s} {worst[0]:9.1e} {worst[1]:9.1e} {max(result.max_abs_output.values()):7.2f} "
+            f"{time.perf_counter() - start:8.1f}{'' if result.passed else '  FAILED'}",
+            flush=True,
+        )
     print(f"{len(names) - failures}/{len(names)} models within {PARITY_ATOL:.0e}")
     return 1 if failures else 0
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The model to validate, as ``npe_models.loading.load_model`` takes it."""
-    parser.add_argument("model", nargs="?", help="registered name[.tag], run directory, weights file, Hub folder, "
-                        "local-dir:DIR or hf-hub:ORG/NAME")
+    parser.add_argument(
+        "model",
+        nargs="?",
+        help="registered name[.tag], run directory, weights file, Hub folder, local-dir:DIR or hf-hub:ORG/NAME",
+    )
     parser.add_argument("--pretrained", action="store_true", help="load the registered name's pretrained weights")
     parser.add_argument("--weights", type=Path, help="weights for a registered name (.safetensors or state dict)")
     parser.add_argument("--num-classes", type=int, help="class count for a registered name")
@@ -350,16 +375,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_model_arguments(parser)
     parser.add_argument("--onnx", type=Path, default=None, help="ONNX file to validate (exported there if missing)")
-    parser.add_argument("--data-dir", type=Path, default=None, help="data root holding cifar10/test.npz "
-                        "(default: $NPE_DATA_DIR or ../shared/data)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="data root holding cifar10/test.npz (default: $NPE_DATA_DIR or ../shared/data)",
+    )
     parser.add_argument("--limit", type=int, default=None, help="evaluate on this many test images (every class kept)")
     parser.add_argument("--quantize", action="store_true", help="also evaluate an int8 dynamically quantised copy")
-    parser.add_argument("--sweep", nargs="*", metavar="MODEL", default=None,
-                        help="parity of these (default: every registered classifier and segmentation model) at random "
-                        "weights with non-trivial PEMs (segmentation: of --pem-type); no accuracy")
+    parser.add_argument(
+        "--sweep",
+        nargs="*",
+        metavar="MODEL",
+        default=None,
+        help="parity of these (default: every registered classifier and segmentation model) at random "
+        "weights with non-trivial PEMs (segmentation: of --pem-type); no accuracy",
+    )
     args = parser.parse_args(argv)
     if args.sweep is not None:
-        return sweep(args.sweep or npe_models.list_classifiers() + list_segmentation_models(), args.pem_type or "linear")
+        return sweep(
+            args.sweep or npe_models.list_classifiers() + list_segmentation_models(), args.pem_type or "linear"
+        )
     if args.model is None:
         parser.error("give a model (or --sweep)")
     try:

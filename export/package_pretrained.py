@@ -11,6 +11,7 @@ runs that are unfinished or shortened. ``--hub-only NAME ...`` only regenerates 
 checkpoints already shipped (``npe_models.hub.save_pretrained_for_hub``); ``--skip-shipped`` leaves out
 runs whose checkpoint names the manifest lists already (the zoo driver ships what finished while it was off).
 """
+
 import argparse
 from pathlib import Path
 
@@ -20,13 +21,20 @@ from zoo import HUB_DIR, is_shipped, package_run
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", help="finished run directories of `npe-models train` (with --hub-only: "
-                        "shipped checkpoint names, see `npe-models list --pretrained`)")
+    parser.add_argument(
+        "runs",
+        nargs="+",
+        help="finished run directories of `npe-models train` (with --hub-only: "
+        "shipped checkpoint names, see `npe-models list --pretrained`)",
+    )
     parser.add_argument("--data-dir", help="CIFAR data directory (default: the one each run was trained with)")
     parser.add_argument("--hub-dir", type=Path, default=HUB_DIR, help=f"where the Hub folders go (default: {HUB_DIR})")
-    parser.add_argument("--hub-only", action="store_true", help="only regenerate the Hub folders of shipped checkpoints")
-    parser.add_argument("--skip-shipped", action="store_true",
-                        help="leave out runs whose checkpoint names the manifest lists already")
+    parser.add_argument(
+        "--hub-only", action="store_true", help="only regenerate the Hub folders of shipped checkpoints"
+    )
+    parser.add_argument(
+        "--skip-shipped", action="store_true", help="leave out runs whose checkpoint names the manifest lists already"
+    )
     args = parser.parse_args()
     for run in args.runs:
         if args.hub_only:

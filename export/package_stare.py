@@ -9,6 +9,7 @@ paper's Table 6 strengths, writes its weights to ``npe_models/weights/`` and the
 reads (the baseline is the same file without the PEM). Refuses unfinished runs and a PEM run whose
 network differs from its baseline's.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,14 @@ def stare_metrics(model: nn.Module, config: SegmentationModelConfig, data_dir: s
         f"STARE-val-{annotation}": {
             f"{alpha:g}": metrics.to_dict()
             for alpha, metrics in evaluate_segmentation(
-                model, StareSegmentation(data_dir, "val", annotation), num_classes=config.num_classes,
-                mean=config.mean, std=config.std, alphas=STARE_ALPHAS, class_names=config.class_names, **STARE_EVALUATION,
+                model,
+                StareSegmentation(data_dir, "val", annotation),
+                num_classes=config.num_classes,
+                mean=config.mean,
+                std=config.std,
+                alphas=STARE_ALPHAS,
+                class_names=config.class_names,
+                **STARE_EVALUATION,
             ).items()
         }
         for annotation in ("ah", "vk")
@@ -57,10 +64,21 @@ def stare_quick_check(model: nn.Module, config: SegmentationModelConfig, data_di
     """Mean Dice per alpha on the first 'vk' validation image, whole-image inference: a check that takes seconds."""
     images = StareSegmentation(data_dir, "val", "vk")
     first = Subset(images, [0])
-    results = evaluate_segmentation(model, first, num_classes=config.num_classes, mean=config.mean, std=config.std,
-                                    alphas=STARE_ALPHAS, mode="whole")
-    return {"image": images.ids[0], "annotation": "vk", "mode": "whole",
-            "mean_dice": {f"{alpha:g}": metrics.mean_dice for alpha, metrics in results.items()}}
+    results = evaluate_segmentation(
+        model,
+        first,
+        num_classes=config.num_classes,
+        mean=config.mean,
+        std=config.std,
+        alphas=STARE_ALPHAS,
+        mode="whole",
+    )
+    return {
+        "image": images.ids[0],
+        "annotation": "vk",
+        "mode": "whole",
+        "mean_dice": {f"{alpha:g}": metrics.mean_dice for alpha, metrics in results.items()},
+    }
 
 
 def _finished_iterations(run: Path, settings: dict[str, Any]) -> int:
@@ -98,8 +116,10 @@ def package_stare(npe_run: Path, data_dir: str, manifest: Optional[Path] = None)
     npe_settings = read_run_config(npe_run, "segmentation")
     baseline_run = Path(npe_settings["data"]["init"])
     baseline_settings = read_run_config(baseline_run, "segmentation")
-    iterations = {"baseline": _finished_iterations(baseline_run, baseline_settings),
-                  "pem": _finished_iterations(npe_run, npe_settings)}
+    iterations = {
+        "baseline": _finished_iterations(baseline_run, baseline_settings),
+        "pem": _finished_iterations(npe_run, npe_settings),
+    }
     baseline, baseline_config = load_segmentation_model(baseline_run)
     _same_network(npe, baseline)
     file = f"{NPE_NAME}.safetensors"
@@ -108,11 +128,26 @@ def package_stare(npe_run: Path, data_dir: str, manifest: Optional[Path] = None)
     metrics = stare_metrics(npe, config, data_dir)
     recipe = RECIPE.format(baseline_lr=baseline_settings["train"]["lr"], pem_lr=npe_settings["train"]["lr"])
     entries = {
-        BASELINE_NAME: _meta(baseline_config, baseline, file, recipe=recipe, num_pems=0,
-                             iterations=iterations["baseline"],
-                             _metrics={key: {"0": by_alpha["0"]} for key, by_alpha in metrics.items()}),
-        NPE_NAME: _meta(config, npe, file, recipe=recipe, num_pems=1, pem_type=config.pem_type, iterations=iterations,
-                        _metrics=metrics, quick_check=stare_quick_check(npe, config, data_dir)),
+        BASELINE_NAME: _meta(
+            baseline_config,
+            baseline,
+            file,
+            recipe=recipe,
+            num_pems=0,
+            iterations=iterations["baseline"],
+            _metrics={key: {"0": by_alpha["0"]} for key, by_alpha in metrics.items()},
+        ),
+        NPE_NAME: _meta(
+            config,
+            npe,
+            file,
+            recipe=recipe,
+            num_pems=1,
+            pem_type=config.pem_type,
+            iterations=iterations,
+            _metrics=metrics,
+            quick_check=stare_quick_check(npe, config, data_dir),
+        ),
     }
     write_manifest(entries, manifest or MANIFEST_FILE, section="segmentation")
     return entries
@@ -124,8 +159,10 @@ def main() -> int:
     parser.add_argument("--data-dir", required=True, help="data root holding stare/")
     args = parser.parse_args()
     for name, entry in package_stare(args.npe_run, args.data_dir).items():
-        scores = {key: {alpha: round(100 * m["mean_dice"], 2) for alpha, m in by_alpha.items()}
-                  for key, by_alpha in entry["_metrics"].items()}
+        scores = {
+            key: {alpha: round(100 * m["mean_dice"], 2) for alpha, m in by_alpha.items()}
+            for key, by_alpha in entry["_metrics"].items()
+        }
         print(f"shipped {name}: {entry['file']} ({entry['sha256'][:12]}), mDice {scores}")
     return 0
 

@@ -10,6 +10,7 @@ with ``save_pretrained_for_hub`` is the same) into a git-ignored folder. The exp
 re-scored on the 1,000 exact test images and must reproduce the run's own final accuracy.
 Used by ``export/package_pretrained.py``; not part of the installed package.
 """
+
 from __future__ import annotations
 
 import copy
@@ -23,7 +24,13 @@ from safetensors.torch import save_file
 from timm.utils import reparameterize_model
 from torch import nn
 
-from npe_models.classification.checkpoint import METRICS_FILE, WEIGHTS_FILE, atomic_write, load_trained_model, read_saved_config
+from npe_models.classification.checkpoint import (
+    METRICS_FILE,
+    WEIGHTS_FILE,
+    atomic_write,
+    load_trained_model,
+    read_saved_config,
+)
 from npe_models.classification.config import TrainConfig, resolve_config
 from npe_models.classification.evaluate import evaluate_model, summary
 from npe_models.data.cifar import load_cifar_class_names, load_cifar_lt
@@ -31,7 +38,16 @@ from npe_models.hub import DATASET_NAMES, pretrained_card, save_for_hub
 from npe_models.models import parse_npe_name
 from npe_models.models._bundled import EXTRA_WEIGHTS_DIR, MANIFEST_FILE, WEIGHTS_DIR, checkpoint_cfg, file_sha256
 
-__all__ = ["checkpoint_names", "is_bundled", "is_shipped", "package_run", "read_manifest", "reproduces", "write_manifest", "REPRODUCE_TOLERANCE"]
+__all__ = [
+    "checkpoint_names",
+    "is_bundled",
+    "is_shipped",
+    "package_run",
+    "read_manifest",
+    "reproduces",
+    "write_manifest",
+    "REPRODUCE_TOLERANCE",
+]
 
 PathLike = Union[str, os.PathLike]
 
@@ -40,15 +56,38 @@ HUB_DIR = Path(__file__).resolve().parents[1] / "zoo" / "hub"
 REPRODUCE_TOLERANCE = 0.1
 """Points of top-1 on the exact test images by which a shipped checkpoint may differ from its record (one image)."""
 
-_RUN_FIELDS = ("model", "method", "recipe", "dataset", "rho", "epochs", "batch_size", "lr", "momentum",
-               "weight_decay", "schedule", "milestones", "gamma", "tau", "npe_alpha", "npe_t", "seed", "deterministic")
+_RUN_FIELDS = (
+    "model",
+    "method",
+    "recipe",
+    "dataset",
+    "rho",
+    "epochs",
+    "batch_size",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "schedule",
+    "milestones",
+    "gamma",
+    "tau",
+    "npe_alpha",
+    "npe_t",
+    "seed",
+    "deterministic",
+)
 _SCHEDULE_FIELDS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule", "milestones", "gamma")
 _DEFAULT_TAG_SUFFIX = "_lt_r100_hp2"
 _BUNDLED_RUNS = dict(rho=100.0, recipe="hp2", seed=0)
 """The runs whose checkpoints the wheel bundles (each architecture's default tag and the methods beside it); the
 rest (other rho, HP-1, seeds) go to ``weights/extra/``, so that the wheel stays under about 40 MB."""
-_METHOD_NAMES = {"ce": "cross-entropy", "la": "logit-adjusted loss", "crt": "cRT: classifier re-trained with class-balanced sampling",
-                 "posthoc_la": "cross-entropy + post-hoc logit adjustment", "npe": "NPE"}
+_METHOD_NAMES = {
+    "ce": "cross-entropy",
+    "la": "logit-adjusted loss",
+    "crt": "cRT: classifier re-trained with class-balanced sampling",
+    "posthoc_la": "cross-entropy + post-hoc logit adjustment",
+    "npe": "NPE",
+}
 
 
 def is_bundled(config: TrainConfig) -> bool:
@@ -158,8 +197,15 @@ def _describe_method(config: TrainConfig, form: str) -> str:
 
 
 def _write_checkpoint(
-    name: str, model: nn.Module, record: dict[str, Any], config: TrainConfig, training: dict[str, Any],
-    label_names: Optional[list[str]], weights_dir: Path, hub_dir: Path, form: str,
+    name: str,
+    model: nn.Module,
+    record: dict[str, Any],
+    config: TrainConfig,
+    training: dict[str, Any],
+    label_names: Optional[list[str]],
+    weights_dir: Path,
+    hub_dir: Path,
+    form: str,
 ) -> dict[str, Any]:
     """Write one form of the model into the weights folder and its Hub folder; return its manifest entry."""
     bundled = is_bundled(config)

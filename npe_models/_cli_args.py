@@ -3,6 +3,7 @@
 Options shared by both tasks (data, hardware, optimisation, NPE) are defined once; each task adds
 its own group, so no option is defined twice and one spelling has one meaning.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,8 +15,18 @@ from .classification.config import COMPILE_MODES
 from .data import CLASSIFICATION_DATASETS, default_data_dir
 from .runs import LOG_FILE
 
-__all__ = ["reject_other_task_options", "add_train_arguments", "add_evaluate_arguments", "add_export_arguments", "add_list_arguments",
-           "add_predict_arguments", "add_adapt_parser", "adapt_options", "not_none", "classification_evaluate_options"]
+__all__ = [
+    "reject_other_task_options",
+    "add_train_arguments",
+    "add_evaluate_arguments",
+    "add_export_arguments",
+    "add_list_arguments",
+    "add_predict_arguments",
+    "add_adapt_parser",
+    "adapt_options",
+    "not_none",
+    "classification_evaluate_options",
+]
 
 SEGMENTATION_DATASETS = ("stare",)
 EPILOG_TRAIN = """examples:
@@ -71,18 +82,34 @@ def _key_value(text: str) -> tuple[str, Any]:
 
 def _add_data_and_hardware(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data and hardware")
-    data.add_argument("--dataset", choices=CLASSIFICATION_DATASETS + SEGMENTATION_DATASETS,
-                      help="data set (default: cifar10 for classifiers, stare for segmentation, or the run's)")
-    data.add_argument("--data-dir", help="folder with the data sets (default: $NPE_DATA_DIR, else ./data); for folder: "
-                      "the tree with train/<class>/* and val/<class>/*; for the split lists: the images' root")
-    data.add_argument("--split-dir", help="folder with the split lists, e.g. ImageNet_LT_train.txt (default: --data-dir)")
-    data.add_argument("--image-size", type=int, help="input size of file data sets (default: the model's pretrained cfg)")
-    data.add_argument("--workers", type=int, help="DataLoader workers per process for file data sets (default: CPUs, <= 8)")
+    data.add_argument(
+        "--dataset",
+        choices=CLASSIFICATION_DATASETS + SEGMENTATION_DATASETS,
+        help="data set (default: cifar10 for classifiers, stare for segmentation, or the run's)",
+    )
+    data.add_argument(
+        "--data-dir",
+        help="folder with the data sets (default: $NPE_DATA_DIR, else ./data); for folder: "
+        "the tree with train/<class>/* and val/<class>/*; for the split lists: the images' root",
+    )
+    data.add_argument(
+        "--split-dir", help="folder with the split lists, e.g. ImageNet_LT_train.txt (default: --data-dir)"
+    )
+    data.add_argument(
+        "--image-size", type=int, help="input size of file data sets (default: the model's pretrained cfg)"
+    )
+    data.add_argument(
+        "--workers", type=int, help="DataLoader workers per process for file data sets (default: CPUs, <= 8)"
+    )
     data.add_argument("--download", action="store_true", default=None, help="download CIFAR with torchvision")
     data.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: auto)")
     data.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="bfloat16 autocast")
-    data.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                      help="channels-last memory format (default: on for training)")
+    data.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="channels-last memory format (default: on for training)",
+    )
     data.add_argument("--eval-batch-size", type=int, help="evaluation batch size (default: 500)")
     data.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -98,49 +125,92 @@ def add_train_arguments(train: argparse.ArgumentParser) -> None:
     optim.add_argument("--lr", type=float, help="initial SGD learning rate")
     optim.add_argument("--momentum", type=float, help="SGD momentum (default: 0.9)")
     optim.add_argument("--weight-decay", type=float, help="L2 weight decay on every parameter")
-    optim.add_argument("--schedule", "--lr-schedule", dest="schedule", choices=("step", "cosine", "multistep", "poly"),
-                       help="lr schedule: step/cosine (classification), multistep/poly (segmentation)")
-    optim.add_argument("--milestones", type=int, nargs="*", help="epochs (iterations) at which lr is multiplied by --gamma")
+    optim.add_argument(
+        "--schedule",
+        "--lr-schedule",
+        dest="schedule",
+        choices=("step", "cosine", "multistep", "poly"),
+        help="lr schedule: step/cosine (classification), multistep/poly (segmentation)",
+    )
+    optim.add_argument(
+        "--milestones", type=int, nargs="*", help="epochs (iterations) at which lr is multiplied by --gamma"
+    )
     optim.add_argument("--gamma", type=float, help="step schedule factor (default: 0.1)")
     optim.add_argument("--seed", type=int, help="random seed (default: 0)")
     optim.add_argument("--deterministic", action="store_true", default=None, help="deterministic kernels")
     npe = train.add_argument_group("NPE and initialisation")
-    npe.add_argument("--alpha", "--npe-alpha", dest="npe_alpha", type=float,
-                     help="NPE-LA strength stored in the model (default: 1 classification, 0.1 segmentation)")
+    npe.add_argument(
+        "--alpha",
+        "--npe-alpha",
+        dest="npe_alpha",
+        type=float,
+        help="NPE-LA strength stored in the model (default: 1 classification, 0.1 segmentation)",
+    )
     npe.add_argument("--npe-t", type=int, choices=(0, 1), help="PEM sign convention t (default: 1)")
     npe.add_argument("--init", help="trained run directory or weights to start from (crt, posthoc_la, frozen PEMs)")
-    cls = train.add_argument_group("classification (CIFAR-LT, image folders, ImageNet-LT / Places-LT / iNaturalist lists)")
-    cls.add_argument("--method", choices=("ce", "la", "posthoc_la", "crt", "npe"), help="default: npe with PEMs, else ce")
-    cls.add_argument("--recipe", choices=("hp1", "hp2", "imagenet_lt", "inat2018", "places_lt"),
-                     help="the paper's recipe: hp1/hp2 (CIFAR-LT) or a large data set's (default: the data set's, else hp2)")
+    cls = train.add_argument_group(
+        "classification (CIFAR-LT, image folders, ImageNet-LT / Places-LT / iNaturalist lists)"
+    )
+    cls.add_argument(
+        "--method", choices=("ce", "la", "posthoc_la", "crt", "npe"), help="default: npe with PEMs, else ce"
+    )
+    cls.add_argument(
+        "--recipe",
+        choices=("hp1", "hp2", "imagenet_lt", "inat2018", "places_lt"),
+        help="the paper's recipe: hp1/hp2 (CIFAR-LT) or a large data set's (default: the data set's, else hp2)",
+    )
     cls.add_argument("--accum-steps", type=int, help="micro-batches per SGD step (gradient accumulation, default: 1)")
     cls.add_argument("--backbone-weights", help="start from 'imagenet' (timm's pretrained weights) or a weights file")
     cls.add_argument("--epochs", type=int, help="training epochs (default: the recipe's)")
-    cls.add_argument("--rho", type=float, help="imbalance ratio, largest / smallest class (default: 100 for CIFAR; "
-                     "folder: a long-tailed subset of train/ when given, else train/ as it is)")
+    cls.add_argument(
+        "--rho",
+        type=float,
+        help="imbalance ratio, largest / smallest class (default: 100 for CIFAR; "
+        "folder: a long-tailed subset of train/ when given, else train/ as it is)",
+    )
     cls.add_argument("--max-per-class", type=int, help="images in the largest class (default: all)")
     cls.add_argument("--tau", type=float, help="logit-adjustment strength of la and posthoc_la (default: 1)")
-    cls.add_argument("--compile", nargs="?", const="default", choices=COMPILE_MODES,
-                     help="torch.compile the training step (default: off; bare --compile: mode default); "
-                     "reduce-overhead adds CUDA graphs and needs a GPU")
+    cls.add_argument(
+        "--compile",
+        nargs="?",
+        const="default",
+        choices=COMPILE_MODES,
+        help="torch.compile the training step (default: off; bare --compile: mode default); "
+        "reduce-overhead adds CUDA graphs and needs a GPU",
+    )
     cls.add_argument("--eval-every", type=int, help="test every N epochs, 0 for the last only (default: 10)")
-    cls.add_argument("--tensorboard", action="store_true", default=None, help="also log each epoch's losses, lr and "
-                     "accuracies to RUN/tensorboard (needs: pip install npe-models[tensorboard])")
+    cls.add_argument(
+        "--tensorboard",
+        action="store_true",
+        default=None,
+        help="also log each epoch's losses, lr and "
+        "accuracies to RUN/tensorboard (needs: pip install npe-models[tensorboard])",
+    )
     seg = train.add_argument_group("segmentation (STARE)")
     seg.add_argument("--num-pems", type=int, help="PEMs for a plain architecture name (default: from the name)")
     seg.add_argument("--pem-type", choices=("linear", "fcn", "replica"), help="PEM architecture (default: linear)")
     seg.add_argument("--num-classes", type=int, help="default: the data set's class count")
     seg.add_argument("--aux-loss", action="store_true", default=None, help="add the auxiliary FCN head")
-    seg.add_argument("--model-arg", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
-                     help="extra builder argument, e.g. base_channels=32 for unet_fcn (repeatable)")
+    seg.add_argument(
+        "--model-arg",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra builder argument, e.g. base_channels=32 for unet_fcn (repeatable)",
+    )
     seg.add_argument("--weights", help="torchvision weights of the base model, e.g. DEFAULT (downloads)")
     seg.add_argument("--weights-backbone", help="torchvision backbone weights, e.g. IMAGENET1K_V1 (downloads)")
     seg.add_argument("--annotation", choices=("ah", "vk"), help="STARE training masks (default: ah)")
     seg.add_argument("--iterations", type=int, help="SGD steps (default: 600)")
     seg.add_argument("--crop-size", type=_size, help="random training crop, e.g. 128 or 128x96 (default: 128)")
     seg.add_argument("--aux-weight", type=float, help="auxiliary loss weight (default: 0.4)")
-    seg.add_argument("--freeze-backbone", action=argparse.BooleanOptionalAction, default=None,
-                     help="freeze the backbone, BatchNorm in eval mode (default: on)")
+    seg.add_argument(
+        "--freeze-backbone",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="freeze the backbone, BatchNorm in eval mode (default: on)",
+    )
     seg.add_argument("--freeze-decode-head", action="store_true", default=None, help="also freeze the decode heads")
     seg.add_argument("--no-flip", dest="flip", action="store_false", default=None, help="no random horizontal flips")
     seg.add_argument("--checkpoint-every", type=int, help="iterations between checkpoints (default: 100)")
@@ -158,8 +228,12 @@ def add_evaluate_arguments(evaluate: argparse.ArgumentParser) -> None:
     evaluate.add_argument("--pretrained", action="store_true", help="load the named model's pretrained weights")
     evaluate.add_argument("--merge", action="store_true", help="fold the PEMs into the classifier first")
     evaluate.add_argument("--model", help="model name, for .safetensors weights that do not record it")
-    evaluate.add_argument("--alpha", type=float, nargs="+",
-                          help="NPE-LA strength (segmentation: several, 0 = main logits; default: the model's)")
+    evaluate.add_argument(
+        "--alpha",
+        type=float,
+        nargs="+",
+        help="NPE-LA strength (segmentation: several, 0 = main logits; default: the model's)",
+    )
     evaluate.add_argument("--out", help="output folder (default: RUN/eval, or ./eval/<name>)")
     _add_data_and_hardware(evaluate)
     cls = evaluate.add_argument_group("classification (long-tailed CIFAR)")
@@ -167,8 +241,12 @@ def add_evaluate_arguments(evaluate: argparse.ArgumentParser) -> None:
     cls.add_argument("--max-per-class", type=int, help="largest training class size (default: the run's)")
     cls.add_argument("--posthoc-tau", type=float, help="also score post-hoc LA, logits - tau * log prior")
     cls.add_argument("--sets", nargs="+", choices=("full", "exact", "jpeg_twins"), help="test sets (default: all)")
-    cls.add_argument("--target-prior", metavar="MIX", help="also report the expected top-1 under a class mix: uniform, "
-                     "train, inverse, dirichlet:A (seed 0) or a .json file of per-class weights (e.g. adapt's prior.json)")
+    cls.add_argument(
+        "--target-prior",
+        metavar="MIX",
+        help="also report the expected top-1 under a class mix: uniform, "
+        "train, inverse, dirichlet:A (seed 0) or a .json file of per-class weights (e.g. adapt's prior.json)",
+    )
     seg = evaluate.add_argument_group("segmentation (STARE)")
     seg.add_argument("--split", choices=("train", "val"), help="STARE images to score (default: val)")
     seg.add_argument("--annotation", nargs="+", choices=("ah", "vk"), help="masks to score against (default: ah vk)")
@@ -181,8 +259,10 @@ def add_evaluate_arguments(evaluate: argparse.ArgumentParser) -> None:
 def add_export_arguments(onnx: argparse.ArgumentParser, hub: argparse.ArgumentParser) -> None:
     """Options of ``export onnx`` and ``export hub``: the model to load, then each format's own."""
     for parser in (onnx, hub):
-        parser.add_argument("model", help="registered name[.tag], run directory, weights file, Hub folder, "
-                            "local-dir:DIR or hf-hub:ORG/NAME")
+        parser.add_argument(
+            "model",
+            help="registered name[.tag], run directory, weights file, Hub folder, local-dir:DIR or hf-hub:ORG/NAME",
+        )
         parser.add_argument("--num-classes", type=int, help="class count for a registered name")
         parser.add_argument("--pem-type", choices=("linear", "fcn", "replica"), help="PEMs of a segmentation name")
         parser.add_argument("--pretrained", action="store_true", help="load the registered name's pretrained weights")
@@ -192,8 +272,12 @@ def add_export_arguments(onnx: argparse.ArgumentParser, hub: argparse.ArgumentPa
     onnx.add_argument("-o", "--output", type=Path, help="ONNX file to write (default: <model>.onnx)")
     onnx.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"), help="example input size")
     onnx.add_argument("--no-merge", dest="merge", action="store_false", help="export the unmerged NPE-LA graph")
-    onnx.add_argument("--dynamic-size", action=argparse.BooleanOptionalAction, default=None,
-                      help="dynamic height and width (default: on for segmentation)")
+    onnx.add_argument(
+        "--dynamic-size",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="dynamic height and width (default: on for segmentation)",
+    )
     onnx.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 18)")
     onnx.add_argument("--check", action="store_true", help="compare with ONNX Runtime after exporting")
     hub.add_argument("-o", "--output-dir", type=Path, help="folder to write (config, weights, card)")
@@ -202,16 +286,26 @@ def add_export_arguments(onnx: argparse.ArgumentParser, hub: argparse.ArgumentPa
     hub.add_argument("--token", help="Hugging Face token (default: huggingface_hub's stored one)")
     hub.add_argument("--private", action="store_true", help="create the Hub repository as private")
     hub.add_argument("--merge", action="store_true", help="fold the PEMs in and save the deployment form")
-    hub.add_argument("--metric", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
-                     help="evaluation result for the card, e.g. top1=80.1 (repeatable)")
+    hub.add_argument(
+        "--metric",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="evaluation result for the card, e.g. top1=80.1 (repeatable)",
+    )
     hub.add_argument("--dataset", help="readable name of the evaluation data, e.g. 'CIFAR-10 test set'")
     hub.add_argument("--dataset-id", help="Hub dataset id of the evaluation data, e.g. cifar10")
     hub.add_argument("--split", default="test", help="evaluation split (default: test)")
-    hub.add_argument("--recipe", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
-                     help="training setting for the card, e.g. epochs=200 (repeatable)")
+    hub.add_argument(
+        "--recipe",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="training setting for the card, e.g. epochs=200 (repeatable)",
+    )
     hub.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-
-
 
 
 def add_list_arguments(listing: argparse.ArgumentParser) -> None:
@@ -222,19 +316,32 @@ def add_list_arguments(listing: argparse.ArgumentParser) -> None:
 
 def add_predict_arguments(predict: argparse.ArgumentParser) -> None:
     """Options of ``predict``: the model, the images, NPE-LA, the output format and the hardware."""
-    predict.add_argument("source", help="run directory, checkpoint.pt / .safetensors, model name[.tag] (with "
-                         "--pretrained), Hub folder or .onnx file")
+    predict.add_argument(
+        "source",
+        help="run directory, checkpoint.pt / .safetensors, model name[.tag] (with "
+        "--pretrained), Hub folder or .onnx file",
+    )
     predict.add_argument("images", nargs="+", help="image files, or folders searched recursively")
     predict.add_argument("--pretrained", action="store_true", help="load the named model's pretrained weights")
     predict.add_argument("--model", help="model name, for .safetensors weights that do not record it")
-    predict.add_argument("--alpha", type=float, help="NPE-LA strength of an unmerged NPE model (0: unadjusted logits; "
-                         "default: the model's)")
+    predict.add_argument(
+        "--alpha",
+        type=float,
+        help="NPE-LA strength of an unmerged NPE model (0: unadjusted logits; default: the model's)",
+    )
     predict.add_argument("--top-k", type=int, default=5, help="classes per image, at most the class count (default: 5)")
     output = predict.add_mutually_exclusive_group()
-    output.add_argument("--json", dest="format", action="store_const", const="json", default="table",
-                        help="a JSON list on stdout, one object per image")
-    output.add_argument("--csv", dest="format", action="store_const", const="csv",
-                        help="CSV on stdout, one row per class of each image")
+    output.add_argument(
+        "--json",
+        dest="format",
+        action="store_const",
+        const="json",
+        default="table",
+        help="a JSON list on stdout, one object per image",
+    )
+    output.add_argument(
+        "--csv", dest="format", action="store_const", const="csv", help="CSV on stdout, one row per class of each image"
+    )
     predict.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
     predict.add_argument("--device", help="cpu, cuda, cuda:N or auto for PyTorch models (default: auto)")
     predict.add_argument("--no-progress", action="store_true", help="no progress bar (shown for folders, on stderr)")
@@ -242,21 +349,38 @@ def add_predict_arguments(predict: argparse.ArgumentParser) -> None:
 
 def add_adapt_parser(commands: Any) -> argparse.ArgumentParser:
     """The ``adapt`` subcommand and its options: estimate a deployment prior and fold it into the model."""
-    adapt = commands.add_parser("adapt", help="estimate the class mix of unlabeled data and fold it into the model",
-                                epilog=EPILOG_ADAPT, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                description="Fit BCTS on labeled calibration data, estimate the prior of the unlabeled "
-                                "data (EM or BBSE), fold both into the final bias; writes a Hub folder and prior.json.")
+    adapt = commands.add_parser(
+        "adapt",
+        help="estimate the class mix of unlabeled data and fold it into the model",
+        epilog=EPILOG_ADAPT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Fit BCTS on labeled calibration data, estimate the prior of the unlabeled "
+        "data (EM or BBSE), fold both into the final bias; writes a Hub folder and prior.json.",
+    )
     adapt.add_argument("source", help="run directory, checkpoint, model name[.tag] (with --pretrained) or Hub folder")
     adapt.add_argument("--pretrained", action="store_true", help="load the named model's pretrained weights")
     adapt.add_argument("--unlabeled", required=True, metavar="DATA", help="images from the deployment class mix")
-    adapt.add_argument("--calibration", required=True, metavar="DATA", help="labeled images from the training "
-                       "distribution, every class present (never the test set)")
-    adapt.add_argument("--out", required=True, help="folder to write (config.json, model.safetensors, README.md, prior.json)")
+    adapt.add_argument(
+        "--calibration",
+        required=True,
+        metavar="DATA",
+        help="labeled images from the training distribution, every class present (never the test set)",
+    )
+    adapt.add_argument(
+        "--out", required=True, help="folder to write (config.json, model.safetensors, README.md, prior.json)"
+    )
     adapt.add_argument("--method", choices=("em", "bbse"), default="em", help="estimator (default: em, with BCTS)")
-    adapt.add_argument("--source-prior", choices=("uniform", "train"), default="uniform", help="uniform for balanced "
-                       "logits (NPE-LA, LA, post-hoc LA; default), train for plain cross-entropy (its training counts)")
+    adapt.add_argument(
+        "--source-prior",
+        choices=("uniform", "train"),
+        default="uniform",
+        help="uniform for balanced "
+        "logits (NPE-LA, LA, post-hoc LA; default), train for plain cross-entropy (its training counts)",
+    )
     adapt.add_argument("--data-dir", help="folder with the data sets (default: $NPE_DATA_DIR, else ./data)")
-    adapt.add_argument("--rho", type=float, default=100.0, help="CIFAR-LT imbalance ratio of cifar10:heldout (default: 100)")
+    adapt.add_argument(
+        "--rho", type=float, default=100.0, help="CIFAR-LT imbalance ratio of cifar10:heldout (default: 100)"
+    )
     adapt.add_argument("--batch-size", type=int, default=500, help="images per forward pass (default: 500)")
     adapt.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     adapt.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
@@ -265,10 +389,20 @@ def add_adapt_parser(commands: Any) -> argparse.ArgumentParser:
 
 def adapt_options(args: argparse.Namespace) -> dict[str, Any]:
     """``adapt_source``'s arguments from the ``adapt`` options."""
-    return dict(source=args.source, unlabeled=args.unlabeled, calibration=args.calibration, out=args.out,
-                pretrained=args.pretrained, method=args.method, source_prior=args.source_prior,
-                data_dir=args.data_dir or default_data_dir(), rho=args.rho, batch_size=args.batch_size,
-                device=args.device, overwrite=args.overwrite)
+    return dict(
+        source=args.source,
+        unlabeled=args.unlabeled,
+        calibration=args.calibration,
+        out=args.out,
+        pretrained=args.pretrained,
+        method=args.method,
+        source_prior=args.source_prior,
+        data_dir=args.data_dir or default_data_dir(),
+        rho=args.rho,
+        batch_size=args.batch_size,
+        device=args.device,
+        overwrite=args.overwrite,
+    )
 
 
 def not_none(**options: Any) -> dict[str, Any]:
@@ -289,13 +423,30 @@ def classification_evaluate_options(args: argparse.Namespace, loaded: Any, about
     """``classification.evaluate_run``'s arguments (but the model and folder) from the ``evaluate`` options and what
     the loaded model records: its data, its training method (which names the plots' variants) and its run's log."""
     method = {"method": loaded.config.method} if loaded.config is not None else {}
-    return {"data_dir": default_data_dir(), **loaded.data_settings(), **not_none(
-        dataset=args.dataset, rho=args.rho, max_per_class=args.max_per_class, data_dir=args.data_dir,
-        split_dir=args.split_dir, image_size=args.image_size, workers=args.workers, download=args.download,
-        device=args.device, batch_size=args.eval_batch_size, channels_last=args.channels_last, amp=args.amp,
-        target_prior=args.target_prior), "posthoc_tau": args.posthoc_tau, "sets": args.sets,
-        "about": {**about, **method}, "training_log": _training_log(loaded),
-        "title": f"{loaded.name}{' merged' if args.merge else ''}"}
+    return {
+        "data_dir": default_data_dir(),
+        **loaded.data_settings(),
+        **not_none(
+            dataset=args.dataset,
+            rho=args.rho,
+            max_per_class=args.max_per_class,
+            data_dir=args.data_dir,
+            split_dir=args.split_dir,
+            image_size=args.image_size,
+            workers=args.workers,
+            download=args.download,
+            device=args.device,
+            batch_size=args.eval_batch_size,
+            channels_last=args.channels_last,
+            amp=args.amp,
+            target_prior=args.target_prior,
+        ),
+        "posthoc_tau": args.posthoc_tau,
+        "sets": args.sets,
+        "about": {**about, **method},
+        "training_log": _training_log(loaded),
+        "title": f"{loaded.name}{' merged' if args.merge else ''}",
+    }
 
 
 def reject_other_task_options(args: argparse.Namespace, task: str) -> None:
@@ -303,5 +454,6 @@ def reject_other_task_options(args: argparse.Namespace, task: str) -> None:
     other = "classification" if task == "segmentation" else "segmentation"
     given = [flag for dest, flag in args.task_options[other].items() if getattr(args, dest) not in (None, [])]
     if given:
-        raise ValueError(f"option(s) {', '.join(given)} belong to {other} training, but this is a {task} run; "
-                         "remove them.")
+        raise ValueError(
+            f"option(s) {', '.join(given)} belong to {other} training, but this is a {task} run; remove them."
+        )

@@ -3,6 +3,7 @@
 A bad value is reported once, before any data is loaded, by its setting name and its command-line
 option, so a ``nan`` learning rate or a negative seed never reaches the training loop.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,10 +21,14 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
-def _describe(integer: bool, minimum: Optional[float], maximum: Optional[float], above: Optional[float],
-              below: Optional[float]) -> str:
-    bounds = [f"{sign} {_number(bound)}" for sign, bound in ((">=", minimum), (">", above), ("<=", maximum), ("<", below))
-              if bound is not None]
+def _describe(
+    integer: bool, minimum: Optional[float], maximum: Optional[float], above: Optional[float], below: Optional[float]
+) -> str:
+    bounds = [
+        f"{sign} {_number(bound)}"
+        for sign, bound in ((">=", minimum), (">", above), ("<=", maximum), ("<", below))
+        if bound is not None
+    ]
     kind = "an integer" if integer else "a finite number"
     return " ".join([kind, " and ".join(bounds)]).strip()
 

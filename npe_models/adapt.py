@@ -24,6 +24,7 @@ has none, so its calibration images are training images. Calibration images must
 deployment's image pipeline (e.g. its JPEG compression), or the label-shift assumption breaks
 (benchmarks/RESULTS.md, issue 14). :func:`adapt_source` is ``npe-models adapt``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -38,8 +39,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .classification.evaluate import predict
-from .data import (CIFAR_NUM_CLASSES, BatchStream, ImageArrays, load_cifar, load_image_npz, load_long_tailed,
-                   long_tailed_indices)
+from .data import (
+    CIFAR_NUM_CLASSES,
+    BatchStream,
+    ImageArrays,
+    load_cifar,
+    load_image_npz,
+    load_long_tailed,
+    long_tailed_indices,
+)
 from .describe import TARGET_PRIOR_KEY, describe_model
 from .distributed import resolve_device
 from .hub import save_for_hub
@@ -97,9 +105,13 @@ def _check_labels(labels: Tensor, num_images: int, num_classes: int) -> Tensor:
     """Calibration labels: one per image, each class present (both estimators need every class)."""
     labels = torch.as_tensor(labels).cpu()
     if labels.shape != (num_images,) or labels.dtype.is_floating_point:
-        raise ValueError(f"calibration labels must be {num_images} integer class indices, got {labels.dtype} {tuple(labels.shape)}.")
+        raise ValueError(
+            f"calibration labels must be {num_images} integer class indices, got {labels.dtype} {tuple(labels.shape)}."
+        )
     if labels.min() < 0 or labels.max() >= num_classes:
-        raise ValueError(f"calibration labels must lie in 0..{num_classes - 1}, got {int(labels.min())}..{int(labels.max())}.")
+        raise ValueError(
+            f"calibration labels must lie in 0..{num_classes - 1}, got {int(labels.min())}..{int(labels.max())}."
+        )
     missing = torch.nonzero(torch.bincount(labels, minlength=num_classes) == 0).flatten().tolist()
     if missing:
         raise ValueError(f"the calibration set has no image of classes {missing}; it needs every class.")
@@ -221,7 +233,9 @@ def bbse_prior(logits: Tensor, calibration_logits: Tensor, calibration_labels: T
     joint = torch.bincount(predicted * num_classes + labels, minlength=num_classes**2).double()
     joint = joint.view(num_classes, num_classes) / len(labels)
     if torch.linalg.matrix_rank(joint) < num_classes:
-        raise ValueError("the calibration confusion matrix is singular (some class is never predicted); BBSE cannot invert it.")
+        raise ValueError(
+            "the calibration confusion matrix is singular (some class is never predicted); BBSE cannot invert it."
+        )
     target = torch.bincount(logits.argmax(1), minlength=num_classes).double() / len(logits)
     weights = torch.linalg.solve(joint, target).clamp_min(0)
     prior = weights * joint.sum(0)
@@ -258,7 +272,9 @@ def adapt_prior(
     layer = _final_linear(adapted)
     log_prior = torch.as_tensor(log_prior, dtype=torch.float64).detach().cpu()
     if log_prior.shape != (layer.out_features,) or not torch.isfinite(log_prior).all():
-        raise ValueError(f"log_prior must be {layer.out_features} finite values (one per class), got shape {tuple(log_prior.shape)}.")
+        raise ValueError(
+            f"log_prior must be {layer.out_features} finite values (one per class), got shape {tuple(log_prior.shape)}."
+        )
     with torch.no_grad():
         if calibration is not None:
             layer.weight.div_(calibration.temperature)
@@ -311,7 +327,7 @@ class OnlinePriorEstimator:
     def update(self, logits: Tensor) -> Tensor:
         """Add a batch of logits ``(B, C)`` to the window and return the new prior estimate."""
         logits = _check_logits(logits, "logits", self.num_classes)
-        self._logits = torch.cat([self._logits, logits])[-self.window:]
+        self._logits = torch.cat([self._logits, logits])[-self.window :]
         start = self.prior.clamp_min(_PRIOR_FLOOR)
         self.prior = em_prior(
             self._logits, source_prior=self.source_prior, init=start, max_iter=self.max_iter, tol=self.tol
@@ -381,8 +397,11 @@ def cifar_calibration_set(
             seen.append(cls)
         chosen.append(rng.permutation(index)[:per_class])
     if seen:
-        warnings.warn(f"{dataset}-LT rho={rho:g} keeps every training image of classes {seen}; "
-                      "their calibration images are training images.", stacklevel=2)
+        warnings.warn(
+            f"{dataset}-LT rho={rho:g} keeps every training image of classes {seen}; "
+            "their calibration images are training images.",
+            stacklevel=2,
+        )
     return train.subset(np.concatenate(chosen))
 
 
@@ -454,12 +473,16 @@ def adapt_source(
     cross-entropy: its training counts, read from its run or pretrained tag).
     """
     if source_prior not in ("uniform", "train"):
-        raise ValueError(f"source_prior must be 'uniform' (balanced logits) or 'train' (plain CE), got {source_prior!r}.")
+        raise ValueError(
+            f"source_prior must be 'uniform' (balanced logits) or 'train' (plain CE), got {source_prior!r}."
+        )
     if source_kind(source) == "registered" and not pretrained:
         raise ValueError(f"'{source}' is a model name: pass pretrained=True (--pretrained) to adapt its weights.")
     loaded, device = load_model(source, pretrained=pretrained), resolve_device(str(device))
     train_prior = _training_prior(loaded, data_dir) if source_prior == "train" else None
-    logits, _ = predict_logits(loaded.model, read_images(unlabeled, data_dir, labeled=False, rho=rho), batch_size, device)
+    logits, _ = predict_logits(
+        loaded.model, read_images(unlabeled, data_dir, labeled=False, rho=rho), batch_size, device
+    )
     cal_logits, cal_labels = predict_logits(
         loaded.model, read_images(calibration, data_dir, labeled=True, rho=rho), batch_size, device
     )
@@ -467,10 +490,22 @@ def adapt_source(
     prior = _estimate(logits, cal_logits, cal_labels, fitted, method)
     data = f"{method} on {len(logits)} unlabeled images of {unlabeled}, BCTS on {len(cal_labels)} of {calibration}"
     adapted = adapt_prior(loaded.model.cpu(), prior.clamp_min(_PRIOR_FLOOR).log(), calibration=fitted, data=data)
-    folder = save_for_hub(adapted, out, label_names=loaded.class_names, overwrite=overwrite,
-                          notes=f"Deployment prior folded into the classifier bias: {data}.")
-    write_json(folder / "prior.json", {**adapted.pretrained_cfg[TARGET_PRIOR_KEY], "method": method,
-                                       "source": source, "class_names": loaded.class_names})
+    folder = save_for_hub(
+        adapted,
+        out,
+        label_names=loaded.class_names,
+        overwrite=overwrite,
+        notes=f"Deployment prior folded into the classifier bias: {data}.",
+    )
+    write_json(
+        folder / "prior.json",
+        {
+            **adapted.pretrained_cfg[TARGET_PRIOR_KEY],
+            "method": method,
+            "source": source,
+            "class_names": loaded.class_names,
+        },
+    )
     return PriorAdaptation(adapted, prior, method, fitted, data, folder, loaded.class_names)
 
 
@@ -480,6 +515,8 @@ def format_adaptation(result: PriorAdaptation) -> str:
     lines = [f"estimated prior ({result.data}):"]
     lines += [f"  {name:<20} {float(p):.4f}" for name, p in zip(names, result.prior)]
     lines.append(f"BCTS temperature {result.calibration.temperature:.3f}")
-    lines.append(f"adapted model (a plain {describe_model(result.model).architecture}, the prior in its bias): "
-                 f"{result.out} ({', '.join(sorted(p.name for p in result.out.iterdir()))})")
+    lines.append(
+        f"adapted model (a plain {describe_model(result.model).architecture}, the prior in its bias): "
+        f"{result.out} ({', '.join(sorted(p.name for p in result.out.iterdir()))})"
+    )
     return "\n".join(lines)

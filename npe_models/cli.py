@@ -5,6 +5,7 @@ segmentation (STARE), chosen from the model, the data set or the run being resum
 onnx|hub`` and ``list`` serve every model. The work is done by library functions a Python user
 can call; this module turns options into their arguments and prints what they return.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,10 +19,22 @@ from typing import Any, Optional, Sequence
 from timm.utils import reparameterize_model
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from ._cli_args import (EPILOG_EVALUATE, EPILOG_PREDICT, EPILOG_TRAIN, SEGMENTATION_DATASETS, add_evaluate_arguments,
-                        add_export_arguments, add_list_arguments, add_predict_arguments, add_train_arguments,
-                        reject_other_task_options, add_adapt_parser, adapt_options, classification_evaluate_options,
-                        not_none)
+from ._cli_args import (
+    EPILOG_EVALUATE,
+    EPILOG_PREDICT,
+    EPILOG_TRAIN,
+    SEGMENTATION_DATASETS,
+    add_evaluate_arguments,
+    add_export_arguments,
+    add_list_arguments,
+    add_predict_arguments,
+    add_train_arguments,
+    reject_other_task_options,
+    add_adapt_parser,
+    adapt_options,
+    classification_evaluate_options,
+    not_none,
+)
 from . import classification, segmentation
 from .adapt import adapt_source, format_adaptation
 from .classification import TrainConfig, format_metrics, resolve_train_config, train
@@ -80,12 +93,26 @@ def _train(args: argparse.Namespace) -> int:
 
 def _train_segmentation(args: argparse.Namespace) -> int:
     given = {**_given(args, SegmentationModelConfig), **_given(args, SegmentationTrainConfig)}
-    settings = dict(model=args.model, alpha=args.npe_alpha, t=args.npe_t, model_kwargs=dict(args.model_arg) or None,
-                    dataset=args.dataset, annotation=args.annotation, init=args.init, weights=args.weights,
-                    weights_backbone=args.weights_backbone)
+    settings = dict(
+        model=args.model,
+        alpha=args.npe_alpha,
+        t=args.npe_t,
+        model_kwargs=dict(args.model_arg) or None,
+        dataset=args.dataset,
+        annotation=args.annotation,
+        init=args.init,
+        weights=args.weights,
+        weights_backbone=args.weights_backbone,
+    )
     config = segmentation.resolve_segmentation_config(args.out, args.resume, **given, **settings)
-    record = segmentation.train_run(config, args.out, data_dir=args.data_dir or default_data_dir(),
-                                    resume=args.resume, device=args.device or "auto", progress=_progress(args))
+    record = segmentation.train_run(
+        config,
+        args.out,
+        data_dir=args.data_dir or default_data_dir(),
+        resume=args.resume,
+        device=args.device or "auto",
+        progress=_progress(args),
+    )
     last = f"; last loss {record['loss']:.4g}" if record else ""
     print(f"finished {config.train.iterations} iterations{last}")
     print(f"weights: {Path(args.out) / 'model.safetensors'}")
@@ -101,18 +128,32 @@ def _evaluate(args: argparse.Namespace) -> int:
     about = {"source": args.source, "merged": bool(args.merge)}
     if loaded.task == "segmentation":
         results = segmentation.evaluate_run(
-            model, loaded.segmentation_config, out, data_dir=args.data_dir or default_data_dir(),
-            overlays=args.overlays, progress=_progress(args), about=about, **not_none(
-                dataset=args.dataset, split=args.split, annotations=args.annotation, alphas=args.alpha, mode=args.mode,
-                crop_size=args.crop_size, stride=args.stride, device=args.device),
+            model,
+            loaded.segmentation_config,
+            out,
+            data_dir=args.data_dir or default_data_dir(),
+            overlays=args.overlays,
+            progress=_progress(args),
+            about=about,
+            **not_none(
+                dataset=args.dataset,
+                split=args.split,
+                annotations=args.annotation,
+                alphas=args.alpha,
+                mode=args.mode,
+                crop_size=args.crop_size,
+                stride=args.stride,
+                device=args.device,
+            ),
         )
         for annotation, table in results.items():
             print(format_metrics_table(f"\n'{annotation}' masks", table))
     else:
         if args.alpha is not None:
             set_alpha(model, _one_alpha(args.alpha))
-        result = classification.evaluate_run(model, out, progress=_progress(args),
-                                             **classification_evaluate_options(args, loaded, about))
+        result = classification.evaluate_run(
+            model, out, progress=_progress(args), **classification_evaluate_options(args, loaded, about)
+        )
         print(format_metrics(result.metrics))
         print("plots:", *result.plots, sep="\n  ")
     print(f"metrics and plots: {out}")
@@ -126,16 +167,27 @@ def _one_alpha(alphas: Sequence[float]) -> float:
 
 
 def _load_for_export(args: argparse.Namespace):
-    loaded = load_model(args.model, pretrained=args.pretrained, num_classes=args.num_classes, weights=args.weights,
-                        pem_type=args.pem_type, alpha=args.alpha)
+    loaded = load_model(
+        args.model,
+        pretrained=args.pretrained,
+        num_classes=args.num_classes,
+        weights=args.weights,
+        pem_type=args.pem_type,
+        alpha=args.alpha,
+    )
     return loaded, read_label_names(args.label_names)
 
 
 def _export_onnx(args: argparse.Namespace) -> int:
     loaded, label_names = _load_for_export(args)
     path = export_onnx(
-        loaded.model, args.output or Path(f"{loaded.name}.onnx"), input_size=args.input_size, merge=args.merge,
-        dynamic_size=args.dynamic_size, opset_version=args.opset, label_names=label_names,
+        loaded.model,
+        args.output or Path(f"{loaded.name}.onnx"),
+        input_size=args.input_size,
+        merge=args.merge,
+        dynamic_size=args.dynamic_size,
+        opset_version=args.opset,
+        label_names=label_names,
         config=loaded.segmentation_config,
     )
     print(onnx_summary(path))
@@ -154,10 +206,20 @@ def _export_hub(args: argparse.Namespace) -> int:
     loaded, label_names = _load_for_export(args)
     model = reparameterize_model(loaded.model) if args.merge else loaded.model
     shipped = args.pretrained and not args.merge and args.model in shipped_checkpoints()
-    given = not_none(label_names=label_names, metrics=dict(args.metric) or None, dataset=args.dataset,
-                 dataset_id=args.dataset_id, recipe=dict(args.recipe) or loaded.recipe, repo_id=args.repo_id)
-    card = {**(pretrained_card(args.model) if shipped else {}), **given, "split": args.split,
-            "config": loaded.segmentation_config}
+    given = not_none(
+        label_names=label_names,
+        metrics=dict(args.metric) or None,
+        dataset=args.dataset,
+        dataset_id=args.dataset_id,
+        recipe=dict(args.recipe) or loaded.recipe,
+        repo_id=args.repo_id,
+    )
+    card = {
+        **(pretrained_card(args.model) if shipped else {}),
+        **given,
+        "split": args.split,
+        "config": loaded.segmentation_config,
+    }
     if args.output_dir is not None:
         folder = save_for_hub(model, args.output_dir, overwrite=args.overwrite, **card)
         print(f"wrote {folder}: {', '.join(sorted(p.name for p in folder.iterdir()))}")
@@ -176,10 +238,12 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    classifier = classification.load_image_classifier(args.source, pretrained=args.pretrained, model_name=args.model,
-                                                      alpha=args.alpha, device=args.device)
-    predictions = classification.predict_images(classifier, args.images, top_k=args.top_k, batch_size=args.batch_size,
-                                                progress=_progress(args))
+    classifier = classification.load_image_classifier(
+        args.source, pretrained=args.pretrained, model_name=args.model, alpha=args.alpha, device=args.device
+    )
+    predictions = classification.predict_images(
+        classifier, args.images, top_k=args.top_k, batch_size=args.batch_size, progress=_progress(args)
+    )
     print(classification.format_predictions(predictions, args.format))
     return 0
 
@@ -191,18 +255,31 @@ def _adapt(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``npe-models`` command."""
-    parser = argparse.ArgumentParser(prog=_PROG, description="Neural Prior Estimation (NPE): train, evaluate, "
-                                     "adapt, export and list long-tailed recognition models.")
+    parser = argparse.ArgumentParser(
+        prog=_PROG,
+        description="Neural Prior Estimation (NPE): train, evaluate, "
+        "adapt, export and list long-tailed recognition models.",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     raw = argparse.RawDescriptionHelpFormatter
-    train = commands.add_parser("train", help="train a model (NPE or a baseline)", epilog=EPILOG_TRAIN,
-                                formatter_class=raw, description="Train on a long-tailed data set; writes RUN/"
-                                "config.json, log.jsonl, checkpoint.pt, then model.safetensors, metrics.json, plots.")
+    train = commands.add_parser(
+        "train",
+        help="train a model (NPE or a baseline)",
+        epilog=EPILOG_TRAIN,
+        formatter_class=raw,
+        description="Train on a long-tailed data set; writes RUN/"
+        "config.json, log.jsonl, checkpoint.pt, then model.safetensors, metrics.json, plots.",
+    )
     add_train_arguments(train)
-    evaluate = commands.add_parser("evaluate", help="evaluate a run, a checkpoint or a pretrained model",
-                                   epilog=EPILOG_EVALUATE, formatter_class=raw, description="Accuracy overall, "
-                                   "balanced, per group and class, NPE diagnostics (classification); Dice, IoU and "
-                                   "accuracy per NPE-LA strength (segmentation). Writes metrics.json and plots.")
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="evaluate a run, a checkpoint or a pretrained model",
+        epilog=EPILOG_EVALUATE,
+        formatter_class=raw,
+        description="Accuracy overall, "
+        "balanced, per group and class, NPE diagnostics (classification); Dice, IoU and "
+        "accuracy per NPE-LA strength (segmentation). Writes metrics.json and plots.",
+    )
     add_evaluate_arguments(evaluate)
     export = commands.add_parser("export", help="export a model to ONNX or to a Hugging Face Hub folder")
     formats = export.add_subparsers(dest="format", required=True, metavar="FORMAT")
@@ -211,12 +288,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_arguments(onnx, hub)
     listing = commands.add_parser("list", help="list the models (and pretrained tags) npe-models provides")
     add_list_arguments(listing)
-    predict = commands.add_parser("predict", help="top-k classes of images or folders of images", epilog=EPILOG_PREDICT,
-                                  formatter_class=raw, description="Classify images with any model npe-models loads.")
+    predict = commands.add_parser(
+        "predict",
+        help="top-k classes of images or folders of images",
+        epilog=EPILOG_PREDICT,
+        formatter_class=raw,
+        description="Classify images with any model npe-models loads.",
+    )
     add_predict_arguments(predict)
     adapt = add_adapt_parser(commands)
-    for subparser, handler in ((train, _train), (evaluate, _evaluate), (onnx, _export_onnx), (hub, _export_hub),
-                               (listing, _list), (predict, _predict), (adapt, _adapt)):
+    for subparser, handler in (
+        (train, _train),
+        (evaluate, _evaluate),
+        (onnx, _export_onnx),
+        (hub, _export_hub),
+        (listing, _list),
+        (predict, _predict),
+        (adapt, _adapt),
+    ):
         subparser.set_defaults(handler=handler)
     return parser
 

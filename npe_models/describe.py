@@ -5,6 +5,7 @@ metadata), ``check_weights_fit`` checks saved weights against the architecture a
 description names and ``model_stats`` counts its parameters and MACs, both on the meta
 device. Nothing here needs huggingface_hub or onnx.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -169,7 +170,9 @@ def _describe_classifier(model: nn.Module, label_names: Optional[Sequence[str]])
         input_size=tuple(cfg["input_size"]),
         mean=tuple(float(v) for v in cfg["mean"]),
         std=tuple(float(v) for v in cfg["std"]),
-        interpolation=cfg.get("interpolation"), crop_pct=cfg.get("crop_pct"), crop_mode=cfg.get("crop_mode"),
+        interpolation=cfg.get("interpolation"),
+        crop_pct=cfg.get("crop_pct"),
+        crop_mode=cfg.get("crop_mode"),
         label_names=_label_names(label_names, cfg.get("label_names"), model.num_classes),
         target_prior=cfg.get(TARGET_PRIOR_KEY),
         pretrained_tag=cfg.get("tag") or None,
@@ -343,5 +346,8 @@ def model_stats(description: ModelDescription) -> ModelStats:
     with torch.no_grad():
         unpooled = tuple(model.forward_features(image).shape[1:])
     return ModelStats(
-        params=params, macs=counter.get_total_flops() // 2, unpooled_shape=unpooled, num_features=model.num_features,
+        params=params,
+        macs=counter.get_total_flops() // 2,
+        unpooled_shape=unpooled,
+        num_features=model.num_features,
     )

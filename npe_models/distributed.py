@@ -1,5 +1,6 @@
 """Devices and data parallelism for every task: ``resolve_device`` (auto, cpu, cuda[:N]) and ``torch.distributed``
 set up from ``torchrun``'s environment (gloo on CPU, nccl on CUDA)."""
+
 from __future__ import annotations
 
 import logging
@@ -37,8 +38,11 @@ def device_for_resume(recorded: str) -> str:
     """The device a resumed run asks for: the one it recorded (``cpu`` stays ``cpu``), or ``auto`` with a warning
     when this machine lacks it (a run trained on a GPU continues on a CPU machine)."""
     if recorded.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning("this run was trained on %s, which this machine lacks: it continues on %s.", recorded,
-                       resolve_device("auto"))
+        logger.warning(
+            "this run was trained on %s, which this machine lacks: it continues on %s.",
+            recorded,
+            resolve_device("auto"),
+        )
         return "auto"
     return recorded
 

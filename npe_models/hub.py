@@ -10,6 +10,7 @@ weights fit it. ``save_pretrained_for_hub(name, DIR)`` writes the folder of a ch
 with the package, with the model card its manifest entry describes (the folders are generated,
 not stored). What a model is (``describe_model``) comes from ``npe_models.describe``.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,7 +30,13 @@ from timm.models import save_for_hf
 from torch import nn
 
 from .describe import (
-    CLASSIFICATION, SEGMENTATION, TARGET_PRIOR_KEY, ModelDescription, ModelStats, check_weights_fit, describe_model,
+    CLASSIFICATION,
+    SEGMENTATION,
+    TARGET_PRIOR_KEY,
+    ModelDescription,
+    ModelStats,
+    check_weights_fit,
+    describe_model,
     model_stats,
 )
 from .models._bundled import BUNDLED_IN_WHEEL, ORIGIN_URL, PAPER_ID, PAPER_NAME, hub_repo_id, shipped_checkpoints
@@ -211,9 +218,12 @@ def _classifier_usage(description: ModelDescription, stats: ModelStats, source: 
         f"embedding = model.forward_head(features, pre_logits=True)  {embedding}",
     ]
     return [
-        "### Image Classification", _python(classification),
-        "### Feature Map Extraction", _python(feature_maps),
-        "### Image Embeddings", _python(embeddings),
+        "### Image Classification",
+        _python(classification),
+        "### Feature Map Extraction",
+        _python(feature_maps),
+        "### Image Embeddings",
+        _python(embeddings),
     ]
 
 
@@ -235,17 +245,19 @@ def _model_details(description: ModelDescription, stats: ModelStats) -> str:
     """Architecture, classes, input, timm's "Model Stats" (parameters, GMACs at the input size) and the paper."""
     channels, height, width = description.input_size
     classes = description.label_names if description.label_names and len(description.label_names) <= 20 else None
-    return "\n".join([
-        f"- Architecture to build: `{description.architecture}`",
-        f"- Classes: {description.num_classes}" + (f" ({', '.join(classes)})" if classes else ""),
-        f"- Input: {channels} x {height} x {width}, mean {list(description.mean)}, std {list(description.std)}",
-        "- Model Stats:",
-        f"  - Params (M): {stats.params / 1e6:.3g} ({stats.params:,} parameters)",
-        f"  - GMACs: {stats.macs / 1e9:.3g}",
-        f"  - Image size: {height} x {width}",
-        f"- Paper: {PAPER_NAME} ({PAPER_ID})",
-        f"- Reference code: {ORIGIN_URL}",
-    ])
+    return "\n".join(
+        [
+            f"- Architecture to build: `{description.architecture}`",
+            f"- Classes: {description.num_classes}" + (f" ({', '.join(classes)})" if classes else ""),
+            f"- Input: {channels} x {height} x {width}, mean {list(description.mean)}, std {list(description.std)}",
+            "- Model Stats:",
+            f"  - Params (M): {stats.params / 1e6:.3g} ({stats.params:,} parameters)",
+            f"  - GMACs: {stats.macs / 1e9:.3g}",
+            f"  - Image size: {height} x {width}",
+            f"- Paper: {PAPER_NAME} ({PAPER_ID})",
+            f"- Reference code: {ORIGIN_URL}",
+        ]
+    )
 
 
 def _model_summary(description: ModelDescription) -> str:
@@ -282,13 +294,25 @@ def _model_card(
         license=license,
         model_name=model_name,
         pipeline_tag=_PIPELINE_TAGS[description.task],
-        tags=[_PIPELINE_TAGS[description.task], library, "npe-models", "neural-prior-estimation", "long-tailed-recognition"],
+        tags=[
+            _PIPELINE_TAGS[description.task],
+            library,
+            "npe-models",
+            "neural-prior-estimation",
+            "long-tailed-recognition",
+        ],
         datasets=sorted({result.dataset_type for result in results}) or None,
         metrics=sorted({result.metric_type for result in results}) or None,
         eval_results=list(results) or None,
     )
     recipe_text = (
-        "\n".join(["| setting | value |", "| --- | --- |", *(f"| {key} | {_format_value(value)} |" for key, value in recipe.items())])
+        "\n".join(
+            [
+                "| setting | value |",
+                "| --- | --- |",
+                *(f"| {key} | {_format_value(value)} |" for key, value in recipe.items()),
+            ]
+        )
         if recipe
         else "Not recorded for this checkpoint."
     )
@@ -323,9 +347,13 @@ def _writable_parent(directory: Path) -> Path:
             f"cannot create {directory}: a file is in the way of its parent folder {parent}; choose another directory."
         ) from error
     except PermissionError as error:
-        raise PermissionError(f"cannot create {parent} for {directory}: permission denied; choose a writable directory.") from error
+        raise PermissionError(
+            f"cannot create {parent} for {directory}: permission denied; choose a writable directory."
+        ) from error
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise PermissionError(f"cannot write into {parent} (for {directory}): permission denied; choose a writable directory.")
+        raise PermissionError(
+            f"cannot write into {parent} (for {directory}): permission denied; choose a writable directory."
+        )
     return parent
 
 
@@ -387,13 +415,22 @@ def save_for_hub(
         hub_config = write_files(model, description, staging)
         (staging / CONFIG_NAME).write_text(json.dumps(hub_config, indent=2) + "\n", encoding="utf-8")
         check_weights_fit(
-            description.architecture, description.task, description.model_args,
-            _weight_shapes(staging / WEIGHTS_NAME), f"the {type(model).__name__} being saved",
+            description.architecture,
+            description.task,
+            description.model_args,
+            _weight_shapes(staging / WEIGHTS_NAME),
+            f"the {type(model).__name__} being saved",
         )
         card = _model_card(
             description,
-            model_name=model_name or (repo_id.split("/")[-1] if repo_id else description.npe_architecture or description.architecture),
-            repo_id=repo_id, results=results, recipe=recipe, license=license, base_model=base_model, notes=notes,
+            model_name=model_name
+            or (repo_id.split("/")[-1] if repo_id else description.npe_architecture or description.architecture),
+            repo_id=repo_id,
+            results=results,
+            recipe=recipe,
+            license=license,
+            base_model=base_model,
+            notes=notes,
         )
         card.save(staging / CARD_NAME)
         _publish_directory(staging, directory, overwrite)
@@ -405,13 +442,21 @@ def save_for_hub(
 
 def _results_by_test_set(record: Mapping[str, Any]) -> list[str]:
     """The table of a shipped checkpoint's scores per CIFAR test set, NPE-LA and unadjusted, and the JPEG penalty."""
-    rows = ["| test images | prediction | top-1 | balanced | Many | Medium | Few |", "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    rows = [
+        "| test images | prediction | top-1 | balanced | Many | Medium | Few |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     prediction = "NPE-LA" if record["primary"] == "npe_la" else "logits"
-    for variant, scores in ((prediction, record), *((("unadjusted", record["unadjusted"]),) if "unadjusted" in record else ())):
+    for variant, scores in (
+        (prediction, record),
+        *((("unadjusted", record["unadjusted"]),) if "unadjusted" in record else ()),
+    ):
         for key, label in _TEST_SETS.items():
             if key in scores:
                 values = [scores[key][k] for k in ("top1", "balanced", "many", "medium", "few")]
-                rows.append(f"| {label} | {variant} | " + " | ".join("-" if v is None else f"{v:.2f}" for v in values) + " |")
+                rows.append(
+                    f"| {label} | {variant} | " + " | ".join("-" if v is None else f"{v:.2f}" for v in values) + " |"
+                )
     lines = [
         "## Results by test set",
         "9,000 of the full test set's images were recovered from JPEG copies; the 1,000 exact images (the official "
@@ -428,8 +473,9 @@ def _training_note(name: str, entry: Mapping[str, Any]) -> str:
     """How a shipped checkpoint was trained (time, speed, devices, the checkpoint it started from) and where it lives."""
     training, start = entry["training"], entry.get("starts_from")
     weights = (
-        f"Weights: `npe_models/weights/{name}.safetensors` in the package." if entry["bundled"] else
-        f"Weights: `npe_models/weights/extra/{name}.safetensors` in a source checkout of npe-models "
+        f"Weights: `npe_models/weights/{name}.safetensors` in the package."
+        if entry["bundled"]
+        else f"Weights: `npe_models/weights/extra/{name}.safetensors` in a source checkout of npe-models "
         f"({BUNDLED_IN_WHEEL})."
     )
     if not training["epochs"]:
@@ -514,7 +560,9 @@ def _shipped_model(name: str) -> nn.Module:
     if entry["form"] != "merged":
         return model
     run = entry["run"]
-    npe_model = timm.create_model(run["model"], num_classes=model.num_classes, npe_alpha=run["npe_alpha"], npe_t=run["npe_t"])
+    npe_model = timm.create_model(
+        run["model"], num_classes=model.num_classes, npe_alpha=run["npe_alpha"], npe_t=run["npe_t"]
+    )
     merged = reparameterize_model(npe_model)
     merged.load_state_dict(model.state_dict())
     merged.pretrained_cfg = {**model.pretrained_cfg, "architecture": npe_model.pretrained_cfg["architecture"]}
@@ -566,13 +614,15 @@ def _resolve_source(source: Union[str, os.PathLike]) -> tuple[Path, str]:
     """Local folder holding the files (downloaded or cached for ``hf-hub:``), and the timm name that loads them."""
     text = os.fspath(source)
     if text.startswith("hf-hub:"):
-        repo, _, revision = text[len("hf-hub:"):].partition("@")
+        repo, _, revision = text[len("hf-hub:") :].partition("@")
         config_file = hf_hub_download(repo, CONFIG_NAME, revision=revision or None)
         hf_hub_download(repo, WEIGHTS_NAME, revision=revision or None)
         return Path(config_file).parent, text
-    folder = Path(text[len("local-dir:"):] if text.startswith("local-dir:") else text)
+    folder = Path(text[len("local-dir:") :] if text.startswith("local-dir:") else text)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} is not a directory; pass a folder written by save_for_hub, or 'hf-hub:ORG/NAME'.")
+        raise FileNotFoundError(
+            f"{folder} is not a directory; pass a folder written by save_for_hub, or 'hf-hub:ORG/NAME'."
+        )
     return folder, f"local-dir:{folder}"
 
 
@@ -641,7 +691,13 @@ def hub_segmentation_config(folder: Union[str, os.PathLike]) -> SegmentationMode
 def _load_segmentation(folder: Path, **kwargs: Any) -> nn.Module:
     """Rebuild a segmentation model from its ``segmentation_model`` settings and load its weights strictly."""
     settings = hub_segmentation_config(folder)
-    check_weights_fit(settings.name, SEGMENTATION, settings.to_dict(), _weight_shapes(folder / WEIGHTS_NAME), str(folder / WEIGHTS_NAME))
+    check_weights_fit(
+        settings.name,
+        SEGMENTATION,
+        settings.to_dict(),
+        _weight_shapes(folder / WEIGHTS_NAME),
+        str(folder / WEIGHTS_NAME),
+    )
     model = settings.build(**kwargs)
     model.load_state_dict(safetensors.torch.load_file(str(folder / WEIGHTS_NAME)), strict=True)
     return model

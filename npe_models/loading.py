@@ -8,6 +8,7 @@ The task comes from what the source records (``npe_models.runs.run_task``, the H
 ``npe.task``, the registry the name is in), never from guessing. Evaluation, export, the Hub and
 ONNX code all load through here.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,8 +49,17 @@ PathLike = Union[str, os.PathLike]
 _HUB_PREFIXES = ("hf-hub:", "local-dir:")
 _TAG_DATA = re.compile(r"(?:^|\.)(cifar10|cifar100)_lt_r(\d+(?:\.\d+)?)")
 # Training settings that describe the machine or the bookkeeping, not the recipe: left out of model cards.
-_NOT_RECIPE = ("data_dir", "download", "device", "channels_last", "compile", "eval_every", "eval_batch_size", "init",
-               "deterministic")
+_NOT_RECIPE = (
+    "data_dir",
+    "download",
+    "device",
+    "channels_last",
+    "compile",
+    "eval_every",
+    "eval_batch_size",
+    "init",
+    "deterministic",
+)
 _UNKNOWN_SOURCE = (
     "unknown model {source!r}: neither a run directory, a checkpoint or weights file, a Hub folder (DIR, local-dir:DIR "
     "or hf-hub:ORG/NAME) nor a registered name; check the path, or see `npe-models list` for the names."
@@ -139,9 +149,12 @@ def require_pretrained_weights(name: str) -> None:
     if cfg is None or not (cfg.has_weights or cfg.state_dict):
         architecture, _, tag = name.partition(".")
         tags = [found.split(".", 1)[1] for found in timm.list_pretrained(f"{architecture}.*")]
-        hint = (f"its pretrained tags are {tags}: name one as '{architecture}.<tag>' (torch.hub: pretrained_cfg='<tag>')"
-                if tags else "there are no pretrained weights for it: load it with pretrained=False, or see "
-                "`npe-models list --pretrained`")
+        hint = (
+            f"its pretrained tags are {tags}: name one as '{architecture}.<tag>' (torch.hub: pretrained_cfg='<tag>')"
+            if tags
+            else "there are no pretrained weights for it: load it with pretrained=False, or see "
+            "`npe-models list --pretrained`"
+        )
         raise ValueError(f"{name} has no {'' if tag else 'default '}pretrained weights; {hint}.")
 
 
@@ -224,8 +237,15 @@ def _load_classification_run(path: Path, model_name: Optional[str], num_classes:
     if config is None:
         return LoadedModel(model, CLASSIFICATION, str(path), class_names=names)
     return LoadedModel(
-        model, CLASSIFICATION, str(path), config, dataset=config.dataset, rho=config.rho,
-        max_per_class=config.max_per_class, data_dir=config.data_dir, class_names=names,
+        model,
+        CLASSIFICATION,
+        str(path),
+        config,
+        dataset=config.dataset,
+        rho=config.rho,
+        max_per_class=config.max_per_class,
+        data_dir=config.data_dir,
+        class_names=names,
     )
 
 
@@ -265,7 +285,9 @@ def _load_run(path: Path, model_name: Optional[str], num_classes: Optional[int])
         if path.suffix != ".safetensors":
             raise
         if model_name is None:
-            raise ValueError(f"{error} For bare classifier weights pass model_name= (--model) naming the model.") from error
+            raise ValueError(
+                f"{error} For bare classifier weights pass model_name= (--model) naming the model."
+            ) from error
         task = CLASSIFICATION  # bare weights: load_trained_model builds model_name for them
     if task == SEGMENTATION:
         if model_name is not None:

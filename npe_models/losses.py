@@ -3,6 +3,7 @@
 Both take class-index targets for classification ``(B,)`` or dense prediction ``(B, H, W)``;
 the dense loss that upsamples only each pixel's true class lives in ``npe_models.segmentation.losses``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -74,7 +75,11 @@ def one_way_logistic_loss(
 
 
 def logit_adjusted_cross_entropy(
-    logits: Tensor, target: Tensor, log_prior: Tensor, tau: float = 1.0, ignore_index: int = -100,
+    logits: Tensor,
+    target: Tensor,
+    log_prior: Tensor,
+    tau: float = 1.0,
+    ignore_index: int = -100,
     check_targets: bool = True,
 ) -> Tensor:
     """Logit-adjusted loss (Menon et al., 2021): ``CE(z + tau * log prior, y)``, for ``(B, C)`` or ``(B, C, H, W)``.
@@ -83,7 +88,9 @@ def logit_adjusted_cross_entropy(
     """
     num_classes = logits.shape[1]
     if log_prior.shape != (num_classes,):
-        raise ValueError(f"log_prior must have shape ({num_classes},), one entry per class; got {tuple(log_prior.shape)}.")
+        raise ValueError(
+            f"log_prior must have shape ({num_classes},), one entry per class; got {tuple(log_prior.shape)}."
+        )
     _check_target(target, (logits.shape[0], *logits.shape[2:]), num_classes, ignore_index, check_targets)
     shift = log_prior.to(logits).view(1, num_classes, *([1] * (logits.dim() - 2)))
     return F.cross_entropy(logits + tau * shift, target, ignore_index=ignore_index)

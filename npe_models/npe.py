@@ -12,6 +12,7 @@ Spelling, as in the paper: ``t`` is the PEM sign convention (0 or 1), ``sign`` i
 timm's, spell the first and last ``npe_t`` / ``npe_alpha`` (``timm.create_model("resnet32_npe16",
 npe_alpha=0.5)``); ``models.timm_npe.create_npe_variant`` is the one place that reads them.
 """
+
 from __future__ import annotations
 
 from typing import Any, NamedTuple, Union
@@ -21,8 +22,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
-    "NPEOutput", "NPEHead", "NPEClassifierMixin", "PEMNetworks", "AlphaOwnerMixin", "validate_npe_args",
-    "estimate_sign", "fill_missing_pem_params", "npe_heads", "has_pems", "set_alpha",
+    "NPEOutput",
+    "NPEHead",
+    "NPEClassifierMixin",
+    "PEMNetworks",
+    "AlphaOwnerMixin",
+    "validate_npe_args",
+    "estimate_sign",
+    "fill_missing_pem_params",
+    "npe_heads",
+    "has_pems",
+    "set_alpha",
 ]
 
 PEM_INIT_STD = 0.001
@@ -38,7 +48,9 @@ class NPEOutput(NamedTuple):
 def estimate_sign(t: int) -> float:
     """``(-1)^t`` for the PEM sign convention ``t`` (0 or 1): the factor that maps PEM outputs to the log prior."""
     if t not in (0, 1):
-        raise ValueError(f"t must be 0 or 1 (the PEM sign convention: eta = (-1)^t * mean_k u_k), got {t}.")  # no !r: TorchScript compiles this
+        raise ValueError(
+            f"t must be 0 or 1 (the PEM sign convention: eta = (-1)^t * mean_k u_k), got {t}."
+        )  # no !r: TorchScript compiles this
     return -1.0 if t == 1 else 1.0
 
 
@@ -94,7 +106,9 @@ class NPEHead(nn.Module):
         self.reset_parameters()
 
     @classmethod
-    def from_layer(cls, layer: Union[nn.Linear, nn.Conv2d], num_pems: int = 16, *, t: int = 1, alpha: float = 1.0) -> "NPEHead":
+    def from_layer(
+        cls, layer: Union[nn.Linear, nn.Conv2d], num_pems: int = 16, *, t: int = 1, alpha: float = 1.0
+    ) -> "NPEHead":
         """Wrap an existing classifier layer, keeping its weights and adding fresh PEMs."""
         if isinstance(layer, nn.Conv2d):
             if layer.kernel_size != (1, 1) or layer.stride != (1, 1) or layer.groups != 1 or layer.dilation != (1, 1):
@@ -105,8 +119,14 @@ class NPEHead(nn.Module):
         else:
             raise TypeError(f"expected an nn.Linear or 1x1 nn.Conv2d classifier, got {type(layer).__name__}.")
         head = cls(
-            in_features, num_classes, num_pems, t=t, alpha=alpha, dense=dense,
-            device=layer.weight.device, dtype=layer.weight.dtype,
+            in_features,
+            num_classes,
+            num_pems,
+            t=t,
+            alpha=alpha,
+            dense=dense,
+            device=layer.weight.device,
+            dtype=layer.weight.dtype,
         )
         with torch.no_grad():
             head.weight.copy_(layer.weight)
@@ -133,10 +153,10 @@ class NPEHead(nn.Module):
         bias = torch.cat([self.bias, self.pem_bias])
         if self.dense:
             y = F.conv2d(x, weight, bias)
-            z, u = y[:, : self.num_classes], y[:, self.num_classes:]
+            z, u = y[:, : self.num_classes], y[:, self.num_classes :]
             return z, u.unflatten(1, (self.num_pems, self.num_classes)).movedim(1, 0)
         y = F.linear(x, weight, bias)
-        z, u = y[..., : self.num_classes], y[..., self.num_classes:]
+        z, u = y[..., : self.num_classes], y[..., self.num_classes :]
         return z, u.unflatten(-1, (self.num_pems, self.num_classes)).movedim(-2, 0)
 
     def estimate_from_pem_logits(self, pem_logits: Tensor) -> Tensor:

@@ -10,6 +10,7 @@ model version).
 ``npe_models.describe``; random-weight parity models, int8 quantisation and the validation
 sweep are release tooling, in ``export/onnx_validate.py``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -62,7 +63,11 @@ def _import_optional(name: str) -> Any:
 def _check_opset(opset_version: int, onnx: Any) -> None:
     """Between the dynamo exporter's floor and the newest opset the installed ``onnx`` knows."""
     newest = onnx.defs.onnx_opset_version()
-    if isinstance(opset_version, bool) or not isinstance(opset_version, int) or not MIN_OPSET <= opset_version <= newest:
+    if (
+        isinstance(opset_version, bool)
+        or not isinstance(opset_version, int)
+        or not MIN_OPSET <= opset_version <= newest
+    ):
         raise ValueError(
             f"opset_version (--opset) must be an integer from {MIN_OPSET} (the dynamo exporter's floor) to {newest} "
             f"(the newest this onnx {onnx.__version__} knows); got {opset_version!r}."
@@ -73,7 +78,9 @@ def _check_exported_opset(program: Any, requested: int) -> None:
     """The exporter falls back to its own opset when it cannot convert: report that instead of a wrong file."""
     produced = {entry.domain: entry.version for entry in program.model_proto.opset_import}.get("", requested)
     if produced != requested:
-        raise ValueError(f"the exporter could not produce opset {requested} (it produced {produced}); use --opset {produced}.")
+        raise ValueError(
+            f"the exporter could not produce opset {requested} (it produced {produced}); use --opset {produced}."
+        )
 
 
 def _input_dtype(model: nn.Module) -> torch.dtype:
@@ -103,7 +110,9 @@ def _writable_target(path: Path) -> Path:
     except (FileExistsError, NotADirectoryError) as error:
         raise NotADirectoryError(f"cannot write {path}: a file is in the way of its folder {path.parent}.") from error
     except PermissionError as error:
-        raise PermissionError(f"cannot create {path.parent} for {path}: permission denied; choose a writable location.") from error
+        raise PermissionError(
+            f"cannot create {path.parent} for {path}: permission denied; choose a writable location."
+        ) from error
     if not os.access(path.parent, os.W_OK | os.X_OK):
         raise PermissionError(f"cannot write {path}: {path.parent} is not writable; choose a writable location.")
     return path
@@ -395,4 +404,6 @@ def check_parity(
             model.train(was_training)
     if _input_dtype(model) == torch.float16:
         atol = max(atol, _HALF_PRECISION_RTOL * max(1.0, *scales.values()))
-    return ParityResult(atol=atol, max_abs_diff=diffs, max_abs_output=scales, onnx_path=Path(onnx_path) if onnx_path else None)
+    return ParityResult(
+        atol=atol, max_abs_diff=diffs, max_abs_output=scales, onnx_path=Path(onnx_path) if onnx_path else None
+    )

@@ -9,6 +9,7 @@ writes and reads those files (atomically, never with non-finite weights), checks
 run keeps its settings, and drives the loop (:class:`TrainingLoop`): a task supplies the step, its
 log record and its final files.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -266,8 +267,11 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 def non_finite_tensors(tensors: Mapping[str, Any]) -> list[str]:
     """Names of the floating-point tensors in ``tensors`` (a state_dict) that hold a NaN or an infinity."""
-    return [name for name, value in tensors.items()
-            if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()]
+    return [
+        name
+        for name, value in tensors.items()
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()
+    ]
 
 
 def require_finite(tensors: Mapping[str, Any], origin: PathLike) -> None:
@@ -307,8 +311,10 @@ def _decoded(value: str) -> Any:
 
 
 def _unreadable(path: Path, error: Exception) -> ValueError:
-    return ValueError(f"'{path}' is not a readable safetensors file ({error}); it is truncated or corrupted: "
-                      "re-run the training that wrote it, or restore it.")
+    return ValueError(
+        f"'{path}' is not a readable safetensors file ({error}); it is truncated or corrupted: "
+        "re-run the training that wrote it, or restore it."
+    )
 
 
 def _weights_metadata(path: Path) -> dict[str, Any]:
@@ -625,7 +631,9 @@ class TrainingLoop(ABC):
     unit: ClassVar[str]  # "epoch" or "iteration": the checkpoint's counter and the log's key
     restart_hint: ClassVar[str] = "lower the learning rate (--lr)"
 
-    def __init__(self, config: SerializableConfig, run_dir: Optional[PathLike], total: int, is_main: bool = True) -> None:
+    def __init__(
+        self, config: SerializableConfig, run_dir: Optional[PathLike], total: int, is_main: bool = True
+    ) -> None:
         self.config = config
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.total = total
@@ -740,16 +748,29 @@ class TrainingLoop(ABC):
 
     def _write_checkpoint(self, done: int) -> None:
         """``checkpoint.pt`` after unit ``done``; when it cannot be written (a full disk), the previous one stays."""
-        state = {**{name: part.state_dict() for name, part in self.checkpointed().items()}, self.unit: done,
-                 "rng": capture_rng_state(), "config": self.config.to_dict(), "task": self.task}
+        state = {
+            **{name: part.state_dict() for name, part in self.checkpointed().items()},
+            self.unit: done,
+            "rng": capture_rng_state(),
+            "config": self.config.to_dict(),
+            "task": self.task,
+        }
         path = self.run_dir / CHECKPOINT_FILE
         try:
             save_training_state(path, state)
         except OSError as error:
-            kept = (f"the previous one (after {self.unit} {self.saved}) is kept in {path}; free some space (or fix "
-                    "the cause) and continue with --resume") if self.saved else "there is no earlier one to keep"
-            raise OSError(error.errno, f"could not write the checkpoint after {self.unit} {done} "
-                                       f"({error.strerror or error}); {kept}.") from error
+            kept = (
+                (
+                    f"the previous one (after {self.unit} {self.saved}) is kept in {path}; free some space (or fix "
+                    "the cause) and continue with --resume"
+                )
+                if self.saved
+                else "there is no earlier one to keep"
+            )
+            raise OSError(
+                error.errno,
+                f"could not write the checkpoint after {self.unit} {done} ({error.strerror or error}); {kept}.",
+            ) from error
         self.saved = done
 
     def _save(self, done: int, record: dict[str, Any]) -> None:

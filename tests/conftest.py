@@ -1,4 +1,5 @@
 """Shared pytest fixtures: the real data sets' location and deterministic seeding."""
+
 from __future__ import annotations
 
 import os
@@ -74,8 +75,22 @@ def toy_data(tmp_path_factory):
 @pytest.fixture(scope="session")
 def watched_run_args(toy_data) -> list[str]:
     """``npe-models train`` options of a two-epoch NPE run on the toy data, scored after each epoch (no --out)."""
-    return ["--model", "resnet20_npe4", "--data-dir", str(toy_data), "--rho", "10", "--epochs", "2",
-            "--batch-size", "32", "--eval-every", "1", "--device", "cpu"]
+    return [
+        "--model",
+        "resnet20_npe4",
+        "--data-dir",
+        str(toy_data),
+        "--rho",
+        "10",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "32",
+        "--eval-every",
+        "1",
+        "--device",
+        "cpu",
+    ]
 
 
 @pytest.fixture(scope="session")

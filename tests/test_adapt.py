@@ -1,5 +1,6 @@
 """Prior shift (issue 14): EM + BCTS and BBSE recover a known prior, bad input fails in one line, the prior folds
 into a plain exportable model, and the streaming adapter follows a change of class mix."""
+
 from __future__ import annotations
 
 import json
@@ -81,15 +82,30 @@ def _missing_class(labels: torch.Tensor) -> torch.Tensor:
     "call, message",
     [
         (lambda g: adapt.em_prior(torch.empty(0, NUM_CLASSES)), "empty"),
-        (lambda g: adapt.bbse_prior(g["target_logits"][:, :4], g["cal_logits"], g["cal_labels"]), "has 5 classes, expected 4"),
+        (
+            lambda g: adapt.bbse_prior(g["target_logits"][:, :4], g["cal_logits"], g["cal_labels"]),
+            "has 5 classes, expected 4",
+        ),
         (lambda g: adapt.em_prior(g["target_logits"], init=torch.ones(4)), "one entry per class"),
         (lambda g: adapt.em_prior(torch.tensor([[0.0, float("nan"), 1.0, 0.0, 0.0]])), "non-finite"),
         (lambda g: adapt.fit_bcts(g["cal_logits"].clone().fill_(float("inf")), g["cal_labels"]), "non-finite"),
         (lambda g: adapt.fit_bcts(g["cal_logits"], _missing_class(g["cal_labels"])), r"no image of classes \[2\]"),
-        (lambda g: adapt.bbse_prior(g["target_logits"], g["cal_logits"], _missing_class(g["cal_labels"])), r"classes \[2\]"),
+        (
+            lambda g: adapt.bbse_prior(g["target_logits"], g["cal_logits"], _missing_class(g["cal_labels"])),
+            r"classes \[2\]",
+        ),
         (lambda g: adapt.fit_bcts(g["cal_logits"], g["cal_labels"][:10]), "integer class indices"),
     ],
-    ids=["empty", "class-count", "init-length", "nan", "inf", "bcts-missing-class", "bbse-missing-class", "label-count"],
+    ids=[
+        "empty",
+        "class-count",
+        "init-length",
+        "nan",
+        "inf",
+        "bcts-missing-class",
+        "bbse-missing-class",
+        "label-count",
+    ],
 )
 def test_bad_input_gives_a_one_line_error(gaussians, call, message) -> None:
     with pytest.raises(ValueError, match=message) as error:
@@ -189,7 +205,12 @@ def test_cifar_calibration_set_holds_out_the_long_tailed_subset(data_dir) -> Non
 
 @pytest.mark.parametrize(
     "spec, expected",
-    [("uniform", [0.25] * 4), ("train", [0.5, 0.3, 0.15, 0.05]), ("inverse", [0.05, 0.15, 0.3, 0.5]), ([1, 1, 2, 0], [0.25, 0.25, 0.5, 0])],
+    [
+        ("uniform", [0.25] * 4),
+        ("train", [0.5, 0.3, 0.15, 0.05]),
+        ("inverse", [0.05, 0.15, 0.3, 0.5]),
+        ([1, 1, 2, 0], [0.25, 0.25, 0.5, 0]),
+    ],
 )
 def test_resolve_target_prior(spec, expected) -> None:
     from npe_models.classification.evaluate import resolve_target_prior
@@ -223,18 +244,38 @@ def skewed(data_dir, tmp_path_factory) -> dict:
     folder = tmp_path_factory.mktemp("skewed")
     test = load_cifar(data_dir, train=False)
     rng = np.random.default_rng(0)
-    unlabeled = np.concatenate([rng.choice(np.flatnonzero(test.labels == c), 5 + 10 * c, replace=False) for c in range(10)])
+    unlabeled = np.concatenate(
+        [rng.choice(np.flatnonzero(test.labels == c), 5 + 10 * c, replace=False) for c in range(10)]
+    )
     labeled = np.concatenate([rng.choice(np.flatnonzero(test.labels == c), 20, replace=False) for c in range(10)])
-    return {"test": test, "unlabeled": unlabeled, "labeled": labeled,
-            "unlabeled.npz": _npz(folder / "unlabeled.npz", test.images[unlabeled], test.labels[unlabeled]),
-            "calibration.npz": _npz(folder / "calibration.npz", test.images[labeled], test.labels[labeled])}
+    return {
+        "test": test,
+        "unlabeled": unlabeled,
+        "labeled": labeled,
+        "unlabeled.npz": _npz(folder / "unlabeled.npz", test.images[unlabeled], test.labels[unlabeled]),
+        "calibration.npz": _npz(folder / "calibration.npz", test.images[labeled], test.labels[labeled]),
+    }
 
 
 def _adapt(skewed: dict, out, *options: str) -> dict:
     from npe_models.cli import main
 
-    assert main(["adapt", *options, "--pretrained", "--unlabeled", skewed["unlabeled.npz"],
-                 "--calibration", skewed["calibration.npz"], "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "adapt",
+                *options,
+                "--pretrained",
+                "--unlabeled",
+                skewed["unlabeled.npz"],
+                "--calibration",
+                skewed["calibration.npz"],
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return json.loads((out / "prior.json").read_text())
 
 
@@ -251,17 +292,50 @@ def test_adapt_command_folds_an_estimate_and_evaluate_scores_a_target_mix(skewed
     test, toy = skewed["test"], tmp_path / "toy"
     toy.mkdir()
     _npz(toy / "train.npz", test.images[skewed["labeled"]], test.labels[skewed["labeled"]])
-    np.savez(toy / "test.npz", x=test.images[skewed["unlabeled"]], y=test.labels[skewed["unlabeled"]],
-             lossless=np.ones(len(skewed["unlabeled"]), bool))
-    assert main(["evaluate", str(out), "--data-dir", str(toy), "--rho", "1", "--target-prior", str(out / "prior.json"),
-                 "--sets", "full", "--out", str(tmp_path / "eval"), "--no-progress"]) == 0
+    np.savez(
+        toy / "test.npz",
+        x=test.images[skewed["unlabeled"]],
+        y=test.labels[skewed["unlabeled"]],
+        lossless=np.ones(len(skewed["unlabeled"]), bool),
+    )
+    assert (
+        main(
+            [
+                "evaluate",
+                str(out),
+                "--data-dir",
+                str(toy),
+                "--rho",
+                "1",
+                "--target-prior",
+                str(out / "prior.json"),
+                "--sets",
+                "full",
+                "--out",
+                str(tmp_path / "eval"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     scores = metrics["sets"]["full"]["plain"]
-    assert scores["target_top1"] == pytest.approx(sum(p * a for p, a in zip(metrics["target_prior"], scores["per_class"])))
+    assert scores["target_top1"] == pytest.approx(
+        sum(p * a for p, a in zip(metrics["target_prior"], scores["per_class"]))
+    )
     np.testing.assert_allclose(metrics["target_prior"], record["prior"], atol=1e-9)
 
 
 def test_adapt_command_removes_the_training_prior_of_plain_cross_entropy(skewed, data_dir, tmp_path) -> None:
-    written = _adapt(skewed, tmp_path / "ce", "resnet32.cifar10_lt_r100_hp2", "--source-prior", "train", "--method", "bbse",
-                     "--data-dir", str(data_dir))  # the training counts come from the data
+    written = _adapt(
+        skewed,
+        tmp_path / "ce",
+        "resnet32.cifar10_lt_r100_hp2",
+        "--source-prior",
+        "train",
+        "--method",
+        "bbse",
+        "--data-dir",
+        str(data_dir),
+    )  # the training counts come from the data
     assert written["method"] == "bbse" and written["prior"][9] > 5 * written["prior"][0]

@@ -1,4 +1,5 @@
 """Training engine: recipes, methods, metrics, determinism, exact resumption, divergence handling and DDP."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -56,8 +57,17 @@ def tiny_data(tmp_path_factory):
 
 def _config(data_dir, **overrides) -> TrainConfig:
     settings = dict(
-        model="resnet20", data_dir=str(data_dir), rho=10, epochs=3, batch_size=32, lr=0.05,
-        milestones=(2,), device="cpu", deterministic=True, eval_every=0, eval_batch_size=64,
+        model="resnet20",
+        data_dir=str(data_dir),
+        rho=10,
+        epochs=3,
+        batch_size=32,
+        lr=0.05,
+        milestones=(2,),
+        device="cpu",
+        deterministic=True,
+        eval_every=0,
+        eval_batch_size=64,
     )
     settings.update(overrides)
     method = settings.pop("method", "ce")
@@ -89,7 +99,13 @@ def test_resolve_train_config_for_fresh_and_resumed_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("NPE_DATA_DIR", str(tmp_path / "data"))
     run = tmp_path / "run"
     fresh = resolve_train_config(run, resume=False, model="resnet20_npe4", epochs=1, lr=None)
-    assert (fresh.method, fresh.recipe, fresh.data_dir, fresh.lr, fresh.epochs) == ("npe", "hp2", str(tmp_path / "data"), 0.05, 1)
+    assert (fresh.method, fresh.recipe, fresh.data_dir, fresh.lr, fresh.epochs) == (
+        "npe",
+        "hp2",
+        str(tmp_path / "data"),
+        0.05,
+        1,
+    )
     assert resolve_train_config(run, False, recipe="hp1", model="resnet20").method == "ce"
     with pytest.raises(FileNotFoundError, match=f"nothing to resume in {run}"):
         resolve_train_config(run, resume=True)
@@ -256,7 +272,9 @@ def test_crt_and_posthoc_la_start_from_the_ce_run(tiny_data, tmp_path):
         else:
             assert torch.equal(crt[key], value), f"{key}: the backbone (and its BN statistics) stays frozen"
 
-    result = train(_config(tiny_data, method="posthoc_la", init=str(tmp_path / "ce"), tau=1.5, epochs=0), tmp_path / "posthoc")
+    result = train(
+        _config(tiny_data, method="posthoc_la", init=str(tmp_path / "ce"), tau=1.5, epochs=0), tmp_path / "posthoc"
+    )
     counts = torch.tensor(result.metrics["train_counts"], dtype=torch.float32)
     shift = ce["fc.bias"] - _weights(tmp_path / "posthoc")["fc.bias"]
     torch.testing.assert_close(shift, 1.5 * torch.log(counts / counts.sum()))
@@ -281,10 +299,34 @@ def test_checkpoint_for_another_class_count_is_rejected(tiny_data, tmp_path):
 
 def test_two_process_ddp_on_cpu(tiny_data, tmp_path):
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "npe_models.cli", "train", "--model", "resnet20", "--method", "ce", "--data-dir", str(tiny_data),
-        "--rho", "10", "--epochs", "1", "--batch-size", "32", "--device", "cpu", "--eval-every", "0",
-        "--out", str(tmp_path / "ddp"), "--no-progress",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "npe_models.cli",
+        "train",
+        "--model",
+        "resnet20",
+        "--method",
+        "ce",
+        "--data-dir",
+        str(tiny_data),
+        "--rho",
+        "10",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--device",
+        "cpu",
+        "--eval-every",
+        "0",
+        "--out",
+        str(tmp_path / "ddp"),
+        "--no-progress",
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)

@@ -1,4 +1,5 @@
 """The ``npe-models`` command: help, listing, clear errors, evaluation sources, and a short real-data NPE run."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,24 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def toy_run(toy_data, tmp_path_factory):
     """A finished one-epoch NPE run on the toy data."""
     out = tmp_path_factory.mktemp("runs") / "npe"
-    args = ["train", "--model", "resnet20_npe4", "--data-dir", str(toy_data), "--rho", "10", "--epochs", "1",
-            "--batch-size", "32", "--device", "cpu", "--out", str(out), "--no-progress"]
+    args = [
+        "train",
+        "--model",
+        "resnet20_npe4",
+        "--data-dir",
+        str(toy_data),
+        "--rho",
+        "10",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert main(args) == 0
     return out
 
@@ -30,7 +47,9 @@ def _error(capsys, argv) -> str:
 
 
 def test_console_script_help():
-    done = subprocess.run([sys.executable, "-m", "npe_models.cli", "--help"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "npe_models.cli", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0
     for command in ("train", "evaluate", "list"):
         assert command in done.stdout
@@ -92,9 +111,13 @@ def test_evaluate_run_checkpoint_and_merged(capsys, toy_run, tmp_path):
 
 
 def test_evaluate_errors(capsys, toy_run, tmp_path):
-    assert "has 10 classes" in _error(capsys, ["evaluate", str(toy_run), "--dataset", "cifar100", "--out", str(tmp_path)])
+    assert "has 10 classes" in _error(
+        capsys, ["evaluate", str(toy_run), "--dataset", "cifar100", "--out", str(tmp_path)]
+    )
     assert "--pretrained" in _error(capsys, ["evaluate", "resnet32_npe16", "--out", str(tmp_path)])
-    assert "no pretrained weights" in _error(capsys, ["evaluate", "resnet110_npe4", "--pretrained", "--out", str(tmp_path)])
+    assert "no pretrained weights" in _error(
+        capsys, ["evaluate", "resnet110_npe4", "--pretrained", "--out", str(tmp_path)]
+    )
     assert "neither a run directory" in _error(capsys, ["evaluate", str(tmp_path / "nothing")])
 
 
@@ -122,8 +145,28 @@ def test_run_trained_on_a_gpu_resumes_on_this_machine(capsys, toy_run, tmp_path)
 def test_short_npe_run_on_real_cifar10_lt(capsys, data_dir, tmp_path):
     """Through the command line on real CIFAR-10-LT: well above chance, estimates ranked like the counts."""
     out = tmp_path / "npe"
-    argv = ["train", "--model", "resnet20_npe4", "--data-dir", str(data_dir), "--rho", "10", "--max-per-class", "1000",
-            "--epochs", "3", "--lr", "0.1", "--eval-every", "0", "--device", "cpu", "--out", str(out), "--no-progress"]
+    argv = [
+        "train",
+        "--model",
+        "resnet20_npe4",
+        "--data-dir",
+        str(data_dir),
+        "--rho",
+        "10",
+        "--max-per-class",
+        "1000",
+        "--epochs",
+        "3",
+        "--lr",
+        "0.1",
+        "--eval-every",
+        "0",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     full = metrics["sets"]["full"]

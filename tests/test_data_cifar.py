@@ -1,4 +1,5 @@
 """Long-tailed CIFAR: exact subsets, groups, data sources and the whole-batch augmentation pipeline."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -147,7 +148,7 @@ def test_eval_stream_normalises_in_order():
     stream = BatchStream(data, 5, MEAN, STD, train=False)
     images, labels = zip(*stream)
     assert [len(x) for x in labels] == [5, 5, 2]
-    expected = (torch.from_numpy(data.images).permute(0, 3, 1, 2).float() / 255 - torch.tensor(MEAN).view(1, 3, 1, 1))
+    expected = torch.from_numpy(data.images).permute(0, 3, 1, 2).float() / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)
     expected = expected / torch.tensor(STD).view(1, 3, 1, 1)
     torch.testing.assert_close(torch.cat(images), expected)
     assert torch.equal(torch.cat(labels), torch.from_numpy(data.labels))
@@ -161,10 +162,13 @@ def test_train_stream_crops_and_flips_padded_images():
     for images, labels in stream:
         for image, label in zip(images, labels):
             candidates = [
-                (i, flip) for i in np.flatnonzero(data.labels == label.item()) for flip in (False, True)
+                (i, flip)
+                for i in np.flatnonzero(data.labels == label.item())
+                for flip in (False, True)
                 if any(
-                    torch.equal(image, (padded[i].flip(2) if flip else padded[i])[:, top:top + 8, left:left + 8])
-                    for top in range(5) for left in range(5)
+                    torch.equal(image, (padded[i].flip(2) if flip else padded[i])[:, top : top + 8, left : left + 8])
+                    for top in range(5)
+                    for left in range(5)
                 )
             ]
             assert candidates, "every augmented image is a (flipped) crop of a padded training image"
@@ -212,4 +216,3 @@ def test_failed_download_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", OfflineCIFAR10)
     with pytest.raises(FileNotFoundError, match="no network.*train.npz"):
         load_cifar(tmp_path, "cifar10", train=True, download=True)
-

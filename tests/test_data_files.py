@@ -1,5 +1,6 @@
 """File data sources on real images: CIFAR-10 images written as PNG files into an ImageFolder tree and
 ImageNet-LT-format split lists; training, resuming, evaluating and exporting on them; torchrun; bad trees."""
+
 from __future__ import annotations
 
 import json
@@ -118,8 +119,26 @@ def _run(out: Path, *options: str) -> list[str]:
 
 def test_train_evaluate_and_export_on_a_folder(trees, tmp_path, capsys):
     run = tmp_path / "npe4"
-    assert cli.main(_run(run, "--model", "resnet20_npe4", "--dataset", "folder", "--data-dir", str(trees["lt"]),
-                         "--epochs", "1", "--batch-size", "16", "--eval-batch-size", "16")) == 0
+    assert (
+        cli.main(
+            _run(
+                run,
+                "--model",
+                "resnet20_npe4",
+                "--dataset",
+                "folder",
+                "--data-dir",
+                str(trees["lt"]),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "16",
+                "--eval-batch-size",
+                "16",
+            )
+        )
+        == 0
+    )
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["class_names"] == list(CLASSES) and metrics["train_counts"] == TRAIN_COUNTS
     assert set(metrics["sets"]) == {"val"} and metrics["sets"]["val"]["npe_la"]["num_images"] == 40
@@ -142,8 +161,19 @@ def test_train_evaluate_and_export_on_a_folder(trees, tmp_path, capsys):
 @pytest.mark.parametrize("model, dataset", [("resnet18_npe16", "folder"), ("resnet20_npe4", "imagenet_lt")])
 def test_one_epoch_on_each_source(trees, tmp_path, model, dataset):
     config = resolve_config(
-        "hp2", "npe", model=model, dataset=dataset, data_dir=str(trees["lt"]), split_dir=str(trees["lists"]),
-        image_size=32, epochs=1, batch_size=34, workers=0, device="cpu", eval_every=0, eval_batch_size=40,
+        "hp2",
+        "npe",
+        model=model,
+        dataset=dataset,
+        data_dir=str(trees["lt"]),
+        split_dir=str(trees["lists"]),
+        image_size=32,
+        epochs=1,
+        batch_size=34,
+        workers=0,
+        device="cpu",
+        eval_every=0,
+        eval_batch_size=40,
     )
     metrics = train(config, tmp_path / "run").metrics
     evaluation_set = "val" if dataset == "folder" else "test"
@@ -157,9 +187,20 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
 
 def test_resnet18_npe16_on_imagenet_lt_lists_resumes_exactly(trees, tmp_path, interrupt_training):
     config = resolve_config(
-        "hp2", "npe", model="resnet18_npe16", dataset="imagenet_lt", data_dir=str(trees["lt"]),
-        split_dir=str(trees["lists"]), image_size=32, epochs=2, batch_size=32, workers=0, device="cpu",
-        deterministic=True, eval_every=0, eval_batch_size=40,
+        "hp2",
+        "npe",
+        model="resnet18_npe16",
+        dataset="imagenet_lt",
+        data_dir=str(trees["lt"]),
+        split_dir=str(trees["lists"]),
+        image_size=32,
+        epochs=2,
+        batch_size=32,
+        workers=0,
+        device="cpu",
+        deterministic=True,
+        eval_every=0,
+        eval_batch_size=40,
     )
     whole = train(config, tmp_path / "whole")
     assert whole.metrics["sets"]["test"]["npe_la"]["num_images"] == 40
@@ -175,10 +216,20 @@ def test_resnet18_npe16_on_imagenet_lt_lists_resumes_exactly(trees, tmp_path, in
 
 
 def _torchrun(*arguments: str) -> None:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "npe_models.cli", *arguments]
-    done = subprocess.run(command, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True,
-                          text=True, timeout=300)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "npe_models.cli",
+        *arguments,
+    ]
+    done = subprocess.run(
+        command, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
 
@@ -241,7 +292,20 @@ def test_unreadable_image_stops_training_with_its_name(trees, tmp_path, capsys):
     shutil.copytree(trees["lt"], tmp_path / "lt")
     broken = tmp_path / "lt" / "train" / "dog" / "001.png"
     broken.write_bytes(broken.read_bytes()[:40])  # truncated
-    code = cli.main(_run(tmp_path / "run", "--model", "resnet20", "--dataset", "folder", "--data-dir",
-                         str(tmp_path / "lt"), "--epochs", "1", "--batch-size", "101"))
+    code = cli.main(
+        _run(
+            tmp_path / "run",
+            "--model",
+            "resnet20",
+            "--dataset",
+            "folder",
+            "--data-dir",
+            str(tmp_path / "lt"),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "101",
+        )
+    )
     assert code == 1
     assert f"cannot read image {broken}" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """Bad input gets one clear line naming the setting or file and what to do: settings out of range, options of
 the other task, damaged npz files, a headless model given to add_npe, the device of a resumed run."""
+
 from __future__ import annotations
 
 import importlib
@@ -28,7 +29,10 @@ BAD_SETTINGS = {
     "epochs 0": (CLASSIFIER + ["--epochs", "0"], "epochs (--epochs) must be >= 1 for method 'ce'; got 0."),
     "epochs -3": (CLASSIFIER + ["--epochs", "-3"], "epochs (--epochs) must be an integer >= 0; got -3."),
     "gamma -1": (CLASSIFIER + ["--gamma", "-1"], "gamma (--gamma) must be a finite number > 0; got -1.0."),
-    "milestones -5": (CLASSIFIER + ["--milestones", "-5"], "milestones (--milestones) must be an integer >= 1; got -5."),
+    "milestones -5": (
+        CLASSIFIER + ["--milestones", "-5"],
+        "milestones (--milestones) must be an integer >= 1; got -5.",
+    ),
     "seed -1": (CLASSIFIER + ["--seed", "-1"], "seed (--seed) must be an integer >= 0 and < 4294967296; got -1."),
     "momentum 1": (CLASSIFIER + ["--momentum", "1"], "momentum (--momentum) must be a finite number >= 0 and < 1"),
     "weight decay nan": (CLASSIFIER + ["--weight-decay", "nan"], "weight_decay (--weight-decay) must be a finite"),
@@ -46,7 +50,10 @@ BAD_SETTINGS = {
     ),
     "segmentation lr nan": (SEGMENTER + ["--lr", "nan"], "lr (--lr) must be a finite number > 0; got nan."),
     "segmentation alpha nan": (["--model", "unet_fcn_npe1", "--alpha", "nan"], "alpha (--alpha) must be a finite"),
-    "segmentation iterations 0": (SEGMENTER + ["--iterations", "0"], "iterations (--iterations) must be an integer >= 1"),
+    "segmentation iterations 0": (
+        SEGMENTER + ["--iterations", "0"],
+        "iterations (--iterations) must be an integer >= 1",
+    ),
     "segmentation seed -1": (SEGMENTER + ["--seed", "-1"], "seed (--seed) must be an integer >= 0"),
 }
 
@@ -147,8 +154,23 @@ def test_half_precision_models_export_and_match_onnx_runtime(tmp_path):
 
 def test_a_run_that_fails_in_its_first_epoch_leaves_no_run_to_remove(tmp_path, capsys, monkeypatch):
     _npz(tmp_path / "data", x=np.zeros((20, 32, 32, 3), np.uint8), y=np.arange(20) % 10)
-    command = ["train", "--out", str(tmp_path / "run"), "--no-progress", *CLASSIFIER, "--data-dir", str(tmp_path / "data"),
-               "--rho", "2", "--epochs", "1", "--batch-size", "10", "--eval-every", "0"]
+    command = [
+        "train",
+        "--out",
+        str(tmp_path / "run"),
+        "--no-progress",
+        *CLASSIFIER,
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--rho",
+        "2",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "10",
+        "--eval-every",
+        "0",
+    ]
     run_class = importlib.import_module("npe_models.classification.train")._Run
 
     def diverge(self, epoch):

@@ -1,6 +1,7 @@
 """Faults in the run directory (issue 13): one writer per directory, no non-finite weights saved or loaded, weights
 checked against their recorded sha256, unreadable files, full disks and leftovers, file modes, an unusable --out,
 and a kill inside the checkpoint-write window."""
+
 from __future__ import annotations
 
 import contextlib
@@ -73,14 +74,42 @@ def tiny_data(tmp_path_factory) -> Path:
 
 def _argv(data_dir: Path, out: Path, *extra: str) -> list[str]:
     """The tiny command-line run of the issue."""
-    return ["train", "--model", "resnet20", "--max-per-class", "20", "--rho", "10", "--epochs", "2", "--batch-size",
-            "16", "--eval-every", "0", "--device", "cpu", "--data-dir", str(data_dir), "--no-progress", "--out",
-            str(out), *extra]
+    return [
+        "train",
+        "--model",
+        "resnet20",
+        "--max-per-class",
+        "20",
+        "--rho",
+        "10",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--eval-every",
+        "0",
+        "--device",
+        "cpu",
+        "--data-dir",
+        str(data_dir),
+        "--no-progress",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def _config(data_dir: Path, **overrides) -> TrainConfig:
-    settings = dict(model="resnet20", data_dir=str(data_dir), rho=10, max_per_class=20, epochs=2, batch_size=16,
-                    device="cpu", eval_every=0)
+    settings = dict(
+        model="resnet20",
+        data_dir=str(data_dir),
+        rho=10,
+        max_per_class=20,
+        epochs=2,
+        batch_size=16,
+        device="cpu",
+        eval_every=0,
+    )
     return resolve_config("hp2", "ce", **{**settings, **overrides})
 
 
@@ -107,20 +136,22 @@ class _Blobs(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         mask = torch.zeros(40, 44, dtype=torch.int64)
-        mask[4 + 8 * index:16 + 8 * index, 10:22] = 1
+        mask[4 + 8 * index : 16 + 8 * index, 10:22] = 1
         return (40 + 150 * mask).to(torch.uint8).expand(3, -1, -1).clone(), mask
 
 
 def _segmentation_config() -> SegmentationModelConfig:
-    return SegmentationModelConfig(name="unet_fcn_npe2", num_classes=2, model_kwargs={"base_channels": 4},
-                                   class_names=["background", "blob"])
+    return SegmentationModelConfig(
+        name="unet_fcn_npe2", num_classes=2, model_kwargs={"base_channels": 4}, class_names=["background", "blob"]
+    )
 
 
 def _train_segmentation(out: Path, model: Optional[nn.Module] = None, on_step: Optional[Callable] = None) -> dict:
     """Four SGD steps of a tiny U-Net on the blobs, with a checkpoint every two."""
     config = _segmentation_config()
-    settings = SegmentationTrainConfig(iterations=4, batch_size=2, crop_size=(32, 32), checkpoint_every=2,
-                                       freeze_backbone=False)
+    settings = SegmentationTrainConfig(
+        iterations=4, batch_size=2, crop_size=(32, 32), checkpoint_every=2, freeze_backbone=False
+    )
     return train_segmentation(model or config.build(), _Blobs(), settings, config, output_dir=out, on_step=on_step)
 
 
@@ -164,17 +195,25 @@ def test_two_trainings_started_at_once_on_one_out_leave_one_consistent_run(data,
     data_dir = request.getfixturevalue("tiny_data" if data == "tiny" else "data_dir")
     out, ready = tmp_path / "run", tmp_path / "ready"
     ready.mkdir()
-    processes = {seed: subprocess.Popen([sys.executable, "-c", _START_TOGETHER, str(ready),
-                                         *_argv(data_dir, out, "--seed", seed)],
-                                        cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for seed in ("0", "1")}
+    processes = {
+        seed: subprocess.Popen(
+            [sys.executable, "-c", _START_TOGETHER, str(ready), *_argv(data_dir, out, "--seed", seed)],
+            cwd=REPO,
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in ("0", "1")
+    }
     done = {seed: (process, process.communicate(timeout=600)[1]) for seed, process in processes.items()}
     codes = sorted(process.returncode for process, _ in done.values())
     assert codes == [0, 1], {seed: stderr[-2000:] for seed, (_, stderr) in done.items()}
     seed, winner = next((seed, process) for seed, (process, _) in done.items() if process.returncode == 0)
     refused = next(stderr for process, stderr in done.values() if process.returncode == 1).strip().splitlines()
-    assert refused[-1].startswith(f"npe-models train: error: {out} is in use by another npe-models process (pid "
-                                  f"{winner.pid} on "), refused
+    assert refused[-1].startswith(
+        f"npe-models train: error: {out} is in use by another npe-models process (pid {winner.pid} on "
+    ), refused
     assert read_json(out / CONFIG_FILE)["seed"] == int(seed)
     assert [record["epoch"] for record in read_jsonl(out / LOG_FILE)] == [1, 2]
     metrics = read_json(out / METRICS_FILE)
@@ -184,8 +223,9 @@ def test_two_trainings_started_at_once_on_one_out_leave_one_consistent_run(data,
     assert read_weights(out / WEIGHTS_FILE)[1]["config"]["seed"] == int(seed)  # and its sha256 is the recorded one
 
 
-def test_a_held_lock_refuses_trainings_and_evaluations_naming_its_holder(tiny_data, finished_run, tmp_path,
-                                                                         capsys, monkeypatch):
+def test_a_held_lock_refuses_trainings_and_evaluations_naming_its_holder(
+    tiny_data, finished_run, tmp_path, capsys, monkeypatch
+):
     holder = re.escape(f"in use by another npe-models process (pid {os.getpid()} on ")
     out = tmp_path / "run"
     with locked_dir(out):
@@ -267,10 +307,16 @@ sys.exit(main(sys.argv[2:]))
 
 
 def test_a_kill_in_the_checkpoint_write_window_leaves_a_loadable_checkpoint_and_its_leftovers_block_nothing(
-        tiny_data, tmp_path):
+    tiny_data, tmp_path
+):
     out, marker = tmp_path / "run", tmp_path / "in_window"
-    process = subprocess.Popen([sys.executable, "-c", _HANG_BEFORE_SECOND_CHECKPOINT_RENAME, str(marker),
-                                *_argv(tiny_data, out)], cwd=REPO, env=ENV, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", _HANG_BEFORE_SECOND_CHECKPOINT_RENAME, str(marker), *_argv(tiny_data, out)],
+        cwd=REPO,
+        env=ENV,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 300
     while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -306,8 +352,11 @@ def _poison_after(monkeypatch, epoch: int) -> None:
 
 def test_non_finite_weights_are_never_checkpointed_nor_saved(tiny_data, tmp_path, monkeypatch):
     _poison_after(monkeypatch, epoch=2)
-    with pytest.raises(NonFiniteLossError, match=r"weights became non-finite during epoch 2 .*'model\.fc\.weight'"
-                       r".* The last good state \(after epoch 1\) is kept in .*checkpoint\.pt") as error:
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"weights became non-finite during epoch 2 .*'model\.fc\.weight'"
+        r".* The last good state \(after epoch 1\) is kept in .*checkpoint\.pt",
+    ) as error:
         train(_config(tiny_data, epochs=3), tmp_path / "late")
     _one_line_error(error)
     checkpoint = load_training_state(tmp_path / "late" / CHECKPOINT_FILE)  # which refuses non-finite weights
@@ -423,8 +472,11 @@ def test_a_checkpoint_of_another_model_on_resume_is_a_clear_error(tiny_data, fin
     other = _config(tiny_data, model="resnet32")
     write_run_config(tmp_path / "run", other.task, other.to_dict())
     shutil.copy(finished_run / CHECKPOINT_FILE, tmp_path / "run" / CHECKPOINT_FILE)  # a resnet20's
-    with pytest.raises(ValueError, match=r"checkpoint.pt' does not fit this run's model \(\d+ tensors missing, e\.g\. "
-                                         r"'layer1\.3\.") as error:
+    with pytest.raises(
+        ValueError,
+        match=r"checkpoint.pt' does not fit this run's model \(\d+ tensors missing, e\.g\. "
+        r"'layer1\.3\.",
+    ) as error:
         train(other, tmp_path / "run", resume=True)
     _one_line_error(error, "checkpoint of another model or run")
     assert main(_argv(tiny_data, tmp_path / "run", "--resume", "--model", "resnet32")) == 1
@@ -436,8 +488,12 @@ def test_a_checkpoint_of_another_model_on_resume_is_a_clear_error(tiny_data, fin
 
 def _check_full_disk(error: pytest.ExceptionInfo, out: Path) -> None:
     assert error.value.errno == errno.ENOSPC
-    _one_line_error(error, "could not write the checkpoint after epoch 2 (No space left on device); the previous "
-                           f"one (after epoch 1) is kept in {out / CHECKPOINT_FILE}", "--resume")
+    _one_line_error(
+        error,
+        "could not write the checkpoint after epoch 2 (No space left on device); the previous "
+        f"one (after epoch 1) is kept in {out / CHECKPOINT_FILE}",
+        "--resume",
+    )
     assert load_training_state(out / CHECKPOINT_FILE)["epoch"] == 1
     assert not list(out.glob(".*.tmp")) and not (out / WEIGHTS_FILE).exists()
 
@@ -509,14 +565,26 @@ def _no_data(*args, **kwargs):
     raise AssertionError("the data was loaded before the --out was checked")
 
 
-def test_an_out_that_is_a_file_or_read_only_is_refused_before_the_data_is_loaded(tiny_data, tmp_path, capsys,
-                                                                                 monkeypatch):
+def test_an_out_that_is_a_file_or_read_only_is_refused_before_the_data_is_loaded(
+    tiny_data, tmp_path, capsys, monkeypatch
+):
     monkeypatch.setattr(train_module, "load_long_tailed", _no_data)
     monkeypatch.setattr(segmentation_training, "segmentation_dataset", _no_data)
     afile = tmp_path / "afile"
     afile.write_text("not a folder")
-    segmentation_args = ["train", "--model", "unet_fcn_npe1", "--dataset", "stare", "--data-dir", str(tiny_data),
-                         "--iterations", "2", "--no-progress", "--out"]
+    segmentation_args = [
+        "train",
+        "--model",
+        "unet_fcn_npe1",
+        "--dataset",
+        "stare",
+        "--data-dir",
+        str(tiny_data),
+        "--iterations",
+        "2",
+        "--no-progress",
+        "--out",
+    ]
     for out in (afile, afile / "run"):
         for argv in (_argv(tiny_data, out), [*segmentation_args, str(out)]):
             assert main(argv) == 1

@@ -1,4 +1,5 @@
 """Hugging Face Hub folders: save, load back through timm (local-dir: and an offline hf-hub: cache), upload, bad input."""
+
 from __future__ import annotations
 
 import hashlib
@@ -70,7 +71,13 @@ def test_merged_model_saves_under_its_base_architecture(tmp_path: Path) -> None:
     config = json.loads((folder / CONFIG_NAME).read_text())
     assert config["architecture"] == "resnet20"
     assert not any(key.startswith("npe_") for key in config["model_args"])
-    assert config["npe"] == {**config["npe"], "num_pems": 4, "merged": True, "alpha": 0.5, "npe_architecture": "resnet20_npe4"}
+    assert config["npe"] == {
+        **config["npe"],
+        "num_pems": 4,
+        "merged": True,
+        "alpha": 0.5,
+        "npe_architecture": "resnet20_npe4",
+    }
     loaded = timm.create_model(f"local-dir:{folder}", pretrained=True)
     assert type(loaded.fc) is torch.nn.Linear
     assert torch.allclose(_outputs(loaded), _outputs(model), atol=1e-5)
@@ -81,8 +88,13 @@ def test_merged_model_saves_under_its_base_architecture(tmp_path: Path) -> None:
 def test_model_card(tmp_path: Path) -> None:
     recipe = {"method": "npe", "recipe": "hp2", "epochs": 120, "lr": 0.05}
     folder = save_for_hub(
-        _npe_model(), tmp_path / "card", metrics=METRICS, dataset="CIFAR-10-LT test set", dataset_id="cifar10",
-        recipe=recipe, repo_id="npe-models/resnet20_npe4.cifar10_lt",
+        _npe_model(),
+        tmp_path / "card",
+        metrics=METRICS,
+        dataset="CIFAR-10-LT test set",
+        dataset_id="cifar10",
+        recipe=recipe,
+        repo_id="npe-models/resnet20_npe4.cifar10_lt",
     )
     card = ModelCard.load(folder / "README.md")
     assert card.data.library_name == "timm" and card.data.license == "apache-2.0"
@@ -124,7 +136,7 @@ import safetensors.torch, timm, torch
 import npe_models
 from npe_models.hub import load_from_hub
 from npe_models.loading import load_model
-x = safetensors.torch.load_file({str(tmp_path / 'x.safetensors')!r})
+x = safetensors.torch.load_file({str(tmp_path / "x.safetensors")!r})
 with torch.no_grad():
     a = timm.create_model("hf-hub:npe-models/resnet20_npe4-test", pretrained=True).eval()(x["x"])
     b = load_from_hub("hf-hub:npe-models/resnet20_npe4-test").eval()(x["x"])
@@ -132,7 +144,7 @@ with torch.no_grad():
     loaded = load_model("hf-hub:npe-models/resnet20_npe4-test")
     assert loaded.task == "classification" and loaded.source == "hf-hub:npe-models/resnet20_npe4-test"
     d = loaded.model(x["x"])
-safetensors.torch.save_file({{"timm": a, "loader": b, "segmentation": c, "load_model": d}}, {str(tmp_path / 'out.safetensors')!r})
+safetensors.torch.save_file({{"timm": a, "loader": b, "segmentation": c, "load_model": d}}, {str(tmp_path / "out.safetensors")!r})
 """
     env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)}
     env.pop("HF_HUB_CACHE", None)
@@ -161,15 +173,21 @@ def test_push_to_hub_uploads_exactly_the_folder(tmp_path: Path, monkeypatch) -> 
         config = json.loads((folder / CONFIG_NAME).read_text())
         calls.append(("upload_folder", repo_id, files, kwargs, card, config))
         return huggingface_hub.CommitInfo(
-            commit_url=f"https://huggingface.co/{repo_id}/commit/abc", commit_message=kwargs["commit_message"],
-            commit_description="", oid="abc",
+            commit_url=f"https://huggingface.co/{repo_id}/commit/abc",
+            commit_message=kwargs["commit_message"],
+            commit_description="",
+            oid="abc",
         )
 
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", fake_create_repo)
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", fake_upload_folder)
     commit = push_to_hub(
-        _npe_model(), "npe-models/resnet20_npe4", private=True, metrics=METRICS,
-        dataset="CIFAR-10-LT", dataset_id="cifar10",
+        _npe_model(),
+        "npe-models/resnet20_npe4",
+        private=True,
+        metrics=METRICS,
+        dataset="CIFAR-10-LT",
+        dataset_id="cifar10",
     )
     assert commit.commit_url.endswith("/commit/abc")
     (create, upload) = calls
@@ -261,11 +279,33 @@ def test_export_hub_command(tmp_path: Path, capsys) -> None:
     safetensors.torch.save_file(model.state_dict(), str(weights))
     labels = tmp_path / "classes.json"
     labels.write_text(json.dumps({"classes": CIFAR10_CLASSES}))
-    assert main([
-        "export", "hub", "resnet20_npe4", "--weights", str(weights), "--merge", "-o", str(tmp_path / "out"),
-        "--label-names", str(labels), "--metric", "top1=80.5", "--metric", "few=61", "--dataset", "CIFAR-10",
-        "--dataset-id", "cifar10", "--recipe", "epochs=200",
-    ]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "hub",
+                "resnet20_npe4",
+                "--weights",
+                str(weights),
+                "--merge",
+                "-o",
+                str(tmp_path / "out"),
+                "--label-names",
+                str(labels),
+                "--metric",
+                "top1=80.5",
+                "--metric",
+                "few=61",
+                "--dataset",
+                "CIFAR-10",
+                "--dataset-id",
+                "cifar10",
+                "--recipe",
+                "epochs=200",
+            ]
+        )
+        == 0
+    )
     assert "wrote" in capsys.readouterr().out
     config = json.loads((tmp_path / "out" / CONFIG_NAME).read_text())
     assert config["architecture"] == "resnet20" and config["label_names"] == CIFAR10_CLASSES
@@ -291,13 +331,32 @@ def test_export_hub_command_for_a_shipped_checkpoint_writes_its_card(tmp_path: P
         assert (tmp_path / "cli" / file).read_bytes() == (library / file).read_bytes(), file
     card = (library / "README.md").read_text()
     assert f"hf-hub:npe-models/{name}" in card and "## Results by test set" in card and "| recipe | hp2 |" in card
-    assert main(["export", "hub", name, "--pretrained", "--metric", "top1=1", "--dataset", "x", "--dataset-id", "y",
-                 "-o", str(tmp_path / "given")]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "hub",
+                name,
+                "--pretrained",
+                "--metric",
+                "top1=1",
+                "--dataset",
+                "x",
+                "--dataset-id",
+                "y",
+                "-o",
+                str(tmp_path / "given"),
+            ]
+        )
+        == 0
+    )
     assert "| Top-1 accuracy | 1 |" in (tmp_path / "given" / "README.md").read_text(), "given options win"
 
 
 def _segmentation_model(pem_type: str = "linear", **kwargs) -> torch.nn.Module:
-    model, _ = random_model_for_parity("unet_fcn_npe1", num_classes=2, pem_type=pem_type, base_channels=8, seed=4, **kwargs)
+    model, _ = random_model_for_parity(
+        "unet_fcn_npe1", num_classes=2, pem_type=pem_type, base_channels=8, seed=4, **kwargs
+    )
     return model
 
 
@@ -309,10 +368,18 @@ def _segmentation_outputs(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def test_segmentation_round_trip_unmerged_and_merged(tmp_path: Path) -> None:
     model = _segmentation_model(aux_loss=True)
     settings = SegmentationModelConfig(
-        name="unet_fcn_npe1", num_classes=2, num_pems=1, aux_loss=True, model_kwargs={"base_channels": 8},
-        class_names=["background", "vessel"], mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
+        name="unet_fcn_npe1",
+        num_classes=2,
+        num_pems=1,
+        aux_loss=True,
+        model_kwargs={"base_channels": 8},
+        class_names=["background", "vessel"],
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
     )
-    folder = save_for_hub(model, tmp_path / "unet", config=settings, metrics={"mdice": 80.5}, dataset="STARE", dataset_id="stare")
+    folder = save_for_hub(
+        model, tmp_path / "unet", config=settings, metrics={"mdice": 80.5}, dataset="STARE", dataset_id="stare"
+    )
     assert sorted(os.listdir(folder)) == sorted(HUB_FILES)
     config = json.loads((folder / CONFIG_NAME).read_text())
     assert config["architecture"] == "unet_fcn_npe1" and config["label_names"] == ["background", "vessel"]
@@ -325,6 +392,7 @@ def test_segmentation_round_trip_unmerged_and_merged(tmp_path: Path) -> None:
     assert all(torch.equal(a, b) for a, b in zip(_segmentation_outputs(loaded).values(), expected.values()))
     # the weights file is also a segmentation checkpoint that `npe-models evaluate` reads
     from npe_models.segmentation.checkpoint import load_segmentation_model
+
     assert load_segmentation_model(folder / WEIGHTS_NAME)[1].class_names == ["background", "vessel"]
 
     merged = save_for_hub(reparameterize_model(model), tmp_path / "merged")  # settings inferred from the model
@@ -334,7 +402,9 @@ def test_segmentation_round_trip_unmerged_and_merged(tmp_path: Path) -> None:
     assert config["npe"] == {**config["npe"], "merged": True, "num_pems": 1, "npe_architecture": "unet_fcn_npe1"}
     plain = load_from_hub(merged)
     assert not any(isinstance(m, NPEHead) for m in plain.modules())
-    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(_segmentation_outputs(plain).values(), expected.values()))
+    assert all(
+        torch.allclose(a, b, atol=1e-5) for a, b in zip(_segmentation_outputs(plain).values(), expected.values())
+    )
 
 
 def test_segmentation_with_unmergeable_pems_keeps_its_npe_name(tmp_path: Path) -> None:
@@ -345,7 +415,9 @@ def test_segmentation_with_unmergeable_pems_keeps_its_npe_name(tmp_path: Path) -
     config = json.loads((folder / CONFIG_NAME).read_text())
     assert config["architecture"] == "unet_fcn_npe1" and config["segmentation_model"]["pem_type"] == "replica"
     loaded = load_from_hub(folder)
-    assert all(torch.equal(a, b) for a, b in zip(_segmentation_outputs(loaded).values(), _segmentation_outputs(model).values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(_segmentation_outputs(loaded).values(), _segmentation_outputs(model).values())
+    )
 
 
 def test_segmentation_errors(tmp_path: Path) -> None:
@@ -381,11 +453,14 @@ def test_export_hub_command_from_training_runs(tmp_path: Path, capsys) -> None:
     save_weights(run / WEIGHTS_NAME, classifier, train_config)
 
     segmenter = _segmentation_model()
-    settings = SegmentationModelConfig(name="unet_fcn_npe1", num_classes=2, model_kwargs={"base_channels": 8},
-                                       class_names=["background", "vessel"])
+    settings = SegmentationModelConfig(
+        name="unet_fcn_npe1", num_classes=2, model_kwargs={"base_channels": 8}, class_names=["background", "vessel"]
+    )
     seg_run = tmp_path / "seg_run"
     seg_run.mkdir()
-    (seg_run / CONFIG_NAME).write_text(json.dumps({"model": settings.to_dict(), "train": {"iterations": 600, "lr": 0.01}}))
+    (seg_run / CONFIG_NAME).write_text(
+        json.dumps({"model": settings.to_dict(), "train": {"iterations": 600, "lr": 0.01}})
+    )
     save_segmentation_weights(seg_run / WEIGHTS_NAME, segmenter, settings)
 
     assert main(["export", "hub", str(run), "-o", str(tmp_path / "cls_hub")]) == 0
@@ -397,7 +472,9 @@ def test_export_hub_command_from_training_runs(tmp_path: Path, capsys) -> None:
     assert seg_config["architecture"] == "unet_fcn" and seg_config["label_names"] == ["background", "vessel"]
     assert "| iterations | 600 |" in (tmp_path / "seg_hub" / "README.md").read_text()
     loaded = load_from_hub(tmp_path / "seg_hub")
-    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(_segmentation_outputs(loaded).values(),
-                                                                _segmentation_outputs(segmenter).values()))
+    assert all(
+        torch.allclose(a, b, atol=1e-5)
+        for a, b in zip(_segmentation_outputs(loaded).values(), _segmentation_outputs(segmenter).values())
+    )
     assert main(["export", "hub", str(run), "--weights", "x.safetensors", "-o", str(tmp_path / "x")]) == 1
     assert "apply to registered names" in capsys.readouterr().err

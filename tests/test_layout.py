@@ -1,5 +1,6 @@
 """The package's shape (issue 11): short library functions, a command line nothing else imports,
 and library modules that return values instead of printing."""
+
 from __future__ import annotations
 
 import ast
@@ -23,7 +24,11 @@ def _functions(tree: ast.AST):
 @pytest.mark.parametrize("path", _library_modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_library_functions_are_short(path: Path) -> None:
     tree = ast.parse(path.read_text())
-    long = {f.name: f.end_lineno - f.lineno + 1 for f in _functions(tree) if f.end_lineno - f.lineno + 1 > MAX_FUNCTION_LINES}
+    long = {
+        f.name: f.end_lineno - f.lineno + 1
+        for f in _functions(tree)
+        if f.end_lineno - f.lineno + 1 > MAX_FUNCTION_LINES
+    }
     assert not long, f"functions over {MAX_FUNCTION_LINES} lines in {path.name}: {long}"
 
 
@@ -33,7 +38,9 @@ def test_library_never_imports_the_command_line_nor_prints(path: Path) -> None:
     imported = {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     assert not {name for name in imported if name.rsplit(".", 1)[-1] in ("cli", "_cli_args")}
-    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "print"]
+    calls = [
+        n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "print"
+    ]
     assert not calls, f"{path.name} prints (line {calls[0].lineno}); return the value or use logging/warnings"
 
 

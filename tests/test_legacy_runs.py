@@ -1,4 +1,5 @@
 """Runs written before the package reshaping (tests/fixtures/runs_v0_1) resume to the end and evaluate as they did."""
+
 from __future__ import annotations
 
 import json
@@ -30,7 +31,9 @@ def test_legacy_classification_run_resumes_and_evaluates(data_dir: Path, tmp_pat
     expected = EXPECTED["classification_npe4_interrupted"]
     run = _copy("classification_npe4_interrupted", tmp_path)
     assert run_task(run) == run_task(run / "checkpoint.pt") == "classification"
-    config = resolve_train_config(run, resume=True, data_dir=str(data_dir))  # `train --out RUN --resume --data-dir DATA`
+    config = resolve_train_config(
+        run, resume=True, data_dir=str(data_dir)
+    )  # `train --out RUN --resume --data-dir DATA`
     assert (config.model, config.epochs, config.device) == ("resnet20_npe4", 2, "auto")
     result = train(config, run, resume=True)
     log = read_jsonl(run / "log.jsonl")
@@ -54,8 +57,9 @@ def test_legacy_segmentation_run_resumes_from_its_config(data_dir: Path, tmp_pat
     config = resolve_segmentation_config(run, resume=True)  # every setting from the legacy config.json
     assert config.model.model_kwargs == {"base_channels": 4} and config.train.crop_size == (32, 32)
     with pytest.raises(ValueError, match=r"train\.lr: 0\.01 -> 0\.5"):
-        train_run(resolve_segmentation_config(run, resume=True, lr=0.5), run, data_dir=data_dir, resume=True,
-                  device="cpu")
+        train_run(
+            resolve_segmentation_config(run, resume=True, lr=0.5), run, data_dir=data_dir, resume=True, device="cpu"
+        )
     record = train_run(config, run, data_dir=data_dir, resume=True, device="cpu")
     assert record["iteration"] == 4
     log = read_jsonl(run / "log.jsonl")

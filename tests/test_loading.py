@@ -1,4 +1,5 @@
 """load_model: every kind of source loads the same weights, reports its task and training data, and bad sources fail clearly."""
+
 from __future__ import annotations
 
 import json
@@ -29,7 +30,10 @@ CLASSIFICATION_RUN = FIXTURES / "classification_npe4_interrupted"  # checkpoint.
 SEGMENTATION_RUN = FIXTURES / "segmentation_unet_npe1_interrupted"
 SHIPPED = "resnet32_npe16.cifar10_lt_r100_hp2"
 SEG_SETTINGS = SegmentationModelConfig(
-    name="unet_fcn_npe1", num_classes=2, model_kwargs={"base_channels": 4}, class_names=["background", "vessel"],
+    name="unet_fcn_npe1",
+    num_classes=2,
+    model_kwargs={"base_channels": 4},
+    class_names=["background", "vessel"],
 )
 
 
@@ -69,10 +73,17 @@ def classifier_sources(tmp_path_factory) -> tuple[torch.nn.Module, dict[str, str
     return reference, sources | {"bare.safetensors": str(root / "bare.safetensors"), "bare.pth": str(root / "bare.pth")}
 
 
-@pytest.mark.parametrize("kind", [
-    "run directory (checkpoint only)", "checkpoint.pt", "finished run directory", "model.safetensors", "Hub folder",
-    "local-dir:",
-])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "run directory (checkpoint only)",
+        "checkpoint.pt",
+        "finished run directory",
+        "model.safetensors",
+        "Hub folder",
+        "local-dir:",
+    ],
+)
 def test_every_classifier_source_loads_the_same_weights(classifier_sources, kind: str) -> None:
     reference, sources = classifier_sources
     loaded = load_model(sources[kind])
@@ -159,7 +170,11 @@ def test_every_segmentation_source_loads_the_same_weights(tmp_path: Path, monkey
     run = tmp_path / "run"
     run.mkdir()
     train = SegmentationTrainConfig(iterations=600, lr=0.01)
-    config = {"model": SEG_SETTINGS.to_dict(), "train": train.to_dict(), "data": {"dataset": "stare", "annotation": "ah"}}
+    config = {
+        "model": SEG_SETTINGS.to_dict(),
+        "train": train.to_dict(),
+        "data": {"dataset": "stare", "annotation": "ah"},
+    }
     (run / "config.json").write_text(json.dumps(config))  # the layout written before the task was recorded
     save_segmentation_weights(run / WEIGHTS_NAME, model, SEG_SETTINGS)
     hub = save_for_hub(model, tmp_path / "hub", config=SEG_SETTINGS)
@@ -207,7 +222,9 @@ def test_source_kinds(classifier_sources) -> None:
 
 def test_bad_sources_fail_with_one_clear_error(classifier_sources, tmp_path: Path) -> None:
     _, sources = classifier_sources
-    with pytest.raises(FileNotFoundError, match="unknown model 'runs/missing': neither a run directory.*npe-models list"):
+    with pytest.raises(
+        FileNotFoundError, match="unknown model 'runs/missing': neither a run directory.*npe-models list"
+    ):
         load_model("runs/missing")
     with pytest.raises(FileNotFoundError, match="unknown model 'resnet33_npe16'"):
         load_model("resnet33_npe16")
@@ -233,9 +250,14 @@ def test_bad_sources_fail_with_one_clear_error(classifier_sources, tmp_path: Pat
 
 
 def test_names_without_weights_fail_clearly() -> None:
-    with pytest.raises(ValueError, match="resnet20_npe16 has no default pretrained weights; there are no pretrained weights for it: load it with pretrained=False"):
+    with pytest.raises(
+        ValueError,
+        match="resnet20_npe16 has no default pretrained weights; there are no pretrained weights for it: load it with pretrained=False",
+    ):
         load_model("resnet20_npe16", pretrained=True)
-    with pytest.raises(ValueError, match=r"pretrained tag \(cifar100_lt_r100_hp2\) for resnet32_npe16.*npe-models list --pretrained"):
+    with pytest.raises(
+        ValueError, match=r"pretrained tag \(cifar100_lt_r100_hp2\) for resnet32_npe16.*npe-models list --pretrained"
+    ):
         load_model("resnet32_npe16.cifar100_lt_r100_hp2", pretrained=True)
     require_pretrained_weights(SHIPPED)  # has weights: no error
 

@@ -1,4 +1,5 @@
 """One-way logistic loss and logit-adjusted CE against direct formulas, sign conventions and bad input."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,5 +1,6 @@
 """What metadata users read: the shipped checkpoints' timm cfgs (paper, origin, notes) and the Hub model cards
 (base model, a model-index that keeps the exact test images apart, timm's usage sections, parameters and GMACs)."""
+
 from __future__ import annotations
 
 import json
@@ -34,7 +35,10 @@ def test_shipped_cfgs_name_the_paper_its_code_and_what_each_checkpoint_is() -> N
         assert "JPEG" in cfg.notes[-1] and "1,000 exact images" in cfg.notes[-1]
         if "starts_from" in entry:
             assert entry["starts_from"] in cfg.notes[0]
-    assert "folded into the classifier" in timm.models.get_pretrained_cfg("resnet32.cifar10_lt_r100_hp2_npe16_merged").notes[0]
+    assert (
+        "folded into the classifier"
+        in timm.models.get_pretrained_cfg("resnet32.cifar10_lt_r100_hp2_npe16_merged").notes[0]
+    )
 
 
 def test_hub_config_carries_the_cfg_metadata(tmp_path: Path) -> None:
@@ -87,8 +91,11 @@ def test_card_usage_sections_run_and_model_stats_match_the_model(tmp_path: Path)
     text = (folder / "README.md").read_text()
     image = Image.fromarray(torch.randint(0, 255, (32, 32, 3), dtype=torch.uint8).numpy())
     outputs = {}
-    for section, result in (("Image Classification", "logits"), ("Feature Map Extraction", "feature_map"),
-                            ("Image Embeddings", "embedding")):
+    for section, result in (
+        ("Image Classification", "logits"),
+        ("Feature Map Extraction", "feature_map"),
+        ("Image Embeddings", "embedding"),
+    ):
         (code,) = _code_blocks(text, section)
         scope = {"image": image, "print": lambda *args: None}
         exec(code.replace("/path/to/this/folder", str(folder)), scope)

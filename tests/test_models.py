@@ -1,4 +1,5 @@
 """Conformance of every registered classifier: timm interface, NPE training path and merging."""
+
 from __future__ import annotations
 
 import pytest
@@ -258,7 +259,9 @@ def test_cifar_variant_loads_plain_checkpoint(tmp_path) -> None:
     weights = tmp_path / "resnet32.safetensors"
     save_file(base.state_dict(), str(weights))
     model = timm.create_model("resnet32_npe4", pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)))
-    assert torch.equal(model.fc.weight, base.fc.weight) and torch.equal(model.layer3[4].conv2.weight, base.layer3[4].conv2.weight)
+    assert torch.equal(model.fc.weight, base.fc.weight) and torch.equal(
+        model.layer3[4].conv2.weight, base.layer3[4].conv2.weight
+    )
 
 
 def test_add_npe_on_any_timm_classifier() -> None:

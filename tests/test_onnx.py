@@ -1,4 +1,5 @@
 """ONNX export of every registered model, checked against ONNX Runtime, plus metadata, quantisation and bad input."""
+
 from __future__ import annotations
 
 import copy
@@ -31,7 +32,14 @@ from onnx_validate import (  # release tooling in export/, on the test path (pyp
 CLASSIFIERS = npe_models.list_classifiers()
 # ImageNet architectures are checked at 128x128 (ViT rebuilt for it): small, but at 64x64 their last
 # feature maps are 2x2 and BatchNorm calibration on so few values inflates the outputs past fp32 parity.
-IMAGENET = {"resnet18_npe16", "resnet50_npe16", "resnet152_npe16", "convnext_tiny_npe16", "efficientnet_b0_npe16", "vit_small_patch16_224_npe16"}
+IMAGENET = {
+    "resnet18_npe16",
+    "resnet50_npe16",
+    "resnet152_npe16",
+    "convnext_tiny_npe16",
+    "efficientnet_b0_npe16",
+    "vit_small_patch16_224_npe16",
+}
 # Exports take 4-40 s each on 2 cores: the ResNet-20 family stays in the default suite, the rest is slow.
 SLOW = {name for name in CLASSIFIERS if not name.startswith("resnet20")}
 NPE_MODEL = "resnet20_npe16"
@@ -91,9 +99,16 @@ def test_segmentation_graph_metadata_and_parity(tmp_path: Path) -> None:
     assert [o.name for o in proto.graph.output] == ["out", "aux"]
     metadata = read_onnx_metadata(path)
     assert metadata == {
-        **metadata, "task": "semantic-segmentation", "architecture": "unet_fcn", "npe_architecture": "unet_fcn_npe16",
-        "merged": True, "dynamic_size": True, "alpha": 0.1, "class_names": ["background", "vessel"],
-        "mean": [0.485, 0.456, 0.406], "num_classes": 2,
+        **metadata,
+        "task": "semantic-segmentation",
+        "architecture": "unet_fcn",
+        "npe_architecture": "unet_fcn_npe16",
+        "merged": True,
+        "dynamic_size": True,
+        "alpha": 0.1,
+        "class_names": ["background", "vessel"],
+        "mean": [0.485, 0.456, 0.406],
+        "num_classes": 2,
     }
     assert not any("pem" in i.name for i in proto.graph.initializer), "linear PEMs must be merged"
     sizes = [*SEGMENTATION_SIZES, (33, 47)]  # odd sizes too
@@ -127,7 +142,9 @@ def test_merged_and_unmerged_graphs(npe_export) -> None:
         assert result.passed, result
     # at this PEM scale NPE-LA changes the logits: the main classifier alone is far from the export
     x = torch.ones(1, 3, 32, 32)
-    z = torch.nn.functional.linear(model.forward_head(model.forward_features(x), pre_logits=True), model.fc.weight, model.fc.bias)
+    z = torch.nn.functional.linear(
+        model.forward_head(model.forward_features(x), pre_logits=True), model.fc.weight, model.fc.bias
+    )
     out = onnx_session(merged).run(None, {"input": x.numpy()})[0]
     assert np.abs(out - z.detach().numpy()).max() > 0.1
 
@@ -213,8 +230,20 @@ def test_onnx_validate_script_reports_matching_accuracy(npe_export, data_dir: Pa
     safetensors.torch.save_file(model.state_dict(), str(weights))
     import onnx_validate as script
 
-    argv = [NPE_MODEL, "--weights", str(weights), "--alpha", "0.5", "--onnx", str(path),
-            "--data-dir", str(data_dir), "--limit", "500", "--quantize"]
+    argv = [
+        NPE_MODEL,
+        "--weights",
+        str(weights),
+        "--alpha",
+        "0.5",
+        "--onnx",
+        str(path),
+        "--data-dir",
+        str(data_dir),
+        "--limit",
+        "500",
+        "--quantize",
+    ]
     status = script.main(argv)
     out = capsys.readouterr().out
     assert status == 0, out
@@ -281,6 +310,8 @@ def test_onnx_module_needs_no_huggingface_hub() -> None:
         "assert 'npe_models.hub' not in sys.modules, 'npe_models.onnx imported the Hub code'\n"
     )
     with tempfile.TemporaryDirectory() as tmp:
-        done = subprocess.run([sys.executable, "-c", script, os.path.join(tmp, "m.onnx")], capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-c", script, os.path.join(tmp, "m.onnx")], capture_output=True, text=True
+        )
         assert done.returncode == 0, done.stderr
         assert os.path.isfile(os.path.join(tmp, "m.onnx"))

@@ -1,5 +1,6 @@
 """Evaluation plots (issue 16 item 7): class names on the per-class axes, the variants named by what they are, the
 estimate scatter with its slope-1 line and correlations, training curves from log.jsonl, and where they are written."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,12 @@ from PIL import Image
 
 from npe_models.classification import classification_metrics, evaluate_model, prior_diagnostics
 from npe_models.classification.checkpoint import set_label_names
-from npe_models.classification.plots import (estimate_figure, per_class_accuracy_figure, save_evaluation_plots,
-                                             training_curves_figure)
+from npe_models.classification.plots import (
+    estimate_figure,
+    per_class_accuracy_figure,
+    save_evaluation_plots,
+    training_curves_figure,
+)
 from npe_models.cli import main
 from npe_models.data import load_long_tailed
 from npe_models.runs import read_jsonl
@@ -28,15 +33,26 @@ def _metrics(primary: str = "npe_la", method: str = "npe", **extra) -> dict:
     """Metrics of one set as evaluate_model computes them, from random predictions and estimates."""
     generator = torch.Generator().manual_seed(0)
     labels = torch.arange(len(COUNTS)).repeat(8)
-    scores = {variant: classification_metrics(torch.randint(0, len(COUNTS), labels.shape, generator=generator),
-                                              labels, COUNTS)
-              for variant in ((primary, "plain") if primary != "plain" else ("plain",))}
+    scores = {
+        variant: classification_metrics(
+            torch.randint(0, len(COUNTS), labels.shape, generator=generator), labels, COUNTS
+        )
+        for variant in ((primary, "plain") if primary != "plain" else ("plain",))
+    }
     scores["posthoc_la"] = classification_metrics(labels, labels, COUNTS)
     if primary == "npe_la":
-        estimate = torch.log(torch.tensor(COUNTS, dtype=torch.float64)) + torch.randn(40, len(COUNTS), generator=generator)
+        estimate = torch.log(torch.tensor(COUNTS, dtype=torch.float64)) + torch.randn(
+            40, len(COUNTS), generator=generator
+        )
         scores["prior"] = prior_diagnostics(estimate, COUNTS)
-    return {"primary": primary, "method": method, "train_counts": COUNTS, "class_names": NAMES,
-            "sets": {"full": scores}, **extra}
+    return {
+        "primary": primary,
+        "method": method,
+        "train_counts": COUNTS,
+        "class_names": NAMES,
+        "sets": {"full": scores},
+        **extra,
+    }
 
 
 def test_per_class_bars_are_the_metrics_with_class_names_in_count_order():
@@ -49,9 +65,16 @@ def test_per_class_bars_are_the_metrics_with_class_names_in_count_order():
     assert [tick.get_text() for tick in axes.get_xticklabels()] == [f"{NAMES[c]}\n({COUNTS[c]})" for c in ORDER]
 
 
-@pytest.mark.parametrize("method, merged, label", [("posthoc_la", False, "post-hoc LA"), ("ce", False, "CE"),
-                                                   ("crt", False, "cRT"), ("npe", True, "NPE-LA, merged"),
-                                                   (None, False, "plain")])
+@pytest.mark.parametrize(
+    "method, merged, label",
+    [
+        ("posthoc_la", False, "post-hoc LA"),
+        ("ce", False, "CE"),
+        ("crt", False, "cRT"),
+        ("npe", True, "NPE-LA, merged"),
+        (None, False, "plain"),
+    ],
+)
 def test_a_plain_models_bar_is_named_by_its_training_method(method, merged, label):
     """Post-hoc LA folds its adjustment into the bias: its logits are post-hoc LA's, not "unadjusted"."""
     metrics = _metrics("plain", method, merged=merged)
@@ -59,11 +82,18 @@ def test_a_plain_models_bar_is_named_by_its_training_method(method, merged, labe
 
 
 def test_many_classes_are_named_without_counts_and_too_many_unnamed():
-    wide = {"primary": "plain", "train_counts": list(range(60, 10, -1)), "class_names": [f"c{i}" for i in range(50)],
-            "sets": {"full": {"plain": {"per_class": [50.0] * 50}}}}
+    wide = {
+        "primary": "plain",
+        "train_counts": list(range(60, 10, -1)),
+        "class_names": [f"c{i}" for i in range(50)],
+        "sets": {"full": {"plain": {"per_class": [50.0] * 50}}},
+    }
     assert [t.get_text() for t in per_class_accuracy_figure(wide).axes[0].get_xticklabels()][:2] == ["c0", "c1"]
-    huge = {"primary": "plain", "train_counts": list(range(1200, 0, -1)),
-            "sets": {"full": {"plain": {"per_class": [50.0] * 1200}}}}
+    huge = {
+        "primary": "plain",
+        "train_counts": list(range(1200, 0, -1)),
+        "sets": {"full": {"plain": {"per_class": [50.0] * 1200}}},
+    }
     figure = per_class_accuracy_figure(huge)
     assert figure.get_figwidth() <= 40 and len(figure.axes[0].get_xticklabels()) < 100
 
@@ -72,8 +102,9 @@ def test_estimate_scatter_has_the_slope_one_line_and_the_computed_correlations()
     metrics = _metrics()
     prior = metrics["sets"]["full"]["prior"]
     axes = estimate_figure(metrics, "full").axes[0]
-    np.testing.assert_allclose(axes.collections[0].get_offsets(), np.column_stack([prior["log_count"],
-                                                                                   prior["mean_estimate"]]))
+    np.testing.assert_allclose(
+        axes.collections[0].get_offsets(), np.column_stack([prior["log_count"], prior["mean_estimate"]])
+    )
     lines = {line.get_label(): line for line in axes.lines}
     x, y = lines["slope 1"].get_data()
     assert (y[1] - y[0]) / (x[1] - x[0]) == pytest.approx(1.0)
@@ -87,6 +118,7 @@ def test_estimate_scatter_has_the_slope_one_line_and_the_computed_correlations()
 
 def _records() -> list[dict]:
     """log.jsonl records of a three-epoch NPE run scored at epochs 2 and 3."""
+
     def test(top1):
         return {"full": {"top1": top1, "balanced": top1, "many": top1 + 5, "medium": top1, "few": None}}
 
@@ -100,17 +132,23 @@ def test_training_curves_are_the_logs_losses_and_evaluated_epochs():
     records = _records()
     loss, top1, groups = training_curves_figure(records).axes
     assert {line.get_label(): list(line.get_ydata()) for line in loss.lines} == {
-        key: [r[key] for r in records] for key in ("loss", "loss_ce", "loss_npe")}
+        key: [r[key] for r in records] for key in ("loss", "loss_ce", "loss_npe")
+    }
     curves = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in top1.lines}
     assert curves == {"full": ([2, 3], [40.0, 50.0]), "full, unadjusted": ([2, 3], [35.0, 42.0])}
     assert {line.get_label(): list(line.get_ydata()) for line in groups.lines} == {
-        "Many": [45.0, 55.0], "Medium": [40.0, 50.0]}  # Few has no classes: no line
+        "Many": [45.0, 55.0],
+        "Medium": [40.0, 50.0],
+    }  # Few has no classes: no line
 
 
 def test_saved_plots_are_pngs(tmp_path):
     paths = save_evaluation_plots(_metrics(), tmp_path, "full", "a title", _records())
-    assert [p.name for p in paths] == ["per_class_accuracy_full.png", "estimate_vs_log_count_full.png",
-                                       "training_curves.png"]
+    assert [p.name for p in paths] == [
+        "per_class_accuracy_full.png",
+        "estimate_vs_log_count_full.png",
+        "training_curves.png",
+    ]
     for path in paths:
         assert path.read_bytes()[:8] == PNG_SIGNATURE
         with Image.open(path) as image:
@@ -131,8 +169,9 @@ def test_training_and_evaluate_write_the_plots_and_evaluate_prints_where(capsys,
     out = tmp_path / "eval"
     assert main(["evaluate", str(run), "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    expected = [out / name for name in ("per_class_accuracy_full.png", "estimate_vs_log_count_full.png",
-                                        "training_curves.png")]
+    expected = [
+        out / name for name in ("per_class_accuracy_full.png", "estimate_vs_log_count_full.png", "training_curves.png")
+    ]
     for path in expected:
         assert f"  {path}\n" in printed and path.read_bytes()[:8] == PNG_SIGNATURE
     metrics = json.loads((out / "metrics.json").read_text())

@@ -1,6 +1,7 @@
 """``npe-models predict`` and ``npe_models.classification.inference`` on real CIFAR-10 test images written as PNG files:
 the bundled NPE model, its NPE-LA strength, a run directory, bare weights, a Hub folder and an ONNX file, the
 output formats, and a clear one-line error for each bad input."""
+
 from __future__ import annotations
 
 import csv
@@ -84,8 +85,13 @@ def exports(npe_model, tmp_path_factory) -> dict[str, Path]:
     onnx.save(proto, str(folder / "old.onnx"))
     save_weights(folder / "run" / "model.safetensors", npe_model, TrainConfig(model=MODEL))
     save_weights(folder / "bare.safetensors", npe_model)
-    return {"hub": save_for_hub(npe_model, folder / "hub"), "onnx": onnx_path, "old_onnx": folder / "old.onnx",
-            "run": folder / "run", "bare": folder / "bare.safetensors"}
+    return {
+        "hub": save_for_hub(npe_model, folder / "hub"),
+        "onnx": onnx_path,
+        "old_onnx": folder / "old.onnx",
+        "run": folder / "run",
+        "bare": folder / "bare.safetensors",
+    }
 
 
 def _top1(predictions) -> list[int]:

@@ -4,6 +4,7 @@ The packaging tests use a randomly initialised model saved as if it were a finis
 they check the machinery (files, hashes, manifest, Hub folder, both forms), not accuracy. The
 tests parametrised over the manifest check the real checkpoints we ship.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,7 +26,13 @@ from npe_models.models import _bundled, parse_npe_name
 from npe_models.models._bundled import EXTRA_WEIGHTS_DIR, WEIGHTS_DIR, checkpoint_path, file_sha256, shipped_checkpoints
 from npe_models.models.segmentation import UNet_FCN_Weights
 from npe_models.npe import NPEHead
-from zoo import checkpoint_names, is_shipped, package_run, read_manifest, reproduces  # release tooling in export/, on the test path
+from zoo import (
+    checkpoint_names,
+    is_shipped,
+    package_run,
+    read_manifest,
+    reproduces,
+)  # release tooling in export/, on the test path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = list(shipped_checkpoints())
@@ -59,7 +66,11 @@ def _fake_finished_run(run_dir: Path, data_dir: Path, data, method: str = "npe",
     write_json(run_dir / "config.json", config.to_dict())
     save_weights(run_dir / "model.safetensors", model, config)
     metrics = evaluate_model(model, data, CPU)
-    trained = {"seconds": 7200.0, "images_per_s": 200.0, "devices": ["cpu"]} if config.epochs else {"seconds": 0, "images_per_s": None, "devices": []}
+    trained = (
+        {"seconds": 7200.0, "images_per_s": 200.0, "devices": ["cpu"]}
+        if config.epochs
+        else {"seconds": 0, "images_per_s": None, "devices": []}
+    )
     write_json(run_dir / METRICS_FILE, {**metrics, "training": {"epochs": config.epochs, **trained}})
     return model
 
@@ -83,13 +94,20 @@ def test_a_packaged_run_counts_as_shipped_in_its_manifest_only(packaged, tmp_pat
     assert not is_shipped(root / "run", tmp_path)  # an empty weights folder ships nothing
 
 
-@pytest.mark.parametrize("overrides, expected", [
-    (dict(method="npe", model="resnet32_npe16", rho=50.0),
-     ("resnet32_npe16.cifar10_lt_r50_hp2", "resnet32.cifar10_lt_r50_hp2_npe16_merged")),
-    (dict(method="npe", model="resnet32_npe16", seed=1),
-     ("resnet32_npe16.cifar10_lt_r100_hp2_s1", "resnet32.cifar10_lt_r100_hp2_s1_npe16_merged")),
-    (dict(method="la", model="resnet32", seed=2), ("resnet32.cifar10_lt_r100_hp2_la_s2", None)),
-])
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (
+            dict(method="npe", model="resnet32_npe16", rho=50.0),
+            ("resnet32_npe16.cifar10_lt_r50_hp2", "resnet32.cifar10_lt_r50_hp2_npe16_merged"),
+        ),
+        (
+            dict(method="npe", model="resnet32_npe16", seed=1),
+            ("resnet32_npe16.cifar10_lt_r100_hp2_s1", "resnet32.cifar10_lt_r100_hp2_s1_npe16_merged"),
+        ),
+        (dict(method="la", model="resnet32", seed=2), ("resnet32.cifar10_lt_r100_hp2_la_s2", None)),
+    ],
+)
 def test_checkpoint_names_tell_rho_and_seed_apart(overrides: dict, expected: tuple) -> None:
     """Seed 0 keeps the default tag; other seeds and imbalance ratios never overwrite it."""
     method = overrides.pop("method")
@@ -98,7 +116,9 @@ def test_checkpoint_names_tell_rho_and_seed_apart(overrides: dict, expected: tup
 
 def test_package_posthoc_run_names_the_checkpoint_it_adjusts(tmp_path: Path, data_dir: Path, cifar10_lt) -> None:
     _fake_finished_run(tmp_path / "ce", data_dir, cifar10_lt, "ce", model="resnet32")
-    _fake_finished_run(tmp_path / "posthoc", data_dir, cifar10_lt, "posthoc_la", model="resnet32", init=str(tmp_path / "ce"))
+    _fake_finished_run(
+        tmp_path / "posthoc", data_dir, cifar10_lt, "posthoc_la", model="resnet32", init=str(tmp_path / "ce")
+    )
     names = package_run(tmp_path / "posthoc", weights_dir=tmp_path / "weights", hub_dir=tmp_path / "hub")
     assert names == ["resnet32.cifar10_lt_r100_hp2_posthoc_la"]
     card = (tmp_path / "hub" / names[0] / "README.md").read_text()
@@ -115,15 +135,19 @@ def test_package_run_keeps_other_seeds_and_ratios_out_of_the_wheel(tmp_path: Pat
     entry = read_manifest(tmp_path / "weights" / "manifest.json")[names[0]]
     assert not entry["bundled"] and not (tmp_path / "weights" / entry["file"]).exists()
     assert entry["sha256"] == file_sha256(tmp_path / "weights" / EXTRA_WEIGHTS_DIR.name / entry["file"])
-    assert "`npe_models/weights/extra/resnet32.cifar10_lt_r100_hp2_s1.safetensors` in a source checkout" in (
-        tmp_path / "hub" / names[0] / "README.md").read_text()
+    assert (
+        "`npe_models/weights/extra/resnet32.cifar10_lt_r100_hp2_s1.safetensors` in a source checkout"
+        in (tmp_path / "hub" / names[0] / "README.md").read_text()
+    )
 
 
 def test_wheel_bundles_the_default_checkpoints_only_and_stays_small() -> None:
     """The package data globs of pyproject.toml take the bundled files and leave ``weights/extra/`` out."""
     import tomllib
 
-    patterns = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["npe_models"]
+    patterns = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][
+        "npe_models"
+    ]
     in_wheel = {path for pattern in patterns for path in (REPO_ROOT / "npe_models").glob(pattern)}
     for name, entry in shipped_checkpoints().items():
         assert (checkpoint_path(entry) in in_wheel) == entry["bundled"], name
@@ -164,10 +188,14 @@ def test_unbundled_checkpoint_comes_from_the_hub_sha256_checked_or_says_how_to_g
     with torch.no_grad():
         torch.testing.assert_close(from_hub(x), in_checkout(x), rtol=0, atol=0)
     _corrupt(hub_copy)
-    with pytest.raises(RuntimeError, match=f"is corrupted: .* The Hub copy at npe-models/{name} is not the shipped file"):
+    with pytest.raises(
+        RuntimeError, match=f"is corrupted: .* The Hub copy at npe-models/{name} is not the shipped file"
+    ):
         timm.create_model(name, pretrained=True, **as_installed)
     hub_copy.unlink()
-    with pytest.raises(RuntimeError, match=f"'{name}' is not bundled with this installation .* LocalEntryNotFoundError") as error:
+    with pytest.raises(
+        RuntimeError, match=f"'{name}' is not bundled with this installation .* LocalEntryNotFoundError"
+    ) as error:
         timm.create_model(name, pretrained=True, **as_installed)
     assert f"python export/package_pretrained.py --hub-only {name} --hub-dir hub/" in str(error.value)
 
@@ -192,8 +220,14 @@ def test_package_run_records_files_hashes_and_metrics(packaged) -> None:
 def test_packaged_forms_load_and_agree(packaged) -> None:
     root, model, names = packaged
     x = torch.randn(4, 3, 32, 32)
-    unmerged = timm.create_model("resnet32_npe16", pretrained=True, pretrained_cfg_overlay=dict(file=str(root / "weights" / f"{names[0]}.safetensors")))
-    merged = timm.create_model("resnet32", pretrained=True, pretrained_cfg_overlay=dict(file=str(root / "weights" / f"{names[1]}.safetensors")))
+    unmerged = timm.create_model(
+        "resnet32_npe16",
+        pretrained=True,
+        pretrained_cfg_overlay=dict(file=str(root / "weights" / f"{names[0]}.safetensors")),
+    )
+    merged = timm.create_model(
+        "resnet32", pretrained=True, pretrained_cfg_overlay=dict(file=str(root / "weights" / f"{names[1]}.safetensors"))
+    )
     assert isinstance(unmerged.fc, NPEHead) and isinstance(merged.fc, torch.nn.Linear)
     with torch.no_grad():
         expected = model(x)

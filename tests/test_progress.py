@@ -1,5 +1,6 @@
 """A training run a person can watch (issue 16 item 6): the run-level and step bars on stderr, the evaluation bar,
 --no-progress, and TensorBoard scalars that equal the log."""
+
 from __future__ import annotations
 
 import json
@@ -63,12 +64,25 @@ def test_tensorboard_scalars_equal_the_log(watched_run):
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"loss", "loss_ce", "loss_npe", "lr", "train/top1", "test/full/top1", "test/full/medium",
-            "test_unadjusted/full/top1", "test_estimate/full/pearson", "test_estimate/full/spearman"} <= tags
+    assert {
+        "loss",
+        "loss_ce",
+        "loss_npe",
+        "lr",
+        "train/top1",
+        "test/full/top1",
+        "test/full/medium",
+        "test_unadjusted/full/top1",
+        "test_estimate/full/pearson",
+        "test_estimate/full/spearman",
+    } <= tags
     assert "epoch" not in tags and "images" not in tags
     log = read_jsonl(run / "log.jsonl")
-    for tag, value_of in (("loss", lambda r: r["loss"]), ("test/full/top1", lambda r: r["test"]["full"]["top1"]),
-                          ("test_estimate/full/spearman", lambda r: r["test_estimate"]["full"]["spearman"])):
+    for tag, value_of in (
+        ("loss", lambda r: r["loss"]),
+        ("test/full/top1", lambda r: r["test"]["full"]["top1"]),
+        ("test_estimate/full/spearman", lambda r: r["test_estimate"]["full"]["spearman"]),
+    ):
         scalars = events.Scalars(tag)
         assert [s.step for s in scalars] == [1, 2]
         assert [s.value for s in scalars] == pytest.approx([value_of(r) for r in log], rel=1e-6), tag

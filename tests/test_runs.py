@@ -1,4 +1,5 @@
 """The shared run machinery: files, weights, settings, the resume check, the task of a run and the training loop."""
+
 from __future__ import annotations
 
 import json
@@ -151,8 +152,10 @@ def test_weights_metadata_round_trip(tmp_path: Path) -> None:
 
 
 def test_run_task_of_new_and_legacy_runs(tmp_path: Path) -> None:
-    for name, task in (("classification_npe4_interrupted", "classification"),
-                       ("segmentation_unet_npe1_interrupted", "segmentation")):
+    for name, task in (
+        ("classification_npe4_interrupted", "classification"),
+        ("segmentation_unet_npe1_interrupted", "segmentation"),
+    ):
         assert "task" not in read_json(LEGACY / name / CONFIG_FILE)
         assert run_task(LEGACY / name) == run_task(LEGACY / name / CHECKPOINT_FILE) == task
         assert run_task(LEGACY / name / CONFIG_FILE) == task
@@ -193,8 +196,13 @@ class _ToyLoop(TrainingLoop):
     task = "classification"
     unit = "step"
 
-    def __init__(self, config: _ToySettings, run_dir: Optional[Path], stop_at: Optional[int] = None,
-                 explode_at: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        config: _ToySettings,
+        run_dir: Optional[Path],
+        stop_at: Optional[int] = None,
+        explode_at: Optional[int] = None,
+    ) -> None:
         super().__init__(config, run_dir, config.steps)
         torch.manual_seed(0)
         self.model, self.stop_at, self.explode_at = nn.Module(), stop_at, explode_at
@@ -210,7 +218,7 @@ class _ToyLoop(TrainingLoop):
         if index == self.stop_at:
             raise KeyboardInterrupt
         value = self.model.value
-        loss = value ** 2 * (float("nan") if index == self.explode_at else 1.0)
+        loss = value**2 * (float("nan") if index == self.explode_at else 1.0)
         if not torch.isfinite(loss):
             raise self.non_finite(index, loss.item())
         value -= self.config.lr * (2 * value + torch.randn(()))

@@ -1,4 +1,5 @@
 """NPE segmentation models: torchvision registration, output contract, PEM types, merging, the dense loss."""
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -19,8 +20,13 @@ from npe_models.segmentation.losses import upsampled_true_class_logits
 
 ARCHS = tuple(seg.SEGMENTATION_ARCHITECTURES)
 LIGHT_ARCHS = ("deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large", "unet_fcn")
-HAS_AUX = {"deeplabv3_resnet50": True, "deeplabv3_mobilenet_v3_large": True, "fcn_resnet50": True,
-           "lraspp_mobilenet_v3_large": False, "unet_fcn": True}
+HAS_AUX = {
+    "deeplabv3_resnet50": True,
+    "deeplabv3_mobilenet_v3_large": True,
+    "fcn_resnet50": True,
+    "lraspp_mobilenet_v3_large": False,
+    "unet_fcn": True,
+}
 NUM_CLASSES = 3
 INPUT = (2, 3, 40, 48)
 
@@ -56,8 +62,13 @@ def _calibrate_and_randomise(model: nn.Module, images: torch.Tensor, pem_std: fl
 
 def _build(arch: str, pem_type: str = "linear", num_pems: int = 2, alpha: float = 0.5) -> nn.Module:
     return npe_models.create_segmentation_model(
-        arch, num_pems=num_pems, pem_type=pem_type, num_classes=NUM_CLASSES, alpha=alpha,
-        aux_loss=HAS_AUX[arch] or None, **_small_kwargs(arch),
+        arch,
+        num_pems=num_pems,
+        pem_type=pem_type,
+        num_classes=NUM_CLASSES,
+        alpha=alpha,
+        aux_loss=HAS_AUX[arch] or None,
+        **_small_kwargs(arch),
     )
 
 

@@ -1,4 +1,5 @@
 """STARE on real data: the split, and a short baseline -> frozen -> PEM run through the command line."""
+
 from __future__ import annotations
 
 import json
@@ -32,20 +33,83 @@ def test_stare_split_and_annotations(data_dir: Path) -> None:
 
 
 def _evaluate(run: Path, data_dir: Path, alphas: list[str], annotations: list[str]) -> dict:
-    status = main(["evaluate", str(run), "--data-dir", str(data_dir), "--device", "cpu", "--mode", "whole",
-                   "--alpha", *alphas, "--annotation", *annotations, "--overlays", "1"])
+    status = main(
+        [
+            "evaluate",
+            str(run),
+            "--data-dir",
+            str(data_dir),
+            "--device",
+            "cpu",
+            "--mode",
+            "whole",
+            "--alpha",
+            *alphas,
+            "--annotation",
+            *annotations,
+            "--overlays",
+            "1",
+        ]
+    )
     assert status == 0
     return json.loads((run / "eval" / "metrics.json").read_text())["results"]
 
 
 def test_short_stare_run_baseline_then_frozen_pem(data_dir: Path, tmp_path: Path) -> None:
-    common = ["--data-dir", str(data_dir), "--device", "cpu", "--model-arg", "base_channels=8",
-              "--crop-size", "64", "--batch-size", "4"]
+    common = [
+        "--data-dir",
+        str(data_dir),
+        "--device",
+        "cpu",
+        "--model-arg",
+        "base_channels=8",
+        "--crop-size",
+        "64",
+        "--batch-size",
+        "4",
+    ]
     baseline, npe = tmp_path / "baseline", tmp_path / "npe"
-    assert main(["train", "--model", "unet_fcn", "--no-freeze-backbone", "--iterations", "20", "--lr", "0.05",
-                 "--lr-schedule", "poly", "--out", str(baseline), *common]) == 0
-    assert main(["train", "--model", "unet_fcn_npe1", "--freeze-decode-head", "--iterations", "20",
-                 "--milestones", "10", "15", "--init", str(baseline), "--out", str(npe), *common]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "unet_fcn",
+                "--no-freeze-backbone",
+                "--iterations",
+                "20",
+                "--lr",
+                "0.05",
+                "--lr-schedule",
+                "poly",
+                "--out",
+                str(baseline),
+                *common,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "unet_fcn_npe1",
+                "--freeze-decode-head",
+                "--iterations",
+                "20",
+                "--milestones",
+                "10",
+                "15",
+                "--init",
+                str(baseline),
+                "--out",
+                str(npe),
+                *common,
+            ]
+        )
+        == 0
+    )
     assert main(["train", "--model", "unet_fcn_npe1", "--iterations", "20", "--out", str(npe), *common]) == 1
     log = [json.loads(line) for line in (npe / "log.jsonl").read_text().splitlines()]
     assert set(log[-1]) >= {"npe", "loss"} and "ce" not in log[-1]  # only the PEM trains
@@ -85,15 +149,21 @@ def test_train_run_from_settings_baseline_then_pems(data_dir: Path, tmp_path: Pa
     config = resolve_segmentation_config(baseline, False, model="unet_fcn", **common)
     bars: list[_Bar] = []
     with pytest.warns(UserWarning, match="frozen but randomly initialised"):
-        record = train_run(config, baseline, data_dir=data_dir, device="cpu",
-                           progress=lambda **kwargs: bars.append(_Bar(**kwargs)) or bars[-1])
+        record = train_run(
+            config,
+            baseline,
+            data_dir=data_dir,
+            device="cpu",
+            progress=lambda **kwargs: bars.append(_Bar(**kwargs)) or bars[-1],
+        )
     assert record["iteration"] == 2 and (bars[0].n, bars[0].desc, bars[0].closed) == (2, "train unet_fcn", True)
     assert set(bars[0].postfix) == {"lr", "loss", "ce"}
     saved = read_run_config(baseline)
     assert saved["task"] == "segmentation" and saved["data"]["images"] == StareSegmentation(data_dir, "train").ids
 
-    config = resolve_segmentation_config(npe, False, model="unet_fcn_npe1", init=str(baseline), freeze_decode_head=True,
-                                         **common)
+    config = resolve_segmentation_config(
+        npe, False, model="unet_fcn_npe1", init=str(baseline), freeze_decode_head=True, **common
+    )
     train_run(config, npe, data_dir=data_dir, device="cpu")
     (plain, _), (adjusted, _) = load_segmentation_model(baseline), load_segmentation_model(npe)
     for name, value in plain.state_dict().items():  # everything but the PEMs stayed frozen at the baseline's values

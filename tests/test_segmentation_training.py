@@ -1,4 +1,5 @@
 """Segmentation training and evaluation: frozen parts, resuming, crops, metrics, sliding windows, several alphas."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,7 +42,7 @@ class _Blobs(Dataset):
         for _ in range(count):
             mask = torch.zeros(size, dtype=torch.int64)
             top, left = (int(torch.randint(0, s - 12, (1,), generator=generator)) for s in size)
-            mask[top:top + 12, left:left + 12] = 1
+            mask[top : top + 12, left : left + 12] = 1
             noise = torch.randint(0, 60, (3, *size), generator=generator)
             self.images.append((noise + 150 * mask).to(torch.uint8))
             self.masks.append(mask)
@@ -55,8 +56,9 @@ class _Blobs(Dataset):
 
 
 def _model_config(name: str = "unet_fcn_npe2") -> SegmentationModelConfig:
-    return SegmentationModelConfig(name=name, num_classes=2, aux_loss=True, model_kwargs={"base_channels": 4},
-                                   class_names=["background", "blob"])
+    return SegmentationModelConfig(
+        name=name, num_classes=2, aux_loss=True, model_kwargs={"base_channels": 4}, class_names=["background", "blob"]
+    )
 
 
 def _train_config(**overrides) -> SegmentationTrainConfig:
@@ -106,36 +108,77 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path: Path) -> None:
     model_config = _model_config()
     torch.manual_seed(0)
     straight = model_config.build()
-    train_segmentation(straight, _Blobs(), _train_config(iterations=4, freeze_backbone=False), model_config,
-                       output_dir=tmp_path / "straight")
+    train_segmentation(
+        straight,
+        _Blobs(),
+        _train_config(iterations=4, freeze_backbone=False),
+        model_config,
+        output_dir=tmp_path / "straight",
+    )
     torch.manual_seed(0)
     interrupted = model_config.build()
-    train_segmentation(interrupted, _Blobs(), _train_config(iterations=2, freeze_backbone=False), model_config,
-                       output_dir=tmp_path / "resumed")
+    train_segmentation(
+        interrupted,
+        _Blobs(),
+        _train_config(iterations=2, freeze_backbone=False),
+        model_config,
+        output_dir=tmp_path / "resumed",
+    )
     resumed = model_config.build()  # fresh weights: everything must come from the checkpoint
     with pytest.raises(FileExistsError, match="resume"):
-        train_segmentation(resumed, _Blobs(), _train_config(iterations=4, freeze_backbone=False), model_config,
-                           output_dir=tmp_path / "resumed")
-    record = train_segmentation(resumed, _Blobs(), _train_config(iterations=4, freeze_backbone=False), model_config,
-                                output_dir=tmp_path / "resumed", resume=True)
+        train_segmentation(
+            resumed,
+            _Blobs(),
+            _train_config(iterations=4, freeze_backbone=False),
+            model_config,
+            output_dir=tmp_path / "resumed",
+        )
+    record = train_segmentation(
+        resumed,
+        _Blobs(),
+        _train_config(iterations=4, freeze_backbone=False),
+        model_config,
+        output_dir=tmp_path / "resumed",
+        resume=True,
+    )
     assert record["iteration"] == 4
     for name, value in straight.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[name], value, rtol=0, atol=0, msg=name)
     assert (tmp_path / "resumed" / "model.safetensors").is_file()
     with pytest.raises(ValueError, match="lr"):
-        train_segmentation(model_config.build(), _Blobs(), _train_config(iterations=5, freeze_backbone=False, lr=0.1),
-                           model_config, output_dir=tmp_path / "resumed", resume=True)
+        train_segmentation(
+            model_config.build(),
+            _Blobs(),
+            _train_config(iterations=5, freeze_backbone=False, lr=0.1),
+            model_config,
+            output_dir=tmp_path / "resumed",
+            resume=True,
+        )
 
 
 def test_resolve_segmentation_config_for_fresh_and_resumed_runs(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    fresh = resolve_segmentation_config(run, False, model="unet_fcn_npe1", model_kwargs={"base_channels": 4},
-                                        iterations=8, milestones=[2, 4], alpha=None, init="baseline")
-    assert fresh.model == SegmentationModelConfig(name="unet_fcn_npe1", num_classes=2, model_kwargs={"base_channels": 4},
-                                                  class_names=["background", "vessel"])
+    fresh = resolve_segmentation_config(
+        run,
+        False,
+        model="unet_fcn_npe1",
+        model_kwargs={"base_channels": 4},
+        iterations=8,
+        milestones=[2, 4],
+        alpha=None,
+        init="baseline",
+    )
+    assert fresh.model == SegmentationModelConfig(
+        name="unet_fcn_npe1", num_classes=2, model_kwargs={"base_channels": 4}, class_names=["background", "vessel"]
+    )
     assert fresh.train == SegmentationTrainConfig(iterations=8, milestones=(2, 4))
-    assert fresh.data == {"dataset": "stare", "annotation": "ah", "init": "baseline", "weights": None,
-                          "weights_backbone": None}
+    assert fresh.data == {
+        "dataset": "stare",
+        "annotation": "ah",
+        "init": "baseline",
+        "weights": None,
+        "weights_backbone": None,
+    }
     with pytest.raises(FileNotFoundError, match=f"nothing to resume in {run}"):
         resolve_segmentation_config(run, True)
     with pytest.raises(ValueError, match="pass the segmentation model"):
@@ -220,8 +263,16 @@ def test_several_alphas_in_one_pass_match_the_models_own_output(tmp_path: Path) 
         head.pem_bias.view(head.num_pems, 2)[:, 1] = -5.0  # a large prior estimate for class 1
     dataset = _Blobs()
     results = evaluate_segmentation(
-        model, dataset, num_classes=2, mean=model_config.mean, std=model_config.std, alphas=[0, 0.7],
-        mode="whole", class_names=model_config.class_names, overlay_dir=tmp_path, num_overlays=2,
+        model,
+        dataset,
+        num_classes=2,
+        mean=model_config.mean,
+        std=model_config.std,
+        alphas=[0, 0.7],
+        mode="whole",
+        class_names=model_config.class_names,
+        overlay_dir=tmp_path,
+        num_overlays=2,
     )
     model.alpha = 0.7
     expected = torch.zeros(2, 2, dtype=torch.int64)
@@ -236,8 +287,9 @@ def test_several_alphas_in_one_pass_match_the_models_own_output(tmp_path: Path) 
         assert overlay.size == (44 * 3, 40)  # ground truth, alpha 0, alpha 0.7 side by side
     plain = npe_models.create_segmentation_model("unet_fcn", base_channels=4)
     with pytest.raises(ValueError, match="alphas=\\[0\\]"):
-        evaluate_segmentation(plain, dataset, num_classes=2, mean=model_config.mean, std=model_config.std,
-                              alphas=[0, 0.5])
+        evaluate_segmentation(
+            plain, dataset, num_classes=2, mean=model_config.mean, std=model_config.std, alphas=[0, 0.5]
+        )
 
 
 def test_is_segmentation_model() -> None:

@@ -1,4 +1,5 @@
 """The STARE weights shipped with the package: torchvision's weights API, offline loading, sha256, recorded Dice."""
+
 from __future__ import annotations
 
 import shutil
@@ -18,8 +19,12 @@ NPE, BASELINE = UNet_FCN_Weights.STARE_NPE1_FCN, UNet_FCN_Weights.STARE
 def _config(weights) -> SegmentationModelConfig:
     meta = weights.meta
     return SegmentationModelConfig(
-        name="unet_fcn_npe1", num_classes=len(meta["categories"]), pem_type="fcn", class_names=meta["categories"],
-        mean=tuple(meta["mean"]), std=tuple(meta["std"]),
+        name="unet_fcn_npe1",
+        num_classes=len(meta["categories"]),
+        pem_type="fcn",
+        class_names=meta["categories"],
+        mean=tuple(meta["mean"]),
+        std=tuple(meta["std"]),
     )
 
 
@@ -48,12 +53,15 @@ def test_npe_form_and_baseline_load_offline_from_one_file() -> None:
     assert all(torch.equal(fresh.state_dict()[key], value) for key, value in baseline.state_dict().items())
 
 
-@pytest.mark.parametrize("name, kwargs, message", [
-    ("unet_fcn_npe16", {}, "1 trained .fcn. PEM.*weights=.STARE. .the network alone. for fresh PEMs"),
-    ("unet_fcn_npe1", {"pem_type": "linear"}, "pem_type='fcn'"),
-    ("unet_fcn_npe1", {"base_channels": 8}, "trained with base_channels="),
-    ("unet_fcn_npe1", {"num_classes": 3}, "trained with num_classes=2"),
-])
+@pytest.mark.parametrize(
+    "name, kwargs, message",
+    [
+        ("unet_fcn_npe16", {}, "1 trained .fcn. PEM.*weights=.STARE. .the network alone. for fresh PEMs"),
+        ("unet_fcn_npe1", {"pem_type": "linear"}, "pem_type='fcn'"),
+        ("unet_fcn_npe1", {"base_channels": 8}, "trained with base_channels="),
+        ("unet_fcn_npe1", {"num_classes": 3}, "trained with num_classes=2"),
+    ],
+)
 def test_weights_fix_what_they_were_trained_with(name: str, kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         torchvision.models.get_model(name, weights="DEFAULT", **kwargs)
@@ -76,7 +84,9 @@ def test_corrupted_weights_file_fails_its_sha256(tmp_path, monkeypatch) -> None:
 
 def test_npe_form_reproduces_its_recorded_quick_check(data_dir) -> None:
     recorded = NPE.meta["quick_check"]
-    measured = stare_quick_check(torchvision.models.get_model("unet_fcn_npe1", weights="DEFAULT"), _config(NPE), data_dir)
+    measured = stare_quick_check(
+        torchvision.models.get_model("unet_fcn_npe1", weights="DEFAULT"), _config(NPE), data_dir
+    )
     assert measured["image"] == recorded["image"]
     for alpha, value in recorded["mean_dice"].items():
         assert abs(100 * measured["mean_dice"][alpha] - 100 * value) < 0.1, alpha

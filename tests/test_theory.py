@@ -5,6 +5,7 @@ weight ``w_c``; the batch-mean loss plus an L2 penalty ``wd/2 ||W||^2`` (SGD wei
 gives per class ``(N_c / N) softplus(-eta) + wd/2 eta^2``, whose unique minimiser solves
 ``N_c sigmoid(-eta) = lambda eta`` with ``lambda = N * wd``.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -30,8 +31,14 @@ def trained_estimates() -> np.ndarray:
     features = torch.eye(len(counts), dtype=torch.float64)[labels]
     head = NPEHead(len(counts), len(counts), num_pems=1, dtype=torch.float64)
     head.pem_bias.requires_grad_(False)
-    optimizer = torch.optim.LBFGS([head.pem_weight], lr=1, max_iter=500, tolerance_grad=1e-12,
-                                  tolerance_change=1e-15, line_search_fn="strong_wolfe")
+    optimizer = torch.optim.LBFGS(
+        [head.pem_weight],
+        lr=1,
+        max_iter=500,
+        tolerance_grad=1e-12,
+        tolerance_change=1e-15,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()

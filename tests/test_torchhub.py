@@ -1,4 +1,5 @@
 """torch.hub: hubconf.py exposes every registered model, and only models, each documented and loadable."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -55,7 +56,9 @@ def test_pretrained_without_weights_fails_clearly() -> None:
 
 
 def test_load_segmentation_model_from_local_checkout() -> None:
-    model = torch.hub.load(str(REPO_ROOT), "unet_fcn_npe1", source="local", num_classes=3, pem_type="fcn", base_channels=8)
+    model = torch.hub.load(
+        str(REPO_ROOT), "unet_fcn_npe1", source="local", num_classes=3, pem_type="fcn", base_channels=8
+    )
     assert isinstance(model, NPESegmentationMixin) and model.pem_type == "fcn" and model.num_pems == 1
     out = model.eval()(torch.randn(1, 3, 48, 64))
     assert list(out) == ["out"] and out["out"].shape == (1, 3, 48, 64)
@@ -68,7 +71,9 @@ def test_pretrained_segmentation_asks_for_the_base_torchvision_weights(monkeypat
         requested.append(url)
         raise ConnectionError("offline test")
 
-    monkeypatch.setattr("torchvision.models._api.load_state_dict_from_url", offline)  # where torchvision fetches weights
+    monkeypatch.setattr(
+        "torchvision.models._api.load_state_dict_from_url", offline
+    )  # where torchvision fetches weights
     with pytest.raises(ConnectionError):
         torch.hub.load(str(REPO_ROOT), "lraspp_mobilenet_v3_large_npe1", source="local", pretrained=True)
     assert len(requested) == 1 and "lraspp_mobilenet_v3_large" in requested[0]

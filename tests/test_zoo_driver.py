@@ -43,8 +43,13 @@ def fake_bin(tmp_path: Path) -> Path:
 
 
 def _start_lane(fake_bin: Path, zoo: Path, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PATH": f"{fake_bin}{os.pathsep}{os.environ['PATH']}", "ZOO_DIR": str(zoo),
-           "ZOO_PACKAGE": "0", "TRAINED_LOG": str(log)}
+    env = {
+        **os.environ,
+        "PATH": f"{fake_bin}{os.pathsep}{os.environ['PATH']}",
+        "ZOO_DIR": str(zoo),
+        "ZOO_PACKAGE": "0",
+        "TRAINED_LOG": str(log),
+    }
     return subprocess.Popen(["bash", str(DRIVER)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -57,8 +62,14 @@ def test_two_lanes_train_every_run_once_and_each_init_run_first(fake_bin: Path, 
     trained = [line.split() for line in log.read_text().splitlines()]
     names = [name for name, _ in trained]
     assert len(names) == len(set(names)), "a run was trained twice"
-    assert {"resnet32_npe16_r50_hp2", "resnet32_crt_r200_hp2", "resnet32_la_r100_hp1_onedevice_s1",
-            "checks/resnet32_npe16_r100_hp2_bf16", "resnet32_crt_r50_hp2_s2", "resnet32_npe1_r100_hp1_s2"} <= set(names)
+    assert {
+        "resnet32_npe16_r50_hp2",
+        "resnet32_crt_r200_hp2",
+        "resnet32_la_r100_hp1_onedevice_s1",
+        "checks/resnet32_npe16_r100_hp2_bf16",
+        "resnet32_crt_r50_hp2_s2",
+        "resnet32_npe1_r100_hp1_s2",
+    } <= set(names)
     order = {name: index for index, name in enumerate(names)}
     for name, init in trained:
         if init != "-":
@@ -98,8 +109,13 @@ def test_a_start_ships_the_finished_runs_the_manifest_lacks(fake_bin: Path, tmp_
     fake_python = fake_bin / "python"
     fake_python.write_text(f'#!/usr/bin/env bash\necho "$@" >> {calls}\n')
     fake_python.chmod(fake_python.stat().st_mode | stat.S_IXUSR)
-    env = {**os.environ, "PATH": f"{fake_bin}{os.pathsep}{os.environ['PATH']}", "ZOO_DIR": str(zoo),
-           "ZOO_PACKAGE": "1", "TRAINED_LOG": str(log)}
+    env = {
+        **os.environ,
+        "PATH": f"{fake_bin}{os.pathsep}{os.environ['PATH']}",
+        "ZOO_DIR": str(zoo),
+        "ZOO_PACKAGE": "1",
+        "TRAINED_LOG": str(log),
+    }
     result = subprocess.run(["bash", str(DRIVER)], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     (call,) = calls.read_text().splitlines()  # once, for all of them, and nothing trained again
@@ -115,8 +131,14 @@ def test_editing_the_driver_while_a_lane_trains_does_not_derail_it(fake_bin: Pat
     driver.parent.mkdir(parents=True)
     shutil.copy(DRIVER, driver)
     zoo, log = tmp_path / "zoo", tmp_path / "trained.txt"
-    env = {**os.environ, "PATH": f"{fake_bin}{os.pathsep}{os.environ['PATH']}", "ZOO_DIR": str(zoo),
-           "ZOO_PACKAGE": "0", "TRAINED_LOG": str(log), "SLOW_RUN": "resnet32_npe16_r100_hp2"}
+    env = {
+        **os.environ,
+        "PATH": f"{fake_bin}{os.pathsep}{os.environ['PATH']}",
+        "ZOO_DIR": str(zoo),
+        "ZOO_PACKAGE": "0",
+        "TRAINED_LOG": str(log),
+        "SLOW_RUN": "resnet32_npe16_r100_hp2",
+    }
     lane = subprocess.Popen(["bash", str(driver)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lock, deadline = zoo / "resnet32_npe16_r100_hp2" / ".zoo-lane.lock", time.monotonic() + 60
     while not lock.exists() and time.monotonic() < deadline:

@@ -1,12 +1,27 @@
 """Training and evaluation on long-tailed CIFAR: recipes, methods (CE, LA, post-hoc LA, cRT, NPE),
 the training loop with checkpoints and resumption, evaluation metrics and plots, and top-k
 predictions for image files."""
+
 from .checkpoint import build_model, load_checkpoint, load_trained_model, save_weights
 from .config import METHODS, RECIPES, TrainConfig, num_pems_of, resolve_config, resolve_train_config
 from .evaluate import (
-    EvaluationResult, classification_metrics, evaluate_model, evaluate_run, format_metrics, predict, prior_diagnostics, summary,
+    EvaluationResult,
+    classification_metrics,
+    evaluate_model,
+    evaluate_run,
+    format_metrics,
+    predict,
+    prior_diagnostics,
+    summary,
 )
-from .inference import ImageClassifier, ImagePrediction, collect_images, format_predictions, load_image_classifier, predict_images
+from .inference import (
+    ImageClassifier,
+    ImagePrediction,
+    collect_images,
+    format_predictions,
+    load_image_classifier,
+    predict_images,
+)
 from .plots import save_evaluation_plots
 from .train import NonFiniteLossError, TrainResult, train
 

@@ -3,6 +3,7 @@
 The run directory's files and their atomic writing live in :mod:`npe_models.runs`, shared with
 segmentation; they are importable from here too.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,9 +21,21 @@ from ..runs import load_training_state as load_checkpoint
 from .config import TrainConfig, num_pems_of
 
 __all__ = [
-    "save_weights", "set_label_names", "build_model", "load_trained_model", "read_saved_config", "check_num_classes", "load_checkpoint",
+    "save_weights",
+    "set_label_names",
+    "build_model",
+    "load_trained_model",
+    "read_saved_config",
+    "check_num_classes",
+    "load_checkpoint",
     # the run folder's names, from npe_models.runs, importable from here as before
-    "CONFIG_FILE", "LOG_FILE", "CHECKPOINT_FILE", "WEIGHTS_FILE", "METRICS_FILE", "atomic_write", "write_json",
+    "CONFIG_FILE",
+    "LOG_FILE",
+    "CHECKPOINT_FILE",
+    "WEIGHTS_FILE",
+    "METRICS_FILE",
+    "atomic_write",
+    "write_json",
 ]
 
 PathLike = Union[str, Path]
@@ -140,7 +153,9 @@ def load_trained_model(
         raise ValueError(f"{origin} names unknown model {config.model!r}; run `npe-models list` to see the models.")
     saved_classes = _saved_num_classes(state, config.model)
     if saved_classes is None:
-        raise ValueError(f"{origin} has no weights for {config.model}'s classifier; is it a checkpoint of another model?")
+        raise ValueError(
+            f"{origin} has no weights for {config.model}'s classifier; is it a checkpoint of another model?"
+        )
     if num_classes is not None and saved_classes != num_classes:
         raise ValueError(
             f"{origin} has {saved_classes} classes but the data set has {num_classes}; "

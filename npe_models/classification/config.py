@@ -4,6 +4,7 @@ A run's resolved :class:`TrainConfig` is saved as ``config.json`` in its run dir
 checks that the settings that shape the result have not changed. :func:`resolve_train_config` is what
 ``npe-models train`` calls: a fresh run's settings, or a resumed run's.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,7 +21,16 @@ from ..models import npe_model_name, parse_npe_name
 from ..runs import SerializableConfig, resumable_config
 
 __all__ = [
-    "TrainConfig", "RECIPES", "CIFAR_RECIPES", "LARGE_RECIPES", "default_recipe", "METHODS", "RUNTIME_FIELDS", "resolve_config", "resolve_train_config", "num_pems_of",
+    "TrainConfig",
+    "RECIPES",
+    "CIFAR_RECIPES",
+    "LARGE_RECIPES",
+    "default_recipe",
+    "METHODS",
+    "RUNTIME_FIELDS",
+    "resolve_config",
+    "resolve_train_config",
+    "num_pems_of",
 ]
 
 METHODS = ("ce", "la", "posthoc_la", "crt", "npe")
@@ -37,28 +47,48 @@ _LARGE = dict(lr=0.1, batch_size=256, schedule="cosine", milestones=(), amp=True
 LARGE_RECIPES: dict[str, dict[str, Any]] = {
     "imagenet_lt": dict(_LARGE, dataset="imagenet_lt", model="resnet50", weight_decay=5e-4, epochs=180),
     "inat2018": dict(_LARGE, dataset="inat2018", model="resnet50", weight_decay=1e-4, epochs=200),
-    "places_lt": dict(_LARGE, dataset="places_lt", model="resnet152", weight_decay=5e-4, epochs=90,
-                      backbone_weights="imagenet"),
+    "places_lt": dict(
+        _LARGE, dataset="places_lt", model="resnet152", weight_decay=5e-4, epochs=90, backbone_weights="imagenet"
+    ),
 }
 RECIPES: dict[str, dict[str, Any]] = {**CIFAR_RECIPES, **LARGE_RECIPES}
 # cRT re-trains only the classifier: a short cosine schedule at the recipe's lr and weight decay.
 CRT_OVERRIDES: dict[str, Any] = dict(epochs=10, schedule="cosine", milestones=())
 
 # Settings that may change between sittings of one run (paths, hardware) without changing its result.
-RUNTIME_FIELDS = ("data_dir", "split_dir", "download", "workers", "device", "amp", "channels_last", "compile",
-                  "eval_batch_size")
+RUNTIME_FIELDS = (
+    "data_dir",
+    "split_dir",
+    "download",
+    "workers",
+    "device",
+    "amp",
+    "channels_last",
+    "compile",
+    "eval_batch_size",
+)
 # torch.compile modes of the training step (--compile); reduce-overhead adds CUDA graphs, so it needs a GPU.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 # Range of each numeric setting (checked before any data is loaded; see _validation.check_number).
 _NUMBER_RULES: dict[str, dict[str, Any]] = {
-    "rho": dict(minimum=1), "max_per_class": dict(integer=True, minimum=1), "image_size": dict(integer=True, minimum=8),
-    "workers": dict(integer=True, minimum=0), "epochs": dict(integer=True, minimum=0),
-    "batch_size": dict(integer=True, minimum=1), "lr": dict(above=0), "momentum": dict(minimum=0, below=1),
-    "weight_decay": dict(minimum=0), "gamma": dict(above=0), "accum_steps": dict(integer=True, minimum=1),
-    "tau": dict(), "npe_alpha": dict(minimum=0), "seed": dict(integer=True, minimum=0, below=2**32),
-    "eval_every": dict(integer=True, minimum=0), "eval_batch_size": dict(integer=True, minimum=1),
+    "rho": dict(minimum=1),
+    "max_per_class": dict(integer=True, minimum=1),
+    "image_size": dict(integer=True, minimum=8),
+    "workers": dict(integer=True, minimum=0),
+    "epochs": dict(integer=True, minimum=0),
+    "batch_size": dict(integer=True, minimum=1),
+    "lr": dict(above=0),
+    "momentum": dict(minimum=0, below=1),
+    "weight_decay": dict(minimum=0),
+    "gamma": dict(above=0),
+    "accum_steps": dict(integer=True, minimum=1),
+    "tau": dict(),
+    "npe_alpha": dict(minimum=0),
+    "seed": dict(integer=True, minimum=0, below=2**32),
+    "eval_every": dict(integer=True, minimum=0),
+    "eval_batch_size": dict(integer=True, minimum=1),
 }
 _OPTIONAL_NUMBERS = ("rho", "max_per_class", "image_size", "workers")
 
@@ -129,9 +159,13 @@ class TrainConfig(SerializableConfig):
                 f"or the model without the '_npe{pems}' suffix."
             )
         if self.method in METHODS_FROM_CE and not self.init:
-            raise ValueError(f"method {self.method!r} starts from a trained CE model: pass --init RUN_DIR_OR_CHECKPOINT.")
+            raise ValueError(
+                f"method {self.method!r} starts from a trained CE model: pass --init RUN_DIR_OR_CHECKPOINT."
+            )
         if self.method == "posthoc_la" and self.epochs:
-            raise ValueError(f"method 'posthoc_la' adjusts a trained CE model and does not train; got epochs={self.epochs}.")
+            raise ValueError(
+                f"method 'posthoc_la' adjusts a trained CE model and does not train; got epochs={self.epochs}."
+            )
 
     def _check_data(self) -> None:
         if self.dataset not in CLASSIFICATION_DATASETS:

@@ -6,6 +6,7 @@ unadjusted main logits ``z``), ``npe_la`` (``z - alpha * eta``, the NPE model's 
 ``posthoc_la`` (``z - tau * log prior``) when asked for. With a target prior, each variant's expected
 top-1 on a test set of that class mix is added (``target_top1``, see :func:`resolve_target_prior`).
 """
+
 from __future__ import annotations
 
 import json
@@ -130,7 +131,9 @@ def classification_metrics(predicted: Tensor, labels: Tensor, train_counts: Sequ
     """
     num_classes = len(train_counts)
     predicted, labels = predicted.numpy().astype(np.int64), labels.numpy().astype(np.int64)
-    confusion = np.bincount(labels * num_classes + predicted, minlength=num_classes**2).reshape(num_classes, num_classes)
+    confusion = np.bincount(labels * num_classes + predicted, minlength=num_classes**2).reshape(
+        num_classes, num_classes
+    )
     support = confusion.sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):
         per_class = np.where(support > 0, 100.0 * np.diag(confusion) / support, np.nan)
@@ -214,9 +217,7 @@ def _named_prior(spec: str, counts: np.ndarray, seed: int) -> np.ndarray:
     raise ValueError(f"target prior must be uniform, train, inverse, dirichlet:A or a .json file, got {spec!r}.")
 
 
-def resolve_target_prior(
-    spec: Union[str, Sequence[float]], train_counts: Sequence[int], seed: int = 0
-) -> np.ndarray:
+def resolve_target_prior(spec: Union[str, Sequence[float]], train_counts: Sequence[int], seed: int = 0) -> np.ndarray:
     """The class mix ``spec`` names, normalised: ``uniform``; ``train`` (the training counts); ``inverse`` (each class
     takes the count of its mirror rank, so the rarest class is the most frequent); ``dirichlet:A`` (one Dirichlet(A)
     draw from ``seed``); a ``.json`` file of per-class weights; or the weights themselves."""
@@ -236,7 +237,9 @@ def _target_top1(per_class: Sequence[Optional[float]], prior: np.ndarray) -> Opt
     return float(sum(weight * accuracy for accuracy, weight in zip(per_class, prior) if weight > 0))
 
 
-def _score(predictions: Predictions, train_counts: Sequence[int], target: Optional[np.ndarray] = None) -> dict[str, object]:
+def _score(
+    predictions: Predictions, train_counts: Sequence[int], target: Optional[np.ndarray] = None
+) -> dict[str, object]:
     scores: dict[str, object] = {
         variant: classification_metrics(logits.argmax(1), predictions.labels, train_counts)
         for variant, logits in predictions.logits.items()
@@ -350,19 +353,30 @@ def evaluate_run(
     dataset = dataset or "cifar10"
     if dataset in CIFAR_NUM_CLASSES:  # before reading the data: a wrong --dataset fails fast
         check_num_classes(model, CIFAR_NUM_CLASSES[dataset], "the model")
-    data = load_long_tailed(dataset, data_dir, rho=rho, max_per_class=max_per_class, download=download,
-                            split_dir=split_dir, image_size=image_size, workers=workers)
+    data = load_long_tailed(
+        dataset,
+        data_dir,
+        rho=rho,
+        max_per_class=max_per_class,
+        download=download,
+        split_dir=split_dir,
+        image_size=image_size,
+        workers=workers,
+    )
     check_num_classes(model, data.num_classes, "the model")
     target = None if target_prior is None else resolve_target_prior(target_prior, data.counts)
     device = resolve_device(str(device))
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     out_dir = Path(out_dir)
     with locked_dir(out_dir):  # one evaluation at a time writes the folder: its metrics.json and plots agree
-        metrics = evaluate_model(model, data, device, batch_size, posthoc_tau, channels_last, amp, sets, target, progress)
+        metrics = evaluate_model(
+            model, data, device, batch_size, posthoc_tau, channels_last, amp, sets, target, progress
+        )
         metrics = {**(about or {}), "dataset": dataset, "rho": data.rho, **metrics}
         records = read_jsonl(training_log) if training_log is not None else None
-        plots = save_evaluation_plots(metrics, out_dir, next(iter(metrics["sets"])), f"{title} {data.title}".strip(),
-                                      records)
+        plots = save_evaluation_plots(
+            metrics, out_dir, next(iter(metrics["sets"])), f"{title} {data.title}".strip(), records
+        )
         write_json(out_dir / "metrics.json", metrics)
     return EvaluationResult(metrics, plots)
 
@@ -374,14 +388,18 @@ def _cell(value: Optional[float]) -> str:
 def format_metrics(metrics: dict[str, Any]) -> str:
     """A text table of accuracy per test set and prediction variant, then the NPE estimate's diagnostics."""
     keys = ("top1", "balanced", *GROUP_NAMES, *(("target_top1",) if "target_prior" in metrics else ()))
-    lines = [f"{'set':<11} {'variant':<11} {'top-1':>6} {'bal.':>6} {'many':>6} {'medium':>6} {'few':>6}"
-             + (f" {'target':>6}" if len(keys) > 5 else "")]
+    lines = [
+        f"{'set':<11} {'variant':<11} {'top-1':>6} {'bal.':>6} {'many':>6} {'medium':>6} {'few':>6}"
+        + (f" {'target':>6}" if len(keys) > 5 else "")
+    ]
     for set_name, scores in metrics["sets"].items():
         for variant, values in scores.items():
             if variant != "prior":
                 lines.append(f"{set_name:<11} {variant:<11} " + " ".join(_cell(values[k]) for k in keys))
     if "target_prior" in metrics:
-        lines.append("target: expected top-1 under the class mix " + ", ".join(f"{p:.3f}" for p in metrics["target_prior"]))
+        lines.append(
+            "target: expected top-1 under the class mix " + ", ".join(f"{p:.3f}" for p in metrics["target_prior"])
+        )
     for set_name, scores in metrics["sets"].items():
         if "prior" in scores:
             prior = scores["prior"]

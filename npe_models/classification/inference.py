@@ -6,6 +6,7 @@ weights file, pretrained name, Hub folder) or an ONNX file written by
 preprocessed with timm's eval transform for the model's pretrained cfg (for an ONNX file, the
 same settings from its metadata), so a prediction here is what the model's evaluation sees.
 """
+
 from __future__ import annotations
 
 import csv
@@ -125,8 +126,10 @@ def _not_a_classifier(source: PathLike, task: str) -> ValueError:
 def _check_model_source(source: str, pretrained: bool) -> None:
     """Clear errors for an image given as the model, and for a model name without weights or not a classifier."""
     if _is_image_file(Path(source)):
-        raise ValueError(f"{source} is an image, not a model: name the model first (run directory, checkpoint, "
-                         "pretrained name, Hub folder or .onnx file), then the images.")
+        raise ValueError(
+            f"{source} is an image, not a model: name the model first (run directory, checkpoint, "
+            "pretrained name, Hub folder or .onnx file), then the images."
+        )
     if loading.source_kind(source) != "registered":
         return
     if is_segmentation_model(source):
@@ -145,8 +148,10 @@ def _torch_classifier(
     model = loaded.model
     if alpha is not None:
         if not has_pems(model):
-            raise ValueError(f"{source} has no PEMs (a plain model, or an NPE model merged with its alpha folded "
-                             "into the classifier), so alpha does not apply; drop it or use an unmerged NPE model.")
+            raise ValueError(
+                f"{source} has no PEMs (a plain model, or an NPE model merged with its alpha folded "
+                "into the classifier), so alpha does not apply; drop it or use an unmerged NPE model."
+            )
         set_alpha(model, alpha)
     transform = image_transform(model, train=False)
     logits = _torch_logits(model, resolve_device(device or "auto"))
@@ -161,8 +166,10 @@ def _onnx_alpha_error(path: Path, metadata: dict[str, Any]) -> ValueError:
         why = "its PEMs were merged at export, folding alpha into the classifier"
     else:
         why = f"its graph computes NPE-LA at the exported alpha={metadata.get('alpha')}"
-    return ValueError(f"alpha does not apply to {path}: {why}; export again with the alpha you want "
-                      "(npe-models export onnx MODEL --alpha A), or predict with the PyTorch model.")
+    return ValueError(
+        f"alpha does not apply to {path}: {why}; export again with the alpha you want "
+        "(npe-models export onnx MODEL --alpha A), or predict with the PyTorch model."
+    )
 
 
 def _onnx_data_config(path: Path, metadata: dict[str, Any]) -> dict[str, Any]:
@@ -171,8 +178,13 @@ def _onnx_data_config(path: Path, metadata: dict[str, Any]) -> dict[str, Any]:
     if missing:
         raise ValueError(f"{path} records no {', '.join(missing)} in its metadata; export it with npe-models.")
     recorded = {key: metadata.get(key) for key in _ONNX_DEFAULT_PREPROCESSING if metadata.get(key) is not None}
-    return {**_ONNX_DEFAULT_PREPROCESSING, **recorded, "input_size": tuple(metadata["input_size"]),
-            "mean": tuple(metadata["mean"]), "std": tuple(metadata["std"])}
+    return {
+        **_ONNX_DEFAULT_PREPROCESSING,
+        **recorded,
+        "input_size": tuple(metadata["input_size"]),
+        "mean": tuple(metadata["mean"]),
+        "std": tuple(metadata["std"]),
+    }
 
 
 def _onnx_classifier(path: Path, alpha: Optional[float], device: Optional[str]) -> ImageClassifier:
@@ -243,7 +255,7 @@ def predict_images(
         raise ValueError(f"top_k and batch_size must be positive, got top_k={top_k}, batch_size={batch_size}.")
     paths = collect_images(inputs)
     k = min(top_k, len(classifier.class_names))
-    batches: Iterable[list[Path]] = [paths[start:start + batch_size] for start in range(0, len(paths), batch_size)]
+    batches: Iterable[list[Path]] = [paths[start : start + batch_size] for start in range(0, len(paths), batch_size)]
     if progress is not None and any(Path(given).is_dir() for given in inputs):
         batches = progress(batches, total=len(batches), desc="predict", unit="batch", leave=False)
     predictions = []
@@ -256,8 +268,11 @@ def predict_images(
 
 def _rows(predictions: Iterable[ImagePrediction]) -> list[tuple[str, int, int, str, float]]:
     """One ``(path, rank, index, name, probability)`` row per predicted class."""
-    return [(str(p.path), rank, index, name, prob) for p in predictions
-            for rank, (index, name, prob) in enumerate(p.classes, start=1)]
+    return [
+        (str(p.path), rank, index, name, prob)
+        for p in predictions
+        for rank, (index, name, prob) in enumerate(p.classes, start=1)
+    ]
 
 
 def _table(predictions: Sequence[ImagePrediction]) -> str:
@@ -277,8 +292,13 @@ def _csv(predictions: Sequence[ImagePrediction]) -> str:
 
 
 def _json(predictions: Sequence[ImagePrediction]) -> str:
-    records = [{"path": str(p.path), "classes": [{"index": index, "class": name, "probability": prob}
-                                                 for index, name, prob in p.classes]} for p in predictions]
+    records = [
+        {
+            "path": str(p.path),
+            "classes": [{"index": index, "class": name, "probability": prob} for index, name, prob in p.classes],
+        }
+        for p in predictions
+    ]
     return json.dumps(records, indent=2)
 
 

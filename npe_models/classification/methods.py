@@ -3,6 +3,7 @@
 Each method says which parameters train, how the model is put in training mode, which
 forward pass it uses and how the loss is built; the training loop is shared.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,7 +17,14 @@ from ..losses import logit_adjusted_cross_entropy, one_way_logistic_loss
 from .checkpoint import WEIGHTS_FILE, load_trained_model
 from .config import TrainConfig
 
-__all__ = ["TrainingMethod", "NPEMethod", "LogitAdjustedMethod", "ClassifierRetraining", "PosthocLogitAdjustment", "make_method"]
+__all__ = [
+    "TrainingMethod",
+    "NPEMethod",
+    "LogitAdjustedMethod",
+    "ClassifierRetraining",
+    "PosthocLogitAdjustment",
+    "make_method",
+]
 
 
 class TrainingMethod:
@@ -124,7 +132,9 @@ class PosthocLogitAdjustment(TrainingMethod):
         _load_ce_weights(model, self.config.init, self.config, len(self.log_prior))
         bias = getattr(model.get_classifier(), "bias", None)
         if bias is None:
-            raise ValueError(f"post-hoc LA folds into the classifier bias, but {self.config.model}'s classifier has none.")
+            raise ValueError(
+                f"post-hoc LA folds into the classifier bias, but {self.config.model}'s classifier has none."
+            )
         with torch.no_grad():
             bias.sub_(self.config.tau * self.log_prior.to(bias))
         return list(model.parameters())

@@ -4,6 +4,7 @@ estimate against the log training count, and a run's training curves from its ``
 Each ``*_figure`` function returns a matplotlib :class:`~matplotlib.figure.Figure` (object API, no pyplot
 state), so the drawn data can be inspected; :func:`save_evaluation_plots` writes them as PNG files.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -82,8 +83,9 @@ def per_class_accuracy_figure(metrics: Mapping[str, Any], set_name: str = "full"
     positions = np.arange(len(order))
     for offset, (variant, accuracy) in enumerate(variants.items()):
         values = [np.nan if accuracy[c] is None else accuracy[c] for c in order]
-        axes.bar(positions + (offset - (len(variants) - 1) / 2) * width, values, width,
-                 label=variant_label(variant, metrics))
+        axes.bar(
+            positions + (offset - (len(variants) - 1) / 2) * width, values, width, label=variant_label(variant, metrics)
+        )
     _shade_groups(axes, counts[order])
     names = _class_names(metrics)
     _set_class_ticks(axes, [names[c] for c in order], counts[order].tolist())
@@ -97,8 +99,10 @@ def per_class_accuracy_figure(metrics: Mapping[str, Any], set_name: str = "full"
 
 
 def _correlation_text(prior: Mapping[str, Optional[float]]) -> str:
-    return "\n".join(f"{name} {'n/a' if prior[key] is None else format(prior[key], '.3f')}"
-                     for name, key in (("Pearson", "pearson"), ("Spearman", "spearman")))
+    return "\n".join(
+        f"{name} {'n/a' if prior[key] is None else format(prior[key], '.3f')}"
+        for name, key in (("Pearson", "pearson"), ("Spearman", "spearman"))
+    )
 
 
 def estimate_figure(metrics: Mapping[str, Any], set_name: str = "full", title: str = "") -> Figure:
@@ -116,8 +120,12 @@ def estimate_figure(metrics: Mapping[str, Any], set_name: str = "full", title: s
     line = np.linspace(log_counts.min(), log_counts.max(), 2)
     axes.plot(line, estimate.mean() + line - log_counts.mean(), color="0.5", linestyle="--", label="slope 1")
     if prior["slope"] is not None:
-        axes.plot(line, prior["slope"] * line + prior["intercept"], color="C1",
-                  label=f"least squares, slope {prior['slope']:.2f}")
+        axes.plot(
+            line,
+            prior["slope"] * line + prior["intercept"],
+            color="C1",
+            label=f"least squares, slope {prior['slope']:.2f}",
+        )
     axes.text(0.98, 0.03, _correlation_text(prior), transform=axes.transAxes, ha="right", va="bottom", fontsize=8)
     axes.legend(loc="upper left", fontsize=8)
     axes.set_xlabel("log training count")
@@ -153,12 +161,21 @@ def training_curves_figure(records: Sequence[Mapping[str, Any]], title: str = ""
     sets = list(next((record["test"] for record in records if "test" in record), {}))
     for index, name in enumerate(sets):
         _plot_field(top1, records, ("test", name, "top1"), color=f"C{index}", marker=".", label=name)
-        _plot_field(top1, records, ("test_unadjusted", name, "top1"), color=f"C{index}", linestyle="--",
-                    label=f"{name}, unadjusted")
+        _plot_field(
+            top1,
+            records,
+            ("test_unadjusted", name, "top1"),
+            color=f"C{index}",
+            linestyle="--",
+            label=f"{name}, unadjusted",
+        )
     for group in GROUP_NAMES if sets else ():
         _plot_field(groups, records, ("test", sets[0], group), marker=".", label=group.capitalize())
-    panels = ((loss, "training loss", "loss"), (top1, "test top-1 (%)", "test accuracy"),
-              (groups, "test accuracy (%)", f"Many / Medium / Few{f' ({sets[0]})' if sets else ''}"))
+    panels = (
+        (loss, "training loss", "loss"),
+        (top1, "test top-1 (%)", "test accuracy"),
+        (groups, "test accuracy (%)", f"Many / Medium / Few{f' ({sets[0]})' if sets else ''}"),
+    )
     for axes, ylabel, heading in panels:
         axes.set_xlabel("epoch")
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -178,17 +195,22 @@ def save_figure(figure: Figure, path: PathLike) -> Path:
 
 
 def save_evaluation_plots(
-    metrics: Mapping[str, Any], out_dir: PathLike, set_name: str = "full", title: str = "",
+    metrics: Mapping[str, Any],
+    out_dir: PathLike,
+    set_name: str = "full",
+    title: str = "",
     records: Optional[Sequence[Mapping[str, Any]]] = None,
 ) -> list[Path]:
     """Write one evaluation set's per-class accuracy plot, for NPE models the estimate plot, and with a run's log
     ``records`` its training curves; return the paths."""
     out_dir = Path(out_dir)
-    paths = [save_figure(per_class_accuracy_figure(metrics, set_name, title),
-                         out_dir / f"per_class_accuracy_{set_name}.png")]
+    paths = [
+        save_figure(per_class_accuracy_figure(metrics, set_name, title), out_dir / f"per_class_accuracy_{set_name}.png")
+    ]
     if "prior" in metrics["sets"][set_name]:
-        paths.append(save_figure(estimate_figure(metrics, set_name, title),
-                                 out_dir / f"estimate_vs_log_count_{set_name}.png"))
+        paths.append(
+            save_figure(estimate_figure(metrics, set_name, title), out_dir / f"estimate_vs_log_count_{set_name}.png")
+        )
     if records:
         paths.append(save_figure(training_curves_figure(records, title), out_dir / "training_curves.png"))
     return paths

@@ -2,6 +2,7 @@
 parallelism under ``torchrun``, on the shared loop of :mod:`npe_models.runs` (a checkpoint every
 epoch, exact resumption, a JSON-lines log).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -112,11 +113,15 @@ def _check_compile_mode(mode: Optional[str], device: torch.device) -> None:
     """Fail before any data loads, with the fix, where ``torch.compile(mode=mode)`` cannot work on ``device``
     (inductor would fail only at the first step, deep inside): CUDA graphs need a GPU, CPU code a C++ compiler."""
     if mode == "reduce-overhead" and device.type != "cuda":
-        raise ValueError(f"--compile reduce-overhead captures CUDA graphs and needs a CUDA device; on {device.type} "
-                         "use --compile default.")
+        raise ValueError(
+            f"--compile reduce-overhead captures CUDA graphs and needs a CUDA device; on {device.type} "
+            "use --compile default."
+        )
     if mode is not None and device.type == "cpu" and shutil.which(os.environ.get("CXX", "g++")) is None:
-        raise ValueError("--compile on the CPU needs a C++ compiler (g++, or the one $CXX names); install one or "
-                         "train without --compile.")
+        raise ValueError(
+            "--compile on the CPU needs a C++ compiler (g++, or the one $CXX names); install one or "
+            "train without --compile."
+        )
 
 
 class _Run(TrainingLoop):
@@ -127,7 +132,11 @@ class _Run(TrainingLoop):
     restart_hint = "lower the learning rate (--lr) or train without --amp"
 
     def __init__(
-        self, config: TrainConfig, run_dir: Path, context: DistributedContext, progress: Optional[ProgressFactory],
+        self,
+        config: TrainConfig,
+        run_dir: Path,
+        context: DistributedContext,
+        progress: Optional[ProgressFactory],
         summary_writer: Optional[type] = None,
     ) -> None:
         super().__init__(config, run_dir, config.epochs, is_main=context.is_main)
@@ -145,8 +154,14 @@ class _Run(TrainingLoop):
                 f"processes times {config.accum_steps} accumulation steps."
             )
         self.data: LongTailedData = load_long_tailed(
-            config.dataset, config.data_dir, rho=config.rho, max_per_class=config.max_per_class,
-            download=config.download, split_dir=config.split_dir, image_size=config.image_size, workers=config.workers,
+            config.dataset,
+            config.data_dir,
+            rho=config.rho,
+            max_per_class=config.max_per_class,
+            download=config.download,
+            split_dir=config.split_dir,
+            image_size=config.image_size,
+            workers=config.workers,
         )
         counts = torch.as_tensor(self.data.counts, dtype=torch.float32)
         log_prior = torch.log(counts / counts.sum()).to(self.device)
@@ -167,8 +182,13 @@ class _Run(TrainingLoop):
         forward = self.ddp or forward
         self.forward = torch.compile(forward, mode=config.compile) if config.compile else forward
         self.stream = self.data.training_batches(
-            self.model, config.batch_size // (context.world_size * config.accum_steps), device=self.device,
-            sampling=self.method.sampling, seed=config.seed, rank=context.rank, world_size=context.world_size,
+            self.model,
+            config.batch_size // (context.world_size * config.accum_steps),
+            device=self.device,
+            sampling=self.method.sampling,
+            seed=config.seed,
+            rank=context.rank,
+            world_size=context.world_size,
             channels_last=config.channels_last,
         )
 
@@ -217,8 +237,17 @@ class _Run(TrainingLoop):
         seen = torch.zeros(num_classes, dtype=torch.long, device=self.device)
         self.stream.set_epoch(epoch)
         self.method.set_train_mode(self.model)
-        bar = None if self.progress is None else self.progress(
-            self.stream, total=len(self.stream), desc=f"epoch {epoch + 1}/{self.config.epochs}", leave=False, position=1)
+        bar = (
+            None
+            if self.progress is None
+            else self.progress(
+                self.stream,
+                total=len(self.stream),
+                desc=f"epoch {epoch + 1}/{self.config.epochs}",
+                leave=False,
+                position=1,
+            )
+        )
         batches: Iterable = self.stream if bar is None else bar
         images_seen = 0  # on this process, counted on the host
         start = time.perf_counter()
@@ -253,16 +282,24 @@ class _Run(TrainingLoop):
         means = (loss_sums / max(1, images)).tolist()
         record: dict[str, Any] = {"loss": means[0], **{f"loss_{name}": value for name, value in zip(parts, means[1:])}}
         record.update(
-            seconds=seconds, images=images, images_per_s=images / seconds if seconds > 0 else None,
-            device=str(self.device), train=_training_accuracy(correct.cpu().numpy(), seen.cpu().numpy(), self.data.counts),
+            seconds=seconds,
+            images=images,
+            images_per_s=images / seconds if seconds > 0 else None,
+            device=str(self.device),
+            train=_training_accuracy(correct.cpu().numpy(), seen.cpu().numpy(), self.data.counts),
         )
         return record
 
     def evaluate(self, sets: Optional[list[str]] = None) -> dict[str, Any]:
         """The evaluation of ``sets`` (default: all), its bar beneath the run-level one."""
         return evaluate_model(
-            self.model, self.data, self.device, self.config.eval_batch_size,
-            channels_last=self.config.channels_last, amp=self.config.amp, sets=sets,
+            self.model,
+            self.data,
+            self.device,
+            self.config.eval_batch_size,
+            channels_last=self.config.channels_last,
+            amp=self.config.amp,
+            sets=sets,
             progress=None if self.progress is None else functools.partial(self.progress, position=1),
         )
 
@@ -281,8 +318,14 @@ class _Run(TrainingLoop):
     def after_unit(self, done: int, record: dict[str, Any]) -> None:
         if self.is_main:
             top1 = next(iter(record["test"].values()))["top1"] if "test" in record else None
-            logger.info("epoch %d/%d loss %.4f %.1f images/s%s", done, self.config.epochs, record["loss"],
-                        record["images_per_s"], "" if top1 is None else f" test top-1 {top1:.2f}")
+            logger.info(
+                "epoch %d/%d loss %.4f %.1f images/s%s",
+                done,
+                self.config.epochs,
+                record["loss"],
+                record["images_per_s"],
+                "" if top1 is None else f" test top-1 {top1:.2f}",
+            )
             self._report(done, record, top1)
         barrier(self.context)
 
@@ -315,8 +358,11 @@ def _log_test_summary(metrics: dict[str, Any]) -> dict[str, Any]:
     fields: dict[str, Any] = {"test": summary(metrics)}
     if metrics["primary"] != "plain":
         fields["test_unadjusted"] = summary(metrics, "plain")
-    estimate = {name: {key: scores["prior"][key] for key in ("pearson", "spearman", "slope")}
-                for name, scores in metrics["sets"].items() if "prior" in scores}
+    estimate = {
+        name: {key: scores["prior"][key] for key in ("pearson", "spearman", "slope")}
+        for name, scores in metrics["sets"].items()
+        if "prior" in scores
+    }
     if estimate:
         fields["test_estimate"] = estimate
     return fields
@@ -359,8 +405,15 @@ def _finish(run: _Run, metrics: Optional[dict[str, Any]]) -> dict[str, Any]:
     """Write the final weights, metrics.json and plots (main process)."""
     run_dir, config = run.run_dir, run.config
     metrics = metrics if metrics is not None else run.evaluate()
-    metrics = {"model": config.model, "method": config.method, "dataset": config.dataset, "rho": config.rho,
-               **metrics, "training": _training_totals(run_dir / LOG_FILE), "config": config.to_dict()}
+    metrics = {
+        "model": config.model,
+        "method": config.method,
+        "dataset": config.dataset,
+        "rho": config.rho,
+        **metrics,
+        "training": _training_totals(run_dir / LOG_FILE),
+        "config": config.to_dict(),
+    }
     save_weights(run_dir / WEIGHTS_FILE, run.model, config)
     title = f"{config.model} {config.method} {run.data.title}"
     save_evaluation_plots(metrics, run_dir, next(iter(metrics["sets"])), title, read_jsonl(run_dir / LOG_FILE))
@@ -368,8 +421,14 @@ def _finish(run: _Run, metrics: Optional[dict[str, Any]]) -> dict[str, Any]:
     return metrics
 
 
-def _train(config: TrainConfig, run_dir: Path, resume: bool, context: DistributedContext,
-           progress: Optional[ProgressFactory], summary_writer: Optional[type]) -> TrainResult:
+def _train(
+    config: TrainConfig,
+    run_dir: Path,
+    resume: bool,
+    context: DistributedContext,
+    progress: Optional[ProgressFactory],
+    summary_writer: Optional[type],
+) -> TrainResult:
     check_run_dir(run_dir, config, resume)
     if (run_dir / METRICS_FILE).is_file() and (run_dir / WEIGHTS_FILE).is_file():
         return TrainResult(run_dir, config.epochs, read_json(run_dir / METRICS_FILE), already_finished=True)
@@ -377,8 +436,14 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, context: Distribute
     run = _Run(config, run_dir, context, progress, summary_writer)
     logger.info(
         "%s (%s) on %s: %d training images, %d epochs, device %s, %d process(es) -> %s",
-        config.model, config.method, run.data.title, len(run.data.train), config.epochs,
-        context.device, context.world_size, run_dir,
+        config.model,
+        config.method,
+        run.data.title,
+        len(run.data.train),
+        config.epochs,
+        context.device,
+        context.world_size,
+        run_dir,
     )
     try:
         return run.run(resume)
@@ -387,7 +452,10 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, context: Distribute
 
 
 def train(
-    config: TrainConfig, out_dir: Union[str, Path], resume: bool = False, progress: Optional[ProgressFactory] = None,
+    config: TrainConfig,
+    out_dir: Union[str, Path],
+    resume: bool = False,
+    progress: Optional[ProgressFactory] = None,
     tensorboard: bool = False,
 ) -> TrainResult:
     """Train (or, with ``resume``, continue) the run ``config`` describes in ``out_dir``; return its final metrics.

@@ -1,5 +1,6 @@
 """Data sets for NPE training and evaluation: long-tailed CIFAR in memory, image folders and the
 ImageNet-LT / Places-LT / iNaturalist-2018 split lists on disk, behind one interface."""
+
 from __future__ import annotations
 
 import os

@@ -5,6 +5,7 @@ from either torchvision's downloader or the ``train.npz`` / ``test.npz`` array f
 stay in memory as uint8 (on the GPU when training there); random crop, flip and
 normalisation run on whole batches as tensor operations.
 """
+
 from __future__ import annotations
 
 import json
@@ -188,7 +189,9 @@ def _read_npz(path: Path, exact_key: Optional[str], labeled: bool) -> dict[str, 
         with np.load(path, allow_pickle=False) as arrays:
             found = {key: arrays[key] for key in ("x", "y", exact_key) if key and key in arrays.files}
     except (OSError, EOFError, zipfile.BadZipFile, ValueError) as error:
-        raise ValueError(f"{path} is not a readable npz file ({type(error).__name__}); re-create or re-copy it.") from None
+        raise ValueError(
+            f"{path} is not a readable npz file ({type(error).__name__}); re-create or re-copy it."
+        ) from None
     missing = [key for key in ("x", "y") if key not in found and (key == "x" or labeled)]
     if missing:
         raise ValueError(f"{path} has no array {' or '.join(missing)}; expected x (images) and y (labels).")
@@ -333,7 +336,9 @@ def load_cifar_lt(
     largest = int(per_class.max())
     n_max = largest if max_per_class is None else max_per_class
     if not 1 <= n_max <= largest:
-        raise ValueError(f"max_per_class must be in 1..{largest} (the largest class of {dataset}), got {max_per_class}.")
+        raise ValueError(
+            f"max_per_class must be in 1..{largest} (the largest class of {dataset}), got {max_per_class}."
+        )
     if min(long_tailed_counts(num_classes, n_max, rho)) < 1:
         raise ValueError(
             f"with max_per_class={n_max} and rho={rho:g} the rarest classes get no training image; "
@@ -342,7 +347,15 @@ def load_cifar_lt(
     subset = train.subset(long_tailed_indices(train.labels, rho, num_classes, n_max))
     counts = np.bincount(subset.labels, minlength=num_classes)
     root = Path(root).expanduser()
-    return CifarLT(dataset, float(rho), subset, test, counts, _load_jpeg_twins(root, dataset), load_cifar_class_names(root, dataset))
+    return CifarLT(
+        dataset,
+        float(rho),
+        subset,
+        test,
+        counts,
+        _load_jpeg_twins(root, dataset),
+        load_cifar_class_names(root, dataset),
+    )
 
 
 class BatchStream:
@@ -432,6 +445,6 @@ class BatchStream:
         order = epoch_order(self.labels.cpu(), self.sampling, self.seed, self.epoch, self.rank, self.world_size)
         augment = epoch_generator(self.seed, self.epoch, 1 + self.rank)
         for start in range(0, len(order), self.batch_size):
-            index = order[start:start + self.batch_size]
+            index = order[start : start + self.batch_size]
             images = self._crop_and_flip(index, augment)
             yield self._normalise(images), self.labels[index.to(self.device, non_blocking=True)]

@@ -8,6 +8,7 @@ runs resume to the same batches and ``torchrun`` processes split one shared orde
 the numbering of their list (or the sorted folder names); class counts, and with them the
 Many / Medium / Few groups and the training prior, come from the training split.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -82,7 +83,8 @@ def read_image_list(path: PathLike, root: PathLike) -> ImageList:
         raise FileNotFoundError(f"split list '{path}' does not exist; point --split-dir at the folder holding it.")
     entries = [
         _parse_list_line(line, f"{path}:{number}")
-        for number, line in enumerate(path.read_text().splitlines(), 1) if line.strip()
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if line.strip()
     ]
     if not entries:
         raise ValueError(f"split list '{path}' lists no images.")
@@ -112,8 +114,12 @@ def scan_image_folder(folder: PathLike, classes: Optional[Sequence[str]] = None)
     if unknown:
         raise ValueError(f"'{folder}' has class folders the training split lacks: {', '.join(unknown[:5])}.")
     names = list(classes) if classes is not None else found
-    samples = make_dataset(str(folder), {name: i for i, name in enumerate(names) if name in found},
-                           extensions=IMG_EXTENSIONS, allow_empty=True)
+    samples = make_dataset(
+        str(folder),
+        {name: i for i, name in enumerate(names) if name in found},
+        extensions=IMG_EXTENSIONS,
+        allow_empty=True,
+    )
     labels = np.array([label for _, label in samples], dtype=np.int64)
     per_class = np.bincount(labels, minlength=len(names))
     empty = [names[i] for i in range(len(names)) if names[i] in found and per_class[i] == 0]
@@ -208,8 +214,18 @@ class FileBatchStream:
     """
 
     def __init__(
-        self, images: ImageList, transform: Any, batch_size: int, *, train: bool, device: Union[str, torch.device],
-        sampling: str = "uniform", seed: int = 0, rank: int = 0, world_size: int = 1, channels_last: bool = False,
+        self,
+        images: ImageList,
+        transform: Any,
+        batch_size: int,
+        *,
+        train: bool,
+        device: Union[str, torch.device],
+        sampling: str = "uniform",
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        channels_last: bool = False,
         workers: Optional[int] = None,
     ) -> None:
         if batch_size < 1:
@@ -228,7 +244,11 @@ class FileBatchStream:
 
     def _loader(self) -> DataLoader:
         return DataLoader(
-            self.dataset, self.batch_size, sampler=self.sampler, num_workers=self.workers, collate_fn=_collate,
+            self.dataset,
+            self.batch_size,
+            sampler=self.sampler,
+            num_workers=self.workers,
+            collate_fn=_collate,
             pin_memory=self.device.type == "cuda",
         )
 
@@ -237,8 +257,10 @@ class FileBatchStream:
         for images, labels, errors in self._loader():
             if errors:
                 raise ValueError(errors[0])
-            yield (images.to(self.device, non_blocking=True, memory_format=memory_format),
-                   labels.to(self.device, non_blocking=True))
+            yield (
+                images.to(self.device, non_blocking=True, memory_format=memory_format),
+                labels.to(self.device, non_blocking=True),
+            )
 
 
 @dataclass(frozen=True)
@@ -267,7 +289,9 @@ class FileLT(ClassCounts):
     def evaluation_batches(self, name: str, model: nn.Module, batch_size: int, **options: Any) -> Iterable:
         """The evaluation stream of split ``name`` for ``model``."""
         transform = image_transform(model, False, self.image_size)
-        return FileBatchStream(self.eval_sets[name], transform, batch_size, train=False, workers=self.workers, **options)
+        return FileBatchStream(
+            self.eval_sets[name], transform, batch_size, train=False, workers=self.workers, **options
+        )
 
 
 def _training_counts(train: ImageList, num_classes: int, names: Optional[Sequence[str]] = None) -> np.ndarray:
@@ -280,8 +304,12 @@ def _training_counts(train: ImageList, num_classes: int, names: Optional[Sequenc
 
 
 def load_image_folder(
-    root: PathLike, rho: Optional[float] = None, max_per_class: Optional[int] = None, *,
-    image_size: Optional[int] = None, workers: Optional[int] = None,
+    root: PathLike,
+    rho: Optional[float] = None,
+    max_per_class: Optional[int] = None,
+    *,
+    image_size: Optional[int] = None,
+    workers: Optional[int] = None,
 ) -> FileLT:
     """An ``ImageFolder``-style tree: ``root/train/<class>/*`` and ``root/val/<class>/*`` (and ``test/`` if present).
 
@@ -308,8 +336,12 @@ def _check_labels(images: ImageList, num_classes: int) -> None:
 
 
 def load_image_lists(
-    dataset: str, root: PathLike, split_dir: Optional[PathLike] = None, *,
-    image_size: Optional[int] = None, workers: Optional[int] = None,
+    dataset: str,
+    root: PathLike,
+    split_dir: Optional[PathLike] = None,
+    *,
+    image_size: Optional[int] = None,
+    workers: Optional[int] = None,
 ) -> FileLT:
     """ImageNet-LT, Places-LT or iNaturalist 2018 from their split lists (``ImageNet_LT_train.txt``, ...).
 
@@ -327,7 +359,8 @@ def load_image_lists(
         _check_labels(train, known_classes)
     eval_sets = {
         split: read_image_list(lists / f"{prefix}_{split}.txt", root)
-        for split in eval_splits if (lists / f"{prefix}_{split}.txt").is_file()
+        for split in eval_splits
+        if (lists / f"{prefix}_{split}.txt").is_file()
     }
     if not eval_sets:
         names = " or ".join(f"{prefix}_{split}.txt" for split in eval_splits)

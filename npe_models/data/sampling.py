@@ -5,6 +5,7 @@ The in-memory CIFAR pipeline and the file-based sources draw their epochs here, 
 to the same batches and ``torchrun`` splits an epoch the way ``DistributedSampler`` does (padded by
 repeating the first indices, rank ``r`` taking every ``world_size``-th one).
 """
+
 from __future__ import annotations
 
 import math

@@ -5,6 +5,7 @@ Two annotations exist: Hoover's ``"ah"`` (missing for im0235 and im0236, both in
 validation half) and Kouznetsova's ``"vk"`` (complete). Images are served as uint8 tensors;
 normalisation and augmentation belong to the training pipeline.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -3,6 +3,7 @@
 ``_registry`` holds what the families share: the ``<arch>_npe<K>`` name parser and
 ``register_variants``; ``timm_npe`` the one NPE mechanism for classifiers (``add_npe``).
 """
+
 import fnmatch
 from typing import Any
 
@@ -29,7 +30,9 @@ __all__ = [
 
 def list_classifiers(npe_only: bool = False) -> list[str]:
     """Names of the timm classifiers this package registers (optionally only those with PEMs)."""
-    names = [name for name in timm.list_models() if timm.models.model_entrypoint(name).__module__.startswith(__package__)]
+    names = [
+        name for name in timm.list_models() if timm.models.model_entrypoint(name).__module__.startswith(__package__)
+    ]
     return [name for name in names if parse_npe_name(name)[1]] if npe_only else names
 
 
@@ -53,18 +56,24 @@ def list_registered(pattern: str = "", pretrained: bool = False) -> dict[str, li
     With ``pretrained``, pretrained tags in two sections: the checkpoints trained by npe-models
     (bundled) and the base architectures' own weights with fresh PEMs (for fine-tuning).
     """
-    ours = [name for name in timm.list_models(pattern, pretrained=pretrained)
-            if timm.models.model_entrypoint(name.split(".", 1)[0]).__module__.startswith(__package__)]
+    ours = [
+        name
+        for name in timm.list_models(pattern, pretrained=pretrained)
+        if timm.models.model_entrypoint(name.split(".", 1)[0]).__module__.startswith(__package__)
+    ]
     if not pretrained:
         return {"Models (timm.create_model(name)):": [(name, _summary(name)) for name in ours]}
     shipped = shipped_checkpoints()
     trained = [name for name in ours if name in shipped]
     return {
-        "Checkpoints trained by npe-models (timm.create_model(name, pretrained=True); bundled unless marked):":
-            [(name, _shipped_summary(name, shipped[name])) for name in trained],
-        "Base architectures' own weights with fresh PEMs (to fine-tune):":
-            [(name, _summary(name)) for name in ours if name not in trained],
+        "Checkpoints trained by npe-models (timm.create_model(name, pretrained=True); bundled unless marked):": [
+            (name, _shipped_summary(name, shipped[name])) for name in trained
+        ],
+        "Base architectures' own weights with fresh PEMs (to fine-tune):": [
+            (name, _summary(name)) for name in ours if name not in trained
+        ],
         "Segmentation weights trained by npe-models (bundled; npe_models.create_segmentation_model(name, weights=...), "
-        "_npe names also torchvision.models.get_model):":
-            [row for row in bundled_segmentation_weights() if fnmatch.fnmatch(row[0].split()[0], pattern or "*")],
+        "_npe names also torchvision.models.get_model):": [
+            row for row in bundled_segmentation_weights() if fnmatch.fnmatch(row[0].split()[0], pattern or "*")
+        ],
     }

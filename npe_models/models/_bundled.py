@@ -10,6 +10,7 @@ says how to get it. timm loads the files through the cfg's ``file``; ``hf_hub_id
 copy, and ``paper_name`` / ``paper_ids`` / ``origin_url`` / ``notes`` say where the method comes
 from and what each checkpoint is.
 """
+
 from __future__ import annotations
 
 import functools
@@ -178,9 +179,7 @@ def check_weights_file(path: Union[str, os.PathLike], sha256: str, name: str, re
     """Raise a clear error when the weights file of ``name`` is missing or its sha256 is not ``sha256``."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
-            f"the weights of '{name}' are missing: {path} does not exist. {remedy}"
-        )
+        raise FileNotFoundError(f"the weights of '{name}' are missing: {path} does not exist. {remedy}")
     actual = file_sha256(path)
     if actual != sha256:
         raise RuntimeError(

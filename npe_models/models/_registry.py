@@ -4,6 +4,7 @@ Every family module describes its variants as a table ``name -> build arguments`
 it, with the function that builds a variant, to ``register_variants``, which registers one
 documented entrypoint per name with timm (classifiers) or torchvision (segmentation models).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -41,17 +42,23 @@ def npe_model_name(architecture: str, num_pems: int) -> str:
     return f"{architecture}_npe{num_pems}" if num_pems else architecture
 
 
-def _signature(create: Callable[..., Any], fixed: Mapping[str, Any], annotations: Mapping[str, Any]) -> inspect.Signature:
+def _signature(
+    create: Callable[..., Any], fixed: Mapping[str, Any], annotations: Mapping[str, Any]
+) -> inspect.Signature:
     """``create``'s signature without the variant name and the ``fixed`` arguments, with the given annotations."""
     parameters = list(inspect.signature(create).parameters.values())[1:]
-    return inspect.Signature([
-        parameter.replace(annotation=annotations.get(parameter.name, parameter.annotation))
-        for parameter in parameters
-        if parameter.name not in fixed
-    ])
+    return inspect.Signature(
+        [
+            parameter.replace(annotation=annotations.get(parameter.name, parameter.annotation))
+            for parameter in parameters
+            if parameter.name not in fixed
+        ]
+    )
 
 
-def _entrypoint(name: str, create: Callable[..., Any], build_args: Mapping[str, Any], module: str) -> Callable[..., Any]:
+def _entrypoint(
+    name: str, create: Callable[..., Any], build_args: Mapping[str, Any], module: str
+) -> Callable[..., Any]:
     """A function called ``name`` in ``module`` that builds the variant: ``create(name, ..., **build_args)``."""
 
     def entrypoint(*args: Any, **kwargs: Any) -> Any:
@@ -66,6 +73,7 @@ def _register_with_torchvision(builder: Callable[..., Any]) -> None:
     """Add ``builder`` to torchvision's model registry under its ``__name__``, through torchvision's private helper."""
     try:
         from torchvision.models import _api
+
         registry, register = _api.BUILTIN_MODELS, _api.register_model
     except (ImportError, AttributeError) as error:
         raise ImportError(

@@ -5,6 +5,7 @@ used by LDAM-DRW, logit adjustment and the NPE paper on CIFAR-LT. ``CifarResNet`
 timm-style classifier; ``<arch>_npe<K>`` is it with K PEMs beside the classifier, added by
 ``add_npe`` as for every other timm classifier. Merged, its state_dict loads strictly into ``<arch>``.
 """
+
 from __future__ import annotations
 
 from typing import Any, List, Optional, Tuple, Union
@@ -15,7 +16,9 @@ from torch import Tensor, nn
 
 from timm.layers import SelectAdaptivePool2d
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
-from timm.models._features import feature_take_indices  # not re-exported by timm.models; timm's own families import it from here
+from timm.models._features import (
+    feature_take_indices,
+)  # not re-exported by timm.models; timm's own families import it from here
 
 from ._bundled import checked_pretrained_kwargs, shipped_pretrained_cfgs
 from ._registry import npe_model_name, register_variants
@@ -84,9 +87,11 @@ class CifarResNet(nn.Module):
         in_chs = widths[0]
         for stage, width in enumerate(widths):
             stride = 1 if stage == 0 else 2
-            blocks = [BasicBlock(in_chs if i == 0 else width, width, stride if i == 0 else 1) for i in range(blocks_per_stage)]
+            blocks = [
+                BasicBlock(in_chs if i == 0 else width, width, stride if i == 0 else 1) for i in range(blocks_per_stage)
+            ]
             self.add_module(f"layer{stage + 1}", nn.Sequential(*blocks))
-            self.feature_info.append(dict(num_chs=width, reduction=2 ** stage, module=f"layer{stage + 1}"))
+            self.feature_info.append(dict(num_chs=width, reduction=2**stage, module=f"layer{stage + 1}"))
             in_chs = width
         self.num_features = self.head_hidden_size = in_chs
         self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
@@ -182,7 +187,9 @@ class CifarResNet(nn.Module):
         x = self.act1(self.bn1(self.conv1(x)))
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return checkpoint_seq(self._stages(), x, flatten=True)
-        return self.layer3(self.layer2(self.layer1(x)))  # no loop over the stages: TorchScript cannot iterate a tuple of modules
+        return self.layer3(
+            self.layer2(self.layer1(x))
+        )  # no loop over the stages: TorchScript cannot iterate a tuple of modules
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.global_pool(x)
@@ -216,11 +223,16 @@ _FEATURE_CFG = dict(out_indices=(0, 1, 2, 3))
 _PLAIN = {f"resnet{depth}": dict(depth=depth) for depth in CIFAR_DEPTHS}
 _NPE = {
     npe_model_name(base, num_pems): dict(base=base, num_pems=num_pems, feature_cfg=_FEATURE_CFG)
-    for base in _PLAIN for num_pems in NUM_PEMS_VARIANTS
+    for base in _PLAIN
+    for num_pems in NUM_PEMS_VARIANTS
 }
 
 default_cfgs = generate_default_cfgs(
-    {tagged: cfg for name in (*_PLAIN, *_NPE) for tagged, cfg in (shipped_pretrained_cfgs(name, _cfg) or {name: _cfg()}).items()}
+    {
+        tagged: cfg
+        for name in (*_PLAIN, *_NPE)
+        for tagged, cfg in (shipped_pretrained_cfgs(name, _cfg) or {name: _cfg()}).items()
+    }
 )
 
 

@@ -22,6 +22,7 @@ model's torchvision weights; PEMs stay fresh) and ``weights_backbone`` both defa
 ``UNet_FCN_Weights`` are weights trained by npe-models and bundled with the package (STARE):
 ``torchvision.models.get_model("unet_fcn_npe1", weights="DEFAULT")`` loads them offline.
 """
+
 from __future__ import annotations
 
 import copy
@@ -105,9 +106,17 @@ def _init_pem_convs(module: nn.Module) -> None:
 def _with_bias(conv: nn.Conv2d) -> nn.Conv2d:
     """A conv configured like ``conv`` but with a bias (it takes over the role of a removed BatchNorm's shift)."""
     return nn.Conv2d(
-        conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
-        dilation=conv.dilation, groups=conv.groups, bias=True, padding_mode=conv.padding_mode,
-        device=conv.weight.device, dtype=conv.weight.dtype,
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=True,
+        padding_mode=conv.padding_mode,
+        device=conv.weight.device,
+        dtype=conv.weight.dtype,
     )
 
 
@@ -456,11 +465,15 @@ def bundled_segmentation_weights() -> list[tuple[str, str]]:
         adjusted = [alpha for alpha in scores if alpha != "0"]
         best = max(adjusted, key=lambda alpha: scores[alpha]["mean_dice"], default=None)
         iterations = meta["iterations"]["baseline"] if meta["num_pems"] else meta["iterations"]
-        summary = (f"STARE UNet-FCN, {iterations:,} iterations: mDice {100 * scores['0']['mean_dice']:.2f} "
-                   "on the 'ah' validation masks")
+        summary = (
+            f"STARE UNet-FCN, {iterations:,} iterations: mDice {100 * scores['0']['mean_dice']:.2f} "
+            "on the 'ah' validation masks"
+        )
         if best is not None:
-            summary += (f"; with its trained {meta['pem_type']} PEM, {100 * scores[best]['mean_dice']:.2f} "
-                        f"at NPE-LA alpha {best}")
+            summary += (
+                f"; with its trained {meta['pem_type']} PEM, {100 * scores[best]['mean_dice']:.2f} "
+                f"at NPE-LA alpha {best}"
+            )
         rows.append((f"{builder} weights={weights.name}", summary))
     return rows
 
@@ -522,9 +535,7 @@ class _Architecture:
 
 
 SEGMENTATION_ARCHITECTURES: dict[str, _Architecture] = {
-    "deeplabv3_resnet50": _Architecture(
-        tv_segmentation.deeplabv3_resnet50, tv_segmentation.DeepLabV3_ResNet50_Weights
-    ),
+    "deeplabv3_resnet50": _Architecture(tv_segmentation.deeplabv3_resnet50, tv_segmentation.DeepLabV3_ResNet50_Weights),
     "deeplabv3_mobilenet_v3_large": _Architecture(
         tv_segmentation.deeplabv3_mobilenet_v3_large, tv_segmentation.DeepLabV3_MobileNet_V3_Large_Weights
     ),
@@ -580,8 +591,9 @@ def _npe_form(
             f"{npe_model_name(arch, meta['num_pems'])} with pem_type={meta['pem_type']!r} (or leave pem_type unset), "
             f"or take weights={baselines[0]!r} (the network alone) for fresh PEMs."
         )
-    model = add_segmentation_npe(_build_base(arch, **_settings_of(weights, kwargs)), num_pems,
-                                 pem_type=meta["pem_type"], alpha=alpha, t=t)
+    model = add_segmentation_npe(
+        _build_base(arch, **_settings_of(weights, kwargs)), num_pems, pem_type=meta["pem_type"], alpha=alpha, t=t
+    )
     model.load_state_dict(weights.get_state_dict())
     return model
 
@@ -655,6 +667,9 @@ def _builder_annotations(name: str) -> dict[str, Any]:
 
 # the name says everything create_segmentation_model needs, so no variant has build arguments of its own
 register_variants(
-    {name: {} for name in list_segmentation_models()}, create_segmentation_model,
-    doc=_builder_doc, registry="torchvision", annotations=_builder_annotations,
+    {name: {} for name in list_segmentation_models()},
+    create_segmentation_model,
+    doc=_builder_doc,
+    registry="torchvision",
+    annotations=_builder_annotations,
 )

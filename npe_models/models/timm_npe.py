@@ -6,6 +6,7 @@ CIFAR ResNets' included, is built by ``create_npe_variant``: timm's ``<arch>`` w
 applied. ``pretrained=True`` loads the variant's checkpoint, or (the ImageNet variants here) the
 base architecture's weights into backbone and classifier, with fresh PEMs.
 """
+
 from __future__ import annotations
 
 import functools
@@ -36,7 +37,6 @@ _NUM_PEMS = 16
 
 class _NPETimmMixin(NPEClassifierMixin):
     """Keeps the model an NPE model when timm's ``reset_classifier`` replaces the classifier: fresh PEMs beside it."""
-
 
     def reset_classifier(self, num_classes: int, *args: Any, **kwargs: Any) -> None:
         head = self.get_classifier()
@@ -172,7 +172,9 @@ default_cfgs = generate_default_cfgs(_variant_cfgs())
 
 register_variants(
     {
-        npe_model_name(base, _NUM_PEMS): dict(base=base, num_pems=_NUM_PEMS, feature_cfg=_BASE_FEATURE_CFGS.get(base, {}))
+        npe_model_name(base, _NUM_PEMS): dict(
+            base=base, num_pems=_NUM_PEMS, feature_cfg=_BASE_FEATURE_CFGS.get(base, {})
+        )
         for base in TIMM_NPE_BASES
     },
     create_npe_variant,

@@ -4,6 +4,7 @@ metrics.
 Models live in :mod:`npe_models.models.segmentation`; the STARE data set in :mod:`npe_models.data.stare`;
 the command line is ``npe-models`` (:mod:`npe_models.cli`).
 """
+
 from .checkpoint import load_segmentation_model, load_weights_for_pem_training, save_segmentation_weights
 from .config import (
     SEGMENTATION_DATASETS,

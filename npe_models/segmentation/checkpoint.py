@@ -3,6 +3,7 @@
 Run directories have the layout of :mod:`npe_models.runs` (``config.json``, ``log.jsonl``,
 ``checkpoint.pt``, ``model.safetensors``); the weights file alone is enough to rebuild the model.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -77,4 +78,3 @@ def load_weights_for_pem_training(model: nn.Module, source: PathLike) -> None:
             f"'{path}' does not fit this model apart from its PEMs: {error}. Build the model with the same "
             "architecture, class count and options (e.g. aux_loss, base_channels) as the checkpoint."
         ) from error
-

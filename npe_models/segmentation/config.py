@@ -3,6 +3,7 @@
 :func:`resolve_segmentation_config` is what ``npe-models train`` calls for a segmentation model:
 a fresh run's settings, or a resumed run's (from its ``config.json``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,14 +37,23 @@ SEGMENTATION_DATASETS = {"stare": STARE_CLASSES}
 
 # Range of each numeric setting (see _validation.check_number), checked when a config is built.
 _MODEL_NUMBER_RULES: dict[str, dict[str, Any]] = {
-    "num_classes": dict(integer=True, minimum=1), "num_pems": dict(integer=True, minimum=0),
-    "alpha": dict(minimum=0), "t": dict(integer=True, minimum=0, maximum=1, option="--npe-t"),
+    "num_classes": dict(integer=True, minimum=1),
+    "num_pems": dict(integer=True, minimum=0),
+    "alpha": dict(minimum=0),
+    "t": dict(integer=True, minimum=0, maximum=1, option="--npe-t"),
 }
 _TRAIN_NUMBER_RULES: dict[str, dict[str, Any]] = {
-    "iterations": dict(integer=True, minimum=1), "batch_size": dict(integer=True, minimum=1), "lr": dict(above=0),
-    "momentum": dict(minimum=0, below=1), "weight_decay": dict(minimum=0), "gamma": dict(above=0),
-    "poly_power": dict(above=0), "aux_weight": dict(minimum=0), "seed": dict(integer=True, minimum=0, below=2**32),
-    "checkpoint_every": dict(integer=True, minimum=1), "log_every": dict(integer=True, minimum=1),
+    "iterations": dict(integer=True, minimum=1),
+    "batch_size": dict(integer=True, minimum=1),
+    "lr": dict(above=0),
+    "momentum": dict(minimum=0, below=1),
+    "weight_decay": dict(minimum=0),
+    "gamma": dict(above=0),
+    "poly_power": dict(above=0),
+    "aux_weight": dict(minimum=0),
+    "seed": dict(integer=True, minimum=0, below=2**32),
+    "checkpoint_every": dict(integer=True, minimum=1),
+    "log_every": dict(integer=True, minimum=1),
 }
 
 
@@ -69,8 +79,15 @@ class SegmentationModelConfig(SerializableConfig):
     def build(self, weights: Any = None, weights_backbone: Any = None) -> nn.Module:
         """The model these settings describe (torchvision weights only when passed here)."""
         return create_segmentation_model(
-            self.name, num_classes=self.num_classes, num_pems=self.num_pems, pem_type=self.pem_type,
-            alpha=self.alpha, t=self.t, aux_loss=self.aux_loss, weights=weights, weights_backbone=weights_backbone,
+            self.name,
+            num_classes=self.num_classes,
+            num_pems=self.num_pems,
+            pem_type=self.pem_type,
+            alpha=self.alpha,
+            t=self.t,
+            aux_loss=self.aux_loss,
+            weights=weights,
+            weights_backbone=weights_backbone,
             **self.model_kwargs,
         )
 
@@ -129,7 +146,11 @@ class SegmentationRunConfig(SerializableConfig):
 
     task: ClassVar[str] = "segmentation"
     may_change: ClassVar[tuple[str, ...]] = (
-        "train.iterations", "train.checkpoint_every", "train.log_every", "data.init", "data.weights",
+        "train.iterations",
+        "train.checkpoint_every",
+        "train.log_every",
+        "data.init",
+        "data.weights",
         "data.weights_backbone",
     )
 
@@ -155,8 +176,9 @@ def segmentation_model_config(name: Optional[str], dataset: str = "stare", **set
         raise ValueError("pass the segmentation model to train (--model), e.g. unet_fcn or unet_fcn_npe1.")
     parse_segmentation_model_name(name)
     classes = dataset_classes(dataset)
-    return SegmentationModelConfig.from_dict({"num_classes": len(classes), "class_names": list(classes), **settings,
-                                              "name": name})
+    return SegmentationModelConfig.from_dict(
+        {"num_classes": len(classes), "class_names": list(classes), **settings, "name": name}
+    )
 
 
 _DATA_SETTINGS = ("dataset", "annotation", "init", "weights", "weights_backbone")
@@ -191,6 +213,9 @@ def resolve_segmentation_config(out_dir: Union[str, Path], resume: bool, **given
     else:
         data = {"dataset": "stare", "annotation": "ah", **{k: None for k in _DATA_SETTINGS[2:]}, **sections["data"]}
         model = sections["model"].pop("name", None)
-        base = {"model": segmentation_model_config(model, data["dataset"], **sections["model"]).to_dict(),
-                "train": {}, "data": data}
+        base = {
+            "model": segmentation_model_config(model, data["dataset"], **sections["model"]).to_dict(),
+            "train": {},
+            "data": data,
+        }
     return SegmentationRunConfig.from_dict({key: {**base[key], **sections[key]} for key in base})

@@ -1,5 +1,6 @@
 """Evaluating segmentation models: whole-image or sliding-window inference, several NPE-LA strengths from one
 forward pass (NPE-LA is ``z - alpha * eta``), per-class metrics and overlay images of the predictions."""
+
 from __future__ import annotations
 
 import colorsys
@@ -66,26 +67,29 @@ def predict_logits(
         raise ValueError(f"slide mode needs positive crop_size and stride, got {crop_size} and {stride}.")
     height, width = images.shape[-2:]
     crop_h, crop_w = min(crop_size[0], height), min(crop_size[1], width)
-    windows = [(top, left) for top in _window_starts(height, crop_h, stride[0])
-               for left in _window_starts(width, crop_w, stride[1])]
+    windows = [
+        (top, left)
+        for top in _window_starts(height, crop_h, stride[0])
+        for left in _window_starts(width, crop_w, stride[1])
+    ]
     batch = images.shape[0]
     logits_sum: Optional[Tensor] = None
     estimate_sum: Optional[Tensor] = None
     count = images.new_zeros(1, 1, height, width)
     per_call = max(1, window_batch // batch)
     for first in range(0, len(windows), per_call):
-        group = windows[first:first + per_call]
-        crops = torch.cat([images[:, :, t:t + crop_h, l:l + crop_w] for t, l in group])
+        group = windows[first : first + per_call]
+        crops = torch.cat([images[:, :, t : t + crop_h, l : l + crop_w] for t, l in group])
         logits, estimate = _logits_and_estimate(model, crops, npe)
         if logits_sum is None:
             logits_sum = images.new_zeros(batch, logits.shape[1], height, width)
             estimate_sum = None if estimate is None else torch.zeros_like(logits_sum)
         for i, (top, left) in enumerate(group):
             part = slice(i * batch, (i + 1) * batch)
-            logits_sum[:, :, top:top + crop_h, left:left + crop_w] += logits[part]
+            logits_sum[:, :, top : top + crop_h, left : left + crop_w] += logits[part]
             if estimate_sum is not None:
-                estimate_sum[:, :, top:top + crop_h, left:left + crop_w] += estimate[part]
-            count[:, :, top:top + crop_h, left:left + crop_w] += 1
+                estimate_sum[:, :, top : top + crop_h, left : left + crop_w] += estimate[part]
+            count[:, :, top : top + crop_h, left : left + crop_w] += 1
     return logits_sum / count, None if estimate_sum is None else estimate_sum / count
 
 
@@ -96,7 +100,10 @@ def class_palette(num_classes: int) -> list[tuple[int, int, int]]:
 
 
 def overlay_panels(
-    image: Tensor, label_maps: Sequence[Tensor], num_classes: int, background_class: Optional[int] = 0,
+    image: Tensor,
+    label_maps: Sequence[Tensor],
+    num_classes: int,
+    background_class: Optional[int] = 0,
     opacity: float = 0.5,
 ) -> Tensor:
     """uint8 ``(3, H, W * n)``: the image with each label map drawn over it, side by side; background undrawn."""
@@ -197,18 +204,34 @@ def evaluate_run(
     """
     alphas = list(alphas) if alphas is not None else [0.0, model_config.alpha] if has_pems(model) else [0.0]
     out_dir, device = Path(out_dir), resolve_device(str(device))
-    report: dict[str, Any] = {**(about or {}), "dataset": dataset, "mode": mode, "split": split, "alphas": alphas,
-                              "results": {}}
+    report: dict[str, Any] = {
+        **(about or {}),
+        "dataset": dataset,
+        "mode": mode,
+        "split": split,
+        "alphas": alphas,
+        "results": {},
+    }
     results: dict[str, dict[float, SegmentationMetrics]] = {}
     data = {annotation: segmentation_dataset(dataset, split, annotation, data_dir) for annotation in annotations}
     with locked_dir(out_dir):  # one evaluation at a time writes the folder (its overlays, then metrics.json)
         for annotation, images in data.items():
             bar = progress(total=len(images), desc=f"evaluate {annotation}", unit="image") if progress else None
             results[annotation] = evaluate_segmentation(
-                model, images, num_classes=model_config.num_classes, mean=model_config.mean, std=model_config.std,
-                alphas=alphas, mode=mode, crop_size=crop_size, stride=stride, device=device,
-                class_names=model_config.class_names, overlay_dir=out_dir / "overlays" / annotation,
-                num_overlays=overlays, on_image=(lambda _: bar.update(1)) if bar is not None else None,
+                model,
+                images,
+                num_classes=model_config.num_classes,
+                mean=model_config.mean,
+                std=model_config.std,
+                alphas=alphas,
+                mode=mode,
+                crop_size=crop_size,
+                stride=stride,
+                device=device,
+                class_names=model_config.class_names,
+                overlay_dir=out_dir / "overlays" / annotation,
+                num_overlays=overlays,
+                on_image=(lambda _: bar.update(1)) if bar is not None else None,
             )
             if bar is not None:
                 bar.close()

@@ -3,6 +3,7 @@
 The PEMs' logits stay at the head's resolution; ``upsampled_true_class_logits`` upsamples only
 each pixel's true class, so the loss equals the one on fully upsampled logits at a fraction of the memory.
 """
+
 from __future__ import annotations
 
 from typing import Mapping, Union

@@ -4,6 +4,7 @@ Definitions follow MMSegmentation: a class's accuracy is its recall (correct pix
 ground-truth pixels); a class with no ground truth and no prediction has undefined (NaN)
 IoU and Dice and is left out of the means, as is the accuracy of a class with no ground truth.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -114,8 +115,11 @@ def format_metrics_table(title: str, results: Mapping[float, SegmentationMetrics
     lines = [title, " | ".join(header)]
     for alpha, metrics in results.items():
         cells = [_setting_label(alpha)]
-        for per_class, mean in ((metrics.dice, metrics.mean_dice), (metrics.accuracy, metrics.mean_accuracy),
-                                (metrics.iou, metrics.mean_iou)):
+        for per_class, mean in (
+            (metrics.dice, metrics.mean_dice),
+            (metrics.accuracy, metrics.mean_accuracy),
+            (metrics.iou, metrics.mean_iou),
+        ):
             cells += [f"{100 * float(v):.2f}" for v in per_class[: len(names)]] + [f"{100 * mean:.2f}"]
         cells.append(f"{100 * metrics.pixel_accuracy:.2f}")
         lines.append(" | ".join(cells))

@@ -1,4 +1,5 @@
 """Training batches for segmentation: random crops (and flips) of full images, and input normalisation."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -51,7 +52,7 @@ class RandomCropBatches:
             mask = torch.nn.functional.pad(mask, (0, pad_w, 0, pad_h), value=self.ignore_index)
         top = int(torch.randint(image.shape[-2] - crop_h + 1, (1,), generator=self.generator))
         left = int(torch.randint(image.shape[-1] - crop_w + 1, (1,), generator=self.generator))
-        image, mask = image[:, top:top + crop_h, left:left + crop_w], mask[top:top + crop_h, left:left + crop_w]
+        image, mask = image[:, top : top + crop_h, left : left + crop_w], mask[top : top + crop_h, left : left + crop_w]
         if self.flip and bool(torch.rand((), generator=self.generator) < 0.5):
             image, mask = image.flip(-1), mask.flip(-1)
         return image, mask

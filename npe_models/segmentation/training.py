@@ -6,6 +6,7 @@ layers stay in eval mode, so their running statistics never change. Runs use the
 of :mod:`npe_models.runs` (checkpoints, exact resumption, the log); :func:`train_run` builds a
 run from its settings, which is what ``npe-models train`` calls.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,7 +29,14 @@ from .config import SegmentationModelConfig, SegmentationRunConfig, Segmentation
 from .losses import segmentation_loss_terms
 from .sampling import RandomCropBatches, normalize_images
 
-__all__ = ["freeze_model_parts", "set_train_mode", "has_pems", "train_segmentation", "segmentation_dataset", "train_run"]
+__all__ = [
+    "freeze_model_parts",
+    "set_train_mode",
+    "has_pems",
+    "train_segmentation",
+    "segmentation_dataset",
+    "train_run",
+]
 
 PathLike = Union[str, Path]
 
@@ -70,8 +78,15 @@ class _SegmentationRun(TrainingLoop):
     task = SegmentationRunConfig.task
     unit = "iteration"
 
-    def __init__(self, model: nn.Module, dataset: Dataset, config: SegmentationRunConfig, run_dir: Optional[PathLike],
-                 device: Union[str, torch.device], on_step: Optional[Callable[[int, dict[str, float]], None]]) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        dataset: Dataset,
+        config: SegmentationRunConfig,
+        run_dir: Optional[PathLike],
+        device: Union[str, torch.device],
+        on_step: Optional[Callable[[int, dict[str, float]], None]],
+    ) -> None:
         super().__init__(config, run_dir, config.train.iterations)
         train = config.train
         self.model, self.device, self.on_step = model.to(device), device, on_step
@@ -79,10 +94,12 @@ class _SegmentationRun(TrainingLoop):
         parameters = [p for p in model.parameters() if p.requires_grad]
         if not parameters:
             raise ValueError("every parameter is frozen: unfreeze the decode head or train a model with PEMs.")
-        self.optimizer = torch.optim.SGD(parameters, lr=train.lr, momentum=train.momentum,
-                                         weight_decay=train.weight_decay)
-        self.batches = RandomCropBatches(dataset, train.batch_size, train.crop_size, train.seed, train.flip,
-                                         train.ignore_index)
+        self.optimizer = torch.optim.SGD(
+            parameters, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay
+        )
+        self.batches = RandomCropBatches(
+            dataset, train.batch_size, train.crop_size, train.seed, train.flip, train.ignore_index
+        )
         self.npe = has_pems(model)
         self.train_main = any(p.requires_grad for name, p in model.named_parameters() if not _is_pem_parameter(name))
         torch.manual_seed(train.seed)  # dropout draws from the global generator (a resumed run restores its state)
@@ -107,8 +124,12 @@ class _SegmentationRun(TrainingLoop):
         images = normalize_images(images.to(self.device), model_config.mean, model_config.std)
         result = self.model.forward_train(images) if self.npe else self.model(images)
         terms = segmentation_loss_terms(
-            result, masks.to(self.device), train_main=self.train_main, t=getattr(self.model, "t", 1),
-            ignore_index=train.ignore_index, aux_weight=train.aux_weight,
+            result,
+            masks.to(self.device),
+            train_main=self.train_main,
+            t=getattr(self.model, "t", 1),
+            ignore_index=train.ignore_index,
+            aux_weight=train.aux_weight,
         )
         loss = sum(terms.values())
         if not torch.isfinite(loss):
@@ -116,8 +137,13 @@ class _SegmentationRun(TrainingLoop):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        record = {"iteration": index + 1, "lr": lr, "loss": loss.item(),
-                  **{k: v.item() for k, v in terms.items()}, "seconds": time.perf_counter() - began}
+        record = {
+            "iteration": index + 1,
+            "lr": lr,
+            "loss": loss.item(),
+            **{k: v.item() for k, v in terms.items()},
+            "seconds": time.perf_counter() - began,
+        }
         if self.on_step is not None:
             self.on_step(index + 1, record)
         return record
@@ -177,8 +203,11 @@ def _starting_model(config: SegmentationRunConfig, continuing: bool) -> nn.Modul
     if data.get("init"):
         load_weights_for_pem_training(model, data["init"])
     elif config.train.freeze_backbone and not (data.get("weights") or data.get("weights_backbone")):
-        warnings.warn("the backbone is frozen but randomly initialised; pass init (--init), weights / weights_backbone "
-                      "(--weights, --weights-backbone) or freeze_backbone=False (--no-freeze-backbone).", stacklevel=3)
+        warnings.warn(
+            "the backbone is frozen but randomly initialised; pass init (--init), weights / weights_backbone "
+            "(--weights, --weights-backbone) or freeze_backbone=False (--no-freeze-backbone).",
+            stacklevel=3,
+        )
     return model
 
 
@@ -228,9 +257,17 @@ def train_run(
     model = _starting_model(config, resume and (Path(out_dir) / CHECKPOINT_FILE).is_file())
     bar = progress(total=config.train.iterations, desc=f"train {config.model.name}", unit="it") if progress else None
     try:
-        return train_segmentation(model, dataset, config.train, config.model, output_dir=out_dir,
-                                  device=resolve_device(str(device)), resume=resume, data_info=config.data,
-                                  on_step=_ProgressReport(bar) if bar is not None else None)
+        return train_segmentation(
+            model,
+            dataset,
+            config.train,
+            config.model,
+            output_dir=out_dir,
+            device=resolve_device(str(device)),
+            resume=resume,
+            data_info=config.data,
+            on_step=_ProgressReport(bar) if bar is not None else None,
+        )
     finally:
         if bar is not None:
             bar.close()
