@@ -9,7 +9,8 @@ images per class, ``npe_models.adapt.cifar_calibration_set``; class 0 has no hel
 JPEG-recovered (quality 75, see ../shared/data/README.md), a covariate shift that breaks the
 label-shift assumption when calibrating on lossless images, so sets drawn from it are calibrated on
 a JPEG round trip (PIL quality 75) of the calibration images, and sets drawn from the exact images on
-the lossless ones; the full set with lossless calibration is reported too, to show the failure. Test sets are resampled without replacement, with fixed seeds, from the full test set
+the lossless ones; the full set with lossless calibration is reported too, to show the failure. Test sets are
+resampled without replacement, with fixed seeds, from the full test set
 and from its 1,000 exact images, to each class mix: uniform, the training prior, its inverse and
 20 Dirichlet(1) draws (each set as large as the pool's per-class counts allow; fixed mixes are
 averaged over ``--seeds`` draws). The stream is 20,000 test images (drawn with replacement)

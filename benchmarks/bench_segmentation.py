@@ -24,14 +24,16 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from timm.utils import reparameterize_model
 
 from npe_models import create_segmentation_model
+from npe_models.cli import main as npe_models_cli
 from npe_models.data.stare import StareSegmentation
+from npe_models.runs import WEIGHTS_FILE
 from npe_models.segmentation import (
     freeze_model_parts,
     load_segmentation_model,
@@ -40,8 +42,6 @@ from npe_models.segmentation import (
     segmentation_loss_terms,
     set_train_mode,
 )
-from npe_models.cli import main as npe_models_cli
-from npe_models.runs import WEIGHTS_FILE
 
 STARE_ALPHAS = ("0", "1", "0.5", "0.2", "0.1")
 DEFAULT_PEM_LR = 0.01

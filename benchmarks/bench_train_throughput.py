@@ -39,10 +39,10 @@ import torch
 import torch.nn.functional as F
 
 import npe_models  # noqa: F401  (registers the models)
-from npe_models.data import load_cifar_lt
 from npe_models.classification import resolve_config
-from npe_models.distributed import DistributedContext
 from npe_models.classification.train import _Run
+from npe_models.data import load_cifar_lt
+from npe_models.distributed import DistributedContext
 
 
 class Variant(NamedTuple):
@@ -115,7 +115,9 @@ def engine_epoch(variant: Variant, data_dir: str, device: str, max_batches: int 
 
 
 def pil_epoch(model_name: str, batch_size: int, data_dir: str, max_batches: int | None, workers: int):
-    """(images, wall seconds, CPU seconds) of one epoch with the reference pipeline: per-image PIL transforms in workers."""
+    """(images, wall seconds, CPU seconds) of one epoch with the reference pipeline: per-image PIL transforms in
+    workers.
+    """
     import timm
     from PIL import Image
     from torchvision import transforms

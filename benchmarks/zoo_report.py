@@ -14,8 +14,8 @@ and 5 report three), and the PEM-count ablation (the paper's Table 3: rho 100, H
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 import statistics
+from pathlib import Path
 from typing import Any, Optional
 
 from npe_models.classification.config import RECIPES, resolve_config
@@ -70,7 +70,8 @@ def _finished_row(name: str, config: dict[str, Any], metrics: dict[str, Any]) ->
     training = metrics["training"]
     gap = f"{full['top1'] - paper:+.2f} / {exact['top1'] - paper:+.2f}" if paper is not None else "-"
     return (
-        f"| {name} | {config['method']} | {config['recipe']} | {config['rho']:g} | {full['top1']:.2f} / {exact['top1']:.2f}{unadjusted} "
+        f"| {name} | {config['method']} | {config['recipe']} | {config['rho']:g} "
+        f"| {full['top1']:.2f} / {exact['top1']:.2f}{unadjusted} "
         f"| {_fmt(full['many'])} / {_fmt(full['medium'])} / {_fmt(full['few'])} | {_fmt(penalty)} "
         f"| {_fmt(prior and prior['spearman'], 3)} / {_fmt(prior and prior['pearson'], 3)} "
         f"| {_training_text(training)} "
@@ -81,7 +82,10 @@ def _finished_row(name: str, config: dict[str, Any], metrics: dict[str, Any]) ->
 def _unfinished_row(name: str, config: dict[str, Any], run: Path) -> str:
     log = read_jsonl(run / LOG_FILE)
     seconds = sum(record["seconds"] for record in log)
-    return f"| {name} | {config['method']} | {config['recipe']} | {config['rho']:g} | not finished: epoch {len(log)} of {config['epochs']} ({seconds / 3600:.2f} h so far) | | | | | | |"
+    return (
+        f"| {name} | {config['method']} | {config['recipe']} | {config['rho']:g} "
+        f"| not finished: epoch {len(log)} of {config['epochs']} ({seconds / 3600:.2f} h so far) | | | | | | |"
+    )
 
 
 def _setting(config: dict[str, Any]) -> tuple[str, str, int, float]:
@@ -144,14 +148,16 @@ def pem_ablation(finished: dict[str, tuple[dict[str, Any], dict[str, Any]]]) -> 
         if metrics is None:
             lines.append(f"| {pems} | not trained | not trained |")
             continue
-        npe_la = "%.2f / %.2f" % _top1(metrics, "npe_la") if pems else "-"
-        lines.append(f"| {pems} | {'%.2f / %.2f' % _top1(metrics, 'plain')} | {npe_la} |")
+        npe_la = "{:.2f} / {:.2f}".format(*_top1(metrics, "npe_la")) if pems else "-"
+        plain = "{:.2f} / {:.2f}".format(*_top1(metrics, "plain"))
+        lines.append(f"| {pems} | {plain} | {npe_la} |")
     return "\n".join(lines)
 
 
 def report(zoo: Path) -> str:
     header = [
-        "| run | method | recipe | rho | top-1 full / exact | Many / Medium / Few (full) | JPEG penalty | Spearman / Pearson | training | paper | ours - paper (full / exact) |",
+        "| run | method | recipe | rho | top-1 full / exact | Many / Medium / Few (full) | JPEG penalty "
+        "| Spearman / Pearson | training | paper | ours - paper (full / exact) |",
         "| --- | --- | --- | ---: | --- | --- | ---: | --- | --- | ---: | ---: |",
     ]
     rows, finished = [], {}

@@ -3,7 +3,8 @@
 ``package_run(run_dir)`` takes a run that ``npe-models train`` finished, writes its weights into
 ``npe_models/weights/`` as ``<arch>.<tag>.safetensors`` (plus the merged form of NPE models, a
 plain ``<base>`` checkpoint; runs other than the rho = 100 HP-2 seed-0 defaults into
-``weights/extra/``, which the wheel leaves out to stay small), records their sha256 and the run's measured accuracy in the
+``weights/extra/``, which the wheel leaves out to stay small), records their sha256 and the run's measured accuracy in
+the
 manifest timm's pretrained cfgs are built from, and writes a ready-to-upload Hub folder with a
 model card per checkpoint (``npe_models.hub.pretrained_card``, so a folder regenerated later
 with ``save_pretrained_for_hub`` is the same) into a git-ignored folder. The exported weights are

@@ -4,9 +4,9 @@ Importing the package registers every model with timm (and torchvision for segme
 """
 
 from .losses import logit_adjusted_cross_entropy, one_way_logistic_loss, one_way_logistic_loss_from_true_class
-from .npe import NPEClassifierMixin, NPEHead, NPEOutput, has_pems, npe_heads, set_alpha
 from .models import add_npe, list_classifiers, npe_model_name, parse_npe_name
 from .models.segmentation import create_segmentation_model
+from .npe import NPEClassifierMixin, NPEHead, NPEOutput, has_pems, npe_heads, set_alpha
 
 __version__ = "0.1.0"
 

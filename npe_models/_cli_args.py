@@ -50,8 +50,8 @@ EPILOG_PREDICT = """examples:
   npe-models predict runs/npe16_hp2 photos/ --alpha 0 --csv        # the unadjusted logits (no NPE-LA)
   npe-models predict resnet32_npe16.onnx photos/                   # an ONNX export, run with ONNX Runtime
 """
-EPILOG_ADAPT = """DATA: cifar10:test, cifar10:heldout (training images CIFAR-LT leaves out; --rho), cifar100:..., or an .npz
-file with x (N, H, W, 3) uint8 images and y labels (y needed for --calibration).
+EPILOG_ADAPT = """DATA: cifar10:test, cifar10:heldout (training images CIFAR-LT leaves out; --rho), cifar100:...,
+or an .npz file with x (N, H, W, 3) uint8 images and y labels (y needed for --calibration).
 examples:
   npe-models adapt resnet32_npe16.cifar10_lt_r100_hp2 --pretrained --unlabeled target.npz \\
       --calibration cifar10:heldout --data-dir ../shared/data --out adapted/npe16   # NPE-LA logits are balanced

@@ -7,8 +7,9 @@ option, so a ``nan`` learning rate or a negative seed never reaches the training
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from numbers import Real
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 __all__ = ["check_number", "check_numbers"]
 

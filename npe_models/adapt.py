@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -150,7 +151,7 @@ class Calibration:
         return logits.double() / self.temperature + self.bias.to(logits.device)
 
     @classmethod
-    def from_source_prior(cls, source_prior: PriorLike) -> "Calibration":
+    def from_source_prior(cls, source_prior: PriorLike) -> Calibration:
         """No fit: subtract the log source prior (cross-entropy minus its log training prior, i.e. post-hoc LA)."""
         return cls(1.0, -_source_log_prior(source_prior, len(source_prior)))
 

@@ -13,29 +13,30 @@ import dataclasses
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from timm.utils import reparameterize_model
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from . import classification, segmentation
 from ._cli_args import (
     EPILOG_EVALUATE,
     EPILOG_PREDICT,
     EPILOG_TRAIN,
     SEGMENTATION_DATASETS,
+    adapt_options,
+    add_adapt_parser,
     add_evaluate_arguments,
     add_export_arguments,
     add_list_arguments,
     add_predict_arguments,
     add_train_arguments,
-    reject_other_task_options,
-    add_adapt_parser,
-    adapt_options,
     classification_evaluate_options,
     not_none,
+    reject_other_task_options,
 )
-from . import classification, segmentation
 from .adapt import adapt_source, format_adaptation
 from .classification import TrainConfig, format_metrics, resolve_train_config, train
 from .data import default_data_dir

@@ -9,8 +9,9 @@ device. Nothing here needs huggingface_hub or onnx.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Optional
 
 import timm
 import torch
@@ -19,13 +20,13 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models.segmentation import FCN, LRASPP, DeepLabV3
 
+from .models import npe_model_name, parse_npe_name
 from .models.segmentation import (
     SEGMENTATION_ARCHITECTURES,
     NPESegmentationMixin,
     UNetBackbone,
     parse_segmentation_model_name,
 )
-from .models import npe_model_name, parse_npe_name
 from .npe import NPEHead, has_pems, npe_heads
 from .segmentation.config import SegmentationModelConfig
 

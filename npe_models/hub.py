@@ -18,8 +18,9 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 import safetensors
 import safetensors.torch
@@ -470,7 +471,7 @@ def _results_by_test_set(record: Mapping[str, Any]) -> list[str]:
 
 
 def _training_note(name: str, entry: Mapping[str, Any]) -> str:
-    """How a shipped checkpoint was trained (time, speed, devices, the checkpoint it started from) and where it lives."""
+    """How a shipped checkpoint was trained (time, speed, devices, the checkpoint it started from), where it lives."""
     training, start = entry["training"], entry.get("starts_from")
     weights = (
         f"Weights: `npe_models/weights/{name}.safetensors` in the package."
@@ -480,7 +481,8 @@ def _training_note(name: str, entry: Mapping[str, Any]) -> str:
     )
     if not training["epochs"]:
         model = f"the cross-entropy model `{start}`" if start else "the cross-entropy model it adjusts"
-        return f"No training of its own: the classifier bias of {model} absorbs -{entry['run']['tau']:g} * log prior. {weights}"
+        tau = entry["run"]["tau"]
+        return f"No training of its own: the classifier bias of {model} absorbs -{tau:g} * log prior. {weights}"
     origin = f"; only the classifier of `{start}` was re-trained" if start else ""
     return (
         f"Trained by npe-models in {training['seconds'] / 3600:.2f} h ({training['images_per_s']:.0f} images/s, "
@@ -627,7 +629,9 @@ def _resolve_source(source: Union[str, os.PathLike]) -> tuple[Path, str]:
 
 
 def hub_folder(source: Union[str, os.PathLike]) -> Path:
-    """The local folder of a Hub source: a path, ``local-dir:DIR``, or ``hf-hub:ORG/NAME[@revision]`` (downloaded or cached)."""
+    """The local folder of a Hub source: a path, ``local-dir:DIR``, or ``hf-hub:ORG/NAME[@revision]`` (downloaded or
+    cached).
+    """
     return _resolve_source(source)[0]
 
 

@@ -169,7 +169,7 @@ def _is_registered(name: str) -> bool:
 
 
 def source_kind(source: PathLike) -> str:
-    """``"hub"``, ``"run"`` (a run directory or a file a run wrote) or ``"registered"``; an error naming the fix else."""
+    """``"hub"``, ``"run"`` (a run directory or a file a run wrote) or ``"registered"``; or an error naming the fix."""
     text = os.fspath(source)
     if text.startswith(_HUB_PREFIXES) or (Path(text).is_dir() and is_hub_folder(text)):
         return "hub"

@@ -108,7 +108,7 @@ class NPEHead(nn.Module):
     @classmethod
     def from_layer(
         cls, layer: Union[nn.Linear, nn.Conv2d], num_pems: int = 16, *, t: int = 1, alpha: float = 1.0
-    ) -> "NPEHead":
+    ) -> NPEHead:
         """Wrap an existing classifier layer, keeping its weights and adding fresh PEMs."""
         if isinstance(layer, nn.Conv2d):
             if layer.kernel_size != (1, 1) or layer.stride != (1, 1) or layer.groups != 1 or layer.dilation != (1, 1):

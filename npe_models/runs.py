@@ -24,10 +24,10 @@ import socket
 import time
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Optional, TypeVar, Union
+from typing import Any, ClassVar, Optional, TypeVar, Union
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -467,7 +467,7 @@ class SerializableConfig:
         """Rebuild settings saved with ``to_dict``; unknown keys are an error (a config from another version)."""
         return config_from_dict(cls, data)
 
-    def differences(self, other: "SerializableConfig") -> dict[str, tuple[Any, Any]]:
+    def differences(self, other: SerializableConfig) -> dict[str, tuple[Any, Any]]:
         """Settings (other than those in ``may_change``) whose values differ: name -> (self's, other's)."""
         return setting_changes(self.to_dict(), other.to_dict(), self.may_change)
 
@@ -661,10 +661,10 @@ class TrainingLoop(ABC):
         """Whether a checkpoint is written after unit ``done`` (1-based)."""
         return True
 
-    def begin(self, start: int) -> None:
+    def begin(self, start: int) -> None:  # noqa: B027 (an optional hook)
         """Called once the run knows the units already done (``start``, after resuming), before the first unit."""
 
-    def after_unit(self, done: int, record: dict[str, Any]) -> None:
+    def after_unit(self, done: int, record: dict[str, Any]) -> None:  # noqa: B027 (an optional hook)
         """Called after unit ``done`` is logged and checkpointed (reporting, synchronising processes)."""
 
     def _kept(self) -> str:

@@ -14,7 +14,7 @@ from torch import nn
 import npe_models  # registers the models
 import npe_models.loading
 from npe_models import adapt
-from npe_models.data import long_tailed_indices, load_cifar
+from npe_models.data import load_cifar, long_tailed_indices
 from npe_models.describe import describe_model
 
 NUM_CLASSES, DIM = 5, 8

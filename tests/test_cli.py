@@ -11,7 +11,6 @@ import pytest
 
 from npe_models.cli import main
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -18,8 +18,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -29,8 +30,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from npe_models import classification, segmentation
-from npe_models.cli import main
 from npe_models.classification import NonFiniteLossError, TrainConfig, resolve_config, train
+from npe_models.cli import main
 from npe_models.loading import load_model
 from npe_models.models._bundled import file_sha256
 from npe_models.runs import (

@@ -1,4 +1,5 @@
-"""Hugging Face Hub folders: save, load back through timm (local-dir: and an offline hf-hub: cache), upload, bad input."""
+"""Hugging Face Hub folders: save, load back through timm (local-dir: and an offline hf-hub: cache), upload, bad
+input."""
 
 from __future__ import annotations
 
@@ -15,13 +16,13 @@ import safetensors.torch
 import timm
 import torch
 from huggingface_hub import ModelCard
+from onnx_validate import random_model_for_parity  # export/, on the test path
 from timm.utils import reparameterize_model
 
 from npe_models.hub import CONFIG_NAME, HUB_FILES, WEIGHTS_NAME, load_from_hub, push_to_hub, save_for_hub
 from npe_models.models.segmentation import PEMNotMergedWarning
 from npe_models.npe import NPEHead
 from npe_models.segmentation.config import SegmentationModelConfig
-from onnx_validate import random_model_for_parity  # export/, on the test path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -144,7 +145,8 @@ with torch.no_grad():
     loaded = load_model("hf-hub:npe-models/resnet20_npe4-test")
     assert loaded.task == "classification" and loaded.source == "hf-hub:npe-models/resnet20_npe4-test"
     d = loaded.model(x["x"])
-safetensors.torch.save_file({{"timm": a, "loader": b, "segmentation": c, "load_model": d}}, {str(tmp_path / "out.safetensors")!r})
+outputs = {{"timm": a, "loader": b, "segmentation": c, "load_model": d}}
+safetensors.torch.save_file(outputs, {str(tmp_path / "out.safetensors")!r})
 """
     env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)}
     env.pop("HF_HUB_CACHE", None)
@@ -320,7 +322,8 @@ def test_export_hub_command(tmp_path: Path, capsys) -> None:
 
 
 def test_export_hub_command_for_a_shipped_checkpoint_writes_its_card(tmp_path: Path, capsys) -> None:
-    """`npe-models export hub <tag> --pretrained` regenerates the Hub folder the packaging wrote (zoo/hub is not in git)."""
+    """`npe-models export hub <tag> --pretrained` regenerates the Hub folder the packaging wrote (zoo/hub is not in
+    git)."""
     from npe_models.cli import main
     from npe_models.hub import save_pretrained_for_hub
 

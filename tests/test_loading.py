@@ -1,4 +1,6 @@
-"""load_model: every kind of source loads the same weights, reports its task and training data, and bad sources fail clearly."""
+"""load_model: every kind of source loads the same weights, reports its task and training data, and bad sources fail
+clearly.
+"""
 
 from __future__ import annotations
 
@@ -252,7 +254,8 @@ def test_bad_sources_fail_with_one_clear_error(classifier_sources, tmp_path: Pat
 def test_names_without_weights_fail_clearly() -> None:
     with pytest.raises(
         ValueError,
-        match="resnet20_npe16 has no default pretrained weights; there are no pretrained weights for it: load it with pretrained=False",
+        match="resnet20_npe16 has no default pretrained weights; there are no pretrained weights for it: "
+        "load it with pretrained=False",
     ):
         load_model("resnet20_npe16", pretrained=True)
     with pytest.raises(

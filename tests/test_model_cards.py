@@ -7,17 +7,16 @@ import json
 import re
 from pathlib import Path
 
-import pytest
 import timm
 import torch
 from huggingface_hub import ModelCard, metadata_load
 from huggingface_hub.repocard_data import model_index_to_eval_results
+from onnx_validate import random_model_for_parity  # export/, on the test path
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 from npe_models.hub import CITATION, pretrained_card, save_for_hub, save_pretrained_for_hub
 from npe_models.models._bundled import shipped_checkpoints
-from onnx_validate import random_model_for_parity  # export/, on the test path
 
 SHIPPED = shipped_checkpoints()
 CRT = "resnet32.cifar10_lt_r100_hp2_crt"

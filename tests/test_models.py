@@ -10,7 +10,7 @@ from timm.utils import reparameterize_model
 from torch import nn
 
 import npe_models
-from npe_models import NPEHead, one_way_logistic_loss, logit_adjusted_cross_entropy
+from npe_models import NPEHead, logit_adjusted_cross_entropy, one_way_logistic_loss
 
 ALL_MODELS = npe_models.list_classifiers()
 NPE_MODELS = npe_models.list_classifiers(npe_only=True)

@@ -15,11 +15,6 @@ import pytest
 import safetensors.torch
 import timm
 import torch
-
-import npe_models
-from npe_models.models.segmentation import PEMNotMergedWarning, list_segmentation_models
-from npe_models.npe import NPEHead
-from npe_models.onnx import MIN_OPSET, check_parity, export_onnx, onnx_session, read_onnx_metadata
 from onnx_validate import (  # release tooling in export/, on the test path (pyproject's pythonpath)
     classification_accuracy,
     onnx_predictor,
@@ -28,6 +23,11 @@ from onnx_validate import (  # release tooling in export/, on the test path (pyp
     randomize_pems,
     torch_predictor,
 )
+
+import npe_models
+from npe_models.models.segmentation import PEMNotMergedWarning, list_segmentation_models
+from npe_models.npe import NPEHead
+from npe_models.onnx import MIN_OPSET, check_parity, export_onnx, onnx_session, read_onnx_metadata
 
 CLASSIFIERS = npe_models.list_classifiers()
 # ImageNet architectures are checked at 128x128 (ViT rebuilt for it): small, but at 64x64 their last
@@ -54,7 +54,9 @@ def _realistic_model(name: str, **kwargs) -> tuple[torch.nn.Module, tuple[int, i
 
 @pytest.fixture(scope="module")
 def npe_export(tmp_path_factory) -> tuple[torch.nn.Module, Path, Path]:
-    """A realistic resnet20_npe16 (alpha 0.5, tagged TAG) and its merged and unmerged exports, shared by the tests below."""
+    """A realistic resnet20_npe16 (alpha 0.5, tagged TAG) and its merged and unmerged exports, shared by the tests
+    below.
+    """
     folder = tmp_path_factory.mktemp("npe_export")
     model, _ = _realistic_model(NPE_MODEL, npe_alpha=0.5, pretrained_cfg_overlay=dict(tag=TAG))
     merged = export_onnx(model, folder / "merged" / "model.onnx", label_names=LABELS)

@@ -17,22 +17,22 @@ import timm
 import torch
 import torch.hub
 
-from npe_models.data.cifar import load_cifar_lt
 from npe_models.classification.checkpoint import METRICS_FILE, save_weights, write_json
 from npe_models.classification.config import resolve_config
 from npe_models.classification.evaluate import evaluate_model
+from npe_models.data.cifar import load_cifar_lt
 from npe_models.hub import load_from_hub, save_pretrained_for_hub
 from npe_models.models import _bundled, parse_npe_name
-from npe_models.models._bundled import EXTRA_WEIGHTS_DIR, WEIGHTS_DIR, checkpoint_path, file_sha256, shipped_checkpoints
+from npe_models.models._bundled import EXTRA_WEIGHTS_DIR, checkpoint_path, file_sha256, shipped_checkpoints
 from npe_models.models.segmentation import UNet_FCN_Weights
 from npe_models.npe import NPEHead
-from zoo import (
+from zoo import (  # release tooling in export/, on the test path
     checkpoint_names,
     is_shipped,
     package_run,
     read_manifest,
     reproduces,
-)  # release tooling in export/, on the test path
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = list(shipped_checkpoints())
@@ -54,7 +54,9 @@ def cifar10_lt(data_dir: Path):
 
 
 def _fake_finished_run(run_dir: Path, data_dir: Path, data, method: str = "npe", **overrides) -> torch.nn.Module:
-    """A randomly initialised model saved as a finished HP-2 run (weights, config, final metrics); resnet32_npe16 by default."""
+    """A randomly initialised model saved as a finished HP-2 run (weights, config, final metrics); resnet32_npe16 by
+    default.
+    """
     config = resolve_config("hp2", method, data_dir=str(data_dir), **overrides)
     torch.manual_seed(0)  # module fixtures draw before the per-test seed: the same model whatever ran before
     model = timm.create_model(config.model, num_classes=10)

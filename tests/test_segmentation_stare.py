@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from npe_models.cli import main
 from npe_models.data.stare import StareSegmentation, stare_file
 from npe_models.runs import read_run_config
 from npe_models.segmentation import load_segmentation_model, resolve_segmentation_config, train_run
-from npe_models.cli import main
 
 
 def test_stare_split_and_annotations(data_dir: Path) -> None:

@@ -9,28 +9,28 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset
-from PIL import Image
 
 import npe_models
+from npe_models.models import is_segmentation_model
 from npe_models.runs import NonFiniteLossError, write_run_config
 from npe_models.segmentation import (
     RandomCropBatches,
     SegmentationMetrics,
     SegmentationModelConfig,
     SegmentationTrainConfig,
-    resolve_segmentation_config,
-    segmentation_dataset,
     confusion_matrix,
     evaluate_segmentation,
     freeze_model_parts,
     normalize_images,
     predict_logits,
+    resolve_segmentation_config,
+    segmentation_dataset,
     set_train_mode,
     train_segmentation,
 )
-from npe_models.models import is_segmentation_model
 
 
 class _Blobs(Dataset):

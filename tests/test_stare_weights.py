@@ -7,10 +7,10 @@ import shutil
 import pytest
 import torch
 import torchvision
+from package_stare import STARE_ALPHAS, stare_metrics, stare_quick_check
 
 import npe_models.models.segmentation as seg
 from npe_models.models.segmentation import UNet_FCN_Weights, unet_fcn
-from package_stare import STARE_ALPHAS, stare_metrics, stare_quick_check
 from npe_models.segmentation.config import SegmentationModelConfig
 
 NPE, BASELINE = UNet_FCN_Weights.STARE_NPE1_FCN, UNet_FCN_Weights.STARE

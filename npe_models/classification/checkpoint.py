@@ -6,8 +6,9 @@ segmentation; they are importable from here too.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 import timm
 import torch

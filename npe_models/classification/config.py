@@ -15,8 +15,8 @@ from typing import Any, ClassVar, Optional, Union
 import timm
 
 from .._validation import check_number, check_numbers
-from ..distributed import device_for_resume
 from ..data import CIFAR_NUM_CLASSES, CLASSIFICATION_DATASETS, default_data_dir
+from ..distributed import device_for_resume
 from ..models import npe_model_name, parse_npe_name
 from ..runs import SerializableConfig, resumable_config
 
@@ -236,7 +236,8 @@ def resolve_train_config(
     """The settings of the run in ``out_dir``: with ``resume`` its ``config.json`` updated with ``given``, else
     the recipe's (default hp2) updated with them. ``None`` values count as not given.
 
-    A resumed run keeps its recorded device unless ``device`` is given or this machine lacks it (then ``auto``). A fresh run's method
+    A resumed run keeps its recorded device unless ``device`` is given or this machine lacks it (then ``auto``). A
+    fresh run's method
     defaults to npe for models with PEMs, else ce; its data directory to ``$NPE_DATA_DIR``, else
     ``data``; cRT and post-hoc LA take the model of their ``init`` run when ``model`` is not given.
     """

@@ -10,9 +10,10 @@ top-1 on a test set of that class mix is added (``target_top1``, see :func:`reso
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -62,7 +63,7 @@ class Predictions:
     logits: dict[str, Tensor]
     estimate: Optional[Tensor] = None
 
-    def subset(self, mask: Tensor) -> "Predictions":
+    def subset(self, mask: Tensor) -> Predictions:
         estimate = None if self.estimate is None else self.estimate[mask]
         return Predictions(self.labels[mask], {k: v[mask] for k, v in self.logits.items()}, estimate)
 
@@ -124,7 +125,8 @@ def group_accuracy(per_class: np.ndarray, train_counts: Sequence[int]) -> dict[s
 
 
 def classification_metrics(predicted: Tensor, labels: Tensor, train_counts: Sequence[int]) -> dict[str, object]:
-    """Top-1 and balanced accuracy, Many/Medium/Few accuracy (mean per-class accuracy in each group), per class, confusion.
+    """Top-1 and balanced accuracy, Many/Medium/Few accuracy (mean per-class accuracy in each group), per class,
+    confusion.
 
     Accuracies are percentages; classes absent from ``labels`` have per-class accuracy ``None``
     and are left out of the means.
@@ -231,7 +233,7 @@ def resolve_target_prior(spec: Union[str, Sequence[float]], train_counts: Sequen
 
 
 def _target_top1(per_class: Sequence[Optional[float]], prior: np.ndarray) -> Optional[float]:
-    """Expected top-1 under class mix ``prior``: ``sum_c prior_c * accuracy_c`` (None when a weighted class is absent)."""
+    """Expected top-1 under class mix ``prior``: ``sum_c prior_c * accuracy_c`` (None if a weighted class is absent)."""
     if any(accuracy is None for accuracy, weight in zip(per_class, prior) if weight > 0):
         return None
     return float(sum(weight * accuracy for accuracy, weight in zip(per_class, prior) if weight > 0))

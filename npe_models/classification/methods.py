@@ -105,7 +105,7 @@ def _load_ce_weights(model: nn.Module, init: Union[str, Path], config: TrainConf
 
 
 class ClassifierRetraining(TrainingMethod):
-    """cRT (Kang et al., 2020): a re-initialised classifier trained with class-balanced sampling on a frozen backbone."""
+    """cRT (Kang et al., 2020): a re-initialised classifier trained with class-balanced batches on a frozen backbone."""
 
     sampling = "class_balanced"
 

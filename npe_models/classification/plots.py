@@ -7,8 +7,9 @@ state), so the drawn data can be inspected; :func:`save_evaluation_plots` writes
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 from matplotlib.axes import Axes

@@ -12,10 +12,10 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data import LongTailedData, load_long_tailed
+from ..distributed import DistributedContext, all_reduce_sum, barrier, init_distributed
 from ..runs import (
     LOG_FILE,
     METRICS_FILE,
@@ -37,7 +38,6 @@ from ..runs import (
 )
 from .checkpoint import build_model, save_weights, set_label_names
 from .config import TrainConfig
-from ..distributed import DistributedContext, all_reduce_sum, barrier, init_distributed
 from .evaluate import ProgressFactory, evaluate_model, group_accuracy, summary
 from .methods import TrainingMethod, make_method
 from .plots import save_evaluation_plots
@@ -379,7 +379,7 @@ def _scalars(record: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str,
 
 
 def _summary_writer_class() -> type:
-    """TensorBoard's ``SummaryWriter``; a clear ImportError, naming the extra to install, when tensorboard is missing."""
+    """TensorBoard's ``SummaryWriter``; a clear ImportError naming the extra to install when tensorboard is missing."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as error:

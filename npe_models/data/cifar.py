@@ -12,9 +12,10 @@ import json
 import math
 import pickle
 import zipfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -57,7 +58,7 @@ class ImageArrays:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, mask_or_index: np.ndarray) -> "ImageArrays":
+    def subset(self, mask_or_index: np.ndarray) -> ImageArrays:
         """The images selected by a boolean mask or an index array, in that order."""
         return ImageArrays(self.images[mask_or_index], self.labels[mask_or_index], self.exact[mask_or_index])
 
@@ -106,12 +107,12 @@ class CifarLT(ClassCounts):
         """Sets scored as a subset of another set's predictions: the exact images are a mask of the full set."""
         return {"exact": ("full", self.test.exact)}
 
-    def training_batches(self, model: nn.Module, batch_size: int, **options: Any) -> "BatchStream":
+    def training_batches(self, model: nn.Module, batch_size: int, **options: Any) -> BatchStream:
         """The augmented training stream, normalised with ``model``'s pretrained mean and std."""
         cfg = model.pretrained_cfg
         return BatchStream(self.train, batch_size, cfg["mean"], cfg["std"], train=True, **options)
 
-    def evaluation_batches(self, name: str, model: nn.Module, batch_size: int, **options: Any) -> "BatchStream":
+    def evaluation_batches(self, name: str, model: nn.Module, batch_size: int, **options: Any) -> BatchStream:
         """The batches of evaluation set ``name`` for ``model``."""
         cfg = model.pretrained_cfg
         return BatchStream(self.eval_sets[name], batch_size, cfg["mean"], cfg["std"], train=False, **options)

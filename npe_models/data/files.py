@@ -15,9 +15,10 @@ import contextlib
 import math
 import os
 import random
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -65,7 +66,7 @@ class ImageList:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def subset(self, index: np.ndarray) -> "ImageList":
+    def subset(self, index: np.ndarray) -> ImageList:
         return ImageList(tuple(self.paths[i] for i in index), self.labels[index], self.source)
 
 

@@ -9,7 +9,7 @@ repeating the first indices, rank ``r`` taking every ``world_size``-th one).
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch

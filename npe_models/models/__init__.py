@@ -9,12 +9,12 @@ from typing import Any
 
 import timm
 
-from ._registry import npe_model_name, parse_npe_name, register_variants
-from .cifar_resnet import CifarResNet
-from .timm_npe import add_npe
 from . import segmentation  # noqa: F401  (importing registers the segmentation models with torchvision)
 from ._bundled import shipped_checkpoints
+from ._registry import npe_model_name, parse_npe_name, register_variants
+from .cifar_resnet import CifarResNet
 from .segmentation import bundled_segmentation_weights, is_segmentation_model
+from .timm_npe import add_npe
 
 __all__ = [
     "CifarResNet",

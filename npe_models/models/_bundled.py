@@ -17,8 +17,9 @@ import functools
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, Union
 
 from timm.models import resolve_pretrained_cfg
 from torch import nn
@@ -63,8 +64,8 @@ _METHOD_NOTES = {
     "ce": "Cross-entropy baseline: no PEMs, no logit adjustment.",
     "la": "Trained with the logit-adjusted loss (tau = {tau:g}).",
     "crt": "The classifier of {starts_from} re-trained with class-balanced sampling (cRT); its features are unchanged.",
-    "posthoc_la": "The classifier bias of {starts_from} minus {tau:g} * log training prior (post-hoc logit adjustment); "
-    "no training of its own.",
+    "posthoc_la": "The classifier bias of {starts_from} minus {tau:g} * log training prior "
+    "(post-hoc logit adjustment); no training of its own.",
 }
 _RESTORE = (
     "Restore the package's weights: reinstall npe-models (pip install --force-reinstall npe-models), "
@@ -79,7 +80,8 @@ def _manifest() -> dict[str, Any]:
 
 
 def shipped_checkpoints() -> dict[str, dict[str, Any]]:
-    """``{'<arch>.<tag>': entry}`` for every shipped checkpoint, bundled or not, in manifest order (default tag first)."""
+    """``{'<arch>.<tag>': entry}`` for every shipped checkpoint, bundled or not, in manifest order (default tag
+    first)."""
     return _manifest().get("checkpoints", {})
 
 
@@ -193,7 +195,8 @@ def _get_from_checkout(name: str) -> str:
         f"Or, on a machine with a source checkout of npe-models (which keeps every checkpoint in "
         f"npe_models/weights/extra/), generate its Hub folder with `python export/package_pretrained.py --hub-only "
         f"{name} --hub-dir hub/`, copy hub/{name} here and load it with npe_models.hub.load_from_hub('hub/{name}') or "
-        f"timm.create_model('{name}', pretrained=True, pretrained_cfg_overlay=dict(file='hub/{name}/model.safetensors'))."
+        f"timm.create_model('{name}', pretrained=True, "
+        f"pretrained_cfg_overlay=dict(file='hub/{name}/model.safetensors'))."
     )
 
 
@@ -211,7 +214,8 @@ def _fetch_unbundled(name: str, entry: dict[str, Any]) -> Path:
         raise RuntimeError(
             f"'{name}' is not bundled with this installation of npe-models ({BUNDLED_IN_WHEEL}), and fetching it "
             f"from the Hugging Face Hub repository {repo} failed: "
-            f"{type(error).__name__}: {str(error).rstrip('.')}. Connect to the Hub (or fill its cache) and retry. {remedy}"
+            f"{type(error).__name__}: {str(error).rstrip('.')}. Connect to the Hub (or fill its cache) and retry. "
+            f"{remedy}"
         ) from error
     stale = f"The Hub copy at {repo} is not the shipped file: delete {path} from the Hub cache and retry. {remedy}"
     check_weights_file(path, entry["sha256"], name, remedy=stale)

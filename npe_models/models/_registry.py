@@ -10,7 +10,8 @@ from __future__ import annotations
 import inspect
 import re
 import sys
-from typing import Any, Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
+from typing import Any, Optional
 
 from timm.models import register_model
 

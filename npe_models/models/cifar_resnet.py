@@ -8,17 +8,16 @@ timm-style classifier; ``<arch>_npe<K>`` is it with K PEMs beside the classifier
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Tuple, Union
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
 from timm.layers import SelectAdaptivePool2d
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
 from timm.models._features import (
-    feature_take_indices,
-)  # not re-exported by timm.models; timm's own families import it from here
+    feature_take_indices,  # not re-exported by timm.models; timm's own families import it from here
+)
+from torch import Tensor, nn
 
 from ._bundled import checked_pretrained_kwargs, shipped_pretrained_cfgs
 from ._registry import npe_model_name, register_variants
@@ -144,12 +143,12 @@ class CifarResNet(nn.Module):
     def forward_intermediates(
         self,
         x: Tensor,
-        indices: Optional[Union[int, List[int]]] = None,
+        indices: Optional[Union[int, list[int]]] = None,
         norm: bool = False,
         stop_early: bool = False,
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
-    ) -> Union[List[Tensor], Tuple[Tensor, List[Tensor]]]:
+    ) -> Union[list[Tensor], tuple[Tensor, list[Tensor]]]:
         """Final features and the feature maps at ``indices`` (stem, layer1..3: 0..3), as timm's ResNet.
 
         ``indices``: the last n maps if an int, all if None, those listed if a sequence;
@@ -170,8 +169,8 @@ class CifarResNet(nn.Module):
 
     @torch.jit.ignore
     def prune_intermediate_layers(
-        self, indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True
-    ) -> List[int]:
+        self, indices: Union[int, list[int]] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
         """Drop the stages after the last feature map in ``indices`` (and the classifier); returns the kept indices."""
         take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
         for name in _STAGE_NAMES[max_index:]:

@@ -29,8 +29,9 @@ import copy
 import functools
 import warnings
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple, Optional, Union
+from typing import Any, NamedTuple, Optional, Union
 
 import safetensors.torch
 import torch
@@ -38,9 +39,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import Weights, WeightsEnum
 from torchvision.models import segmentation as tv_segmentation
-from torchvision.transforms._presets import SemanticSegmentation  # torchvision's own weights' preset
 from torchvision.models.segmentation.fcn import FCN
 from torchvision.models.segmentation.lraspp import LRASPP
+from torchvision.transforms._presets import SemanticSegmentation  # torchvision's own weights' preset
 
 from ..npe import PEM_INIT_STD, AlphaOwnerMixin, NPEHead, PEMNetworks, estimate_sign, npe_heads, validate_npe_args
 from ._bundled import WEIGHTS_DIR, bundled_weights_meta, check_weights_file
@@ -318,7 +319,7 @@ class _NPELRASPP(NPESegmentationMixin):
         return low_logits + high_logits, low_pems + high_pems
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _npe_class(base_cls: type) -> type:
     """One NPE subclass per torchvision segmentation class, created once and reused."""
     family = _NPELRASPP if issubclass(base_cls, LRASPP) else _NPESimpleSegmentation
@@ -566,7 +567,7 @@ def parse_segmentation_model_name(name: str) -> tuple[str, Optional[int]]:
 
 
 def is_segmentation_model(name: str) -> bool:
-    """Whether ``name`` is a segmentation model this package builds (``unet_fcn``, ``deeplabv3_resnet50_npe16``, ...)."""
+    """Whether ``name`` is a segmentation model built here (``unet_fcn``, ``deeplabv3_resnet50_npe16``, ...)."""
     try:
         parse_segmentation_model_name(name)
     except (TypeError, ValueError):

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import functools
 import sys
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 import timm
-from torch import nn
 from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg
+from torch import nn
 
 from ..npe import NPEClassifierMixin, NPEHead, fill_missing_pem_params, validate_npe_args
 from ._bundled import checked_pretrained_kwargs
@@ -46,7 +47,7 @@ class _NPETimmMixin(NPEClassifierMixin):
         _wrap_classifier(self, *self._pem_settings)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _npe_class(base_cls: type) -> type:
     """One NPE subclass per timm model class, created once and reused."""
     return type(f"NPE{base_cls.__name__}", (_NPETimmMixin, base_cls), {"__module__": base_cls.__module__})

@@ -167,7 +167,8 @@ def dataset_classes(dataset: str) -> tuple[str, ...]:
 
 
 def segmentation_model_config(name: Optional[str], dataset: str = "stare", **settings: Any) -> SegmentationModelConfig:
-    """The settings of segmentation model ``name`` trained on ``dataset``: its classes unless ``settings`` say otherwise.
+    """The settings of segmentation model ``name`` trained on ``dataset``: its classes unless ``settings`` say
+    otherwise.
 
     ``settings`` are :class:`SegmentationModelConfig` fields (``num_pems``, ``pem_type``, ``alpha``, ``t``,
     ``aux_loss``, ``model_kwargs``, ...).

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import colorsys
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import torch
 from PIL import Image
@@ -79,7 +80,7 @@ def predict_logits(
     per_call = max(1, window_batch // batch)
     for first in range(0, len(windows), per_call):
         group = windows[first : first + per_call]
-        crops = torch.cat([images[:, :, t : t + crop_h, l : l + crop_w] for t, l in group])
+        crops = torch.cat([images[:, :, top : top + crop_h, left : left + crop_w] for top, left in group])
         logits, estimate = _logits_and_estimate(model, crops, npe)
         if logits_sum is None:
             logits_sum = images.new_zeros(batch, logits.shape[1], height, width)
@@ -180,7 +181,7 @@ def evaluate_segmentation(
 
 def evaluate_run(
     model: nn.Module,
-    model_config: "SegmentationModelConfig",
+    model_config: SegmentationModelConfig,
     out_dir: Union[str, Path],
     *,
     data_dir: Union[str, Path, None] = None,
@@ -231,7 +232,7 @@ def evaluate_run(
                 class_names=model_config.class_names,
                 overlay_dir=out_dir / "overlays" / annotation,
                 num_overlays=overlays,
-                on_image=(lambda _: bar.update(1)) if bar is not None else None,
+                on_image=(lambda _, bar=bar: bar.update(1)) if bar is not None else None,
             )
             if bar is not None:
                 bar.close()

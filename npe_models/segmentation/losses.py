@@ -6,7 +6,8 @@ each pixel's true class, so the loss equals the one on fully upsampled logits at
 
 from __future__ import annotations
 
-from typing import Mapping, Union
+from collections.abc import Mapping
+from typing import Union
 
 import torch
 import torch.nn.functional as F

@@ -7,8 +7,9 @@ IoU and Dice and is left out of the means, as is the accuracy of a class with no
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
