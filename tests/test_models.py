@@ -225,6 +225,36 @@ def test_torchscript_matches_eager_unmerged_and_merged(name: str) -> None:
             assert torch.allclose(torch.jit.script(form)(x), form(x), atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["resnet32", "resnet32_npe16"])
+def test_fx_traced_and_scripted_matches_eager_like_timm(name: str) -> None:
+    """timm's test_model_forward_fx_torchscript: FX-trace with timm's leaf modules, TorchScript the graph, run it."""
+    from timm.layers import set_layer_config
+    from timm.models._features_fx import get_notrace_functions, get_notrace_modules
+    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+    tracer_kwargs = dict(
+        leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions(), param_shapes_constant=True
+    )
+    with set_layer_config(exportable=True):
+        model = _small_model(name, num_classes=5)
+    x = _input_for(name, batch=2)
+    if npe_models.has_pems(model):
+        _calibrate_and_randomise(model, x)
+    forms = [model.eval()] + ([reparameterize_model(model)] if npe_models.has_pems(model) else [])
+    for form in forms:
+        train_nodes, eval_nodes = get_graph_node_names(form, tracer_kwargs=tracer_kwargs)
+        traced = create_feature_extractor(
+            form,
+            train_return_nodes=train_nodes[-1:],
+            eval_return_nodes=eval_nodes[-1:],
+            tracer_kwargs=tracer_kwargs,
+        ).eval()
+        scripted = torch.jit.script(traced)
+        with torch.no_grad():
+            (out,) = scripted(x).values()
+            assert torch.allclose(out, form(x), atol=1e-5)
+
+
 def test_grad_checkpointing_gives_the_same_gradients() -> None:
     x = torch.randn(2, 3, 32, 32)
     torch.manual_seed(0)

@@ -6,8 +6,8 @@ timm-style classifier; ``<arch>_npe<K>`` is it with K PEMs beside the classifier
 ``add_npe`` as for every other timm classifier. Merged, its state_dict loads strictly into ``<arch>``.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: FX tracing copies forward's annotations into the traced
+# code, and TorchScript cannot resolve a string ``'Tensor'`` there (timm's fx + jit test).
 from typing import Any, Optional, Union
 
 import torch
