@@ -142,6 +142,31 @@ def test_training_curves_are_the_logs_losses_and_evaluated_epochs():
     }  # Few has no classes: no line
 
 
+@pytest.mark.parametrize("epochs", [1, 3])
+def test_training_curves_of_one_evaluation_show_every_variant_on_integer_epochs(epochs):
+    from matplotlib.ticker import MaxNLocator
+
+    records = [{key: value for key, value in record.items() if not key.startswith("test")} for record in _records()]
+    records = records[:epochs]
+    scored = _records()[2]
+    records[-1].update(test=scored["test"], test_unadjusted=scored["test_unadjusted"])  # one evaluation, at the end
+    figure = training_curves_figure(records)
+    loss, top1, groups = figure.axes
+    assert {line.get_label() for line in top1.lines} == {"full", "full, unadjusted"}
+    for axes in (top1, groups):
+        for line in axes.lines:
+            assert list(line.get_xdata()) == [epochs]
+            assert line.get_marker() not in (None, "None", "", " ", "none"), line.get_label()
+    for line in loss.lines:  # the losses of a one-epoch run are single points too
+        assert len(line.get_xdata()) > 1 or line.get_marker() not in (None, "None", "", " ", "none"), line.get_label()
+    for axes in figure.axes:
+        locator = axes.xaxis.get_major_locator()
+        assert isinstance(locator, MaxNLocator) and locator._integer
+        low, high = axes.get_xlim()
+        ticks = [tick for tick in axes.get_xticks() if low <= tick <= high]
+        assert ticks and all(float(tick).is_integer() for tick in ticks), ticks
+
+
 def test_saved_plots_are_pngs(tmp_path):
     paths = save_evaluation_plots(_metrics(), tmp_path, "full", "a title", _records())
     assert [p.name for p in paths] == [

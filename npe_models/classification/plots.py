@@ -146,6 +146,8 @@ def _plot_field(axes: Axes, records: Sequence[Mapping[str, Any]], keys: Sequence
         if isinstance(value, (int, float)):
             epochs.append(record["epoch"])
             values.append(float(value))
+    if len(epochs) == 1:
+        style.setdefault("marker", ".")  # a line through one point draws nothing
     if epochs:
         axes.plot(epochs, values, **style)
 
@@ -168,6 +170,7 @@ def training_curves_figure(records: Sequence[Mapping[str, Any]], title: str = ""
             ("test_unadjusted", name, "top1"),
             color=f"C{index}",
             linestyle="--",
+            marker=".",
             label=f"{name}, unadjusted",
         )
     for group in GROUP_NAMES if sets else ():
@@ -179,7 +182,9 @@ def training_curves_figure(records: Sequence[Mapping[str, Any]], title: str = ""
     )
     for axes, ylabel, heading in panels:
         axes.set_xlabel("epoch")
-        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        # min_n_ticks=1: with the default 2, a view around one evaluated epoch holds a single integer and
+        # MaxNLocator falls back to fractional ticks.
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         axes.set_ylabel(ylabel)
         axes.set_title(heading, fontsize=9)
         if axes.lines:
