@@ -7,7 +7,8 @@ window, 128 px crops at stride 85) at alpha 0 (the main logits: the frozen basel
 paper's Table 6 strengths, writes its weights to ``npe_models/weights/`` and the two entries of
 ``manifest.json``'s ``segmentation`` section that ``npe_models.models.segmentation.UNet_FCN_Weights``
 reads (the baseline is the same file without the PEM). Refuses unfinished runs and a PEM run whose
-network differs from its baseline's.
+network differs from its baseline's. Where a clone lacks a finished run's ``model.safetensors`` (git keeps the zoo's
+records, not their weights), it is written back from the shipped file first (``zoo.restore_weights``).
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ from torch.utils.data import Subset
 
 from npe_models.data.stare import StareSegmentation
 from npe_models.models._bundled import MANIFEST_FILE, WEIGHTS_DIR, file_sha256
-from npe_models.runs import LOG_FILE, WEIGHTS_FILE, read_jsonl, read_run_config
+from npe_models.runs import LOG_FILE, read_jsonl, read_run_config
 from npe_models.segmentation import evaluate_segmentation, load_segmentation_model
 from npe_models.segmentation.config import SegmentationModelConfig
-from zoo import write_manifest
+from zoo import restore_weights, write_manifest
 
 STARE_EVALUATION = dict(mode="slide", crop_size=(128, 128), stride=(85, 85))
 STARE_ALPHAS = (0.0, 1.0, 0.5, 0.2, 0.1)
@@ -82,10 +83,12 @@ def stare_quick_check(model: nn.Module, config: SegmentationModelConfig, data_di
 
 
 def _finished_iterations(run: Path, settings: dict[str, Any]) -> int:
-    """The iterations of a finished run (``settings``: its config.json); an unfinished one is an error."""
+    """The iterations of a finished run (``settings``: its config.json); an unfinished one is an error. Its weights
+    are written back from the shipped file where a clone lacks them."""
     done = read_jsonl(run / LOG_FILE)[-1]["iteration"] if (run / LOG_FILE).is_file() else 0
-    if done != settings["train"]["iterations"] or not (run / WEIGHTS_FILE).is_file():
+    if done != settings["train"]["iterations"]:
         raise SystemExit(f"{run} is not finished ({done} of {settings['train']['iterations']} iterations).")
+    restore_weights(run)
     return done
 
 
@@ -112,7 +115,6 @@ def _meta(config: SegmentationModelConfig, model: nn.Module, file: str, **fields
 
 def package_stare(npe_run: Path, data_dir: str, manifest: Optional[Path] = None) -> dict[str, dict[str, Any]]:
     """Write the weights file and the manifest entries of the baseline and its NPE form; returns the entries."""
-    npe, config = load_segmentation_model(npe_run)
     npe_settings = read_run_config(npe_run, "segmentation")
     baseline_run = Path(npe_settings["data"]["init"])
     baseline_settings = read_run_config(baseline_run, "segmentation")
@@ -120,6 +122,7 @@ def package_stare(npe_run: Path, data_dir: str, manifest: Optional[Path] = None)
         "baseline": _finished_iterations(baseline_run, baseline_settings),
         "pem": _finished_iterations(npe_run, npe_settings),
     }
+    npe, config = load_segmentation_model(npe_run)
     baseline, baseline_config = load_segmentation_model(baseline_run)
     _same_network(npe, baseline)
     file = f"{NPE_NAME}.safetensors"

@@ -10,18 +10,25 @@ model card per checkpoint (``npe_models.hub.pretrained_card``, so a folder regen
 with ``save_pretrained_for_hub`` is the same) into a git-ignored folder. The exported weights are
 re-scored on the 1,000 exact test images and must reproduce the run's own final accuracy.
 Used by ``export/package_pretrained.py``; not part of the installed package.
+
+Each file is stored once: git keeps a zoo run's record (``config.json`` with the ``weights_sha256`` of the
+``model.safetensors`` it trained, log, metrics, plots), not its weights (``.gitignore``). ``restore_weights(run_dir)``
+writes a shipped run's ``model.safetensors`` back, byte for byte, from the shipped file made from it
+(``rebuild_run_weights``), for whatever reads a run folder (``package_run``, ``npe-models train --init``).
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import itertools
 import json
 import os
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save, save_file
 from timm.utils import reparameterize_model
 from torch import nn
 
@@ -38,6 +45,8 @@ from npe_models.data.cifar import load_cifar_class_names, load_cifar_lt
 from npe_models.hub import DATASET_NAMES, pretrained_card, save_for_hub
 from npe_models.models import parse_npe_name
 from npe_models.models._bundled import EXTRA_WEIGHTS_DIR, MANIFEST_FILE, WEIGHTS_DIR, checkpoint_cfg, file_sha256
+from npe_models.runs import CONFIG_FILE, WEIGHTS_SHA256, read_json
+from npe_models.segmentation.config import SegmentationModelConfig
 
 __all__ = [
     "checkpoint_names",
@@ -45,7 +54,9 @@ __all__ = [
     "is_shipped",
     "package_run",
     "read_manifest",
+    "rebuild_run_weights",
     "reproduces",
+    "restore_weights",
     "write_manifest",
     "REPRODUCE_TOLERANCE",
 ]
@@ -128,6 +139,97 @@ def is_shipped(run_dir: PathLike, weights_dir: PathLike = WEIGHTS_DIR) -> bool:
     return set(names) <= set(read_manifest(Path(weights_dir) / MANIFEST_FILE.name))
 
 
+def _shipped_candidates(run_dir: Path, weights_dir: Path) -> list[tuple[str, Path, dict[str, Any]]]:
+    """``(name, file, manifest entry)`` of each shipped file that may hold a run's weights, by the names its
+    ``config.json`` gives: a classifier's unmerged checkpoint, or a segmentation builder's entries."""
+    settings = read_json(run_dir / CONFIG_FILE)
+    manifest_file = weights_dir / MANIFEST_FILE.name
+    manifest = json.loads(manifest_file.read_text(encoding="utf-8")) if manifest_file.is_file() else {}
+    if settings.get("task") == "segmentation":
+        builder = settings["model"]["name"]
+        section = manifest.get("segmentation", {})
+        return [(name, weights_dir / e["file"], e) for name, e in section.items() if name.split(".")[0] == builder]
+    name = checkpoint_names(read_saved_config(run_dir))[0]
+    entry = manifest.get("checkpoints", {}).get(name)
+    if entry is None:
+        return []
+    return [(name, (weights_dir if entry["bundled"] else weights_dir / EXTRA_WEIGHTS_DIR.name) / entry["file"], entry)]
+
+
+def _header_candidates(settings: dict[str, Any], entry: dict[str, Any]) -> list[dict[str, str]]:
+    """The metadata ``npe-models train`` wrote into a run's weights, as its ``config.json`` tells: the task and
+    model settings (segmentation), the config and, since runs record their task, the task and class names."""
+    if settings.get("task") == "segmentation":
+        return [{"format": "pt", "task": "segmentation", "segmentation_model": json.dumps(settings["model"])}]
+    config = {key: value for key, value in settings.items() if key not in ("task", WEIGHTS_SHA256)}
+    legacy = {"format": "pt", "config": json.dumps(config)}
+    if "task" not in settings:
+        return [legacy]
+    labels = entry.get("cfg", {}).get("label_names")
+    current = {**legacy, "task": settings["task"]}
+    return [{**current, "label_names": json.dumps(labels)}, current] if labels else [current]
+
+
+def _metadata_in_order(data: bytes, order: tuple[str, ...]) -> bytes:
+    """safetensors bytes with their header's metadata keys in ``order``; the rest as it was."""
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    metadata = header.pop("__metadata__")
+    text = json.dumps(
+        {"__metadata__": {k: metadata[k] for k in order}, **header}, separators=(",", ":"), ensure_ascii=False
+    )
+    return data[:8] + text.encode().ljust(size) + data[8 + size :]  # padded with spaces, as safetensors pads
+
+
+def rebuild_run_weights(run_dir: PathLike, weights_dir: PathLike = WEIGHTS_DIR) -> bytes:
+    """A finished run's ``model.safetensors``, byte for byte, from the shipped file made from it.
+
+    The shipped file holds the run's tensors without its metadata (a segmentation baseline's are a subset of its NPE
+    form's file); the metadata comes back from ``config.json`` and the manifest. safetensors writes metadata keys in
+    no fixed order, so each order is tried: the sha256 the run recorded (``weights_sha256``) decides, and a run no
+    shipped file reproduces (a superseded rerun, an unshipped variant) is an error.
+    """
+    run_dir, weights_dir = Path(run_dir), Path(weights_dir)
+    settings = read_json(run_dir / CONFIG_FILE)
+    recorded = settings.get(WEIGHTS_SHA256)
+    if recorded is None:
+        raise ValueError(
+            f"{run_dir} records no {WEIGHTS_SHA256} in {CONFIG_FILE}: it has not finished, or finished before runs "
+            f"recorded it (npe_models.runs.record_weights_sha256 records it while its {WEIGHTS_FILE} is at hand)."
+        )
+    candidates = _shipped_candidates(run_dir, weights_dir)
+    for name, file, entry in candidates:
+        if not file.is_file() or file_sha256(file) != entry["sha256"]:
+            raise ValueError(f"{file} is missing or does not match the sha256 manifest.json records for {name}.")
+        state = load_file(str(file))
+        if settings.get("task") == "segmentation":
+            keys = SegmentationModelConfig.from_dict(settings["model"]).build().state_dict()
+            if not set(keys) <= set(state):
+                continue
+            state = {key: state[key] for key in keys}
+        for metadata in _header_candidates(settings, entry):
+            data = save(state, metadata=metadata)
+            for order in itertools.permutations(metadata):
+                rebuilt = _metadata_in_order(data, order)
+                if hashlib.sha256(rebuilt).hexdigest() == recorded:
+                    return rebuilt
+    shipped = ", ".join(name for name, *_ in candidates) or "none"
+    raise ValueError(
+        f"no shipped file holds the weights of {run_dir} (sha256 {recorded[:12]}... in its {CONFIG_FILE}; shipped "
+        f"under its names: {shipped}); git has to keep its {WEIGHTS_FILE}."
+    )
+
+
+def restore_weights(run_dir: PathLike, weights_dir: PathLike = WEIGHTS_DIR) -> Path:
+    """A finished run's ``model.safetensors``, written back from its shipped file when the run folder lacks it (a
+    clone: git keeps the zoo's records, not their weights), the sha256 its ``config.json`` records checked."""
+    path = Path(run_dir) / WEIGHTS_FILE
+    if not path.is_file():
+        data = rebuild_run_weights(run_dir, weights_dir)
+        atomic_write(path, lambda tmp: tmp.write_bytes(data))
+    return path
+
+
 def _manifest_order(name: str) -> tuple[str, bool, str]:
     """Per architecture, the CIFAR-10-LT rho = 100 HP-2 tag first: timm's default for ``pretrained=True``."""
     arch, tag = name.split(".", 1)
@@ -159,13 +261,15 @@ def _check_full_recipe(run_dir: Path, config: TrainConfig) -> None:
         )
 
 
-def _finished_metrics(run_dir: Path) -> dict[str, Any]:
-    """The final evaluation the engine wrote, or a clear error when the run has not finished."""
-    if not (run_dir / WEIGHTS_FILE).is_file() or not (run_dir / METRICS_FILE).is_file():
+def _finished_metrics(run_dir: Path, weights_dir: Path) -> dict[str, Any]:
+    """The final evaluation the engine wrote, or a clear error when the run has not finished; the run's weights
+    written back from its shipped file where a clone lacks them."""
+    if not (run_dir / METRICS_FILE).is_file():
         raise ValueError(
-            f"{run_dir} is not a finished run (no {WEIGHTS_FILE} and {METRICS_FILE}); "
+            f"{run_dir} is not a finished run (no {METRICS_FILE}); "
             "finish it with `npe-models train --resume --out RUN_DIR ...` first."
         )
+    restore_weights(run_dir, weights_dir)
     return json.loads((run_dir / METRICS_FILE).read_text())
 
 
@@ -269,7 +373,7 @@ def package_run(
     """
     run_dir, weights_dir, hub_dir = Path(run_dir), Path(weights_dir), Path(hub_dir)
     manifest = weights_dir / MANIFEST_FILE.name
-    metrics = _finished_metrics(run_dir)
+    metrics = _finished_metrics(run_dir, weights_dir)
     config = read_saved_config(run_dir)
     _check_full_recipe(run_dir, config)
     model, _ = load_trained_model(run_dir)
