@@ -23,7 +23,8 @@ from torch import nn
 from torch.utils.data import Subset
 
 from npe_models.data.stare import StareSegmentation
-from npe_models.models._bundled import MANIFEST_FILE, WEIGHTS_DIR, file_sha256
+from npe_models.files import file_sha256
+from npe_models.models._bundled import MANIFEST_FILE, WEIGHTS_DIR
 from npe_models.runs import LOG_FILE, read_jsonl, read_run_config
 from npe_models.segmentation import evaluate_segmentation, load_segmentation_model
 from npe_models.segmentation.config import SegmentationModelConfig

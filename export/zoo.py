@@ -42,9 +42,10 @@ from npe_models.classification.checkpoint import (
 from npe_models.classification.config import TrainConfig, resolve_config
 from npe_models.classification.evaluate import evaluate_model, summary
 from npe_models.data.cifar import load_cifar_class_names, load_cifar_lt
+from npe_models.files import file_sha256
 from npe_models.hub import DATASET_NAMES, pretrained_card, save_for_hub
 from npe_models.models import parse_npe_name
-from npe_models.models._bundled import EXTRA_WEIGHTS_DIR, MANIFEST_FILE, WEIGHTS_DIR, checkpoint_cfg, file_sha256
+from npe_models.models._bundled import EXTRA_WEIGHTS_DIR, MANIFEST_FILE, WEIGHTS_DIR, checkpoint_cfg
 from npe_models.runs import CONFIG_FILE, WEIGHTS_SHA256, read_json
 from npe_models.segmentation.config import SegmentationModelConfig
 

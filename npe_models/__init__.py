@@ -3,12 +3,11 @@
 Importing the package registers every model with timm (and torchvision for segmentation).
 """
 
+from ._version import __version__
 from .losses import logit_adjusted_cross_entropy, one_way_logistic_loss, one_way_logistic_loss_from_true_class
 from .models import add_npe, list_classifiers, npe_model_name, parse_npe_name
 from .models.segmentation import create_segmentation_model
 from .npe import NPEClassifierMixin, NPEHead, NPEOutput, has_pems, npe_heads, set_alpha
-
-__version__ = "0.1.0"
 
 __all__ = [
     "NPEClassifierMixin",

@@ -20,7 +20,7 @@ from typing import Any, Optional
 from timm.utils import reparameterize_model
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from . import classification, segmentation
+from . import classification, predict, segmentation
 from ._cli_args import (
     EPILOG_EVALUATE,
     EPILOG_PREDICT,
@@ -239,13 +239,13 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    classifier = classification.load_image_classifier(
+    classifier = predict.load_image_classifier(
         args.source, pretrained=args.pretrained, model_name=args.model, alpha=args.alpha, device=args.device
     )
-    predictions = classification.predict_images(
+    predictions = predict.predict_images(
         classifier, args.images, top_k=args.top_k, batch_size=args.batch_size, progress=_progress(args)
     )
-    print(classification.format_predictions(predictions, args.format))
+    print(predict.format_predictions(predictions, args.format))
     return 0
 
 

@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models.segmentation import FCN, LRASPP, DeepLabV3
 
+from ._version import __version__
 from .models import npe_model_name, parse_npe_name
 from .models.segmentation import (
     SEGMENTATION_ARCHITECTURES,
@@ -87,7 +88,6 @@ class ModelDescription:
 
     def npe_config(self) -> dict[str, Any]:
         """The ``npe`` section of ``config.json``: the method's settings, for people and tools."""
-        from . import __version__
 
         return {
             "task": self.task,

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ._version import __version__
 from .describe import SEGMENTATION, ModelDescription, describe_model
 from .segmentation.config import SegmentationModelConfig
 
@@ -169,7 +170,6 @@ def _metadata(description: ModelDescription, dynamic_size: bool) -> dict[str, st
     their sha256, so ``architecture`` + ``pretrained_tag`` + ``model_version`` name the exact
     weights, and the same version produced the exported graph (merge, NPE-LA).
     """
-    from . import __version__
 
     values: dict[str, Any] = {
         "architecture": description.architecture,

@@ -32,8 +32,8 @@ from torch.utils.data import Dataset
 from npe_models import classification, segmentation
 from npe_models.classification import NonFiniteLossError, TrainConfig, resolve_config, train
 from npe_models.cli import main
+from npe_models.files import file_sha256
 from npe_models.loading import load_model
-from npe_models.models._bundled import file_sha256
 from npe_models.runs import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -267,7 +267,7 @@ def test_a_process_refused_before_the_holder_recorded_itself_waits_for_the_recor
                 pass
         recorder.join()
         lock.write_text("")
-        monkeypatch.setattr("npe_models.runs.HOLDER_RECORD_WAIT_S", 0.1)
+        monkeypatch.setattr("npe_models.runs.lock.HOLDER_RECORD_WAIT_S", 0.1)
         with pytest.raises(RunDirLockedError, match="a process that has not recorded itself yet"):
             with locked_dir(out):
                 pass

@@ -19,7 +19,8 @@ from huggingface_hub import ModelCard
 from onnx_validate import random_model_for_parity  # export/, on the test path
 from timm.utils import reparameterize_model
 
-from npe_models.hub import CONFIG_NAME, HUB_FILES, WEIGHTS_NAME, load_from_hub, push_to_hub, save_for_hub
+from npe_models.files import WEIGHTS_FILE
+from npe_models.hub import CONFIG_NAME, HUB_FILES, load_from_hub, push_to_hub, save_for_hub
 from npe_models.models.segmentation import PEMNotMergedWarning
 from npe_models.npe import NPEHead
 from npe_models.segmentation.config import SegmentationModelConfig
@@ -83,7 +84,7 @@ def test_merged_model_saves_under_its_base_architecture(tmp_path: Path) -> None:
     assert type(loaded.fc) is torch.nn.Linear
     assert torch.allclose(_outputs(loaded), _outputs(model), atol=1e-5)
     plain = timm.create_model("resnet20")
-    plain.load_state_dict(safetensors.torch.load_file(str(folder / WEIGHTS_NAME)), strict=True)
+    plain.load_state_dict(safetensors.torch.load_file(str(folder / WEIGHTS_FILE)), strict=True)
 
 
 def test_model_card(tmp_path: Path) -> None:
@@ -252,7 +253,7 @@ def test_loading_bad_folders_fails_clearly(tmp_path: Path) -> None:
     unknown.mkdir()
     config = json.loads((folder / CONFIG_NAME).read_text())
     (unknown / CONFIG_NAME).write_text(json.dumps({**config, "architecture": "resnet21_npe4"}))
-    (unknown / WEIGHTS_NAME).write_bytes((folder / WEIGHTS_NAME).read_bytes())
+    (unknown / WEIGHTS_FILE).write_bytes((folder / WEIGHTS_FILE).read_bytes())
     with pytest.raises(ValueError, match="'resnet21_npe4', which is not registered"):
         load_from_hub(unknown)
     with pytest.raises(RuntimeError, match="resnet21_npe4"):
@@ -261,7 +262,7 @@ def test_loading_bad_folders_fails_clearly(tmp_path: Path) -> None:
     mismatched = tmp_path / "mismatched"
     mismatched.mkdir()
     (mismatched / CONFIG_NAME).write_text((folder / CONFIG_NAME).read_text())
-    safetensors.torch.save_file(timm.create_model("resnet32_npe4").state_dict(), str(mismatched / WEIGHTS_NAME))
+    safetensors.torch.save_file(timm.create_model("resnet32_npe4").state_dict(), str(mismatched / WEIGHTS_FILE))
     with pytest.raises(ValueError, match=r"do not fit 'resnet20_npe4'.*unexpected layer1\.3"):
         load_from_hub(mismatched)
     with pytest.raises(RuntimeError, match="Unexpected key"):
@@ -396,7 +397,7 @@ def test_segmentation_round_trip_unmerged_and_merged(tmp_path: Path) -> None:
     # the weights file is also a segmentation checkpoint that `npe-models evaluate` reads
     from npe_models.segmentation.checkpoint import load_segmentation_model
 
-    assert load_segmentation_model(folder / WEIGHTS_NAME)[1].class_names == ["background", "vessel"]
+    assert load_segmentation_model(folder / WEIGHTS_FILE)[1].class_names == ["background", "vessel"]
 
     merged = save_for_hub(reparameterize_model(model), tmp_path / "merged")  # settings inferred from the model
     config = json.loads((merged / CONFIG_NAME).read_text())
@@ -453,7 +454,7 @@ def test_export_hub_command_from_training_runs(tmp_path: Path, capsys) -> None:
     run = tmp_path / "cls_run"
     run.mkdir()
     (run / CONFIG_NAME).write_text(json.dumps(train_config.to_dict()))
-    save_weights(run / WEIGHTS_NAME, classifier, train_config)
+    save_weights(run / WEIGHTS_FILE, classifier, train_config)
 
     segmenter = _segmentation_model()
     settings = SegmentationModelConfig(
@@ -464,7 +465,7 @@ def test_export_hub_command_from_training_runs(tmp_path: Path, capsys) -> None:
     (seg_run / CONFIG_NAME).write_text(
         json.dumps({"model": settings.to_dict(), "train": {"iterations": 600, "lr": 0.01}})
     )
-    save_segmentation_weights(seg_run / WEIGHTS_NAME, segmenter, settings)
+    save_segmentation_weights(seg_run / WEIGHTS_FILE, segmenter, settings)
 
     assert main(["export", "hub", str(run), "-o", str(tmp_path / "cls_hub")]) == 0
     assert main(["export", "hub", str(seg_run), "--merge", "-o", str(tmp_path / "seg_hub")]) == 0

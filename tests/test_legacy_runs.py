@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from npe_models.classification import evaluate_model, load_trained_model, train
-from npe_models.classification.config import resolve_train_config
+from npe_models.classification import evaluate_model, load_trained_model, resolve_train_config, train
 from npe_models.data import load_cifar_lt
 from npe_models.runs import read_jsonl, read_run_config, run_task
 from npe_models.segmentation import load_segmentation_model, resolve_segmentation_config, train_run

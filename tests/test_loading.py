@@ -13,7 +13,8 @@ import timm
 import torch
 
 from npe_models.classification.checkpoint import save_weights
-from npe_models.hub import WEIGHTS_NAME, save_for_hub, save_pretrained_for_hub
+from npe_models.files import WEIGHTS_FILE
+from npe_models.hub import save_for_hub, save_pretrained_for_hub
 from npe_models.loading import (
     LoadedModel,
     load_model,
@@ -60,7 +61,7 @@ def classifier_sources(tmp_path_factory) -> tuple[torch.nn.Module, dict[str, str
     finished = root / "finished"
     finished.mkdir()
     (finished / "config.json").write_text((CLASSIFICATION_RUN / "config.json").read_text())
-    save_weights(finished / WEIGHTS_NAME, reference, config)
+    save_weights(finished / WEIGHTS_FILE, reference, config)
     safetensors.torch.save_file(reference.state_dict(), str(root / "bare.safetensors"))
     torch.save({"state_dict": reference.state_dict()}, root / "bare.pth")
     hub = save_for_hub(reference, root / "hub")
@@ -68,7 +69,7 @@ def classifier_sources(tmp_path_factory) -> tuple[torch.nn.Module, dict[str, str
         "run directory (checkpoint only)": str(CLASSIFICATION_RUN),
         "checkpoint.pt": str(CLASSIFICATION_RUN / "checkpoint.pt"),
         "finished run directory": str(finished),
-        "model.safetensors": str(finished / WEIGHTS_NAME),
+        "model.safetensors": str(finished / WEIGHTS_FILE),
         "Hub folder": str(hub),
         "local-dir:": f"local-dir:{hub}",
     }
@@ -178,10 +179,10 @@ def test_every_segmentation_source_loads_the_same_weights(tmp_path: Path, monkey
         "data": {"dataset": "stare", "annotation": "ah"},
     }
     (run / "config.json").write_text(json.dumps(config))  # the layout written before the task was recorded
-    save_segmentation_weights(run / WEIGHTS_NAME, model, SEG_SETTINGS)
+    save_segmentation_weights(run / WEIGHTS_FILE, model, SEG_SETTINGS)
     hub = save_for_hub(model, tmp_path / "hub", config=SEG_SETTINGS)
-    monkeypatch.setattr("npe_models.hub.hf_hub_download", lambda repo, name, revision=None: str(hub / name))
-    sources = [str(run), str(run / WEIGHTS_NAME), str(hub), f"local-dir:{hub}", "hf-hub:npe-models/unet-test"]
+    monkeypatch.setattr("npe_models.hub.load.hf_hub_download", lambda repo, name, revision=None: str(hub / name))
+    sources = [str(run), str(run / WEIGHTS_FILE), str(hub), f"local-dir:{hub}", "hf-hub:npe-models/unet-test"]
     for source in sources:
         loaded = load_model(source)
         assert loaded.task == "segmentation", source

@@ -1,4 +1,4 @@
-"""``npe-models predict`` and ``npe_models.classification.inference`` on real CIFAR-10 test images written as PNG files:
+"""``npe-models predict`` and ``npe_models.predict`` on real CIFAR-10 test images written as PNG files:
 the bundled NPE model, its NPE-LA strength, a run directory, bare weights, a Hub folder and an ONNX file, the
 output formats, and a clear one-line error for each bad input."""
 
@@ -16,18 +16,13 @@ import timm
 import torch
 from PIL import Image
 
-from npe_models.classification import (
-    TrainConfig,
-    format_predictions,
-    load_image_classifier,
-    predict_images,
-    save_weights,
-)
+from npe_models.classification import TrainConfig, save_weights
 from npe_models.cli import main
 from npe_models.data import load_cifar
 from npe_models.hub import save_for_hub
 from npe_models.loading import load_model
 from npe_models.onnx import export_onnx
+from npe_models.predict import format_predictions, load_image_classifier, predict_images
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -21,9 +21,10 @@ from npe_models.classification.checkpoint import METRICS_FILE, save_weights, wri
 from npe_models.classification.config import resolve_config
 from npe_models.classification.evaluate import evaluate_model
 from npe_models.data.cifar import load_cifar_lt
+from npe_models.files import file_sha256
 from npe_models.hub import load_from_hub, save_pretrained_for_hub
 from npe_models.models import _bundled, parse_npe_name
-from npe_models.models._bundled import EXTRA_WEIGHTS_DIR, checkpoint_path, file_sha256, shipped_checkpoints
+from npe_models.models._bundled import EXTRA_WEIGHTS_DIR, checkpoint_path, shipped_checkpoints
 from npe_models.models.segmentation import UNet_FCN_Weights
 from npe_models.npe import NPEHead
 from zoo import (  # release tooling in export/, on the test path

@@ -2,8 +2,8 @@
 the training loop with checkpoints and resumption, evaluation metrics and plots, and top-k
 predictions for image files."""
 
-from .checkpoint import build_model, load_checkpoint, load_trained_model, save_weights
-from .config import METHODS, RECIPES, TrainConfig, num_pems_of, resolve_config, resolve_train_config
+from .checkpoint import build_model, load_checkpoint, load_trained_model, resolve_train_config, save_weights
+from .config import METHODS, RECIPES, TrainConfig, num_pems_of, resolve_config
 from .evaluate import (
     EvaluationResult,
     classification_metrics,
@@ -14,14 +14,6 @@ from .evaluate import (
     prior_diagnostics,
     summary,
 )
-from .inference import (
-    ImageClassifier,
-    ImagePrediction,
-    collect_images,
-    format_predictions,
-    load_image_classifier,
-    predict_images,
-)
 from .plots import save_evaluation_plots
 from .train import NonFiniteLossError, TrainResult, train
 
@@ -29,24 +21,18 @@ __all__ = [
     "METHODS",
     "RECIPES",
     "EvaluationResult",
-    "ImageClassifier",
-    "ImagePrediction",
     "NonFiniteLossError",
     "TrainConfig",
     "TrainResult",
     "build_model",
     "classification_metrics",
-    "collect_images",
     "evaluate_model",
     "evaluate_run",
     "format_metrics",
-    "format_predictions",
     "load_checkpoint",
-    "load_image_classifier",
     "load_trained_model",
     "num_pems_of",
     "predict",
-    "predict_images",
     "prior_diagnostics",
     "resolve_config",
     "resolve_train_config",

@@ -1,4 +1,5 @@
-"""Classification checkpoints and weights: saving the final weights, and loading a trained model back.
+"""Classification checkpoints and weights: saving the final weights, loading a trained model back, and the
+settings of a fresh or resumed run (:func:`resolve_train_config`, which reads the run it continues or starts from).
 
 The run directory's files and their atomic writing live in :mod:`npe_models.runs`, shared with
 segmentation; they are importable from here too.
@@ -16,10 +17,21 @@ from timm.models import get_pretrained_cfg
 from torch import nn
 
 from .. import runs
+from ..data import default_data_dir
+from ..distributed import device_for_resume
 from ..models._bundled import forget_pretrained_weights
-from ..runs import CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, METRICS_FILE, WEIGHTS_FILE, atomic_write, write_json
+from ..runs import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    LOG_FILE,
+    METRICS_FILE,
+    WEIGHTS_FILE,
+    atomic_write,
+    resumable_config,
+    write_json,
+)
 from ..runs import load_training_state as load_checkpoint
-from .config import TrainConfig, num_pems_of
+from .config import METHODS_FROM_CE, TrainConfig, default_recipe, num_pems_of, resolve_config
 
 __all__ = [
     "save_weights",
@@ -27,6 +39,7 @@ __all__ = [
     "build_model",
     "load_trained_model",
     "read_saved_config",
+    "resolve_train_config",
     "check_num_classes",
     "load_checkpoint",
     # the run folder's names, from npe_models.runs, importable from here as before
@@ -177,3 +190,30 @@ def set_label_names(model: nn.Module, names: Sequence[str]) -> None:
     if len(names) != model.num_classes:
         raise ValueError(f"{len(names)} class names for a model with {model.num_classes} classes.")
     model.pretrained_cfg = {**model.pretrained_cfg, "label_names": tuple(names)}
+
+
+def resolve_train_config(
+    out_dir: Union[str, Path], resume: bool, method: Optional[str] = None, recipe: Optional[str] = None, **given: Any
+) -> TrainConfig:
+    """The settings of the run in ``out_dir``: with ``resume`` its ``config.json`` updated with ``given``, else
+    the recipe's (default hp2) updated with them. ``None`` values count as not given.
+
+    A resumed run keeps its recorded device unless ``device`` is given or this machine lacks it (then ``auto``). A
+    fresh run's method
+    defaults to npe for models with PEMs, else ce; its data directory to ``$NPE_DATA_DIR``, else
+    ``data``; cRT and post-hoc LA take the model of their ``init`` run when ``model`` is not given.
+    """
+    given = {name: value for name, value in given.items() if value is not None}
+    if resume:
+        saved = dict(resumable_config(out_dir, TrainConfig.task))
+        saved["device"] = device_for_resume(saved.get("device", "auto"))
+        saved.update({name: value for name, value in (("method", method), ("recipe", recipe)) if value is not None})
+        return TrainConfig.from_dict({**saved, **given})
+    given.setdefault("data_dir", default_data_dir())
+    if method is None:
+        method = "npe" if num_pems_of(given.get("model", "resnet32_npe16")) else "ce"
+    if method in METHODS_FROM_CE and "model" not in given and given.get("init"):
+        init_config = read_saved_config(given["init"])
+        if init_config is not None:
+            given["model"] = init_config.model
+    return resolve_config(recipe or default_recipe(given.get("dataset")), method, **given)

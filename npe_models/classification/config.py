@@ -1,24 +1,22 @@
 """Training configuration: the CIFAR-LT recipes HP-1 and HP-2, and a config that records every setting.
 
 A run's resolved :class:`TrainConfig` is saved as ``config.json`` in its run directory; resuming
-checks that the settings that shape the result have not changed. :func:`resolve_train_config` is what
-``npe-models train`` calls: a fresh run's settings, or a resumed run's.
+checks that the settings that shape the result have not changed (``npe-models train`` resolves them with
+:func:`npe_models.classification.checkpoint.resolve_train_config`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, ClassVar, Optional, Union
+from typing import Any, ClassVar, Optional
 
 import timm
 
 from .._validation import check_number, check_numbers
-from ..data import CIFAR_NUM_CLASSES, CLASSIFICATION_DATASETS, default_data_dir
-from ..distributed import device_for_resume
+from ..data import CIFAR_NUM_CLASSES, CLASSIFICATION_DATASETS
 from ..models import npe_model_name, parse_npe_name
-from ..runs import SerializableConfig, resumable_config
+from ..runs import SerializableConfig
 
 __all__ = [
     "TrainConfig",
@@ -29,7 +27,6 @@ __all__ = [
     "METHODS",
     "RUNTIME_FIELDS",
     "resolve_config",
-    "resolve_train_config",
     "num_pems_of",
 ]
 
@@ -228,32 +225,3 @@ def resolve_config(recipe: str = "hp2", method: str = "npe", **overrides: Any) -
     config = TrainConfig(recipe=recipe, method=method, **settings)
     config.validate()
     return config
-
-
-def resolve_train_config(
-    out_dir: Union[str, Path], resume: bool, method: Optional[str] = None, recipe: Optional[str] = None, **given: Any
-) -> TrainConfig:
-    """The settings of the run in ``out_dir``: with ``resume`` its ``config.json`` updated with ``given``, else
-    the recipe's (default hp2) updated with them. ``None`` values count as not given.
-
-    A resumed run keeps its recorded device unless ``device`` is given or this machine lacks it (then ``auto``). A
-    fresh run's method
-    defaults to npe for models with PEMs, else ce; its data directory to ``$NPE_DATA_DIR``, else
-    ``data``; cRT and post-hoc LA take the model of their ``init`` run when ``model`` is not given.
-    """
-    given = {name: value for name, value in given.items() if value is not None}
-    if resume:
-        saved = dict(resumable_config(out_dir, TrainConfig.task))
-        saved["device"] = device_for_resume(saved.get("device", "auto"))
-        saved.update({name: value for name, value in (("method", method), ("recipe", recipe)) if value is not None})
-        return TrainConfig.from_dict({**saved, **given})
-    given.setdefault("data_dir", default_data_dir())
-    if method is None:
-        method = "npe" if num_pems_of(given.get("model", "resnet32_npe16")) else "ce"
-    if method in METHODS_FROM_CE and "model" not in given and given.get("init"):
-        from .checkpoint import read_saved_config  # checkpoint.py builds on this module
-
-        init_config = read_saved_config(given["init"])
-        if init_config is not None:
-            given["model"] = init_config.model
-    return resolve_config(recipe or default_recipe(given.get("dataset")), method, **given)

@@ -14,7 +14,6 @@ from and what each checkpoint is.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -23,6 +22,8 @@ from typing import Any, Optional, Union
 
 from timm.models import resolve_pretrained_cfg
 from torch import nn
+
+from ..files import WEIGHTS_FILE, file_sha256
 
 __all__ = [
     "WEIGHTS_DIR",
@@ -41,7 +42,6 @@ __all__ = [
     "checkpoint_cfg",
     "forget_pretrained_weights",
     "shipped_pretrained_cfgs",
-    "file_sha256",
     "check_weights_file",
     "checked_pretrained_kwargs",
 ]
@@ -160,15 +160,6 @@ def shipped_pretrained_cfgs(architecture: str, make_cfg: Callable[..., dict[str,
     }
 
 
-def file_sha256(path: Union[str, os.PathLike]) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _entry_for_file(path: Path) -> Optional[tuple[str, dict[str, Any]]]:
     """The shipped checkpoint whose file ``path`` is, if it is one (a user's own file is not)."""
     for name, entry in shipped_checkpoints().items():
@@ -204,12 +195,10 @@ def _fetch_unbundled(name: str, entry: dict[str, Any]) -> Path:
     """The file of a checkpoint this installation does not bundle, from its Hub repository, sha256-checked."""
     from huggingface_hub import hf_hub_download  # here: loading bundled weights (and ONNX export) needs no Hub client
 
-    from ..hub import WEIGHTS_NAME
-
     repo = hub_repo_id(name)
     remedy = _get_from_checkout(name)
     try:
-        path = Path(hf_hub_download(repo, WEIGHTS_NAME))
+        path = Path(hf_hub_download(repo, WEIGHTS_FILE))
     except Exception as error:  # offline, no such repository, HTTP errors: all end in the same advice
         raise RuntimeError(
             f"'{name}' is not bundled with this installation of npe-models ({BUNDLED_IN_WHEEL}), and fetching it "

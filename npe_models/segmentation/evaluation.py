@@ -7,7 +7,7 @@ import colorsys
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 from PIL import Image
@@ -18,13 +18,11 @@ from torchvision.utils import draw_segmentation_masks
 from ..distributed import resolve_device
 from ..npe import has_pems
 from ..runs import atomic_write, locked_dir, write_json
+from .config import SegmentationModelConfig
 from .losses import DEFAULT_IGNORE_INDEX
 from .metrics import SegmentationMetrics, confusion_matrix
 from .sampling import normalize_images
 from .training import segmentation_dataset
-
-if TYPE_CHECKING:
-    from .config import SegmentationModelConfig
 
 __all__ = ["EVAL_MODES", "predict_logits", "evaluate_segmentation", "evaluate_run", "overlay_panels", "class_palette"]
 

@@ -1,6 +1,6 @@
 """Top-k predictions for image files: ``load_image_classifier(source)`` then ``predict_images(classifier, paths)``.
 
-A source is anything :func:`npe_models.loading.load_model` accepts (run directory, checkpoint or
+A source is anything :func:`npe_models.load_model` accepts (run directory, checkpoint or
 weights file, pretrained name, Hub folder) or an ONNX file written by
 :func:`npe_models.onnx.export_onnx`, run with ONNX Runtime. Images are read with PIL and
 preprocessed with timm's eval transform for the model's pretrained cfg (for an ONNX file, the
@@ -24,14 +24,14 @@ from timm.data import create_transform
 from torch import Tensor, nn
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from .. import loading  # a module import: loading imports this package (its checkpoint module) first
-from ..data.files import image_transform, read_image
-from ..describe import CLASSIFICATION as _ONNX_CLASSIFICATION
-from ..distributed import resolve_device
-from ..models import is_segmentation_model
-from ..npe import has_pems, set_alpha
-from ..onnx import INPUT_NAME, onnx_session, read_onnx_metadata
-from .train import ProgressFactory
+from .classification.train import ProgressFactory
+from .data.files import image_transform, read_image
+from .describe import CLASSIFICATION as _ONNX_CLASSIFICATION
+from .distributed import resolve_device
+from .loading import CLASSIFICATION, load_model, source_kind
+from .models import is_segmentation_model
+from .npe import has_pems, set_alpha
+from .onnx import INPUT_NAME, onnx_session, read_onnx_metadata
 
 __all__ = [
     "PREDICTION_STYLES",
@@ -131,7 +131,7 @@ def _check_model_source(source: str, pretrained: bool) -> None:
             f"{source} is an image, not a model: name the model first (run directory, checkpoint, "
             "pretrained name, Hub folder or .onnx file), then the images."
         )
-    if loading.source_kind(source) != "registered":
+    if source_kind(source) != "registered":
         return
     if is_segmentation_model(source):
         raise _not_a_classifier(source, "segmentation")
@@ -143,8 +143,8 @@ def _torch_classifier(
     source: str, pretrained: bool, model_name: Optional[str], alpha: Optional[float], device: Optional[str]
 ) -> ImageClassifier:
     _check_model_source(source, pretrained)
-    loaded = loading.load_model(source, pretrained=pretrained, model_name=model_name)
-    if loaded.task != loading.CLASSIFICATION:
+    loaded = load_model(source, pretrained=pretrained, model_name=model_name)
+    if loaded.task != CLASSIFICATION:
         raise _not_a_classifier(source, loaded.task)
     model = loaded.model
     if alpha is not None:
