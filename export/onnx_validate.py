@@ -313,7 +313,7 @@ def validate_one(args: argparse.Namespace) -> int:
         num_classes=args.num_classes,
         weights=args.weights,
         pem_type=args.pem_type,
-        alpha=args.alpha,
+        npe_alpha=args.npe_alpha,
     )
     model = loaded.model
     with tempfile.TemporaryDirectory(prefix="npe-validate-") as tmp:
@@ -369,7 +369,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", type=Path, help="weights for a registered name (.safetensors or state dict)")
     parser.add_argument("--num-classes", type=int, help="class count for a registered name")
     parser.add_argument("--pem-type", choices=PEM_TYPES, help="PEMs of a segmentation name (default: linear)")
-    parser.add_argument("--alpha", type=float, help="NPE-LA strength (default: the model's)")
+    parser.add_argument(
+        "--npe-alpha", "--alpha", dest="npe_alpha", type=float, help="NPE-LA strength (default: the model's)"
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

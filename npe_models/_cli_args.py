@@ -42,12 +42,12 @@ EPILOG_EVALUATE = """examples:
   npe-models evaluate runs/npe16_hp2/checkpoint.pt --merge
   npe-models evaluate runs/ce_hp2 --posthoc-tau 1     # also score post-hoc logit adjustment
   npe-models evaluate resnet32_npe16.cifar10_lt_r100_hp2 --pretrained
-  npe-models evaluate runs/unet_npe1 --alpha 0 1 0.2  # segmentation: several NPE-LA strengths in one pass
+  npe-models evaluate runs/unet_npe1 --npe-alpha 0 1 0.2  # segmentation: several NPE-LA strengths in one pass
 """
 EPILOG_PREDICT = """examples:
   npe-models predict resnet32_npe16 --pretrained cat.png dog.jpg   # top-5 classes of each image, as a table
   npe-models predict runs/npe16_hp2 photos/ --top-k 3 --json       # a folder, searched recursively; JSON for scripts
-  npe-models predict runs/npe16_hp2 photos/ --alpha 0 --csv        # the unadjusted logits (no NPE-LA)
+  npe-models predict runs/npe16_hp2 photos/ --npe-alpha 0 --csv        # the unadjusted logits (no NPE-LA)
   npe-models predict resnet32_npe16.onnx photos/                   # an ONNX export, run with ONNX Runtime
 """
 EPILOG_ADAPT = """DATA: cifar10:test, cifar10:heldout (training images CIFAR-LT leaves out; --rho), cifar100:...,
@@ -140,8 +140,8 @@ def add_train_arguments(train: argparse.ArgumentParser) -> None:
     optim.add_argument("--deterministic", action="store_true", default=None, help="deterministic kernels")
     npe = train.add_argument_group("NPE and initialisation")
     npe.add_argument(
-        "--alpha",
         "--npe-alpha",
+        "--alpha",
         dest="npe_alpha",
         type=float,
         help="NPE-LA strength stored in the model (default: 1 classification, 0.1 segmentation)",
@@ -229,7 +229,9 @@ def add_evaluate_arguments(evaluate: argparse.ArgumentParser) -> None:
     evaluate.add_argument("--merge", action="store_true", help="fold the PEMs into the classifier first")
     evaluate.add_argument("--model", help="model name, for .safetensors weights that do not record it")
     evaluate.add_argument(
+        "--npe-alpha",
         "--alpha",
+        dest="npe_alpha",
         type=float,
         nargs="+",
         help="NPE-LA strength (segmentation: several, 0 = main logits; default: the model's)",
@@ -267,7 +269,9 @@ def add_export_arguments(onnx: argparse.ArgumentParser, hub: argparse.ArgumentPa
         parser.add_argument("--pem-type", choices=("linear", "fcn", "replica"), help="PEMs of a segmentation name")
         parser.add_argument("--pretrained", action="store_true", help="load the registered name's pretrained weights")
         parser.add_argument("--weights", type=Path, help="weights for a registered name (.safetensors or state dict)")
-        parser.add_argument("--alpha", type=float, help="NPE-LA strength to export with (default: the model's)")
+        parser.add_argument(
+            "--npe-alpha", "--alpha", dest="npe_alpha", type=float, help="NPE-LA strength to export with"
+        )
         parser.add_argument("--label-names", type=Path, help="class names: JSON list or one name per line")
     onnx.add_argument("-o", "--output", type=Path, help="ONNX file to write (default: <model>.onnx)")
     onnx.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"), help="example input size")
@@ -325,7 +329,9 @@ def add_predict_arguments(predict: argparse.ArgumentParser) -> None:
     predict.add_argument("--pretrained", action="store_true", help="load the named model's pretrained weights")
     predict.add_argument("--model", help="model name, for .safetensors weights that do not record it")
     predict.add_argument(
+        "--npe-alpha",
         "--alpha",
+        dest="npe_alpha",
         type=float,
         help="NPE-LA strength of an unmerged NPE model (0: unadjusted logits; default: the model's)",
     )

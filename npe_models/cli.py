@@ -96,8 +96,6 @@ def _train_segmentation(args: argparse.Namespace) -> int:
     given = {**_given(args, SegmentationModelConfig), **_given(args, SegmentationTrainConfig)}
     settings = dict(
         model=args.model,
-        alpha=args.npe_alpha,
-        t=args.npe_t,
         model_kwargs=dict(args.model_arg) or None,
         dataset=args.dataset,
         annotation=args.annotation,
@@ -140,7 +138,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                 dataset=args.dataset,
                 split=args.split,
                 annotations=args.annotation,
-                alphas=args.alpha,
+                alphas=args.npe_alpha,
                 mode=args.mode,
                 crop_size=args.crop_size,
                 stride=args.stride,
@@ -150,8 +148,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         for annotation, table in results.items():
             print(format_metrics_table(f"\n'{annotation}' masks", table))
     else:
-        if args.alpha is not None:
-            set_alpha(model, _one_alpha(args.alpha))
+        if args.npe_alpha is not None:
+            set_alpha(model, _one_alpha(args.npe_alpha))
         result = classification.evaluate_run(
             model, out, progress=_progress(args), **classification_evaluate_options(args, loaded, about)
         )
@@ -163,7 +161,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _one_alpha(alphas: Sequence[float]) -> float:
     if len(alphas) != 1:
-        raise ValueError(f"a classifier is evaluated at one NPE-LA strength; got --alpha {' '.join(map(str, alphas))}.")
+        raise ValueError(
+            f"a classifier is evaluated at one NPE-LA strength; got --npe-alpha {' '.join(map(str, alphas))}."
+        )
     return alphas[0]
 
 
@@ -174,7 +174,7 @@ def _load_for_export(args: argparse.Namespace):
         num_classes=args.num_classes,
         weights=args.weights,
         pem_type=args.pem_type,
-        alpha=args.alpha,
+        npe_alpha=args.npe_alpha,
     )
     return loaded, read_label_names(args.label_names)
 
@@ -240,7 +240,7 @@ def _list(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     classifier = predict.load_image_classifier(
-        args.source, pretrained=args.pretrained, model_name=args.model, alpha=args.alpha, device=args.device
+        args.source, pretrained=args.pretrained, model_name=args.model, npe_alpha=args.npe_alpha, device=args.device
     )
     predictions = predict.predict_images(
         classifier, args.images, top_k=args.top_k, batch_size=args.batch_size, progress=_progress(args)

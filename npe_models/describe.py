@@ -28,7 +28,7 @@ from .models.segmentation import (
     UNetBackbone,
     parse_segmentation_model_name,
 )
-from .npe import NPEHead, has_pems, npe_heads
+from .npe import DEFAULT_NPE_ALPHA, DEFAULT_NPE_T, NPEHead, has_pems, npe_heads
 from .segmentation.config import SegmentationModelConfig
 
 __all__ = [
@@ -51,8 +51,6 @@ TARGET_PRIOR_KEY = "target_prior"
 """The ``pretrained_cfg`` entry where ``npe_models.adapt.adapt_prior`` records the prior folded into a model."""
 
 _NPE_ARG_PREFIX = "npe_"
-_DEFAULT_ALPHA = 1.0
-_DEFAULT_T = 1
 
 
 @dataclass(frozen=True)
@@ -150,8 +148,8 @@ def _describe_classifier(model: nn.Module, label_names: Optional[Sequence[str]])
         npe = dict(
             num_pems=num_pems,
             merged=True,
-            alpha=float(getattr(model, "npe_alpha", args.get("npe_alpha", _DEFAULT_ALPHA))),
-            t=int(getattr(model, "npe_t", args.get("npe_t", _DEFAULT_T))),
+            alpha=float(getattr(model, "npe_alpha", args.get("npe_alpha", DEFAULT_NPE_ALPHA))),
+            t=int(getattr(model, "npe_t", args.get("npe_t", DEFAULT_NPE_T))),
             npe_architecture=name,
         )
         args = {key: value for key, value in args.items() if not key.startswith(_NPE_ARG_PREFIX)}
@@ -210,7 +208,7 @@ def _inferred_segmentation_configs(model: nn.Module) -> list[SegmentationModelCo
         aux_loss=True if getattr(model, "aux_classifier", None) is not None else None,
     )
     if npe and not merged:
-        settings.update(num_pems=model.num_pems, pem_type=model.pem_type, alpha=model.alpha, t=model.t)
+        settings.update(num_pems=model.num_pems, pem_type=model.pem_type, npe_alpha=model.alpha, npe_t=model.t)
     if isinstance(model.backbone, UNetBackbone):
         unet_kwargs = {"base_channels": model.backbone.out_channels, "num_stages": len(model.backbone.encoder)}
         return [SegmentationModelConfig(name="unet_fcn", model_kwargs=unet_kwargs, **settings)]

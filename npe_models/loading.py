@@ -304,14 +304,14 @@ def load_model(
     num_classes: Optional[int] = None,
     weights: Optional[PathLike] = None,
     pem_type: Optional[str] = None,
-    alpha: Optional[float] = None,
+    npe_alpha: Optional[float] = None,
 ) -> LoadedModel:
     """Load the model ``source`` names, in eval mode, with its task, training config and data when known.
 
     For a registered name, ``pretrained`` loads its (tag's) pretrained weights, ``weights`` a
     state dict from a file, ``num_classes`` / ``pem_type`` shape it. For a saved model,
     ``model_name`` names the classifier of bare weights that record none, and ``num_classes``
-    must agree with the weights. ``alpha`` sets the NPE-LA strength (``npe_models.npe.set_alpha``).
+    must agree with the weights. ``npe_alpha`` sets the NPE-LA strength (``npe_models.npe.set_alpha``).
     """
     text = os.fspath(source)
     kind = source_kind(text)
@@ -330,7 +330,7 @@ def load_model(
         loaded = _load_hub(text)
     else:
         loaded = _load_run(Path(text), model_name, num_classes)
-    if alpha is not None:
-        set_alpha(loaded.model, alpha)
+    if npe_alpha is not None:
+        set_alpha(loaded.model, npe_alpha)
     loaded.model.eval()
     return loaded

@@ -21,7 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._validation import check_number
+
 __all__ = [
+    "DEFAULT_NPE_ALPHA",
+    "DEFAULT_NPE_T",
+    "check_npe_alpha",
+    "check_npe_t",
     "NPEOutput",
     "NPEHead",
     "NPEClassifierMixin",
@@ -36,6 +42,10 @@ __all__ = [
 ]
 
 PEM_INIT_STD = 0.001
+DEFAULT_NPE_ALPHA = 1.0
+"""NPE-LA strength of classifiers (the paper's alpha = 1); dense models use ``DEFAULT_SEGMENTATION_ALPHA``."""
+DEFAULT_NPE_T = 1
+"""PEM sign convention: t = 1, the paper's default."""
 
 
 class NPEOutput(NamedTuple):
@@ -54,17 +64,22 @@ def estimate_sign(t: int) -> float:
     return -1.0 if t == 1 else 1.0
 
 
-def _check_alpha(alpha: float) -> None:
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool):
-        raise TypeError(f"alpha must be a number, got {type(alpha).__name__}.")
+def check_npe_alpha(npe_alpha: float) -> None:
+    """The one range check of the NPE-LA strength: a finite number >= 0 (the library and the command line alike)."""
+    check_number("npe_alpha", npe_alpha, minimum=0)
+
+
+def check_npe_t(npe_t: int) -> None:
+    """The one check of the PEM sign convention: 0 or 1."""
+    check_number("npe_t", npe_t, integer=True, minimum=0, maximum=1)
 
 
 def validate_npe_args(num_pems: int, t: int, alpha: float) -> None:
     """Raise a clear error for an invalid PEM count, sign convention or NPE-LA strength."""
     if isinstance(num_pems, bool) or not isinstance(num_pems, int) or num_pems < 1:
         raise ValueError(f"num_pems must be an integer >= 1, got {num_pems!r}; use the plain model for no PEMs.")
-    estimate_sign(t)
-    _check_alpha(alpha)
+    check_npe_t(t)
+    check_npe_alpha(alpha)
 
 
 class NPEHead(nn.Module):
@@ -81,8 +96,8 @@ class NPEHead(nn.Module):
         num_classes: int,
         num_pems: int = 16,
         *,
-        t: int = 1,
-        alpha: float = 1.0,
+        t: int = DEFAULT_NPE_T,
+        alpha: float = DEFAULT_NPE_ALPHA,
         dense: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -107,7 +122,12 @@ class NPEHead(nn.Module):
 
     @classmethod
     def from_layer(
-        cls, layer: Union[nn.Linear, nn.Conv2d], num_pems: int = 16, *, t: int = 1, alpha: float = 1.0
+        cls,
+        layer: Union[nn.Linear, nn.Conv2d],
+        num_pems: int = 16,
+        *,
+        t: int = DEFAULT_NPE_T,
+        alpha: float = DEFAULT_NPE_ALPHA,
     ) -> NPEHead:
         """Wrap an existing classifier layer, keeping its weights and adding fresh PEMs."""
         if isinstance(layer, nn.Conv2d):
@@ -266,7 +286,7 @@ def has_pems(model: nn.Module) -> bool:
 
 def set_alpha(model: nn.Module, alpha: float) -> None:
     """Set the NPE-LA strength on every NPE part of ``model``: its NPEHeads, or the model when it owns alpha."""
-    _check_alpha(alpha)
+    check_npe_alpha(alpha)
     if not has_pems(model):
         raise ValueError(
             f"alpha needs a model with PEMs, but this {type(model).__name__} has none (a plain model, or one "

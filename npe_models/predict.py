@@ -218,21 +218,21 @@ def load_image_classifier(
     *,
     pretrained: bool = False,
     model_name: Optional[str] = None,
-    alpha: Optional[float] = None,
+    npe_alpha: Optional[float] = None,
     device: Optional[str] = None,
 ) -> ImageClassifier:
     """A classifier for image files from any model source, or an ONNX file (``.onnx``) run by ONNX Runtime.
 
     ``pretrained`` loads a registered name's pretrained weights (required for a name),
-    ``model_name`` names the model of bare weights, ``alpha`` sets the NPE-LA strength of a
+    ``model_name`` names the model of bare weights, ``npe_alpha`` sets the NPE-LA strength of a
     model with unmerged PEMs, ``device`` runs a PyTorch model there (default: auto).
     """
     text = os.fspath(source)
     if text.lower().endswith(_ONNX_SUFFIX):
         if pretrained or model_name is not None:
             raise ValueError(f"pretrained and model_name apply to PyTorch models, not to the ONNX file {text}.")
-        return _onnx_classifier(Path(text), alpha, device)
-    return _torch_classifier(text, pretrained, model_name, alpha, device)
+        return _onnx_classifier(Path(text), npe_alpha, device)
+    return _torch_classifier(text, pretrained, model_name, npe_alpha, device)
 
 
 def _top_classes(probabilities: Tensor, names: Sequence[str], k: int) -> list[list[tuple[int, str, float]]]:

@@ -77,7 +77,7 @@ def test_each_option_is_defined_once_and_both_tasks_read_it() -> None:
     assert args.milestones == [5, 9] and args.crop_size == (64, 48) and args.model_arg == [("base_channels", 8)]
     assert args.schedule == "poly" and args.npe_alpha == 0.2
     assert parser.parse_args(["train", "--out", "run", "--alpha", "0.5"]).npe_alpha == 0.5  # one option, two spellings
-    assert parser.parse_args(["evaluate", "run", "--alpha", "0", "0.1"]).alpha == [0.0, 0.1]
+    assert parser.parse_args(["evaluate", "run", "--npe-alpha", "0", "0.1"]).npe_alpha == [0.0, 0.1]
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "--out", "run", "--crop-size", "0x4"])
 

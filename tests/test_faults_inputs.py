@@ -49,7 +49,10 @@ BAD_SETTINGS = {
         "option(s) --method, --rho belong to classification training, but this is a segmentation run",
     ),
     "segmentation lr nan": (SEGMENTER + ["--lr", "nan"], "lr (--lr) must be a finite number > 0; got nan."),
-    "segmentation alpha nan": (["--model", "unet_fcn_npe1", "--alpha", "nan"], "alpha (--alpha) must be a finite"),
+    "segmentation alpha nan": (
+        ["--model", "unet_fcn_npe1", "--npe-alpha", "nan"],
+        "npe_alpha (--npe-alpha) must be a finite",
+    ),
     "segmentation iterations 0": (
         SEGMENTER + ["--iterations", "0"],
         "iterations (--iterations) must be an integer >= 1",
@@ -193,3 +196,27 @@ def test_unlabeled_images_need_no_labels_but_calibration_images_do(tmp_path):
     assert len(read_images(str(tmp_path / "unlabeled.npz"), tmp_path, labeled=False)) == 3
     with pytest.raises(ValueError, match="has no array y; expected x"):
         read_images(str(tmp_path / "unlabeled.npz"), tmp_path, labeled=True)
+
+
+@pytest.mark.parametrize("value", [-1.0, float("nan")])
+@pytest.mark.parametrize("task", ["classification", "segmentation"])
+def test_the_library_and_the_command_line_refuse_the_same_npe_alpha_with_one_message(
+    task, value, capsys, tmp_path, data_dir
+) -> None:
+    """The NPE head owns the range of npe_alpha: timm.create_model, create_segmentation_model, set_alpha and
+    `npe-models train --npe-alpha` refuse the same values with the same message."""
+    message = f"npe_alpha (--npe-alpha) must be a finite number >= 0; got {value!r}."
+    if task == "classification":
+        model, build = "resnet20_npe4", lambda: timm.create_model("resnet20_npe4", npe_alpha=value)
+    else:
+        model = "unet_fcn_npe1"
+        build = lambda: npe_models.create_segmentation_model(model, num_classes=2, npe_alpha=value)  # noqa: E731
+    with pytest.raises(ValueError) as built:
+        build()
+    with pytest.raises(ValueError) as set_later:
+        npe_models.set_alpha(timm.create_model("resnet20_npe4"), value)
+    err = _train_error(
+        capsys, tmp_path / "run", ["--model", model, "--npe-alpha", str(value), "--data-dir", str(data_dir)]
+    )
+    assert str(built.value) == str(set_later.value) == message
+    assert err.strip().endswith(message), err

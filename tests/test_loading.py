@@ -209,11 +209,11 @@ def test_unfinished_segmentation_run_and_its_checkpoint_load() -> None:
 
 def test_alpha_is_set_through_the_one_npe_helper(classifier_sources) -> None:
     _, sources = classifier_sources
-    loaded = load_model(sources["checkpoint.pt"], alpha=0.25)
+    loaded = load_model(sources["checkpoint.pt"], npe_alpha=0.25)
     assert [head.alpha for head in npe_heads(loaded.model)] == [0.25]
-    assert load_model("unet_fcn_npe1", alpha=0.3).model.alpha == 0.3
+    assert load_model("unet_fcn_npe1", npe_alpha=0.3).model.alpha == 0.3
     with pytest.raises(ValueError, match="alpha needs a model with PEMs"):
-        load_model("resnet20", alpha=0.5)
+        load_model("resnet20", npe_alpha=0.5)
 
 
 def test_source_kinds(classifier_sources) -> None:

@@ -297,7 +297,7 @@ def test_cifar_variant_loads_plain_checkpoint(tmp_path) -> None:
 def test_add_npe_on_any_timm_classifier() -> None:
     model = timm.create_model("mobilenetv3_small_050", num_classes=4)
     classifier = model.get_classifier()
-    npe_model = npe_models.add_npe(model, num_pems=3, alpha=0.5)
+    npe_model = npe_models.add_npe(model, num_pems=3, npe_alpha=0.5)
     assert npe_model is model and isinstance(model.get_classifier(), NPEHead)
     assert torch.equal(model.get_classifier().weight, classifier.weight)
     out = model.forward_train(torch.randn(2, 3, 64, 64))
@@ -318,8 +318,8 @@ def test_add_npe_rejects_non_timm_module() -> None:
 
 
 def test_add_npe_rejects_bad_sign_convention() -> None:
-    with pytest.raises(ValueError, match="t "):
-        npe_models.add_npe(timm.create_model("resnet20"), num_pems=2, t=2)
+    with pytest.raises(ValueError, match=r"npe_t \(--npe-t\) must be an integer >= 0 and <= 1; got 2"):
+        npe_models.add_npe(timm.create_model("resnet20"), num_pems=2, npe_t=2)
 
 
 def test_npe_heads_has_pems_and_set_alpha_on_classifiers() -> None:
@@ -327,7 +327,7 @@ def test_npe_heads_has_pems_and_set_alpha_on_classifiers() -> None:
     assert npe_models.npe_heads(model) == [model.fc] and npe_models.has_pems(model)
     npe_models.set_alpha(model, 0.25)
     assert model.fc.alpha == 0.25
-    with pytest.raises(TypeError, match="alpha must be a number"):
+    with pytest.raises(ValueError, match=r"npe_alpha \(--npe-alpha\) must be a finite number >= 0; got '0.5'"):
         npe_models.set_alpha(model, "0.5")
     plain = timm.create_model("resnet20", num_classes=5)
     merged = reparameterize_model(model)

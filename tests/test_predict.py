@@ -124,7 +124,9 @@ def test_top_k_is_capped_at_the_class_count_and_gives_the_softmax(images, direct
 
 
 def test_alpha_zero_gives_the_unadjusted_probabilities(images, direct_logits):
-    plain = predict_images(load_image_classifier(MODEL, pretrained=True, alpha=0), images[1], top_k=10, batch_size=8)
+    plain = predict_images(
+        load_image_classifier(MODEL, pretrained=True, npe_alpha=0), images[1], top_k=10, batch_size=8
+    )
     torch.testing.assert_close(_probabilities(plain), direct_logits[1].softmax(1), atol=1e-5, rtol=0)
     assert (_probabilities(plain) - direct_logits[0].softmax(1)).abs().max() > 0.05, "NPE-LA must change them"
 

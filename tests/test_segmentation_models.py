@@ -66,7 +66,7 @@ def _build(arch: str, pem_type: str = "linear", num_pems: int = 2, alpha: float 
         num_pems=num_pems,
         pem_type=pem_type,
         num_classes=NUM_CLASSES,
-        alpha=alpha,
+        npe_alpha=alpha,
         aux_loss=HAS_AUX[arch] or None,
         **_small_kwargs(arch),
     )
@@ -248,7 +248,7 @@ def test_registered_builders_document_themselves_and_keep_torchvision_signature(
     assert builder.__name__ == "unet_fcn_npe16" and "``unet_fcn`` with 16 PEM(s)" in builder.__doc__.splitlines()[0]
     parameters = inspect.signature(builder).parameters
     assert "name" not in parameters and all(p.kind is p.KEYWORD_ONLY for p in parameters.values() if p.name != "kwargs")
-    assert {"weights", "progress", "num_classes", "pem_type", "alpha", "t"} <= parameters.keys()
+    assert {"weights", "progress", "num_classes", "pem_type", "npe_alpha", "npe_t"} <= parameters.keys()
     with pytest.raises(TypeError):
         builder(3)  # torchvision builders are keyword-only
 

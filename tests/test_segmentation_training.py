@@ -165,7 +165,7 @@ def test_resolve_segmentation_config_for_fresh_and_resumed_runs(tmp_path: Path) 
         model_kwargs={"base_channels": 4},
         iterations=8,
         milestones=[2, 4],
-        alpha=None,
+        npe_alpha=None,
         init="baseline",
     )
     assert fresh.model == SegmentationModelConfig(

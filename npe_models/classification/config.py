@@ -16,6 +16,7 @@ import timm
 from .._validation import check_number, check_numbers
 from ..data import CIFAR_NUM_CLASSES, CLASSIFICATION_DATASETS
 from ..models import npe_model_name, parse_npe_name
+from ..npe import DEFAULT_NPE_ALPHA, DEFAULT_NPE_T, check_npe_alpha, check_npe_t
 from ..runs import SerializableConfig
 
 __all__ = [
@@ -82,7 +83,6 @@ _NUMBER_RULES: dict[str, dict[str, Any]] = {
     "gamma": dict(above=0),
     "accum_steps": dict(integer=True, minimum=1),
     "tau": dict(),
-    "npe_alpha": dict(minimum=0),
     "seed": dict(integer=True, minimum=0, below=2**32),
     "eval_every": dict(integer=True, minimum=0),
     "eval_batch_size": dict(integer=True, minimum=1),
@@ -124,8 +124,8 @@ class TrainConfig(SerializableConfig):
     gamma: float = 0.1
     accum_steps: int = 1
     tau: float = 1.0
-    npe_alpha: float = 1.0
-    npe_t: int = 1
+    npe_alpha: float = DEFAULT_NPE_ALPHA
+    npe_t: int = DEFAULT_NPE_T
     init: Optional[str] = None
     seed: int = 0
     deterministic: bool = False
@@ -172,14 +172,14 @@ class TrainConfig(SerializableConfig):
 
     def _check_optimisation(self) -> None:
         check_numbers(self, _NUMBER_RULES, optional=_OPTIONAL_NUMBERS)
+        check_npe_alpha(self.npe_alpha)  # the NPE head's own checks: the config refuses what the model refuses
+        check_npe_t(self.npe_t)
         if self.epochs == 0 and self.method != "posthoc_la":
             raise ValueError(f"epochs (--epochs) must be >= 1 for method {self.method!r}; got 0.")
         if self.schedule not in ("step", "cosine"):
             raise ValueError(f"schedule must be 'step' or 'cosine', got {self.schedule!r}.")
         if self.compile is not None and self.compile not in COMPILE_MODES:
             raise ValueError(f"compile (--compile) must be one of {', '.join(COMPILE_MODES)}; got {self.compile!r}.")
-        if self.npe_t not in (0, 1):
-            raise ValueError(f"npe_t (--npe-t), the PEM sign convention, must be 0 or 1; got {self.npe_t!r}.")
         if self.batch_size % self.accum_steps:
             raise ValueError(f"batch_size {self.batch_size} must be divisible by accum_steps {self.accum_steps}.")
         for milestone in self.milestones:

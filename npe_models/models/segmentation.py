@@ -43,7 +43,16 @@ from torchvision.models.segmentation.fcn import FCN
 from torchvision.models.segmentation.lraspp import LRASPP
 from torchvision.transforms._presets import SemanticSegmentation  # torchvision's own weights' preset
 
-from ..npe import PEM_INIT_STD, AlphaOwnerMixin, NPEHead, PEMNetworks, estimate_sign, npe_heads, validate_npe_args
+from ..npe import (
+    DEFAULT_NPE_T,
+    PEM_INIT_STD,
+    AlphaOwnerMixin,
+    NPEHead,
+    PEMNetworks,
+    estimate_sign,
+    npe_heads,
+    validate_npe_args,
+)
 from ._bundled import WEIGHTS_DIR, bundled_weights_meta, check_weights_file
 from ._registry import npe_model_name, parse_npe_name, register_variants
 
@@ -330,15 +339,16 @@ def add_segmentation_npe(
     model: nn.Module,
     num_pems: int = 1,
     pem_type: str = "linear",
-    alpha: float = DEFAULT_SEGMENTATION_ALPHA,
-    t: int = 1,
+    npe_alpha: float = DEFAULT_SEGMENTATION_ALPHA,
+    npe_t: int = DEFAULT_NPE_T,
 ) -> nn.Module:
     """Give a torchvision segmentation model (DeepLabV3, FCN, LR-ASPP, or one built alike) ``num_pems`` PEMs in place.
 
     The classifier keeps its weights; the model gains ``forward_train``, ``npe_estimate`` and
-    ``forward_logits_and_estimate``, and returns NPE-LA logits in eval mode. Returns the same object.
+    ``forward_logits_and_estimate``, and returns NPE-LA logits in eval mode (strength ``npe_alpha``, PEM
+    sign convention ``npe_t``). Returns the same object.
     """
-    validate_npe_args(num_pems, t, alpha)
+    validate_npe_args(num_pems, npe_t, npe_alpha)
     if pem_type not in PEM_TYPES:
         raise ValueError(f"pem_type must be one of {PEM_TYPES}, got {pem_type!r}.")
     if isinstance(model, NPESegmentationMixin):
@@ -352,7 +362,7 @@ def add_segmentation_npe(
             f"classifier ends in a 1x1 conv; got {type(model).__name__}."
         )
     model.__class__ = _npe_class(type(model))
-    model._attach_pems(num_pems, pem_type, alpha, t)
+    model._attach_pems(num_pems, pem_type, npe_alpha, npe_t)
     return model
 
 
@@ -581,7 +591,13 @@ def _trained_pems(weights: Any) -> int:
 
 
 def _npe_form(
-    arch: str, weights: Weights, num_pems: int, pem_type: Optional[str], alpha: float, t: int, **kwargs: Any
+    arch: str,
+    weights: Weights,
+    num_pems: int,
+    pem_type: Optional[str],
+    npe_alpha: float,
+    npe_t: int,
+    **kwargs: Any,
 ) -> nn.Module:
     """``arch`` with the trained PEMs of ``weights`` (which fix their count and type) and its network."""
     meta = weights.meta
@@ -593,7 +609,11 @@ def _npe_form(
             f"or take weights={baselines[0]!r} (the network alone) for fresh PEMs."
         )
     model = add_segmentation_npe(
-        _build_base(arch, **_settings_of(weights, kwargs)), num_pems, pem_type=meta["pem_type"], alpha=alpha, t=t
+        _build_base(arch, **_settings_of(weights, kwargs)),
+        num_pems,
+        pem_type=meta["pem_type"],
+        npe_alpha=npe_alpha,
+        npe_t=npe_t,
     )
     model.load_state_dict(weights.get_state_dict())
     return model
@@ -617,8 +637,8 @@ def create_segmentation_model(
     num_classes: Optional[int] = None,
     num_pems: Optional[int] = None,
     pem_type: Optional[str] = None,
-    alpha: float = DEFAULT_SEGMENTATION_ALPHA,
-    t: int = 1,
+    npe_alpha: float = DEFAULT_SEGMENTATION_ALPHA,
+    npe_t: int = DEFAULT_NPE_T,
     weights: Any = None,
     weights_backbone: Any = None,
     aux_loss: Optional[bool] = None,
@@ -640,11 +660,11 @@ def create_segmentation_model(
     weights = _verified_weights(arch, weights)
     settings = dict(weights_backbone=weights_backbone, num_classes=num_classes, aux_loss=aux_loss, progress=progress)
     if num_pems and _trained_pems(weights):
-        return _npe_form(arch, weights, num_pems, pem_type, alpha, t, **settings, **kwargs)
+        return _npe_form(arch, weights, num_pems, pem_type, npe_alpha, npe_t, **settings, **kwargs)
     model = _build_base(arch, weights=weights, **settings, **kwargs)
     if not num_pems:
         return model
-    return add_segmentation_npe(model, num_pems, pem_type=pem_type or "linear", alpha=alpha, t=t)
+    return add_segmentation_npe(model, num_pems, pem_type=pem_type or "linear", npe_alpha=npe_alpha, npe_t=npe_t)
 
 
 def list_segmentation_models() -> list[str]:

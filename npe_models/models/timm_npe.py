@@ -18,7 +18,14 @@ import timm
 from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg
 from torch import nn
 
-from ..npe import NPEClassifierMixin, NPEHead, fill_missing_pem_params, validate_npe_args
+from ..npe import (
+    DEFAULT_NPE_ALPHA,
+    DEFAULT_NPE_T,
+    NPEClassifierMixin,
+    NPEHead,
+    fill_missing_pem_params,
+    validate_npe_args,
+)
 from ._bundled import checked_pretrained_kwargs
 from ._registry import npe_model_name, register_variants
 
@@ -79,14 +86,17 @@ def _wrap_classifier(model: nn.Module, num_pems: int, t: int, alpha: float) -> N
     setattr(parent, attr, NPEHead.from_layer(classifier, num_pems, t=t, alpha=alpha))
 
 
-def add_npe(model: nn.Module, num_pems: int = 16, t: int = 1, alpha: float = 1.0) -> nn.Module:
+def add_npe(
+    model: nn.Module, num_pems: int = 16, npe_t: int = DEFAULT_NPE_T, npe_alpha: float = DEFAULT_NPE_ALPHA
+) -> nn.Module:
     """Turn a timm classifier into an NPE model in place: its classifier becomes an NPEHead with ``num_pems`` PEMs.
 
     The classifier keeps its weights; the model gains ``forward_train`` and ``npe_estimate``,
     returns NPE-LA logits in eval mode, and ``reset_classifier`` gives a new classifier fresh
-    PEMs. Returns the same model object.
+    PEMs. ``npe_t`` / ``npe_alpha`` are the PEM sign convention and NPE-LA strength, named as
+    ``timm.create_model`` takes them. Returns the same model object.
     """
-    validate_npe_args(num_pems, t, alpha)
+    validate_npe_args(num_pems, npe_t, npe_alpha)
     if not all(hasattr(model, name) for name in ("get_classifier", "forward_features", "forward_head")):
         raise TypeError(
             f"add_npe needs a timm classifier (get_classifier, forward_features, forward_head); "
@@ -99,7 +109,7 @@ def add_npe(model: nn.Module, num_pems: int = 16, t: int = 1, alpha: float = 1.0
             f"{type(model).__name__} has no classifier (num_classes=0), so there is nothing to put PEMs beside; "
             "create it with num_classes=N or call model.reset_classifier(N) first."
         )
-    return _make_npe_model(model, num_pems, t, alpha)
+    return _make_npe_model(model, num_pems, npe_t, npe_alpha)
 
 
 def _make_npe_model(model: nn.Module, num_pems: int, t: int, alpha: float) -> nn.Module:
@@ -124,12 +134,12 @@ def create_npe_variant(
     *,
     base: str,
     num_pems: int,
-    npe_t: int = 1,
-    npe_alpha: float = 1.0,
+    npe_t: int = DEFAULT_NPE_T,
+    npe_alpha: float = DEFAULT_NPE_ALPHA,
     feature_cfg: Optional[dict[str, Any]] = None,
     **kwargs: Any,
 ) -> nn.Module:
-    """Build the registered ``variant``: ``timm.create_model(base, **kwargs)`` with ``add_npe(num_pems, t, alpha)``.
+    """Build the registered ``variant``: ``timm.create_model(base, **kwargs)``, then ``add_npe`` with its settings.
 
     ``npe_t`` / ``npe_alpha`` are the PEM sign convention and NPE-LA strength under the names
     they take among timm's arguments; ``feature_cfg`` is the base family's ``features_only``

@@ -17,6 +17,7 @@ from torch import nn
 from .._validation import check_number, check_numbers
 from ..data.stare import STARE_CLASSES
 from ..models.segmentation import DEFAULT_SEGMENTATION_ALPHA, create_segmentation_model, parse_segmentation_model_name
+from ..npe import DEFAULT_NPE_T, check_npe_alpha, check_npe_t
 from ..runs import SerializableConfig, resumable_config
 
 __all__ = [
@@ -39,8 +40,6 @@ SEGMENTATION_DATASETS = {"stare": STARE_CLASSES}
 _MODEL_NUMBER_RULES: dict[str, dict[str, Any]] = {
     "num_classes": dict(integer=True, minimum=1),
     "num_pems": dict(integer=True, minimum=0),
-    "alpha": dict(minimum=0),
-    "t": dict(integer=True, minimum=0, maximum=1, option="--npe-t"),
 }
 _TRAIN_NUMBER_RULES: dict[str, dict[str, Any]] = {
     "iterations": dict(integer=True, minimum=1),
@@ -61,12 +60,14 @@ _TRAIN_NUMBER_RULES: dict[str, dict[str, Any]] = {
 class SegmentationModelConfig(SerializableConfig):
     """What ``create_segmentation_model`` needs to rebuild a model, plus the input normalisation it expects."""
 
+    legacy_names: ClassVar[dict[str, str]] = {"alpha": "npe_alpha", "t": "npe_t"}  # as older run folders hold them
+
     name: str = "unet_fcn"
     num_classes: int = 2
     num_pems: Optional[int] = None
     pem_type: str = "linear"
-    alpha: float = DEFAULT_SEGMENTATION_ALPHA
-    t: int = 1
+    npe_alpha: float = DEFAULT_SEGMENTATION_ALPHA
+    npe_t: int = DEFAULT_NPE_T
     aux_loss: Optional[bool] = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     class_names: Optional[list[str]] = None
@@ -75,6 +76,8 @@ class SegmentationModelConfig(SerializableConfig):
 
     def __post_init__(self) -> None:
         check_numbers(self, _MODEL_NUMBER_RULES, optional=("num_pems",))
+        check_npe_alpha(self.npe_alpha)  # the NPE head's own checks: the config refuses what the model refuses
+        check_npe_t(self.npe_t)
 
     def build(self, weights: Any = None, weights_backbone: Any = None) -> nn.Module:
         """The model these settings describe (torchvision weights only when passed here)."""
@@ -83,8 +86,8 @@ class SegmentationModelConfig(SerializableConfig):
             num_classes=self.num_classes,
             num_pems=self.num_pems,
             pem_type=self.pem_type,
-            alpha=self.alpha,
-            t=self.t,
+            npe_alpha=self.npe_alpha,
+            npe_t=self.npe_t,
             aux_loss=self.aux_loss,
             weights=weights,
             weights_backbone=weights_backbone,
@@ -170,7 +173,7 @@ def segmentation_model_config(name: Optional[str], dataset: str = "stare", **set
     """The settings of segmentation model ``name`` trained on ``dataset``: its classes unless ``settings`` say
     otherwise.
 
-    ``settings`` are :class:`SegmentationModelConfig` fields (``num_pems``, ``pem_type``, ``alpha``, ``t``,
+    ``settings`` are :class:`SegmentationModelConfig` fields (``num_pems``, ``pem_type``, ``npe_alpha``, ``npe_t``,
     ``aux_loss``, ``model_kwargs``, ...).
     """
     if name is None:

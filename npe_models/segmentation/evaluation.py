@@ -201,7 +201,7 @@ def evaluate_run(
     ``alphas`` default to 0 (the main logits) and the model's own NPE-LA strength when it has
     PEMs; ``progress`` is a tqdm-like factory called as ``progress(total=, desc=, unit=)``.
     """
-    alphas = list(alphas) if alphas is not None else [0.0, model_config.alpha] if has_pems(model) else [0.0]
+    alphas = list(alphas) if alphas is not None else [0.0, model_config.npe_alpha] if has_pems(model) else [0.0]
     out_dir, device = Path(out_dir), resolve_device(str(device))
     report: dict[str, Any] = {
         **(about or {}),
