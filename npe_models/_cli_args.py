@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .classification.config import COMPILE_MODES
-from .data import CLASSIFICATION_DATASETS, default_data_dir
+from .data import resolve_data_dir
 from .runs import LOG_FILE
 
 __all__ = [
@@ -28,7 +28,6 @@ __all__ = [
     "classification_evaluate_options",
 ]
 
-SEGMENTATION_DATASETS = ("stare",)
 EPILOG_TRAIN = """examples:
   npe-models train --model resnet32_npe16 --data-dir ../shared/data --out runs/npe16_hp2   # NPE(16), HP-2
   npe-models train --model resnet32 --method la --tau 1 --out runs/la_hp2                  # logit-adjusted loss
@@ -84,7 +83,6 @@ def _add_data_and_hardware(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data and hardware")
     data.add_argument(
         "--dataset",
-        choices=CLASSIFICATION_DATASETS + SEGMENTATION_DATASETS,
         help="data set (default: cifar10 for classifiers, stare for segmentation, or the run's)",
     )
     data.add_argument(
@@ -403,7 +401,7 @@ def adapt_options(args: argparse.Namespace) -> dict[str, Any]:
         pretrained=args.pretrained,
         method=args.method,
         source_prior=args.source_prior,
-        data_dir=args.data_dir or default_data_dir(),
+        data_dir=resolve_data_dir(args.data_dir),
         rho=args.rho,
         batch_size=args.batch_size,
         device=args.device,
@@ -430,7 +428,7 @@ def classification_evaluate_options(args: argparse.Namespace, loaded: Any, about
     the loaded model records: its data, its training method (which names the plots' variants) and its run's log."""
     method = {"method": loaded.config.method} if loaded.config is not None else {}
     return {
-        "data_dir": default_data_dir(),
+        "data_dir": resolve_data_dir(),
         **loaded.data_settings(),
         **not_none(
             dataset=args.dataset,

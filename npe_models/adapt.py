@@ -28,6 +28,7 @@ deployment's image pipeline (e.g. its JPEG compression), or the label-shift assu
 from __future__ import annotations
 
 import copy
+import dataclasses
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,7 +55,7 @@ from .distributed import resolve_device
 from .hub import save_for_hub
 from .loading import LoadedModel, load_model, source_kind
 from .npe import has_pems
-from .runs import write_json
+from .priors import PriorRecord
 
 __all__ = [
     "TARGET_PRIOR_KEY",
@@ -281,13 +282,13 @@ def adapt_prior(
             layer.weight.div_(calibration.temperature)
             layer.bias.copy_(layer.bias / calibration.temperature + calibration.bias.to(layer.bias))
         layer.bias.add_(log_prior.to(layer.bias))
-    record = {
-        "prior": torch.softmax(log_prior, 0).tolist(),
-        "temperature": None if calibration is None else calibration.temperature,
-        "calibration_bias": None if calibration is None else calibration.bias.tolist(),
-        "data": data,
-    }
-    adapted.pretrained_cfg = {**getattr(adapted, "pretrained_cfg", {}), TARGET_PRIOR_KEY: record}
+    record = PriorRecord(
+        prior=tuple(torch.softmax(log_prior, 0).tolist()),
+        temperature=None if calibration is None else calibration.temperature,
+        calibration_bias=None if calibration is None else tuple(calibration.bias.tolist()),
+        data=data,
+    )
+    adapted.pretrained_cfg = {**getattr(adapted, "pretrained_cfg", {}), TARGET_PRIOR_KEY: record.to_dict()}
     return adapted
 
 
@@ -498,15 +499,9 @@ def adapt_source(
         overwrite=overwrite,
         notes=f"Deployment prior folded into the classifier bias: {data}.",
     )
-    write_json(
-        folder / "prior.json",
-        {
-            **adapted.pretrained_cfg[TARGET_PRIOR_KEY],
-            "method": method,
-            "source": source,
-            "class_names": loaded.class_names,
-        },
-    )
+    recorded = PriorRecord.from_dict(adapted.pretrained_cfg[TARGET_PRIOR_KEY])
+    class_names = tuple(loaded.class_names) if loaded.class_names else None
+    dataclasses.replace(recorded, method=method, source=str(source), class_names=class_names).write(folder)
     return PriorAdaptation(adapted, prior, method, fitted, data, folder, loaded.class_names)
 
 

@@ -25,7 +25,6 @@ from ._cli_args import (
     EPILOG_EVALUATE,
     EPILOG_PREDICT,
     EPILOG_TRAIN,
-    SEGMENTATION_DATASETS,
     adapt_options,
     add_adapt_parser,
     add_evaluate_arguments,
@@ -39,7 +38,7 @@ from ._cli_args import (
 )
 from .adapt import adapt_source, format_adaptation
 from .classification import TrainConfig, format_metrics, resolve_train_config, train
-from .data import default_data_dir
+from .data import SEGMENTATION_DATASETS, check_dataset, resolve_data_dir
 from .hub import pretrained_card, push_to_hub, save_for_hub
 from .loading import evaluation_dir, load_model, read_label_names, source_kind
 from .models import is_segmentation_model, list_registered
@@ -71,6 +70,7 @@ def _given(args: argparse.Namespace, config_cls: type) -> dict[str, Any]:
 
 def _is_segmentation_run(args: argparse.Namespace) -> bool:
     if args.dataset is not None:
+        check_dataset(args.dataset)
         return args.dataset in SEGMENTATION_DATASETS
     if args.model is not None:
         return is_segmentation_model(args.model)
@@ -107,7 +107,7 @@ def _train_segmentation(args: argparse.Namespace) -> int:
     record = segmentation.train_run(
         config,
         args.out,
-        data_dir=args.data_dir or default_data_dir(),
+        data_dir=resolve_data_dir(args.data_dir),
         resume=args.resume,
         device=args.device or "auto",
         progress=_progress(args),
@@ -130,7 +130,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             model,
             loaded.segmentation_config,
             out,
-            data_dir=args.data_dir or default_data_dir(),
+            data_dir=resolve_data_dir(args.data_dir),
             overlays=args.overlays,
             progress=_progress(args),
             about=about,

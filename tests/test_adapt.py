@@ -339,3 +339,19 @@ def test_adapt_command_removes_the_training_prior_of_plain_cross_entropy(skewed,
         str(data_dir),
     )  # the training counts come from the data
     assert written["method"] == "bbse" and written["prior"][9] > 5 * written["prior"][0]
+
+
+def test_prior_record_is_the_one_format_of_prior_json(tmp_path) -> None:
+    """adapt writes prior.json through PriorRecord and evaluate reads it back through the same type; a bare list of
+    weights reads too, and a record with unknown keys or unusable weights is refused by name."""
+    from npe_models.priors import PriorRecord
+
+    record = PriorRecord(prior=(0.5, 0.25, 0.25), temperature=1.5, data="test", class_names=("a", "b", "c"))
+    assert PriorRecord.read(record.write(tmp_path)) == record
+    (tmp_path / "weights.json").write_text("[1, 2, 1]")
+    assert PriorRecord.read(tmp_path / "weights.json").prior == (1, 2, 1)
+    (tmp_path / "odd.json").write_text('{"prior": [1, 1], "mixture": 3}')
+    with pytest.raises(ValueError, match=r"unknown keys \['mixture'\]"):
+        PriorRecord.read(tmp_path / "odd.json")
+    with pytest.raises(ValueError, match="finite non-negative weights"):
+        PriorRecord(prior=(1.0, float("nan")))

@@ -196,7 +196,7 @@ def test_segmentation_dataset_needs_a_data_directory(monkeypatch) -> None:
     monkeypatch.delenv("NPE_DATA_DIR", raising=False)
     with pytest.raises(FileNotFoundError, match="NPE_DATA_DIR"):
         segmentation_dataset("stare", "train", "ah")
-    with pytest.raises(ValueError, match="not a segmentation data set"):
+    with pytest.raises(ValueError, match="must be a segmentation data set, one of stare"):
         segmentation_dataset("cifar10", "train", "ah", "data")
 
 

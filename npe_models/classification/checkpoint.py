@@ -17,7 +17,7 @@ from timm.models import get_pretrained_cfg
 from torch import nn
 
 from .. import runs
-from ..data import default_data_dir
+from ..data import resolve_data_dir
 from ..distributed import device_for_resume
 from ..models._bundled import forget_pretrained_weights
 from ..runs import (
@@ -209,7 +209,7 @@ def resolve_train_config(
         saved["device"] = device_for_resume(saved.get("device", "auto"))
         saved.update({name: value for name, value in (("method", method), ("recipe", recipe)) if value is not None})
         return TrainConfig.from_dict({**saved, **given})
-    given.setdefault("data_dir", default_data_dir())
+    given["data_dir"] = resolve_data_dir(given.get("data_dir"))
     if method is None:
         method = "npe" if num_pems_of(given.get("model", "resnet32_npe16")) else "ce"
     if method in METHODS_FROM_CE and "model" not in given and given.get("init"):

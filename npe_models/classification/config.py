@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Optional
 import timm
 
 from .._validation import check_number, check_numbers
-from ..data import CIFAR_NUM_CLASSES, CLASSIFICATION_DATASETS
+from ..data import CIFAR_NUM_CLASSES, check_dataset
 from ..models import npe_model_name, parse_npe_name
 from ..npe import DEFAULT_NPE_ALPHA, DEFAULT_NPE_T, check_npe_alpha, check_npe_t
 from ..runs import SerializableConfig
@@ -165,8 +165,7 @@ class TrainConfig(SerializableConfig):
             )
 
     def _check_data(self) -> None:
-        if self.dataset not in CLASSIFICATION_DATASETS:
-            raise ValueError(f"dataset must be one of {', '.join(CLASSIFICATION_DATASETS)}; got {self.dataset!r}.")
+        check_dataset(self.dataset, self.task)
         if self.rho is None and self.dataset in CIFAR_NUM_CLASSES:
             raise ValueError(f"{self.dataset}-LT needs rho, the imbalance ratio (e.g. 100).")
 

@@ -9,7 +9,6 @@ top-1 on a test set of that class mix is added (``target_top1``, see :func:`reso
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from torch import Tensor, nn
 from ..data import CIFAR_NUM_CLASSES, GROUP_NAMES, LongTailedData, class_groups, load_long_tailed
 from ..distributed import resolve_device
 from ..npe import NPEHead, npe_heads
+from ..priors import PriorRecord
 from ..runs import locked_dir, read_jsonl, write_json
 from .checkpoint import check_num_classes
 from .plots import save_evaluation_plots
@@ -188,15 +188,6 @@ def prior_diagnostics(estimate: Tensor, train_counts: Sequence[int]) -> dict[str
     }
 
 
-def _read_prior_file(path: Path) -> Any:
-    """The weights in a JSON file: a list, or an object with a ``prior`` list (what ``npe-models adapt`` writes)."""
-    try:
-        weights = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"cannot read the target prior file {path}: {error}.") from None
-    return weights.get("prior") if isinstance(weights, dict) else weights
-
-
 def _named_prior(spec: str, counts: np.ndarray, seed: int) -> np.ndarray:
     """Class weights of a named mix: uniform, train, inverse or dirichlet:A."""
     if spec == "uniform":
@@ -225,7 +216,7 @@ def resolve_target_prior(spec: Union[str, Sequence[float]], train_counts: Sequen
     draw from ``seed``); a ``.json`` file of per-class weights; or the weights themselves."""
     counts = np.asarray(train_counts, dtype=np.float64)
     if isinstance(spec, str) and spec.endswith(".json"):
-        spec = _read_prior_file(Path(spec))
+        spec = PriorRecord.read(spec).prior
     weights = _named_prior(spec, counts, seed) if isinstance(spec, str) else np.asarray(spec, dtype=np.float64)
     if weights.shape != counts.shape or not np.isfinite(weights).all() or (weights < 0).any() or weights.sum() <= 0:
         raise ValueError(f"a target prior needs {len(counts)} finite non-negative weights, not all zero.")

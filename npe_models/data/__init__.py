@@ -23,12 +23,15 @@ from .cifar import (
 )
 from .files import IMAGE_LISTS, FileBatchStream, FileLT, ImageList, load_image_folder, load_image_lists
 from .sampling import EpochSampler, epoch_order
+from .stare import STARE_CLASSES
 
 __all__ = [
     "CLASSIFICATION_DATASETS",
     "LongTailedData",
     "load_long_tailed",
-    "default_data_dir",
+    "resolve_data_dir",
+    "SEGMENTATION_DATASETS",
+    "check_dataset",
     "IMAGE_LISTS",
     "FileBatchStream",
     "FileLT",
@@ -53,12 +56,28 @@ __all__ = [
 ]
 
 
-def default_data_dir() -> str:
-    """Where the data sets are when no folder is given: ``$NPE_DATA_DIR``, else ``./data``."""
-    return os.environ.get("NPE_DATA_DIR", "data")
+def resolve_data_dir(data_dir: Optional[Union[str, os.PathLike]] = None) -> str:
+    """The folder holding the data sets, the one rule for every command and task: ``data_dir`` when given, else
+    ``$NPE_DATA_DIR``, else ``./data``."""
+    if data_dir is not None and os.fspath(data_dir):
+        return os.fspath(data_dir)
+    return os.environ.get("NPE_DATA_DIR") or "data"
 
 
 CLASSIFICATION_DATASETS = (*CIFAR_NUM_CLASSES, "folder", *IMAGE_LISTS)
+SEGMENTATION_DATASETS: dict[str, tuple[str, ...]] = {"stare": STARE_CLASSES}
+"""The segmentation data sets, with their class names."""
+_DATASETS_OF_TASK = {"classification": CLASSIFICATION_DATASETS, "segmentation": tuple(SEGMENTATION_DATASETS)}
+
+
+def check_dataset(dataset: str, task: Optional[str] = None) -> None:
+    """The one check of a data set name (``--dataset``): one of ``task``'s data sets, or of either task's."""
+    names = _DATASETS_OF_TASK[task] if task else (*CLASSIFICATION_DATASETS, *SEGMENTATION_DATASETS)
+    if dataset not in names:
+        scope = f"a {task} data set, one of" if task else "one of"
+        raise ValueError(f"dataset (--dataset) must be {scope} {', '.join(names)}; got {dataset!r}.")
+
+
 # What a classification run trains on: both give counts, groups, class_names, eval_sets, derived_sets,
 # title, training_batches(model, batch_size, ...) and evaluation_batches(name, model, batch_size, ...).
 LongTailedData = Union[CifarLT, FileLT]
@@ -77,14 +96,13 @@ def load_long_tailed(
 ) -> LongTailedData:
     """The classification data set ``dataset`` from ``data_dir``: CIFAR-LT (default rho 100), a folder tree
     (long-tailed subset with ``rho``, else as it is) or a data set's split lists (in ``split_dir``)."""
+    check_dataset(dataset, "classification")
     if dataset in CIFAR_NUM_CLASSES:
         if image_size not in (None, 32):
             raise ValueError(f"{dataset} is fed from memory at 32x32; --image-size applies to file data sets.")
         return load_cifar_lt(data_dir, dataset, 100.0 if rho is None else rho, download, max_per_class)
     if dataset == "folder":
         return load_image_folder(data_dir, rho, max_per_class, image_size=image_size, workers=workers)
-    if dataset in IMAGE_LISTS:
-        if rho is not None or max_per_class is not None:
-            raise ValueError(f"{dataset}'s split lists are long-tailed as published; drop --rho / --max-per-class.")
-        return load_image_lists(dataset, data_dir, split_dir, image_size=image_size, workers=workers)
-    raise ValueError(f"dataset must be one of {', '.join(CLASSIFICATION_DATASETS)}; got {dataset!r}.")
+    if rho is not None or max_per_class is not None:
+        raise ValueError(f"{dataset}'s split lists are long-tailed as published; drop --rho / --max-per-class.")
+    return load_image_lists(dataset, data_dir, split_dir, image_size=image_size, workers=workers)

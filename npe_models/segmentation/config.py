@@ -15,7 +15,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from .._validation import check_number, check_numbers
-from ..data.stare import STARE_CLASSES
+from ..data import SEGMENTATION_DATASETS, check_dataset
 from ..models.segmentation import DEFAULT_SEGMENTATION_ALPHA, create_segmentation_model, parse_segmentation_model_name
 from ..npe import DEFAULT_NPE_T, check_npe_alpha, check_npe_t
 from ..runs import SerializableConfig, resumable_config
@@ -32,8 +32,6 @@ __all__ = [
 ]
 
 SCHEDULES = ("multistep", "poly")
-SEGMENTATION_DATASETS = {"stare": STARE_CLASSES}
-"""The segmentation data sets, with their class names."""
 
 
 # Range of each numeric setting (see _validation.check_number), checked when a config is built.
@@ -164,8 +162,7 @@ class SegmentationRunConfig(SerializableConfig):
 
 def dataset_classes(dataset: str) -> tuple[str, ...]:
     """The class names of segmentation data set ``dataset``; a clear error for other names."""
-    if dataset not in SEGMENTATION_DATASETS:
-        raise ValueError(f"{dataset!r} is not a segmentation data set; use one of {sorted(SEGMENTATION_DATASETS)}.")
+    check_dataset(dataset, "segmentation")
     return SEGMENTATION_DATASETS[dataset]
 
 

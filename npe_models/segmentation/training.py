@@ -10,7 +10,6 @@ run from its settings, which is what ``npe-models train`` calls.
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 import warnings
 from collections.abc import Callable
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..data import resolve_data_dir
 from ..data.stare import StareSegmentation
 from ..distributed import resolve_device
 from ..npe import has_pems
@@ -187,12 +187,9 @@ def train_segmentation(
 
 def segmentation_dataset(dataset: str, split: str, annotation: str, data_dir: Optional[PathLike] = None) -> Dataset:
     """The ``split`` images of a segmentation data set with ``annotation``'s masks, from ``data_dir``
-    (default: ``$NPE_DATA_DIR``)."""
+    (default: :func:`npe_models.data.resolve_data_dir`'s)."""
     dataset_classes(dataset)
-    data_dir = data_dir or os.environ.get("NPE_DATA_DIR")
-    if not data_dir:
-        raise FileNotFoundError("no data directory: pass --data-dir (e.g. ../shared/data) or set NPE_DATA_DIR.")
-    return StareSegmentation(data_dir, split, annotation)
+    return StareSegmentation(resolve_data_dir(data_dir), split, annotation)
 
 
 def _starting_model(config: SegmentationRunConfig, continuing: bool) -> nn.Module:
