@@ -5,7 +5,7 @@ r"""Ship a finished STARE NPE run and the baseline it was trained on as bundled 
 Scores the NPE run on the STARE validation images (both annotations, MMSegmentation's sliding
 window, 128 px crops at stride 85) at alpha 0 (the main logits: the frozen baseline) and at the
 paper's Table 6 strengths, writes its weights to ``npe_models/weights/`` and the two entries of
-``manifest.json``'s ``segmentation`` section that ``npe_models.models.segmentation.UNet_FCN_Weights``
+``manifest.json``'s ``segmentation`` section that ``npe_models.models.unet.UNet_FCN_Weights``
 reads (the baseline is the same file without the PEM). Refuses unfinished runs and a PEM run whose
 network differs from its baseline's. Where a clone lacks a finished run's ``model.safetensors`` (git keeps the zoo's
 records, not their weights), it is written back from the shipped file first (``zoo.restore_weights``).

@@ -25,7 +25,7 @@ from npe_models.files import file_sha256
 from npe_models.hub import load_from_hub, save_pretrained_for_hub
 from npe_models.models import _bundled, parse_npe_name
 from npe_models.models._bundled import EXTRA_WEIGHTS_DIR, checkpoint_path, shipped_checkpoints
-from npe_models.models.segmentation import UNet_FCN_Weights
+from npe_models.models.unet import UNet_FCN_Weights
 from npe_models.npe import NPEHead
 from zoo import (  # release tooling in export/, on the test path
     checkpoint_names,

@@ -9,8 +9,8 @@ import torch
 import torchvision
 from package_stare import STARE_ALPHAS, stare_metrics, stare_quick_check
 
-import npe_models.models.segmentation as seg
-from npe_models.models.segmentation import UNet_FCN_Weights, unet_fcn
+import npe_models.models.unet as unet
+from npe_models.models.unet import UNet_FCN_Weights, unet_fcn
 from npe_models.segmentation.config import SegmentationModelConfig
 
 NPE, BASELINE = UNet_FCN_Weights.STARE_NPE1_FCN, UNet_FCN_Weights.STARE
@@ -73,11 +73,11 @@ def test_unknown_weights_name_lists_the_entries() -> None:
 
 
 def test_corrupted_weights_file_fails_its_sha256(tmp_path, monkeypatch) -> None:
-    shutil.copy(seg.WEIGHTS_DIR / NPE.meta["file"], tmp_path / NPE.meta["file"])
+    shutil.copy(unet.WEIGHTS_DIR / NPE.meta["file"], tmp_path / NPE.meta["file"])
     with open(tmp_path / NPE.meta["file"], "r+b") as file:
         file.seek(-4, 2)
         file.write(b"\0\0\0\0")
-    monkeypatch.setattr(seg, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr(unet, "WEIGHTS_DIR", tmp_path)
     with pytest.raises(RuntimeError, match="corrupted.*reinstall npe-models"):
         torchvision.models.get_model("unet_fcn_npe1", weights="DEFAULT")
 
