@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -196,6 +197,25 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _weights_mismatch(model: nn.Module, state: Mapping[str, torch.Tensor], error: RuntimeError) -> str:
+    """How ``state`` differs from ``model``'s state dict, in one line: how many tensors are missing, unexpected and
+    of another shape, with one example each (torch's own message, one line per tensor, only when none differ)."""
+    own = model.state_dict()
+    missing = [key for key in own if key not in state]
+    unexpected = [key for key in state if key not in own]
+    reshaped = [key for key in own if key in state and tuple(own[key].shape) != tuple(state[key].shape)]
+    parts = [f"{len(missing)} tensors missing (e.g. {missing[0]!r})"] if missing else []
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]!r})")
+    if reshaped:
+        key = reshaped[0]
+        parts.append(
+            f"{len(reshaped)} of another shape (e.g. {key!r}: {tuple(state[key].shape)} in the file, "
+            f"{tuple(own[key].shape)} in the model)"
+        )
+    return ", ".join(parts) or " ".join(str(error).split())
+
+
 def _load_registered(
     name: str, pretrained: bool, num_classes: Optional[int], weights: Optional[PathLike], pem_type: Optional[str]
 ) -> LoadedModel:
@@ -209,10 +229,15 @@ def _load_registered(
     else:
         model, task = create_segmentation_model(name, pem_type=pem_type or "linear", **kwargs), SEGMENTATION
     if weights is not None:
+        state = _read_state_dict(Path(weights))
         try:
-            model.load_state_dict(_read_state_dict(Path(weights)), strict=True)
+            model.load_state_dict(state, strict=True)
         except RuntimeError as error:
-            raise ValueError(f"weights {weights} do not fit {name}: {error}") from error
+            raise ValueError(
+                f"weights {weights} do not fit {name}: {_weights_mismatch(model, state, error)}; give weights saved "
+                f"from {name} built the same way (--num-classes, --pem-type), or load the run directory or "
+                "model.safetensors that a training run wrote, which records its model."
+            ) from error
     if not pretrained and task == CLASSIFICATION:
         forget_pretrained_weights(model)
     dataset, rho = tag_training_data(name) if pretrained else (None, None)
