@@ -256,16 +256,32 @@ def load_cifar(root: PathLike, dataset: str = "cifar10", train: bool = True, dow
     raise FileNotFoundError(_missing_data_message(root, dataset))
 
 
+class _PlainDataUnpickler(pickle.Unpickler):
+    """An unpickler of plain data only: dicts, lists, tuples, strings, bytes and numbers. It resolves no global
+    (``find_class`` refuses every name, builtins included), so a pickle cannot call anything while it loads."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"it refers to {module}.{name}, and a CIFAR meta file holds only plain data")
+
+
 def _torchvision_class_names(root: Path, dataset: str) -> Optional[list[str]]:
-    """The class names in torchvision's extracted meta file (where torchvision's own ``classes`` come from)."""
+    """The class names in torchvision's extracted meta file (where torchvision's own ``classes`` come from), read
+    without running code: the file comes from the user's folder, so it is unpickled as plain data only."""
     from torchvision.datasets import CIFAR10, CIFAR100
 
     meta = (CIFAR10 if dataset == "cifar10" else CIFAR100).meta
     path = root / _TORCHVISION_FOLDERS[dataset] / meta["filename"]
     if not path.is_file():
         return None
-    with path.open("rb") as file:
-        return pickle.load(file, encoding="latin1")[meta["key"]]
+    try:
+        with path.open("rb") as file:
+            content = _PlainDataUnpickler(file, encoding="latin1").load()
+        return content[meta["key"]]
+    except (pickle.UnpicklingError, EOFError, ValueError, KeyError, TypeError, IndexError, AttributeError) as error:
+        raise ValueError(
+            f"{path} is not {dataset}'s meta file ({error}); it was not loaded: remove it, or download {dataset} "
+            "again with --download."
+        ) from None
 
 
 def _read_classes_json(path: Path) -> list[str]:
@@ -291,6 +307,8 @@ def load_cifar_class_names(root: PathLike, dataset: str = "cifar10") -> Optional
         names = _torchvision_class_names(root, dataset)
     if names is None:
         return None
+    if not isinstance(names, (list, tuple)):
+        raise ValueError(f"{path}: expected a list of {dataset}'s class names, got {type(names).__name__}.")
     if len(names) != CIFAR_NUM_CLASSES[dataset] or not all(isinstance(name, str) for name in names):
         raise ValueError(
             f"{path}: expected {CIFAR_NUM_CLASSES[dataset]} class names for {dataset}, got {len(names)}; "
