@@ -28,6 +28,7 @@ from .classification.train import ProgressFactory
 from .data.files import image_transform, read_image
 from .describe import CLASSIFICATION as _ONNX_CLASSIFICATION
 from .distributed import resolve_device
+from .hub.card import visible_text
 from .loading import CLASSIFICATION, load_model, source_kind
 from .models import is_segmentation_model
 from .npe import has_pems, set_alpha
@@ -277,19 +278,29 @@ def _rows(predictions: Iterable[ImagePrediction]) -> list[tuple[str, int, int, s
 
 
 def _table(predictions: Sequence[ImagePrediction]) -> str:
+    """Aligned columns for a terminal: paths and class names with control characters as visible escapes."""
     header = ("image", "rank", "class", "probability")
-    rows = [(path, str(rank), name, f"{prob:.4f}") for path, rank, _, name, prob in _rows(predictions)]
+    rows = [
+        (visible_text(path), str(rank), visible_text(name), f"{prob:.4f}")
+        for path, rank, _, name, prob in _rows(predictions)
+    ]
     widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
     lines = ("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows])
     return "\n".join(lines)
 
 
-def _csv(predictions: Sequence[ImagePrediction]) -> str:
+def _csv_line(row: Sequence[Any]) -> str:
+    """One CSV record; written with ``\\r\\n`` as the csv module's terminator, so a field holding either character
+    is quoted (with ``\\n`` alone a lone ``\\r`` goes unquoted and breaks the reader), then joined with ``\\n``."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(("path", "rank", "index", "class", "probability"))
-    writer.writerows(_rows(predictions))
-    return buffer.getvalue().rstrip("\n")
+    csv.writer(buffer, lineterminator="\r\n").writerow(row)
+    return buffer.getvalue()[: -len("\r\n")]
+
+
+def _csv(predictions: Sequence[ImagePrediction]) -> str:
+    """Exact values, read back by ``csv.reader``: fields with commas, quotes or line breaks are quoted."""
+    header = ("path", "rank", "index", "class", "probability")
+    return "\n".join(_csv_line(row) for row in [header, *_rows(predictions)])
 
 
 def _json(predictions: Sequence[ImagePrediction]) -> str:
@@ -307,7 +318,10 @@ _FORMATTERS = {"table": _table, "json": _json, "csv": _csv}
 
 
 def format_predictions(predictions: Sequence[ImagePrediction], style: str = "table") -> str:
-    """Predictions as an aligned text table, a JSON list (one object per image) or CSV (one row per class)."""
+    """Predictions as an aligned text table, a JSON list (one object per image) or CSV (one row per class).
+
+    The table is for a terminal: control characters in paths and class names (from folder names) show as visible
+    escapes (``\\n``, ``\\x1b``), one line per class. JSON and CSV keep every name exact."""
     if style not in _FORMATTERS:
         raise ValueError(f"style must be one of {', '.join(PREDICTION_STYLES)}, got {style!r}.")
     return _FORMATTERS[style](predictions)

@@ -5,9 +5,19 @@ image folders with the model's own eval transform."""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 from pathlib import Path
 
+import numpy as np
+import pytest
+import timm
+from PIL import Image
+
 from npe_models import cli
+from npe_models.hub import save_for_hub
+from npe_models.predict import ImagePrediction, format_predictions
 
 PACKAGE = Path(__file__).resolve().parents[1] / "npe_models"
 
@@ -31,3 +41,44 @@ def test_weights_that_do_not_fit_a_registered_name_fail_in_one_line(capsys, tmp_
     assert "of another shape (e.g. 'backbone.encoder.0.0.weight': (16, 3, 3, 3) in the file, (64, 3, 3, 3)" in err
     assert "--pem-type" in err and "records its model" in err
     assert not (tmp_path / "m.onnx").exists()
+
+
+ODD_NAMES = ["<script>alert(1)</script>", "a|b\nc", "\x1b[31mred"]
+
+
+@pytest.fixture(scope="module")
+def odd_hub_folder(tmp_path_factory) -> Path:
+    """A 3-class resnet20 saved as a Hub folder with class names a folder tree could give: HTML, a table pipe, a
+    newline and a terminal colour code."""
+    folder = tmp_path_factory.mktemp("odd") / "hub"
+    save_for_hub(timm.create_model("resnet20", num_classes=3), folder, label_names=ODD_NAMES)
+    return folder
+
+
+def test_class_names_are_escaped_in_the_model_card_and_kept_exact_in_its_config(odd_hub_folder) -> None:
+    card = (odd_hub_folder / "README.md").read_text()
+    assert json.loads((odd_hub_folder / "config.json").read_text())["label_names"] == ODD_NAMES
+    assert "<script>" not in card and "\x1b" not in card
+    (classes,) = [line for line in card.splitlines() if line.startswith("- Classes:")]
+    assert classes == r"- Classes: 3 (&lt;script&gt;alert(1)&lt;/script&gt;, a\|b\\nc, \\x1b\[31mred)"
+
+
+def test_predict_escapes_class_names_in_its_table_and_keeps_them_exact_in_csv_and_json(
+    odd_hub_folder, tmp_path, capsys
+) -> None:
+    image = tmp_path / "odd\nname.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(image)
+    argv = ["predict", str(odd_hub_folder), str(image), "--top-k", "3", "--no-progress"]
+    assert cli.main(argv) == 0
+    table = capsys.readouterr().out
+    assert "\x1b" not in table and len(table.splitlines()) == 4  # the header and one line per class
+    assert all(visible in table for visible in (r"odd\nname.png", r"a|b\nc", r"\x1b[31mred", "<script>"))
+    assert cli.main([*argv, "--csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert sorted(row["class"] for row in rows) == sorted(ODD_NAMES) and {row["path"] for row in rows} == {str(image)}
+    assert cli.main([*argv, "--json"]) == 0
+    (record,) = json.loads(capsys.readouterr().out)
+    assert record["path"] == str(image) and sorted(c["class"] for c in record["classes"]) == sorted(ODD_NAMES)
+    lone_return = [ImagePrediction(image, [(0, "carriage\rreturn", 1.0)])]  # unquoted, it ends a CSV record
+    (row,) = csv.DictReader(io.StringIO(format_predictions(lone_return, "csv")))
+    assert row["class"] == "carriage\rreturn"

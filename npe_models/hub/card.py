@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
@@ -22,9 +24,11 @@ __all__ = [
     "DATASET_NAMES",
     "PIPELINE_TAGS",
     "evaluation_results",
+    "markdown_text",
     "model_card",
     "pretrained_card",
     "shipped_entry",
+    "visible_text",
 ]
 
 PIPELINE_TAGS = {CLASSIFICATION: "image-classification", SEGMENTATION: "image-segmentation"}
@@ -55,6 +59,23 @@ _INDEXED_TEST_SETS = {
     "exact": ("1,000 exact images (the official test batch's first 1,000)", None, "test[:1000]"),
 }
 """Model-index name, config and split of a shipped checkpoint's test sets: apart, and never the clean CIFAR test set."""
+
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
+
+
+def visible_text(text: str) -> str:
+    """``text`` with each control or other unprintable character as its visible escape (``\\n``, ``\\x1b``): one
+    line that cannot move a terminal's cursor, change its colours or break a table's rows. The one such escaping,
+    shared by the model card, ``predict``'s table and ``adapt``'s printout."""
+    return "".join(char if char.isprintable() else char.encode("unicode_escape").decode("ascii") for char in text)
+
+
+def markdown_text(text: str) -> str:
+    """``text`` (a class name from a folder, say) as literal Markdown on one line: control characters as visible
+    escapes, Markdown's emphasis, code, link and table characters backslash-escaped, and ``<``, ``>``, ``&`` as HTML
+    entities, so it renders as written and injects no HTML."""
+    return html.escape(_MARKDOWN_SPECIAL.sub(r"\\\1", visible_text(text)), quote=False)
 
 
 def _format_value(value: Any) -> str:
@@ -182,7 +203,8 @@ def _model_details(description: ModelDescription, stats: ModelStats) -> str:
     return "\n".join(
         [
             f"- Architecture to build: `{description.architecture}`",
-            f"- Classes: {description.num_classes}" + (f" ({', '.join(classes)})" if classes else ""),
+            f"- Classes: {description.num_classes}"
+            + (f" ({', '.join(markdown_text(name) for name in classes)})" if classes else ""),
             f"- Input: {channels} x {height} x {width}, mean {list(description.mean)}, std {list(description.std)}",
             "- Model Stats:",
             f"  - Params (M): {stats.params / 1e6:.3g} ({stats.params:,} parameters)",
