@@ -73,8 +73,12 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 _NUMBER_RULES: dict[str, dict[str, Any]] = {
     "rho": dict(minimum=1),
     "max_per_class": dict(integer=True, minimum=1),
-    "image_size": dict(integer=True, minimum=8),
-    "workers": dict(integer=True, minimum=0),
+    # Upper bounds that no real run reaches, so a typo fails here and not as a MemoryError or "can't start new
+    # thread" later: 4096 px is 4x timm's largest pretrained input (1024) and one 4096^2 RGB image is 200 MB as
+    # float32 before any activation; 256 DataLoader worker processes per training process outnumber the cores
+    # of the largest machines (default_workers takes at most 8), and each holds its own copy of the file list.
+    "image_size": dict(integer=True, minimum=8, maximum=4096),
+    "workers": dict(integer=True, minimum=0, maximum=256),
     "epochs": dict(integer=True, minimum=0),
     "batch_size": dict(integer=True, minimum=1),
     "lr": dict(above=0),
