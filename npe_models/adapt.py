@@ -53,7 +53,8 @@ from .data import (
 from .describe import TARGET_PRIOR_KEY, describe_model
 from .distributed import resolve_device
 from .hub import save_for_hub
-from .loading import LoadedModel, load_model, source_kind
+from .loading import CLASSIFICATION, LoadedModel, load_model, source_kind
+from .models import is_segmentation_model
 from .npe import has_pems
 from .priors import PriorRecord
 
@@ -442,6 +443,13 @@ def _estimate(logits: Tensor, cal_logits: Tensor, cal_labels: Tensor, calibratio
     raise ValueError(f"method must be 'em' (EM with BCTS) or 'bbse', got {method!r}.")
 
 
+def _not_a_classifier(source: str, task: str) -> ValueError:
+    return ValueError(
+        f"{source} is a {task} model; adapt estimates the class mix of whole images and folds it into a classifier's "
+        "bias: give a classifier (run directory, checkpoint, pretrained name or Hub folder)."
+    )
+
+
 def _training_prior(loaded: LoadedModel, data_dir: Union[str, Path]) -> Tensor:
     """The training counts of a loaded model, from its run config or pretrained tag, for plain cross-entropy."""
     if loaded.dataset is None:
@@ -478,9 +486,13 @@ def adapt_source(
         raise ValueError(
             f"source_prior must be 'uniform' (balanced logits) or 'train' (plain CE), got {source_prior!r}."
         )
+    if source_kind(source) == "registered" and is_segmentation_model(source):
+        raise _not_a_classifier(source, "segmentation")
     if source_kind(source) == "registered" and not pretrained:
         raise ValueError(f"'{source}' is a model name: pass pretrained=True (--pretrained) to adapt its weights.")
     loaded, device = load_model(source, pretrained=pretrained), resolve_device(str(device))
+    if loaded.task != CLASSIFICATION:
+        raise _not_a_classifier(source, loaded.task)
     train_prior = _training_prior(loaded, data_dir) if source_prior == "train" else None
     logits, _ = predict_logits(
         loaded.model, read_images(unlabeled, data_dir, labeled=False, rho=rho), batch_size, device

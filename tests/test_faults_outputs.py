@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from npe_models.hub import save_for_hub
 from npe_models.predict import ImagePrediction, format_predictions
 
 PACKAGE = Path(__file__).resolve().parents[1] / "npe_models"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "runs_v0_1"
 
 
 def _error(capsys, argv: list[str]) -> str:
@@ -82,3 +84,22 @@ def test_predict_escapes_class_names_in_its_table_and_keeps_them_exact_in_csv_an
     lone_return = [ImagePrediction(image, [(0, "carriage\rreturn", 1.0)])]  # unquoted, it ends a CSV record
     (row,) = csv.DictReader(io.StringIO(format_predictions(lone_return, "csv")))
     assert row["class"] == "carriage\rreturn"
+
+
+def _npz(path: Path, count: int, size: int = 32, labels=None) -> str:
+    """``count`` random images ``size`` x ``size`` (labels 0..9 in turn unless given) as adapt's npz file."""
+    images = np.random.default_rng(count).integers(0, 256, (count, size, size, 3), dtype=np.uint8)
+    np.savez(path, x=images, y=np.arange(count) % 10 if labels is None else labels)
+    return str(path)
+
+
+@pytest.mark.parametrize("source", ["segmentation run", "unet_fcn_npe1"])
+def test_adapt_refuses_segmentation_models_in_one_line(source, capsys, tmp_path) -> None:
+    """A segmentation run used to fail with "AttributeError: 'NPEFCN' object has no attribute 'pretrained_cfg'"."""
+    if source == "segmentation run":
+        source = str(shutil.copytree(FIXTURES / "segmentation_unet_npe1_interrupted", tmp_path / "run"))
+    data = _npz(tmp_path / "images.npz", 100)
+    argv = ["adapt", source, "--unlabeled", data, "--calibration", data, "--out", str(tmp_path / "adapted")]
+    err = _error(capsys, argv + (["--pretrained"] if source == "unet_fcn_npe1" else []))
+    assert f"{source} is a segmentation model; adapt estimates the class mix of whole images" in err
+    assert not (tmp_path / "adapted").exists()
