@@ -53,6 +53,7 @@ from .data import (
 from .describe import TARGET_PRIOR_KEY, describe_model
 from .distributed import resolve_device
 from .hub import save_for_hub
+from .hub.card import visible_text
 from .loading import CLASSIFICATION, LoadedModel, load_model, source_kind
 from .models import is_segmentation_model
 from .npe import has_pems
@@ -518,8 +519,10 @@ def adapt_source(
 
 
 def format_adaptation(result: PriorAdaptation) -> str:
-    """The estimated prior per class, the calibration and the files written, for the command line."""
-    names = result.class_names or [f"class {c}" for c in range(len(result.prior))]
+    """The estimated prior per class, the calibration and the files written, for the command line (class names with
+    control characters as visible escapes)."""
+    names = [visible_text(name) for name in result.class_names] if result.class_names else None
+    names = names or [f"class {c}" for c in range(len(result.prior))]
     lines = [f"estimated prior ({result.data}):"]
     lines += [f"  {name:<20} {float(p):.4f}" for name, p in zip(names, result.prior)]
     lines.append(f"BCTS temperature {result.calibration.temperature:.3f}")

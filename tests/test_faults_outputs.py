@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import timm
+import torch
 from PIL import Image
 
-from npe_models import cli
+from npe_models import adapt, cli
 from npe_models.hub import save_for_hub
 from npe_models.predict import ImagePrediction, format_predictions
 
@@ -103,3 +104,18 @@ def test_adapt_refuses_segmentation_models_in_one_line(source, capsys, tmp_path)
     err = _error(capsys, argv + (["--pretrained"] if source == "unet_fcn_npe1" else []))
     assert f"{source} is a segmentation model; adapt estimates the class mix of whole images" in err
     assert not (tmp_path / "adapted").exists()
+
+
+def test_adapt_prints_class_names_with_visible_escapes(tmp_path) -> None:
+    result = adapt.PriorAdaptation(
+        timm.create_model("resnet20", num_classes=3),
+        torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64),
+        "em",
+        adapt.Calibration(1.0, torch.zeros(3, dtype=torch.float64)),
+        "test",
+        tmp_path,
+        ODD_NAMES,
+    )
+    text = adapt.format_adaptation(result)
+    assert "\x1b" not in text and r"a|b\nc" in text and r"\x1b[31mred" in text
+    assert len(text.splitlines()) == 6  # the heading, one line per class, the temperature, the files
