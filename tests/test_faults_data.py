@@ -5,15 +5,19 @@ that would run code when unpickled."""
 
 from __future__ import annotations
 
+import colorsys
 import os
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image, ImageCms
 
 from npe_models import cli
 from npe_models.classification import resolve_config
 from npe_models.data import load_cifar_class_names
+from npe_models.data.files import read_image, to_rgb
 
 # --- 15. the CIFAR meta file is read without running code -------------------------------------------------------
 
@@ -75,3 +79,162 @@ def test_huge_image_size_and_workers_are_refused_before_any_data_loads(capsys, t
     with pytest.raises(ValueError, match="must be an integer >= 8 and <= 4096"):
         resolve_config(dataset="folder", model="resnet20", method="ce", image_size=4097)
     assert resolve_config(dataset="folder", model="resnet20", method="ce", image_size=4096, workers=256).workers == 256
+
+
+# --- 5. every PIL mode reads to the RGB values of its 8-bit RGB equivalent ----------------------------------------
+
+_RNG = np.random.default_rng(44)
+_RGB = _RNG.integers(0, 256, (16, 16, 3), dtype=np.uint8)  # the 8-bit RGB image each colour file stands for
+_GRAY = _RNG.permutation(256).astype(np.uint8).reshape(16, 16)  # every gray level once: the one-channel files' image
+_ALPHA = _RNG.integers(128, 256, (16, 16), dtype=np.uint8)  # premultiplied images lose <= 1 level at alpha >= 128
+
+
+def _gray_rgb(gray: np.ndarray) -> np.ndarray:
+    return np.repeat(gray[..., None], 3, axis=2)
+
+
+def _set_extra_samples_associated(path: Path) -> None:
+    """Mark a little-endian TIFF's alpha as associated (premultiplied): PIL then opens LA as La."""
+    data = path.read_bytes()
+    entry = (338).to_bytes(2, "little") + (3).to_bytes(2, "little") + (1).to_bytes(4, "little")
+    at = data.index(entry) + len(entry)
+    assert data[at : at + 2] == (2).to_bytes(2, "little")
+    path.write_bytes(data[:at] + (1).to_bytes(2, "little") + data[at + 2 :])
+
+
+def _pgm16(path: Path, gray16: np.ndarray) -> None:
+    height, width = gray16.shape
+    path.write_bytes(b"P5\n%d %d\n65535\n" % (width, height) + gray16.astype(">u2").tobytes())
+
+
+def _write_mode_case(case: str, folder: Path) -> tuple[Path, str, np.ndarray]:
+    """A file of ``case``'s mode, the mode PIL must open it as, and its 8-bit RGB equivalent."""
+    gray, rgb = _GRAY, _RGB
+    if case == "1 (bilevel png)":
+        path = folder / "bilevel.png"
+        Image.fromarray(gray > 127).save(path)
+        return path, "1", _gray_rgb(np.where(gray > 127, 255, 0).astype(np.uint8))
+    if case == "L (png)":
+        Image.fromarray(gray).save(path := folder / "gray.png")
+        return path, "L", _gray_rgb(gray)
+    if case in ("P (png)", "P with a transparent colour (png)"):
+        palette = _RNG.integers(0, 256, (256, 3), dtype=np.uint8)
+        index = _RNG.integers(0, 256, gray.shape, dtype=np.uint8)
+        image = Image.fromarray(index, "L").convert("P")
+        image.putpalette(palette.tobytes())
+        extra = {"transparency": 7} if "transparent" in case else {}
+        image.save(path := folder / "palette.png", **extra)
+        return path, "P", palette[index]  # alpha dropped: a transparent entry reads as its palette colour
+    if case == "PA (tiff)":
+        palette = _RNG.integers(0, 256, (256, 3), dtype=np.uint8)
+        index = _RNG.integers(0, 256, gray.shape, dtype=np.uint8)
+        image = Image.fromarray(index, "L").convert("P")
+        image.putpalette(palette.tobytes())
+        image = image.convert("PA")
+        image.putalpha(Image.fromarray(_ALPHA))
+        image.save(path := folder / "palette_alpha.tif")
+        return path, "PA", palette[index]
+    if case == "LA (png)":
+        Image.fromarray(np.stack([gray, _ALPHA], 2), "LA").save(path := folder / "gray_alpha.png")
+        return path, "LA", _gray_rgb(gray)  # alpha dropped
+    if case == "La (premultiplied tiff)":
+        premultiplied = np.rint(gray * (_ALPHA / 255.0)).astype(np.uint8)
+        Image.fromarray(np.stack([premultiplied, _ALPHA], 2), "LA").save(path := folder / "gray_alpha.tif")
+        _set_extra_samples_associated(path)
+        return path, "La", _gray_rgb(gray)  # unpremultiplied, then alpha dropped
+    if case == "RGBA (png)":
+        Image.fromarray(np.concatenate([rgb, _ALPHA[..., None]], 2), "RGBA").save(path := folder / "rgba.png")
+        return path, "RGBA", rgb
+    if case == "CMYK (tiff)":
+        cmyk = _RNG.integers(0, 256, (*gray.shape, 4), dtype=np.uint8)
+        Image.fromarray(cmyk, "CMYK").save(path := folder / "cmyk.tif")
+        c, k = cmyk[..., :3].astype(float), cmyk[..., 3:].astype(float)
+        return path, "CMYK", np.rint((255 - c) * (255 - k) / 255).astype(np.uint8)
+    if case == "YCbCr (tiff)":
+        ycc = _RNG.integers(16, 240, (*gray.shape, 3), dtype=np.uint8)
+        Image.fromarray(ycc, "YCbCr").save(path := folder / "ycbcr.tif")
+        y, cb, cr = (ycc[..., i].astype(float) for i in range(3))  # JFIF: full-range BT.601
+        r, g, b = y + 1.402 * (cr - 128), y - 0.344136 * (cb - 128) - 0.714136 * (cr - 128), y + 1.772 * (cb - 128)
+        return path, "YCbCr", np.clip(np.rint(np.stack([r, g, b], 2)), 0, 255).astype(np.uint8)
+    if case == "I;16 (16-bit png)":
+        Image.fromarray(gray.astype(np.uint16) * 257).save(path := folder / "gray16.png")
+        return path, "I;16", _gray_rgb(gray)
+    if case == "I;16B (big-endian 16-bit tiff)":
+        Image.fromarray((gray.astype(np.uint16) * 257).astype(">u2")).save(path := folder / "gray16be.tif")
+        return path, "I;16B", _gray_rgb(gray)
+    if case == "I (16-bit pgm)":
+        _pgm16(path := folder / "gray16.pgm", gray.astype(np.uint16) * 257)
+        return path, "I", _gray_rgb(gray)
+    if case == "I (32-bit int tiff)":
+        values = np.rint(gray.astype(np.float64) * ((2**31 - 1) / 255)).astype(np.int32)
+        Image.fromarray(values).save(path := folder / "gray32.tif")
+        return path, "I", _gray_rgb(gray)
+    if case == "F (float tiff in [0, 1])":
+        Image.fromarray((gray / 255).astype(np.float32)).save(path := folder / "float.tif")
+        return path, "F", _gray_rgb(gray)
+    raise AssertionError(case)
+
+
+MODE_CASES = [
+    "1 (bilevel png)",
+    "L (png)",
+    "P (png)",
+    "P with a transparent colour (png)",
+    "PA (tiff)",
+    "LA (png)",
+    "La (premultiplied tiff)",
+    "RGBA (png)",
+    "CMYK (tiff)",
+    "YCbCr (tiff)",
+    "I;16 (16-bit png)",
+    "I;16B (big-endian 16-bit tiff)",
+    "I (16-bit pgm)",
+    "I (32-bit int tiff)",
+    "F (float tiff in [0, 1])",
+]
+
+
+@pytest.mark.parametrize("case", MODE_CASES)
+def test_every_mode_reads_as_its_8_bit_rgb_equivalent(tmp_path, case):
+    path, mode, expected = _write_mode_case(case, tmp_path)
+    with Image.open(path) as opened:
+        assert opened.mode == mode  # the file exercises the mode it is named after
+    image = read_image(path)
+    assert image.mode == "RGB" and image.size == (expected.shape[1], expected.shape[0])
+    difference = np.abs(np.asarray(image, dtype=np.int16) - expected.astype(np.int16))
+    assert difference.max() <= 1, f"{case}: max abs difference {difference.max()}"
+
+
+@pytest.mark.parametrize("mode", ["HSV", "LAB", "RGBa", "La"])
+def test_modes_without_a_file_format_here_read_as_their_rgb_equivalent(mode):
+    if mode == "HSV":
+        hsv = _RNG.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        image = Image.fromarray(hsv, "HSV")
+        expected = np.array([[colorsys.hsv_to_rgb(*(pixel / 255)) for pixel in row] for row in hsv]) * 255
+    elif mode == "LAB":
+        image = Image.fromarray(_RGB).convert("LAB")
+        lab_to_srgb = ImageCms.buildTransform(
+            ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB"
+        )
+        expected = np.asarray(ImageCms.applyTransform(image, lab_to_srgb), dtype=np.float64)
+    elif mode == "RGBa":
+        premultiplied = np.rint(_RGB * (_ALPHA[..., None] / 255.0)).astype(np.uint8)
+        image = Image.fromarray(np.concatenate([premultiplied, _ALPHA[..., None]], 2), "RGBA")
+        image = Image.frombytes("RGBa", image.size, image.tobytes())
+        expected = _RGB
+    else:
+        premultiplied = np.rint(_GRAY * (_ALPHA / 255.0)).astype(np.uint8)
+        image = Image.frombytes("La", (16, 16), np.stack([premultiplied, _ALPHA], 2).tobytes())
+        expected = _gray_rgb(_GRAY)
+    difference = np.abs(np.asarray(to_rgb(image), dtype=np.float64) - np.rint(expected))
+    assert difference.max() <= 1, f"{mode}: max abs difference {difference.max()}"
+
+
+@pytest.mark.parametrize("values", [[0.0, 2.5], [0.0, float("nan")], [-1.0, 0.5]])
+def test_a_float_image_outside_0_1_is_refused_with_its_name(tmp_path, values):
+    path = tmp_path / "float.tif"
+    Image.fromarray(np.array([values], dtype=np.float32)).save(path)
+    with pytest.raises(ValueError) as error:
+        read_image(path)
+    message = str(error.value)
+    assert message.startswith(f"cannot read image {path} (a float image with values in") and "\n" not in message

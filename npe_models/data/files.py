@@ -42,6 +42,8 @@ __all__ = [
     "load_image_lists",
     "image_transform",
     "read_image",
+    "to_rgb",
+    "READABLE_MODES",
 ]
 
 PathLike = Union[str, Path]
@@ -131,11 +133,87 @@ def scan_image_folder(folder: PathLike, classes: Optional[Sequence[str]] = None)
     return ImageList(tuple(path for path, _ in samples), labels, str(folder)), names
 
 
+# How each PIL mode reads as 8-bit RGB. The one rule for transparency: alpha is dropped, the colour channels are
+# kept as if opaque (what torchvision's and timm's loaders do, so a model sees the same pixels here as there);
+# premultiplied modes (RGBa, La) are unpremultiplied first, palette images take their palette colours.
+_INTEGER_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")  # 16-bit and 32-bit samples, scaled by their range
+_VIA_RGBA = ("P", "PA")  # palette images: through RGBA, so a palette with transparency converts without a warning
+READABLE_MODES = (
+    "1",
+    "L",
+    "LA",
+    "La",
+    "P",
+    "PA",
+    "RGB",
+    "RGBA",
+    "RGBa",
+    "RGBX",
+    "CMYK",
+    "YCbCr",
+    "LAB",
+    "HSV",
+    "F",
+    *_INTEGER_MODES,
+)
+"""The PIL modes :func:`read_image` reads; a file of another mode is refused with its name."""
+
+
+def _integer_range(image: Image.Image) -> int:
+    """The largest value a sample of an integer image can hold: 65535 for 16-bit modes and for files whose 16-bit
+    samples PIL widens to 32-bit (PGM), else what a TIFF declares (bits per sample, signed or not)."""
+    if image.mode != "I" or image.format != "TIFF":
+        return 65535
+    tags = getattr(image, "tag_v2", {})
+    bits, sample_format = tags.get(258, 32), tags.get(339, 1)
+    bits = int(bits[0] if isinstance(bits, tuple) else bits)
+    signed = int(sample_format[0] if isinstance(sample_format, tuple) else sample_format) == 2
+    return 2 ** (bits - 1 if signed else bits) - 1
+
+
+def _gray_rgb(brightness: np.ndarray) -> Image.Image:
+    """Brightness in [0, 1] (clipped) as an 8-bit gray RGB image."""
+    values = np.clip(np.rint(brightness * 255.0), 0, 255).astype(np.uint8)
+    return Image.fromarray(values).convert("RGB")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """``image`` as 8-bit RGB, whatever its mode (see :data:`READABLE_MODES`).
+
+    16-bit and 32-bit integer images are scaled by the range of their samples (65535 for 16-bit, the bits a TIFF
+    declares for 32-bit; negative values read as 0), float images are brightness in [0, 1] (times 255; values
+    outside [0, 1] or not finite are an error, as their scale is unknown). Transparency is dropped: RGBA, LA, PA
+    and palette images with a transparent colour read as their colour channels (premultiplied RGBa and La are
+    unpremultiplied first). Raises ``ValueError`` for another mode.
+    """
+    mode = image.mode
+    if mode in _INTEGER_MODES:
+        values = np.asarray(image if mode == "I" else image.convert("I"), dtype=np.float64)
+        return _gray_rgb(values / _integer_range(image))
+    if mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        if not (np.isfinite(low) and np.isfinite(high)) or low < -1e-6 or high > 1 + 1e-6:
+            raise ValueError(
+                f"a float image with values in [{low:g}, {high:g}], where float images hold brightness in [0, 1]: "
+                "scale it to [0, 1] or save it as 8-bit"
+            )
+        return _gray_rgb(values)
+    if mode not in READABLE_MODES:
+        raise ValueError(f"PIL mode {mode!r} has no RGB reading here; save it as 8-bit RGB or grayscale")
+    if mode == "La":
+        image = image.convert("LA")
+    elif mode in _VIA_RGBA:
+        image = image.convert("RGBA")
+    return image.convert("RGB")
+
+
 def read_image(path: PathLike) -> Image.Image:
-    """The image at ``path`` as RGB, or a ValueError naming the file when PIL cannot decode it."""
+    """The image at ``path`` as 8-bit RGB (every mode read as :func:`to_rgb` says), or a ValueError naming the file
+    when PIL cannot decode it or its mode has no RGB reading."""
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            return to_rgb(image)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise ValueError(f"cannot read image {path} ({error}); replace the file or leave it out.") from error
 
