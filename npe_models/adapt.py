@@ -30,7 +30,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -38,6 +38,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timm.data import resolve_data_config
 from torch import Tensor, nn
 
 from .classification.evaluate import predict
@@ -70,6 +71,9 @@ __all__ = [
     "OnlinePriorEstimator",
     "StreamingPriorAdapter",
     "predict_logits",
+    "MIN_UNLABELED_PER_CLASS",
+    "MAX_PRIOR_STD",
+    "prior_spread",
     "cifar_calibration_set",
     "read_images",
     "PriorAdaptation",
@@ -79,6 +83,13 @@ __all__ = [
 
 PriorLike = Union[Tensor, Sequence[float], np.ndarray]
 _PRIOR_FLOOR = 1e-6  # estimates are floored here where a log must stay finite or EM must reach every class
+MIN_UNLABELED_PER_CLASS = 10
+"""adapt_source refuses fewer unlabeled images than this many per class (on average: 100 for 10 classes); EM on a
+handful of images converges to a near one-hot prior, and a bootstrap over so few cannot measure how unstable it is."""
+MAX_PRIOR_STD = 0.05
+"""adapt_source warns when a bootstrap over the unlabeled images (:func:`prior_spread`) moves some class's estimated
+prior by more than this standard deviation: the estimate is too unstable to trust; give more unlabeled images."""
+BOOTSTRAP_SAMPLES = 30
 
 
 def _check_logits(logits: Tensor, name: str, num_classes: Optional[int] = None) -> Tensor:
@@ -434,14 +445,87 @@ class PriorAdaptation:
     data: str
     out: Path
     class_names: Optional[list[str]] = None
+    prior_std: Optional[Tensor] = None
+    """Per-class standard deviation of the estimate over a bootstrap of the unlabeled images (:func:`prior_spread`)."""
+    warning: Optional[str] = None
+    """Why the estimate should not be trusted (its bootstrap spread is above MAX_PRIOR_STD), or None."""
 
 
-def _estimate(logits: Tensor, cal_logits: Tensor, cal_labels: Tensor, calibration: Calibration, method: str) -> Tensor:
+def prior_spread(
+    logits: Tensor, estimate: Callable[[Tensor], Tensor], *, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0
+) -> Tensor:
+    """Per-class standard deviation of ``estimate(logits)`` over ``samples`` bootstrap resamples of the images.
+
+    Each resample draws ``len(logits)`` rows with replacement (seeded by ``seed``); the spread says how much the
+    estimated class mix depends on which unlabeled images happened to be drawn.
+    """
+    logits = _check_logits(logits, "logits")
+    if samples < 2:
+        raise ValueError(f"samples must be >= 2 to measure a spread, got {samples}.")
+    generator = torch.Generator().manual_seed(seed)
+    draws = [estimate(logits[torch.randint(len(logits), (len(logits),), generator=generator)]) for _ in range(samples)]
+    return torch.stack(draws).std(0)
+
+
+def _estimate(
+    logits: Tensor,
+    cal_logits: Tensor,
+    cal_labels: Tensor,
+    calibration: Calibration,
+    method: str,
+    init: Optional[Tensor] = None,
+    tol: float = 1e-6,
+) -> Tensor:
+    """The prior ``method`` estimates; ``init`` and ``tol`` (EM only): start from an earlier estimate (floored), stop
+    when no class moves by more than ``tol``."""
     if method == "em":
-        return em_prior(calibration(logits))
+        return em_prior(calibration(logits), init=None if init is None else init.clamp_min(_PRIOR_FLOOR), tol=tol)
     if method == "bbse":
         return bbse_prior(logits, cal_logits, cal_labels)
     raise ValueError(f"method must be 'em' (EM with BCTS) or 'bbse', got {method!r}.")
+
+
+def _input_size(loaded: LoadedModel) -> tuple[int, int]:
+    """The (height, width) the model takes: its run's --image-size, else its pretrained cfg's input size."""
+    image_size = loaded.data_settings().get("image_size")
+    if image_size:
+        return image_size, image_size
+    height, width = resolve_data_config({}, model=loaded.model)["input_size"][1:]
+    return int(height), int(width)
+
+
+def _check_image_size(images: ImageArrays, size: tuple[int, int], source: str, role: str, spec: str) -> ImageArrays:
+    """In-memory images go to the model as they are: refuse another size than the model's input (no silent resize)."""
+    found = tuple(images.images.shape[1:3])
+    if found != size:
+        raise ValueError(
+            f"the {role} images of {spec} are {found[0]}x{found[1]}, but {source} takes {size[0]}x{size[1]} images; "
+            f"resize them to {size[0]}x{size[1]} first."
+        )
+    return images
+
+
+def _check_unlabeled_count(count: int, num_classes: int, spec: str) -> None:
+    """The minimum-count rule: at least MIN_UNLABELED_PER_CLASS unlabeled images per class, on average."""
+    needed = MIN_UNLABELED_PER_CLASS * num_classes
+    if count < needed:
+        raise ValueError(
+            f"{count} unlabeled image{'s' if count != 1 else ''} ({spec}) are too few to estimate the mix of "
+            f"{num_classes} classes: adapt needs at least {needed} ({MIN_UNLABELED_PER_CLASS} per class on average), "
+            "or the estimate is close to one-hot; give more images from the deployment."
+        )
+
+
+def _instability(spread: Tensor, names: Sequence[str], count: int, spec: str) -> Optional[str]:
+    """The warning for a bootstrap spread above MAX_PRIOR_STD, naming the least stable class; None when stable."""
+    worst = int(spread.argmax())
+    if float(spread[worst]) <= MAX_PRIOR_STD:
+        return None
+    return (
+        f"the estimated class mix is unstable: over {BOOTSTRAP_SAMPLES} bootstrap resamples of the {count} unlabeled "
+        f"images of {spec}, the prior of class {visible_text(names[worst])} varies with standard deviation "
+        f"{float(spread[worst]):.3f} (adapt warns above {MAX_PRIOR_STD}); give more unlabeled images to trust it."
+    )
 
 
 def _not_a_classifier(source: str, task: str) -> ValueError:
@@ -482,6 +566,12 @@ def adapt_source(
     ``method`` is ``em`` (EM on the calibrated logits) or ``bbse``. ``source_prior`` says what the
     model's logits are: ``uniform`` (balanced: NPE-LA, LA, post-hoc LA) or ``train`` (plain
     cross-entropy: its training counts, read from its run or pretrained tag).
+
+    The images must have the model's input size (a 64x64 or 4x4 array fed to a 32x32 model gives a meaningless
+    prior) and there must be at least ``MIN_UNLABELED_PER_CLASS`` (10) unlabeled images per class on average, or the
+    call is refused. A bootstrap over the unlabeled images (:func:`prior_spread`, 30 resamples) measures how stable
+    the estimate is: its per-class standard deviation is returned (``prior_std``) and recorded in the notes, and a
+    spread above ``MAX_PRIOR_STD`` (0.05) is warned about (``UserWarning`` and ``warning`` in the result).
     """
     if source_prior not in ("uniform", "train"):
         raise ValueError(
@@ -495,15 +585,26 @@ def adapt_source(
     if loaded.task != CLASSIFICATION:
         raise _not_a_classifier(source, loaded.task)
     train_prior = _training_prior(loaded, data_dir) if source_prior == "train" else None
-    logits, _ = predict_logits(
-        loaded.model, read_images(unlabeled, data_dir, labeled=False, rho=rho), batch_size, device
+    size, num_classes = _input_size(loaded), loaded.model.num_classes
+    images = read_images(unlabeled, data_dir, labeled=False, rho=rho)
+    _check_image_size(images, size, source, "unlabeled", unlabeled)
+    _check_unlabeled_count(len(images), num_classes, unlabeled)
+    cal_images = _check_image_size(
+        read_images(calibration, data_dir, labeled=True, rho=rho), size, source, "calibration", calibration
     )
-    cal_logits, cal_labels = predict_logits(
-        loaded.model, read_images(calibration, data_dir, labeled=True, rho=rho), batch_size, device
-    )
+    logits, _ = predict_logits(loaded.model, images, batch_size, device)
+    cal_logits, cal_labels = predict_logits(loaded.model, cal_images, batch_size, device)
     fitted = fit_bcts(cal_logits, cal_labels, source_prior=train_prior)
     prior = _estimate(logits, cal_logits, cal_labels, fitted, method)
-    data = f"{method} on {len(logits)} unlabeled images of {unlabeled}, BCTS on {len(cal_labels)} of {calibration}"
+    spread = prior_spread(logits, lambda x: _estimate(x, cal_logits, cal_labels, fitted, method, prior, tol=1e-4))
+    names = loaded.class_names or [f"{c}" for c in range(num_classes)]
+    unstable = _instability(spread, names, len(logits), unlabeled)
+    if unstable:
+        warnings.warn(unstable, stacklevel=2)
+    data = (
+        f"{method} on {len(logits)} unlabeled images of {unlabeled}, BCTS on {len(cal_labels)} of {calibration}; "
+        f"bootstrap standard deviation of the prior up to {float(spread.max()):.3f}"
+    )
     adapted = adapt_prior(loaded.model.cpu(), prior.clamp_min(_PRIOR_FLOOR).log(), calibration=fitted, data=data)
     folder = save_for_hub(
         adapted,
@@ -515,7 +616,7 @@ def adapt_source(
     recorded = PriorRecord.from_dict(adapted.pretrained_cfg[TARGET_PRIOR_KEY])
     class_names = tuple(loaded.class_names) if loaded.class_names else None
     dataclasses.replace(recorded, method=method, source=str(source), class_names=class_names).write(folder)
-    return PriorAdaptation(adapted, prior, method, fitted, data, folder, loaded.class_names)
+    return PriorAdaptation(adapted, prior, method, fitted, data, folder, loaded.class_names, spread, unstable)
 
 
 def format_adaptation(result: PriorAdaptation) -> str:
@@ -524,7 +625,13 @@ def format_adaptation(result: PriorAdaptation) -> str:
     names = [visible_text(name) for name in result.class_names] if result.class_names else None
     names = names or [f"class {c}" for c in range(len(result.prior))]
     lines = [f"estimated prior ({result.data}):"]
-    lines += [f"  {name:<20} {float(p):.4f}" for name, p in zip(names, result.prior)]
+    spread = [None] * len(names) if result.prior_std is None else result.prior_std.tolist()
+    lines += [
+        f"  {name:<20} {float(p):.4f}" + ("" if std is None else f" +- {std:.4f}")
+        for name, p, std in zip(names, result.prior, spread)
+    ]
+    if result.warning:
+        lines.append(f"warning: {result.warning}")
     lines.append(f"BCTS temperature {result.calibration.temperature:.3f}")
     lines.append(
         f"adapted model (a plain {describe_model(result.model).architecture}, the prior in its bias): "

@@ -119,3 +119,66 @@ def test_adapt_prints_class_names_with_visible_escapes(tmp_path) -> None:
     text = adapt.format_adaptation(result)
     assert "\x1b" not in text and r"a|b\nc" in text and r"\x1b[31mred" in text
     assert len(text.splitlines()) == 6  # the heading, one line per class, the temperature, the files
+
+
+ADAPT = ["adapt", "resnet32_npe16", "--pretrained"]
+
+
+@pytest.mark.parametrize("size", [4, 64])
+def test_adapt_refuses_images_of_another_size_than_the_models_input(size, capsys, tmp_path) -> None:
+    """64x64 or 4x4 arrays fed as they are to a 32x32 model gave a one-hot prior (top-1 11.9 % instead of 72 %)."""
+    calibration = _npz(tmp_path / "calibration.npz", 100)
+    odd = _npz(tmp_path / "odd.npz", 100, size)
+    err = _error(capsys, [*ADAPT, "--unlabeled", odd, "--calibration", calibration, "--out", str(tmp_path / "a")])
+    assert f"the unlabeled images of {odd} are {size}x{size}, but resnet32_npe16 takes 32x32 images" in err
+    err = _error(capsys, [*ADAPT, "--unlabeled", calibration, "--calibration", odd, "--out", str(tmp_path / "b")])
+    assert f"the calibration images of {odd} are {size}x{size}, but resnet32_npe16 takes 32x32 images" in err
+
+
+@pytest.mark.parametrize("count", [1, 99])
+def test_adapt_refuses_fewer_than_ten_unlabeled_images_per_class(count, capsys, tmp_path) -> None:
+    """One unlabeled image gave a one-hot prior; the rule: at least 10 per class on average, 100 for CIFAR-10."""
+    unlabeled, calibration = _npz(tmp_path / "few.npz", count), _npz(tmp_path / "calibration.npz", 100)
+    err = _error(capsys, [*ADAPT, "--unlabeled", unlabeled, "--calibration", calibration, "--out", str(tmp_path / "a")])
+    assert f"{count} unlabeled image{'s' if count > 1 else ''} ({unlabeled}) are too few" in err
+    assert "at least 100 (10 per class on average)" in err
+    assert not (tmp_path / "a").exists()
+
+
+@pytest.fixture(scope="module")
+def cifar_npz(data_dir, tmp_path_factory) -> dict[str, str]:
+    """Real CIFAR-10 test images as adapt's npz files: 300 unlabeled (30 per class), 200 labeled (20 per class)."""
+    from npe_models.data import load_cifar
+
+    folder, test = tmp_path_factory.mktemp("cifar_npz"), load_cifar(data_dir, train=False)
+    first = {count: np.concatenate([np.flatnonzero(test.labels == c)[:count] for c in range(10)]) for count in (30, 50)}
+    unlabeled, labeled = first[30], np.setdiff1d(first[50], first[30])
+    np.savez(folder / "unlabeled.npz", x=test.images[unlabeled])
+    np.savez(folder / "calibration.npz", x=test.images[labeled], y=test.labels[labeled])
+    return {"unlabeled": str(folder / "unlabeled.npz"), "calibration": str(folder / "calibration.npz")}
+
+
+def test_adapt_measures_the_estimates_bootstrap_spread_and_warns_when_it_is_large(
+    cifar_npz, tmp_path, monkeypatch
+) -> None:
+    """The stability rule: a bootstrap over the unlabeled images gives each class's standard deviation, returned,
+    recorded and printed; above MAX_PRIOR_STD (0.05) adapt warns (here forced by lowering the threshold)."""
+    options = dict(pretrained=True, unlabeled=cifar_npz["unlabeled"], calibration=cifar_npz["calibration"])
+    result = adapt.adapt_source("resnet32_npe16", out=tmp_path / "stable", **options)
+    assert result.prior_std.shape == (10,) and 0.005 < float(result.prior_std.max()) <= adapt.MAX_PRIOR_STD
+    assert result.warning is None and "bootstrap standard deviation of the prior up to" in result.data
+    assert "bootstrap standard deviation" in json.loads((tmp_path / "stable" / "prior.json").read_text())["data"]
+    assert " +- " in adapt.format_adaptation(result) and "warning" not in adapt.format_adaptation(result)
+    monkeypatch.setattr(adapt, "MAX_PRIOR_STD", 0.001)
+    with pytest.warns(UserWarning, match="the estimated class mix is unstable: over 30 bootstrap resamples of the 300"):
+        result = adapt.adapt_source("resnet32_npe16", out=tmp_path / "unstable", **options)
+    assert "warning: the estimated class mix is unstable" in adapt.format_adaptation(result)
+
+
+def test_the_bootstrap_spread_shrinks_with_more_unlabeled_images() -> None:
+    """Class means far apart, a fixed mix: the spread of EM's estimate falls about as 1 / sqrt(images)."""
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.multinomial(torch.tensor([0.5, 0.3, 0.2]), 4000, replacement=True, generator=generator)
+    logits = 4.0 * torch.nn.functional.one_hot(labels, 3) + torch.randn(4000, 3, generator=generator)
+    small, large = (adapt.prior_spread(logits[:count], adapt.em_prior) for count in (100, 4000))
+    assert float(small.max()) > 4 * float(large.max()) and 0.02 < float(small.max()) < 0.1
