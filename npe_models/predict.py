@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -22,10 +23,10 @@ import torch
 from PIL import Image
 from timm.data import create_transform
 from torch import Tensor, nn
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from .classification.train import ProgressFactory
-from .data.files import image_transform, read_image
+from .data.files import ImageFiles, image_transform, is_image_file, read_image
+from .data.files import collect_images as collect_image_files
 from .describe import CLASSIFICATION as _ONNX_CLASSIFICATION
 from .distributed import resolve_device
 from .hub.card import visible_text
@@ -46,6 +47,7 @@ __all__ = [
 
 PathLike = Union[str, os.PathLike]
 PREDICTION_STYLES = ("table", "json", "csv")
+logger = logging.getLogger(__name__)
 _ONNX_SUFFIX = ".onnx"
 _ONNX_DEVICES = (None, "auto", "cpu")
 # ONNX files exported before npe-models recorded the eval resize and crop: the whole image resized to the input size.
@@ -76,30 +78,16 @@ class ImageClassifier:
 
 
 def _is_image_file(path: Path) -> bool:
-    return path.suffix.lower() in IMG_EXTENSIONS
+    return is_image_file(path)
 
 
-def _folder_images(folder: Path) -> list[Path]:
-    images = sorted(path for path in folder.rglob("*") if path.is_file() and _is_image_file(path))
-    if not images:
-        raise ValueError(f"no images in folder {folder} (searched recursively for {', '.join(IMG_EXTENSIONS)}).")
-    return images
-
-
-def collect_images(inputs: Iterable[PathLike]) -> list[Path]:
-    """The image files among ``inputs``: files as given, folders searched recursively (torchvision's extensions)."""
-    images: list[Path] = []
-    for given in map(Path, inputs):
-        if given.is_dir():
-            images += _folder_images(given)
-        elif not given.exists():
-            raise FileNotFoundError(f"image {given} not found; give image files or folders of images.")
-        elif not _is_image_file(given):
-            raise ValueError(f"{given} is not an image file; image files end in {', '.join(IMG_EXTENSIONS)}.")
-        else:
-            images.append(given)
-    if not images:
-        raise ValueError("no images given; name image files or folders of images.")
+def collect_images(inputs: Iterable[PathLike]) -> ImageFiles:
+    """The image files among ``inputs``: files as given, folders searched recursively, by the data sets' rules
+    (:func:`npe_models.data.files.collect_images`: hidden entries, other extensions, symlink loops and files
+    reached twice skipped); what was skipped is logged as a warning and kept in the result's ``skipped``."""
+    images = collect_image_files(inputs)
+    if images.skipped:
+        logger.warning("predict: %s", images.skipped_summary())
     return images
 
 

@@ -6,6 +6,7 @@ that would run code when unpickled."""
 from __future__ import annotations
 
 import colorsys
+import logging
 import os
 import pickle
 from pathlib import Path
@@ -14,10 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
-from npe_models import cli
+from npe_models import cli, predict
 from npe_models.classification import resolve_config
-from npe_models.data import load_cifar_class_names
-from npe_models.data.files import read_image, to_rgb
+from npe_models.data import load_cifar_class_names, load_image_folder
+from npe_models.data.files import IMAGE_EXTENSIONS, ImageFiles, collect_images, read_image, scan_image_folder, to_rgb
 
 # --- 15. the CIFAR meta file is read without running code -------------------------------------------------------
 
@@ -238,3 +239,122 @@ def test_a_float_image_outside_0_1_is_refused_with_its_name(tmp_path, values):
         read_image(path)
     message = str(error.value)
     assert message.startswith(f"cannot read image {path} (a float image with values in") and "\n" not in message
+
+
+# --- 6, 7. folder scans: symlink loops, files reached twice, hidden entries, other extensions -----------------------
+
+
+def _png(path: Path, value: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(path)
+    return path
+
+
+def _tree(root: Path, counts: dict[str, int]) -> None:
+    for split in ("train", "val"):
+        for name, count in counts.items():
+            for n in range(count if split == "train" else 1):
+                _png(root / split / name / f"{n}.png", 10 * n)
+
+
+def test_a_symlink_loop_is_not_followed_and_no_file_counts_twice(tmp_path):
+    _tree(tmp_path, {"cat": 3, "dog": 2})
+    cat, dog = tmp_path / "train" / "cat", tmp_path / "train" / "dog"
+    os.symlink(".", cat / "loop")  # the issue's `ln -s . train/cat/loop`: the class counted 41 times
+    os.symlink("../cat", dog / "cats")  # another class's folder, reached a second time
+    os.symlink("0.png", dog / "again.png")  # the same file under a second name
+    data = load_image_folder(tmp_path)
+    assert data.class_names == ["cat", "dog"] and data.counts.tolist() == [3, 2]
+    assert len(set(map(os.path.realpath, data.train.paths))) == len(data.train) == 5
+    assert data.skipped == {"symlink loop": (cat / "loop",), "reached twice": (dog / "again.png", dog / "cats")}
+    assert "1 symlink loop (a link to a folder that holds it)" in data.skipped_summary()
+
+
+# Each alone: two loops in one folder make the unguarded walk exponential.
+LOOPS = {
+    "to the folder that holds it": ("train/cat/up", ".."),
+    "beside the class folders": ("train/itself", "."),
+    "one level down": ("train/cat/deeper/x", "../deeper"),
+}
+
+
+@pytest.mark.parametrize("loop", sorted(LOOPS))
+def test_other_symlink_loops_are_not_followed(tmp_path, loop):
+    _tree(tmp_path, {"cat": 3, "dog": 2})
+    _png(tmp_path / "train" / "cat" / "deeper" / "3.png")
+    link, target = LOOPS[loop]
+    os.symlink(target, tmp_path / link)
+    data = load_image_folder(tmp_path)
+    assert data.class_names == ["cat", "dog"] and data.counts.tolist() == [4, 2]
+    assert data.skipped == {"symlink loop": (tmp_path / link,)}
+
+
+def test_a_linked_folder_that_does_not_loop_is_followed(tmp_path):
+    _tree(tmp_path / "data", {"cat": 2, "dog": 2})
+    _png(tmp_path / "elsewhere" / "more_cats" / "a.png")
+    os.symlink(tmp_path / "elsewhere" / "more_cats", tmp_path / "data" / "train" / "cat" / "more")
+    assert load_image_folder(tmp_path / "data").counts.tolist() == [3, 2]
+
+
+def _junk_tree(root: Path) -> None:
+    _tree(root, {"cat": 2, "dog": 2})
+    _png(root / "train" / ".ipynb_checkpoints" / "0-checkpoint.png")  # Jupyter's hidden folder: no class
+    (root / "train" / "cat" / "._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # macOS metadata
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "train" / "cat" / "anim.gif")
+    (root / "train" / "dog" / "notes.txt").write_text("not an image")
+    (root / "train" / "README.md").write_text("a file beside the class folders")
+    (root / "val" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+
+
+def test_hidden_entries_and_other_extensions_are_skipped_and_reported(tmp_path, caplog):
+    _junk_tree(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="npe_models.data.files"):
+        data = load_image_folder(tmp_path)
+    assert data.class_names == ["cat", "dog"] and data.counts.tolist() == [2, 2]
+    assert not any(Path(path).name.startswith(".") for path in data.train.paths)
+    assert {reason: len(paths) for reason, paths in data.skipped.items()} == {
+        "hidden": 3,
+        "unsupported extension": 2,
+        "outside class folders": 1,
+    }
+    summary = data.skipped_summary()
+    assert summary.startswith("skipped 6 entries: ") and "\n" not in summary
+    assert "3 hidden" in summary and "2 with an unsupported extension: .gif 1, .txt 1" in summary
+    assert "1 outside the class folders" in summary
+    assert [record.getMessage() for record in caplog.records] == [f"folder data set {tmp_path}: {summary}"]
+
+
+def test_predict_collects_a_folder_by_the_same_rules_and_says_what_it_skipped(tmp_path, caplog):
+    _junk_tree(tmp_path)
+    os.symlink(".", tmp_path / "train" / "cat" / "loop")
+    with caplog.at_level(logging.WARNING, logger="npe_models.predict"):
+        images = predict.collect_images([tmp_path / "train", tmp_path / "train" / "dog" / "0.png"])
+    assert isinstance(images, ImageFiles)
+    assert sorted(map(str, images)) == sorted(scan_image_folder(tmp_path / "train")[0].paths)
+    assert len(images) == 4 and images[0:2] == list(images.paths[:2])  # the dog image given twice counts once
+    assert images.skipped_counts == {"hidden": 2, "unsupported extension": 3, "symlink loop": 1, "reached twice": 1}
+    assert caplog.records and caplog.records[0].getMessage() == f"predict: {images.skipped_summary()}"
+
+
+def test_the_folder_scan_keeps_torchvisions_order_for_a_plain_tree(tmp_path):
+    from torchvision.datasets.folder import make_dataset
+
+    for relative in ["a/2.png", "a/10.png", "a/b/1.png", "a-b/0.png", "a/B.JPG", "b/x/y/z.webp", "b/0.png"]:
+        _png(tmp_path / "train" / relative)
+    images, names = scan_image_folder(tmp_path / "train")
+    expected = make_dataset(str(tmp_path / "train"), {name: i for i, name in enumerate(names)}, IMAGE_EXTENSIONS)
+    assert list(zip(images.paths, images.labels.tolist())) == expected
+
+
+def test_collect_images_names_what_it_skipped_in_a_folder_without_images(tmp_path):
+    _png(tmp_path / "only" / ".hidden.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "only" / "anim.gif")
+    with pytest.raises(ValueError) as error:
+        collect_images([tmp_path / "only"])
+    assert str(error.value).startswith(f"no images in folder {tmp_path / 'only'} (searched recursively for .jpg")
+    assert str(error.value).endswith(
+        "; skipped 2 entries: 1 hidden (name starts with '.'): "
+        f"{tmp_path / 'only' / '.hidden.png'}; 1 with an unsupported extension: .gif 1)."
+    )
+    empty = collect_images([tmp_path / "only"], allow_empty=True)
+    assert len(empty) == 0 and empty.skipped_counts == {"hidden": 1, "unsupported extension": 1}
