@@ -50,12 +50,15 @@ EPILOG_PREDICT = """examples:
   npe-models predict resnet32_npe16.onnx photos/                   # an ONNX export, run with ONNX Runtime
 """
 EPILOG_ADAPT = """DATA: cifar10:test, cifar10:heldout (training images CIFAR-LT leaves out; --rho), cifar100:...,
-or an .npz file with x (N, H, W, 3) uint8 images and y labels (y needed for --calibration).
+an .npz file with x (N, H, W, 3) uint8 images at the model's input size and y labels (y needed for --calibration),
+or a folder of image files, resized by the model's eval transform: for --unlabeled any tree of images, for
+--calibration one folder per class named as the model's classes (DIR/<class>/*).
 examples:
   npe-models adapt resnet32_npe16.cifar10_lt_r100_hp2 --pretrained --unlabeled target.npz \\
       --calibration cifar10:heldout --data-dir ../shared/data --out adapted/npe16   # NPE-LA logits are balanced
   npe-models adapt resnet32.cifar10_lt_r100_hp2 --pretrained --source-prior train --unlabeled target.npz \\
       --calibration cifar10:heldout --out adapted/ce                               # plain CE: remove its training prior
+  npe-models adapt runs/mine --unlabeled photos/ --calibration held_out/ --out adapted/mine   # image folders
   npe-models evaluate adapted/npe16 --data-dir ../shared/data --target-prior adapted/npe16/prior.json
 """
 
@@ -363,12 +366,19 @@ def add_adapt_parser(commands: Any) -> argparse.ArgumentParser:
     )
     adapt.add_argument("source", help="run directory, checkpoint, model name[.tag] (with --pretrained) or Hub folder")
     adapt.add_argument("--pretrained", action="store_true", help="load the named model's pretrained weights")
-    adapt.add_argument("--unlabeled", required=True, metavar="DATA", help="images from the deployment class mix")
+    adapt.add_argument(
+        "--unlabeled",
+        required=True,
+        metavar="DATA",
+        help="images from the deployment class mix, at least 10 per class: a folder of images (any tree), an .npz "
+        "file or cifar10:test",
+    )
     adapt.add_argument(
         "--calibration",
         required=True,
         metavar="DATA",
-        help="labeled images from the training distribution, every class present (never the test set)",
+        help="labeled images from the training distribution, every class present (never the test set): a folder "
+        "of class folders named as the model's classes, an .npz file with labels, cifar10:heldout",
     )
     adapt.add_argument(
         "--out", required=True, help="folder to write (config.json, model.safetensors, README.md, prior.json)"

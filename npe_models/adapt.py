@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -51,10 +52,11 @@ from .data import (
     load_long_tailed,
     long_tailed_indices,
 )
+from .data.files import FileBatchStream, ImageList, collect_images, image_transform, scan_image_folder
 from .describe import TARGET_PRIOR_KEY, describe_model
 from .distributed import resolve_device
 from .hub import save_for_hub
-from .hub.card import visible_text
+from .hub.card import markdown_text, visible_text
 from .loading import CLASSIFICATION, LoadedModel, load_model, source_kind
 from .models import is_segmentation_model
 from .npe import has_pems
@@ -76,12 +78,15 @@ __all__ = [
     "prior_spread",
     "cifar_calibration_set",
     "read_images",
+    "read_class_folders",
     "PriorAdaptation",
     "adapt_source",
     "format_adaptation",
 ]
 
 PriorLike = Union[Tensor, Sequence[float], np.ndarray]
+Images = Union[ImageArrays, ImageList]
+logger = logging.getLogger(__name__)
 _PRIOR_FLOOR = 1e-6  # estimates are floored here where a log must stay finite or EM must reach every class
 MIN_UNLABELED_PER_CLASS = 10
 """adapt_source refuses fewer unlabeled images than this many per class (on average: 100 for 10 classes); EM on a
@@ -420,18 +425,71 @@ def cifar_calibration_set(
     return train.subset(np.concatenate(chosen))
 
 
-def read_images(spec: str, data_dir: Union[str, Path], *, labeled: bool, rho: float = 100.0) -> ImageArrays:
+def _names(names: Sequence[str], limit: int = 5) -> str:
+    shown = ", ".join(repr(name) for name in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def read_class_folders(folder: Union[str, Path], class_names: Optional[Sequence[str]] = None) -> ImageList:
+    """Labeled images from a folder of class folders (``folder/<class>/...``), read by the folder data sets' rules
+    (:func:`npe_models.data.files.scan_image_folder`), labeled by their index in ``class_names`` (the model's).
+
+    Every class folder must name one of ``class_names`` and every class must have a folder: otherwise a one-line
+    error names the unknown or missing classes. Without ``class_names`` the sorted folder names are the classes.
+    """
+    images, found = scan_image_folder(folder)
+    if class_names is None:
+        return images
+    index = {name: label for label, name in enumerate(class_names)}
+    unknown = [name for name in found if name not in index]
+    if unknown:
+        raise ValueError(
+            f"calibration folder {folder} has class folders the model does not know: {_names(unknown)}; the model's "
+            f"classes are {_names(list(class_names), 10)}: rename those folders to the model's class names or remove "
+            "them."
+        )
+    missing = [name for name in class_names if name not in found]
+    if missing:
+        raise ValueError(
+            f"calibration folder {folder} has no class folder for {_names(missing)}: calibration needs labeled "
+            "images of every class the model knows, one folder per class, named as the model's classes."
+        )
+    labels = np.array([index[found[label]] for label in images.labels], dtype=np.int64)
+    return dataclasses.replace(images, labels=labels)
+
+
+def read_images(
+    spec: str,
+    data_dir: Union[str, Path],
+    *,
+    labeled: bool,
+    rho: float = 100.0,
+    class_names: Optional[Sequence[str]] = None,
+) -> Images:
     """The images a DATA spec names: ``cifar10:test`` / ``cifar100:test`` (the test set), ``cifar10:heldout``
-    (:func:`cifar_calibration_set` at ``rho``), both from ``data_dir``, or an ``.npz`` file with ``x`` (N, H, W, 3)
-    uint8 images and ``y`` labels (needed when ``labeled``)."""
+    (:func:`cifar_calibration_set` at ``rho``), both from ``data_dir``; an ``.npz`` file with ``x`` (N, H, W, 3)
+    uint8 images and ``y`` labels (needed when ``labeled``); or a folder of image files: when ``labeled``, a folder
+    of class folders named as ``class_names`` (:func:`read_class_folders`), else any tree of images
+    (:func:`npe_models.data.files.collect_images`: hidden entries and other extensions skipped). Arrays are
+    :class:`ImageArrays`, folders an :class:`ImageList` of files, decoded later with the model's eval transform."""
     dataset, _, split = spec.partition(":")
     if dataset in CIFAR_NUM_CLASSES and split == "test":
         return load_cifar(data_dir, dataset, train=False)
     if dataset in CIFAR_NUM_CLASSES and split == "heldout":
         return cifar_calibration_set(data_dir, dataset, rho)
+    if Path(spec).expanduser().is_dir():
+        if labeled:
+            return read_class_folders(Path(spec).expanduser(), class_names)
+        files = collect_images([spec])
+        if files.skipped:
+            logger.warning("unlabeled images %s: %s", spec, files.skipped_summary())
+        return ImageList(tuple(map(str, files)), np.zeros(len(files), np.int64), spec)
     if spec.endswith(".npz"):
         return load_image_npz(spec, labeled=labeled)
-    raise ValueError(f"data must be cifar10:test, cifar10:heldout (or cifar100:...) or an .npz file, got {spec!r}.")
+    what = "a folder of class folders" if labeled else "a folder of images"
+    raise ValueError(
+        f"data must be cifar10:test, cifar10:heldout (or cifar100:...), an .npz file or {what}, got {spec!r}."
+    )
 
 
 @dataclass(frozen=True)
@@ -494,15 +552,35 @@ def _input_size(loaded: LoadedModel) -> tuple[int, int]:
     return int(height), int(width)
 
 
-def _check_image_size(images: ImageArrays, size: tuple[int, int], source: str, role: str, spec: str) -> ImageArrays:
-    """In-memory images go to the model as they are: refuse another size than the model's input (no silent resize)."""
-    found = tuple(images.images.shape[1:3])
+def _check_image_size(images: Images, size: tuple[int, int], source: str, role: str, spec: str) -> Images:
+    """In-memory images go to the model as they are: refuse another size than the model's input (no silent resize).
+    Image files pass: the model's eval transform resizes them."""
+    found = tuple(images.images.shape[1:3]) if isinstance(images, ImageArrays) else size
     if found != size:
         raise ValueError(
             f"the {role} images of {spec} are {found[0]}x{found[1]}, but {source} takes {size[0]}x{size[1]} images; "
-            f"resize them to {size[0]}x{size[1]} first."
+            f"resize them to {size[0]}x{size[1]} first, or give a folder of the image files, which adapt resizes "
+            "with the model's eval transform."
         )
     return images
+
+
+def _model_logits(loaded: LoadedModel, images: Images, batch_size: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """The deployed logits of arrays (as they are) or of image files (read by ``read_image`` and the model's eval
+    transform, at its run's --image-size if any, as ``predict`` and evaluation read them), and their labels."""
+    if isinstance(images, ImageArrays):
+        return predict_logits(loaded.model, images, batch_size, device)
+    transform = image_transform(loaded.model, False, loaded.data_settings().get("image_size"))
+    loaded.model.to(device)
+    predictions = predict(loaded.model, FileBatchStream(images, transform, batch_size, train=False, device=device))
+    return predictions.logits.get("npe_la", predictions.logits["plain"]), predictions.labels
+
+
+def _read_note(images: Images, size: tuple[int, int]) -> str:
+    """How the images reached the model, for the record: as they are, or resized by its eval transform."""
+    if isinstance(images, ImageArrays):
+        return ""
+    return f" (image files, resized to {size[0]}x{size[1]} by the model's eval transform)"
 
 
 def _check_unlabeled_count(count: int, num_classes: int, spec: str) -> None:
@@ -562,8 +640,10 @@ def adapt_source(
     """Estimate the class mix of ``unlabeled`` images for a model, fold it in and save a Hub folder plus ``prior.json``.
 
     ``source`` is anything :func:`npe_models.loading.load_model` loads; ``unlabeled`` and
-    ``calibration`` are DATA specs (:func:`read_images`). BCTS is fitted on the calibration set;
-    ``method`` is ``em`` (EM on the calibrated logits) or ``bbse``. ``source_prior`` says what the
+    ``calibration`` are DATA specs (:func:`read_images`): CIFAR splits, ``.npz`` arrays, or folders of image
+    files (any tree for ``unlabeled``; for ``calibration`` one folder per class, named as the model's classes),
+    read as ``predict`` and training read them and resized by the model's eval transform. BCTS is fitted on the
+    calibration set; ``method`` is ``em`` (EM on the calibrated logits) or ``bbse``. ``source_prior`` says what the
     model's logits are: ``uniform`` (balanced: NPE-LA, LA, post-hoc LA) or ``train`` (plain
     cross-entropy: its training counts, read from its run or pretrained tag).
 
@@ -586,24 +666,25 @@ def adapt_source(
         raise _not_a_classifier(source, loaded.task)
     train_prior = _training_prior(loaded, data_dir) if source_prior == "train" else None
     size, num_classes = _input_size(loaded), loaded.model.num_classes
+    recorded_names = loaded.class_names if loaded.class_names and len(loaded.class_names) == num_classes else None
+    names = recorded_names or [f"{c}" for c in range(num_classes)]
     images = read_images(unlabeled, data_dir, labeled=False, rho=rho)
     _check_image_size(images, size, source, "unlabeled", unlabeled)
     _check_unlabeled_count(len(images), num_classes, unlabeled)
-    cal_images = _check_image_size(
-        read_images(calibration, data_dir, labeled=True, rho=rho), size, source, "calibration", calibration
-    )
-    logits, _ = predict_logits(loaded.model, images, batch_size, device)
-    cal_logits, cal_labels = predict_logits(loaded.model, cal_images, batch_size, device)
+    cal_images = read_images(calibration, data_dir, labeled=True, rho=rho, class_names=names)
+    _check_image_size(cal_images, size, source, "calibration", calibration)
+    logits, _ = _model_logits(loaded, images, batch_size, device)
+    cal_logits, cal_labels = _model_logits(loaded, cal_images, batch_size, device)
     fitted = fit_bcts(cal_logits, cal_labels, source_prior=train_prior)
     prior = _estimate(logits, cal_logits, cal_labels, fitted, method)
     spread = prior_spread(logits, lambda x: _estimate(x, cal_logits, cal_labels, fitted, method, prior, tol=1e-4))
-    names = loaded.class_names or [f"{c}" for c in range(num_classes)]
     unstable = _instability(spread, names, len(logits), unlabeled)
     if unstable:
         warnings.warn(unstable, stacklevel=2)
     data = (
-        f"{method} on {len(logits)} unlabeled images of {unlabeled}, BCTS on {len(cal_labels)} of {calibration}; "
-        f"bootstrap standard deviation of the prior up to {float(spread.max()):.3f}"
+        f"{method} on {len(logits)} unlabeled images of {unlabeled}{_read_note(images, size)}, BCTS on "
+        f"{len(cal_labels)} of {calibration}{_read_note(cal_images, size)}; bootstrap standard deviation of the prior "
+        f"up to {float(spread.max()):.3f}"
     )
     adapted = adapt_prior(loaded.model.cpu(), prior.clamp_min(_PRIOR_FLOOR).log(), calibration=fitted, data=data)
     folder = save_for_hub(
@@ -611,7 +692,7 @@ def adapt_source(
         out,
         label_names=loaded.class_names,
         overwrite=overwrite,
-        notes=f"Deployment prior folded into the classifier bias: {data}.",
+        notes=f"Deployment prior folded into the classifier bias: {markdown_text(data)}.",
     )
     recorded = PriorRecord.from_dict(adapted.pretrained_cfg[TARGET_PRIOR_KEY])
     class_names = tuple(loaded.class_names) if loaded.class_names else None

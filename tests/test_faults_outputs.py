@@ -182,3 +182,88 @@ def test_the_bootstrap_spread_shrinks_with_more_unlabeled_images() -> None:
     logits = 4.0 * torch.nn.functional.one_hot(labels, 3) + torch.randn(4000, 3, generator=generator)
     small, large = (adapt.prior_spread(logits[:count], adapt.em_prior) for count in (100, 4000))
     assert float(small.max()) > 4 * float(large.max()) and 0.02 < float(small.max()) < 0.1
+
+
+CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+SKEW = [4] * 5 + [16] * 5  # unlabeled images per class: 100, most from the last five classes
+
+
+def _png(path: Path, pixels: np.ndarray, size: int = 32) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(pixels)
+    (image if size == 32 else image.resize((size, size), Image.Resampling.NEAREST)).save(path)
+
+
+@pytest.fixture(scope="module")
+def image_folders(data_dir, tmp_path_factory) -> dict[str, Path]:
+    """Real CIFAR-10 test images as PNG files: an unlabeled tree (100 images, skewed to the last five classes, in
+    nested folders, beside a hidden image and a text file that are skipped), the same images at 64x64, a calibration
+    tree of class folders (10 images per class) and the same images as npz files."""
+    from npe_models.data import load_cifar
+
+    root, test = tmp_path_factory.mktemp("adapt_folders"), load_cifar(data_dir, train=False)
+    rows = {c: np.flatnonzero(test.labels == c) for c in range(10)}
+    unlabeled = np.concatenate([rows[c][:count] for c, count in enumerate(SKEW)])
+    labeled = np.concatenate([rows[c][20:30] for c in range(10)])
+    for number, row in enumerate(unlabeled):
+        nested = Path("day1") if number % 2 else Path("day2", "camera b")
+        _png(root / "unlabeled" / nested / f"{number:03d}.png", test.images[row])
+        _png(root / "unlabeled64" / nested / f"{number:03d}.png", test.images[row], 64)
+    _png(root / "unlabeled" / "day1" / ".hidden.png", test.images[rows[0][99]])
+    (root / "unlabeled" / "day1" / "notes.txt").write_text("not an image")
+    for row in labeled:
+        _png(root / "calibration" / CIFAR10[test.labels[row]] / f"{row}.png", test.images[row])
+    np.savez(root / "unlabeled.npz", x=test.images[unlabeled])
+    np.savez(root / "calibration.npz", x=test.images[labeled], y=test.labels[labeled])
+    names = ("unlabeled", "unlabeled64", "calibration", "unlabeled.npz", "calibration.npz")
+    return {name: root / name for name in names}
+
+
+@pytest.mark.filterwarnings("ignore:the estimated class mix is unstable")
+def test_adapt_reads_image_folders_as_predict_does_and_gets_the_prior_of_the_same_arrays(
+    image_folders, tmp_path, capsys
+) -> None:
+    """`npe-models adapt --unlabeled DIR --calibration CLASS_DIR` end to end: the PNG files give the prior the same
+    images give as arrays (the 32x32 model's eval transform leaves 32x32 images as they are), the hidden file and the
+    text file are skipped, and the record says how the files were read."""
+    folders = ["--unlabeled", str(image_folders["unlabeled"]), "--calibration", str(image_folders["calibration"])]
+    assert cli.main([*ADAPT, *folders, "--out", str(tmp_path / "folders")]) == 0
+    assert "on 100 unlabeled images of" in capsys.readouterr().out
+    record = json.loads((tmp_path / "folders" / "prior.json").read_text())
+    assert "(image files, resized to 32x32 by the model's eval transform)" in record["data"]
+    arrays = adapt.adapt_source(
+        "resnet32_npe16",
+        str(image_folders["unlabeled.npz"]),
+        str(image_folders["calibration.npz"]),
+        tmp_path / "arrays",
+        pretrained=True,
+    )
+    np.testing.assert_allclose(record["prior"], arrays.prior.numpy(), atol=1e-4)
+    assert sum(record["prior"][5:]) > 0.6  # the skew: 80 of the 100 images are of the last five classes
+
+
+@pytest.mark.filterwarnings("ignore:the estimated class mix is unstable")
+def test_adapt_resizes_image_files_of_another_size_with_the_models_eval_transform(image_folders, tmp_path) -> None:
+    """The same images as 64x64 PNG files (refused as 64x64 arrays) are resized to the model's 32x32 by its eval
+    transform, which the record says, and the estimate keeps the mix's skew to the last five classes."""
+    unlabeled = str(image_folders["unlabeled64"])
+    result = adapt.adapt_source(
+        "resnet32_npe16", unlabeled, str(image_folders["calibration"]), tmp_path / "adapted", pretrained=True
+    )
+    assert f"100 unlabeled images of {unlabeled} (image files, resized to 32x32 by the model's eval" in result.data
+    assert float(result.prior[5:].sum()) > 0.6
+
+
+@pytest.mark.parametrize("change", ["unknown class", "missing class"])
+def test_calibration_class_folders_must_be_the_models_classes(change, image_folders, tmp_path, capsys) -> None:
+    calibration = Path(shutil.copytree(image_folders["calibration"], tmp_path / "calibration"))
+    if change == "unknown class":
+        (calibration / "truck").rename(calibration / "lorry")
+        expected = "has class folders the model does not know: 'lorry'; the model's classes are 'airplane', "
+    else:
+        shutil.rmtree(calibration / "cat")
+        shutil.rmtree(calibration / "dog")
+        expected = "has no class folder for 'cat', 'dog': calibration needs labeled images of every class"
+    folders = ["--unlabeled", str(image_folders["unlabeled.npz"]), "--calibration", str(calibration)]
+    err = _error(capsys, [*ADAPT, *folders, "--out", str(tmp_path / "adapted")])
+    assert f"calibration folder {calibration} {expected}" in err
