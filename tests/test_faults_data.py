@@ -17,7 +17,7 @@ from PIL import Image, ImageCms
 
 from npe_models import cli, predict
 from npe_models.classification import resolve_config
-from npe_models.data import load_cifar_class_names, load_image_folder
+from npe_models.data import load_cifar_class_names, load_image_folder, load_long_tailed
 from npe_models.data.files import IMAGE_EXTENSIONS, ImageFiles, collect_images, read_image, scan_image_folder, to_rgb
 
 # --- 15. the CIFAR meta file is read without running code -------------------------------------------------------
@@ -358,3 +358,84 @@ def test_collect_images_names_what_it_skipped_in_a_folder_without_images(tmp_pat
     )
     empty = collect_images([tmp_path / "only"], allow_empty=True)
     assert len(empty) == 0 and empty.skipped_counts == {"hidden": 1, "unsupported extension": 1}
+
+
+# --- 8, 12. split lists: repeated or conflicting lines, bad labels, other encodings, a BOM -------------------------
+
+
+def _lists(root: Path) -> tuple[Path, list[str]]:
+    """Ten images of two classes under ``root/img`` and ImageNet-LT-format lists over them; the train list's lines."""
+    lines = [f"img/{name}/{n}.png {label}" for label, name in enumerate(["cat", "dog"]) for n in range(5)]
+    for line in lines:
+        _png(root / line.split()[0])
+    (root / "lists").mkdir()
+    (root / "lists" / "ImageNet_LT_test.txt").write_text("\n".join(lines) + "\n")
+    return root / "lists" / "ImageNet_LT_train.txt", lines
+
+
+def _list_error(root: Path) -> str:
+    with pytest.raises(ValueError) as error:
+        load_long_tailed("imagenet_lt", root, split_dir=str(root / "lists"))
+    assert "\n" not in str(error.value)
+    return str(error.value)
+
+
+def test_repeated_lines_of_a_split_list_are_refused_naming_them(tmp_path):
+    train, lines = _lists(tmp_path)
+    train.write_text("\n".join(lines + lines * 20) + "\n")  # 200 repeated lines: 200 more images before
+    message = _list_error(tmp_path)
+    assert message.startswith(
+        f"{train}: 200 line(s) list an image a second time (line 11 repeats line 1, line 12 repeats line 2, line 13 "
+        "repeats line 3, line 14 repeats line 4, line 15 repeats line 5, ...), which would count it twice"
+    )
+    train.write_text("\n".join([*lines, "./img/cat/0.png 0"]) + "\n")  # the same file, written another way
+    assert _list_error(tmp_path).startswith(f"{train}: 1 line(s) list an image a second time (line 11 repeats line 1)")
+
+
+def test_an_image_listed_under_two_labels_is_refused_naming_the_lines(tmp_path):
+    train, lines = _lists(tmp_path)
+    train.write_text("\n".join([*lines, "", "img/cat/3.png 1"]) + "\n")
+    assert _list_error(tmp_path) == (
+        f"{train}: 1 line(s) list an image already listed under another label (img/cat/3.png: line 4 says 0, "
+        "line 12 says 1); an image has one class: remove the wrong lines."
+    )
+
+
+@pytest.mark.parametrize(
+    "bad_line, message",
+    [
+        ("img/cat/0.png 99999999999999999999", ":11: label 99999999999999999999 is too large; labels are class"),
+        ("img/cat/0.png \u00b2", ":11: expected 'relative/path label' (a whole number 0..C-1 as label), got"),
+        ("img/cat/0.png -2", ":11: label -2 is negative; labels are class indices 0..C-1."),
+    ],
+)
+def test_a_bad_label_names_the_list_and_line(tmp_path, bad_line, message):
+    train, lines = _lists(tmp_path)
+    train.write_text("\n".join([*lines, bad_line]) + "\n", encoding="utf-8")
+    assert _list_error(tmp_path).startswith(f"{train}{message}")
+
+
+def test_a_list_in_another_encoding_names_the_line(tmp_path):
+    train, lines = _lists(tmp_path)
+    train.write_bytes(("\n".join([*lines[:2], "img/caf\u00e9/0.png 0", *lines[2:]]) + "\n").encode("latin-1"))
+    assert _list_error(tmp_path) == f"{train}:3: not UTF-8 text (byte 0xe9); save the list as UTF-8."
+
+
+def test_a_byte_order_mark_is_dropped(tmp_path):
+    train, lines = _lists(tmp_path)
+    train.write_text("\ufeff" + "\n".join(lines) + "\n", encoding="utf-8")  # as Notepad writes UTF-8
+    data = load_long_tailed("imagenet_lt", tmp_path, split_dir=str(tmp_path / "lists"))
+    assert data.train.paths[0] == str(tmp_path / "img" / "cat" / "0.png") and data.counts.tolist() == [5, 5]
+
+
+def test_an_overflowing_label_is_one_line_on_the_command_line(tmp_path, capsys):
+    train, lines = _lists(tmp_path)
+    train.write_text("\n".join([*lines, "img/cat/0.png 99999999999999999999"]) + "\n")
+    argv = ["train", "--out", str(tmp_path / "run"), "--no-progress", "--model", "resnet20", "--device", "cpu"]
+    options = ["--dataset", "imagenet_lt", "--data-dir", str(tmp_path), "--split-dir", str(tmp_path / "lists")]
+    assert cli.main([*argv, *options]) == 1
+    err = capsys.readouterr().err
+    assert (
+        err == f"npe-models train: error: {train}:11: label 99999999999999999999 is too large; labels are class "
+        "indices 0..C-1.\n"
+    )

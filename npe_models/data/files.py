@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import random
+import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -280,34 +281,88 @@ class ImageList:
         return ImageList(tuple(self.paths[i] for i in index), self.labels[index], self.source, self.skipped)
 
 
+_LABEL = re.compile(r"-?[0-9]+")  # ASCII digits: str.isdigit() takes '²', which int() refuses
+_LARGEST_LABEL = 2**31 - 1  # far above any class count (iNaturalist 2018 has 8,142), inside int64
+_SHOWN_LINES = 5  # the repeated or conflicting lines an error names before "..."
+
+
+def _list_lines(path: Path) -> list[tuple[int, str]]:
+    """The non-blank lines of a split list with their numbers: UTF-8, a byte order mark dropped."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise ValueError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[error.start]:02x}); save the list as UTF-8."
+        ) from None
+    lines = (line.rstrip("\r").lstrip("\ufeff") for line in text.split("\n"))  # a BOM inside concatenated lists
+    return [(number, line) for number, line in enumerate(lines, 1) if line.strip()]
+
+
 def _parse_list_line(line: str, where: str) -> tuple[str, int]:
     parts = line.rsplit(maxsplit=1)
-    if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-        raise ValueError(f"{where}: expected 'relative/path label', got {line.strip()!r}.")
-    return parts[0], int(parts[1])
+    if len(parts) != 2 or not _LABEL.fullmatch(parts[1]):
+        raise ValueError(
+            f"{where}: expected 'relative/path label' (a whole number 0..C-1 as label), got {line.strip()!r}."
+        )
+    label = int(parts[1])
+    if label < 0:
+        raise ValueError(f"{where}: label {label} is negative; labels are class indices 0..C-1.")
+    if label > _LARGEST_LABEL:
+        raise ValueError(f"{where}: label {parts[1]} is too large; labels are class indices 0..C-1.")
+    return parts[0], label
 
 
-def read_image_list(path: PathLike, root: PathLike) -> ImageList:
-    """A split list (one ``relative/path label`` per line, blank lines skipped) over the images under ``root``."""
+def _check_listed_once(path: Path, numbers: list[int], entries: list[tuple[str, int]]) -> None:
+    """Each image listed once: a repeated line would count its image twice, one image under two labels is
+    ambiguous. The error names the first lines and how many there are."""
+    first: dict[str, int] = {}
+    repeats, conflicts = [], []
+    for at, (relative, label) in enumerate(entries):
+        key = os.path.normpath(relative)
+        earlier = first.setdefault(key, at)
+        if earlier != at:
+            (repeats if entries[earlier][1] == label else conflicts).append((earlier, at))
+    if conflicts:
+        shown = "; ".join(
+            f"{entries[b][0]}: line {numbers[a]} says {entries[a][1]}, line {numbers[b]} says {entries[b][1]}"
+            for a, b in conflicts[:_SHOWN_LINES]
+        )
+        more = "; ..." if len(conflicts) > _SHOWN_LINES else ""
+        raise ValueError(
+            f"{path}: {len(conflicts)} line(s) list an image already listed under another label ({shown}{more}); "
+            "an image has one class: remove the wrong lines."
+        )
+    if repeats:
+        shown = ", ".join(f"line {numbers[b]} repeats line {numbers[a]}" for a, b in repeats[:_SHOWN_LINES])
+        more = ", ..." if len(repeats) > _SHOWN_LINES else ""
+        raise ValueError(
+            f"{path}: {len(repeats)} line(s) list an image a second time ({shown}{more}), which would count it "
+            "twice: remove the repeated lines."
+        )
+
+
+def read_image_list(path: PathLike, root: PathLike, num_classes: Optional[int] = None) -> ImageList:
+    """A split list (one ``relative/path label`` per line, UTF-8, blank lines skipped) over the images under
+    ``root``. A malformed line or label, a label from ``num_classes`` on (when given), a repeated image and an
+    image under two labels are errors naming the list and its lines."""
     path, root = Path(path), Path(root).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"split list '{path}' does not exist; point --split-dir at the folder holding it.")
-    entries = [
-        _parse_list_line(line, f"{path}:{number}")
-        for number, line in enumerate(path.read_text().splitlines(), 1)
-        if line.strip()
-    ]
+    lines = _list_lines(path)
+    entries = [_parse_list_line(line, f"{path}:{number}") for number, line in lines]
     if not entries:
         raise ValueError(f"split list '{path}' lists no images.")
     labels = np.array([label for _, label in entries], dtype=np.int64)
-    if labels.min() < 0:
-        line = int(np.argmax(labels < 0)) + 1
-        raise ValueError(f"{path}: label {labels.min()} (entry {line}) is negative; labels are class indices 0..C-1.")
+    if num_classes is not None:
+        _check_labels(ImageList((), labels, str(path)), num_classes)
+    _check_listed_once(path, [number for number, _ in lines], entries)
     first = root / entries[0][0]
     if not first.is_file():
         raise FileNotFoundError(
-            f"'{first}' (the first image of {path}) does not exist: point --data-dir at the folder its paths are "
-            "relative to."
+            f"'{first}' (the first image of {path}, line {lines[0][0]}) does not exist: point --data-dir at the folder "
+            "its paths are relative to."
         )
     return ImageList(tuple(str(root / relative) for relative, _ in entries), labels, str(path))
 
@@ -673,18 +728,14 @@ def load_image_lists(
         raise ValueError(f"dataset must be one of {sorted(IMAGE_LISTS)}, got {dataset!r}.")
     prefix, known_classes, eval_splits = IMAGE_LISTS[dataset]
     lists = Path(split_dir or root).expanduser()
-    train = read_image_list(lists / f"{prefix}_train.txt", root)
+    train = read_image_list(lists / f"{prefix}_train.txt", root, known_classes)
     num_classes = int(train.labels.max()) + 1
-    if num_classes > known_classes:
-        _check_labels(train, known_classes)
     eval_sets = {
-        split: read_image_list(lists / f"{prefix}_{split}.txt", root)
+        split: read_image_list(lists / f"{prefix}_{split}.txt", root, num_classes)
         for split in eval_splits
         if (lists / f"{prefix}_{split}.txt").is_file()
     }
     if not eval_sets:
         names = " or ".join(f"{prefix}_{split}.txt" for split in eval_splits)
         raise FileNotFoundError(f"no evaluation list in '{lists}': expected {names}.")
-    for images in eval_sets.values():
-        _check_labels(images, num_classes)
     return FileLT(dataset, train, eval_sets, _training_counts(train, num_classes), None, None, image_size, workers)
