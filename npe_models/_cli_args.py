@@ -238,6 +238,7 @@ def add_evaluate_arguments(evaluate: argparse.ArgumentParser) -> None:
         help="NPE-LA strength (segmentation: several, 0 = main logits; default: the model's)",
     )
     evaluate.add_argument("--out", help="output folder (default: RUN/eval, or ./eval/<name>)")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in --out")
     _add_data_and_hardware(evaluate)
     cls = evaluate.add_argument_group("classification (long-tailed CIFAR)")
     cls.add_argument("--rho", type=float, help="imbalance ratio of the training set (default: the run's)")
@@ -275,6 +276,7 @@ def add_export_arguments(onnx: argparse.ArgumentParser, hub: argparse.ArgumentPa
         )
         parser.add_argument("--label-names", type=Path, help="class names: JSON list or one name per line")
     onnx.add_argument("-o", "--output", type=Path, help="ONNX file to write (default: <model>.onnx)")
+    onnx.add_argument("--overwrite", action="store_true", help="replace an earlier export at --output")
     onnx.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"), help="example input size")
     onnx.add_argument("--no-merge", dest="merge", action="store_false", help="export the unmerged NPE-LA graph")
     onnx.add_argument(
@@ -310,7 +312,9 @@ def add_export_arguments(onnx: argparse.ArgumentParser, hub: argparse.ArgumentPa
         metavar="KEY=VALUE",
         help="training setting for the card, e.g. epochs=200 (repeatable)",
     )
-    hub.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    hub.add_argument(
+        "--overwrite", action="store_true", help="replace the files of an earlier Hub folder (nothing else in it)"
+    )
 
 
 def add_list_arguments(listing: argparse.ArgumentParser) -> None:
@@ -397,7 +401,9 @@ def add_adapt_parser(commands: Any) -> argparse.ArgumentParser:
     )
     adapt.add_argument("--batch-size", type=int, default=500, help="images per forward pass (default: 500)")
     adapt.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
-    adapt.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    adapt.add_argument(
+        "--overwrite", action="store_true", help="replace the files of an earlier --out (nothing else in it)"
+    )
     return adapt
 
 

@@ -55,11 +55,12 @@ from .data import (
 from .data.files import FileBatchStream, ImageList, collect_images, image_transform, scan_image_folder
 from .describe import TARGET_PRIOR_KEY, describe_model
 from .distributed import resolve_device
-from .hub import save_for_hub
+from .hub import is_hub_folder, save_for_hub
 from .hub.card import markdown_text, visible_text
 from .loading import CLASSIFICATION, LoadedModel, load_model, source_kind
 from .models import is_segmentation_model
 from .npe import has_pems
+from .outputs import check_output_dir
 from .priors import PriorRecord
 
 __all__ = [
@@ -661,6 +662,10 @@ def adapt_source(
         raise _not_a_classifier(source, "segmentation")
     if source_kind(source) == "registered" and not pretrained:
         raise ValueError(f"'{source}' is a model name: pass pretrained=True (--pretrained) to adapt its weights.")
+    inputs = [source, unlabeled, calibration]  # before any work: --out must not hold them, nor be someone's folder
+    check_output_dir(
+        out, "Hugging Face Hub folder", is_own=is_hub_folder, overwrite=overwrite, inputs=inputs, option="--out"
+    )
     loaded, device = load_model(source, pretrained=pretrained), resolve_device(str(device))
     if loaded.task != CLASSIFICATION:
         raise _not_a_classifier(source, loaded.task)
@@ -692,6 +697,7 @@ def adapt_source(
         out,
         label_names=loaded.class_names,
         overwrite=overwrite,
+        inputs=inputs,
         notes=f"Deployment prior folded into the classifier bias: {markdown_text(data)}.",
     )
     recorded = PriorRecord.from_dict(adapted.pretrained_cfg[TARGET_PRIOR_KEY])

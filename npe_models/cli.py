@@ -134,6 +134,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             overlays=args.overlays,
             progress=_progress(args),
             about=about,
+            overwrite=args.overwrite,
+            inputs=[args.source],
             **not_none(
                 dataset=args.dataset,
                 split=args.split,
@@ -150,8 +152,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     else:
         if args.npe_alpha is not None:
             set_alpha(model, _one_alpha(args.npe_alpha))
+        options = classification_evaluate_options(args, loaded, about)
         result = classification.evaluate_run(
-            model, out, progress=_progress(args), **classification_evaluate_options(args, loaded, about)
+            model, out, progress=_progress(args), overwrite=args.overwrite, inputs=[args.source], **options
         )
         print(format_metrics(result.metrics))
         print("plots:", *result.plots, sep="\n  ")
@@ -190,6 +193,8 @@ def _export_onnx(args: argparse.Namespace) -> int:
         opset_version=args.opset,
         label_names=label_names,
         config=loaded.segmentation_config,
+        overwrite=args.overwrite,
+        inputs=[args.model, args.weights, args.label_names],
     )
     print(onnx_summary(path))
     if not args.check:
@@ -222,7 +227,8 @@ def _export_hub(args: argparse.Namespace) -> int:
         "config": loaded.segmentation_config,
     }
     if args.output_dir is not None:
-        folder = save_for_hub(model, args.output_dir, overwrite=args.overwrite, **card)
+        inputs = [args.model, args.weights, args.label_names]
+        folder = save_for_hub(model, args.output_dir, overwrite=args.overwrite, inputs=inputs, **card)
         print(f"wrote {folder}: {', '.join(sorted(p.name for p in folder.iterdir()))}")
     if args.push:
         card.pop("repo_id")

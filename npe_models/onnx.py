@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from ._version import __version__
 from .describe import SEGMENTATION, ModelDescription, describe_model
+from .outputs import check_output_file
 from .segmentation.config import SegmentationModelConfig
 
 __all__ = [
@@ -206,6 +207,8 @@ def export_onnx(
     opset_version: int = MIN_OPSET,
     label_names: Optional[Sequence[str]] = None,
     config: Optional[SegmentationModelConfig] = None,
+    overwrite: bool = False,
+    inputs: Sequence[Union[str, os.PathLike]] = (),
 ) -> Path:
     """Export ``model`` to a single ONNX file at ``path`` and return the path.
 
@@ -215,11 +218,13 @@ def export_onnx(
     ``npe_models.describe.describe_model``). The file is checked with ``onnx.checker`` (full
     check) and written under a temporary name, then renamed into place. Its metadata
     (``read_onnx_metadata``) says what the model is, its pretrained tag and, as
-    ``model_version``, the npe-models version that exported it and shipped its weights.
+    ``model_version``, the npe-models version that exported it and shipped its weights. An existing ``path`` is
+    replaced only when it is an earlier export and ``overwrite`` is set, and never when it is one of ``inputs``.
     """
     onnx = _import_optional("onnx")
     _check_opset(opset_version, onnx)
     _input_dtype(model)
+    check_output_file(path, "ONNX export", is_own=_is_npe_export, overwrite=overwrite, inputs=inputs)
     path = _writable_target(Path(path))
     source = describe_model(model, label_names, config)
     size = _check_input_size(input_size if input_size is not None else source.input_size)
@@ -256,6 +261,14 @@ def export_onnx(
         if os.path.exists(temporary):
             os.remove(temporary)
     return path
+
+
+def _is_npe_export(path: Path) -> bool:
+    """Whether ``path`` is an ONNX file ``export_onnx`` wrote (its metadata names the npe-models version)."""
+    try:
+        return "npe_models_version" in read_onnx_metadata(path)
+    except Exception:  # not ONNX at all (onnx raises DecodeError and others for arbitrary bytes)
+        return False
 
 
 def read_onnx_metadata(path: Union[str, os.PathLike]) -> dict[str, Any]:

@@ -225,15 +225,21 @@ def test_save_errors_leave_nothing_half_written(tmp_path: Path, monkeypatch) -> 
 
 
 def test_existing_folder_needs_overwrite(tmp_path: Path) -> None:
+    """A folder of someone else's files is refused even with overwrite; an earlier Hub folder needs overwrite, which
+    replaces its files and nothing else."""
     target = tmp_path / "model"
     target.mkdir()
     (target / "old.txt").write_text("keep me")
-    with pytest.raises(FileExistsError, match="overwrite=True"):
-        save_for_hub(_npe_model(), target)
+    with pytest.raises(FileExistsError, match="holds no Hugging Face Hub folder of npe-models"):
+        save_for_hub(_npe_model(), target, overwrite=True)
     assert os.listdir(target) == ["old.txt"]
-    save_for_hub(_npe_model(), target, overwrite=True)
-    assert sorted(os.listdir(target)) == sorted(HUB_FILES)
-    assert sorted(os.listdir(tmp_path)) == ["model"]
+    folder = save_for_hub(_npe_model(), tmp_path / "hub")
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"pass --overwrite \(overwrite=True\)"):
+        save_for_hub(_npe_model(), folder)
+    save_for_hub(_npe_model(), folder, overwrite=True)
+    assert sorted(os.listdir(folder)) == sorted([*HUB_FILES, "notes.txt"])
+    assert sorted(os.listdir(tmp_path)) == ["hub", "model"]
 
 
 def test_unregistered_add_npe_model_must_be_merged(tmp_path: Path) -> None:

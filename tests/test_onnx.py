@@ -276,16 +276,16 @@ def test_bad_input(tmp_path: Path) -> None:
 
 def test_failed_write_leaves_the_old_file_and_no_partial(tmp_path: Path, monkeypatch) -> None:
     model = timm.create_model("resnet20").eval()
-    target = tmp_path / "model.onnx"
-    target.write_bytes(b"previous export")
+    target = export_onnx(model, tmp_path / "model.onnx")
+    previous = target.read_bytes()
 
     def failing_replace(src, dst):
         raise OSError("disk full")
 
     monkeypatch.setattr("npe_models.onnx.os.replace", failing_replace)
     with pytest.raises(OSError, match="disk full"):
-        export_onnx(model, target)
-    assert target.read_bytes() == b"previous export"
+        export_onnx(model, target, overwrite=True)
+    assert target.read_bytes() == previous
     assert sorted(os.listdir(tmp_path)) == ["model.onnx"]
 
 

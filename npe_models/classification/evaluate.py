@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from ..data import CIFAR_NUM_CLASSES, GROUP_NAMES, LongTailedData, class_groups, load_long_tailed
 from ..distributed import resolve_device
 from ..npe import NPEHead, npe_heads
+from ..outputs import check_output_dir, is_evaluation_dir
 from ..priors import PriorRecord
 from ..runs import locked_dir, read_jsonl, write_json
 from .checkpoint import check_num_classes
@@ -332,6 +333,8 @@ def evaluate_run(
     target_prior: Optional[Union[str, Sequence[float]]] = None,
     training_log: Optional[Union[str, Path]] = None,
     progress: Optional[ProgressFactory] = None,
+    overwrite: bool = False,
+    inputs: Sequence[Union[str, Path]] = (),
 ) -> EvaluationResult:
     """Score a trained classifier on a data set's evaluation sets; write ``metrics.json`` and plots to ``out_dir``.
 
@@ -341,8 +344,12 @@ def evaluate_run(
     training method and whether it was merged) is recorded at the top of ``metrics.json`` and names the
     plots' variants; ``target_prior`` (see :func:`resolve_target_prior`) adds each variant's expected top-1
     under that class mix; ``training_log`` (a run's ``log.jsonl``) adds its training curves to the plots;
-    ``progress`` (e.g. ``tqdm.tqdm``) shows a bar per evaluated set.
+    ``progress`` (e.g. ``tqdm.tqdm``) shows a bar per evaluated set. ``out_dir`` must be new, empty or an
+    earlier evaluation (replaced with ``overwrite``), and not one of ``inputs`` (see :mod:`npe_models.outputs`).
     """
+    check_output_dir(
+        out_dir, "evaluation", is_own=is_evaluation_dir, overwrite=overwrite, inputs=inputs, option="--out"
+    )
     dataset = dataset or "cifar10"
     if dataset in CIFAR_NUM_CLASSES:  # before reading the data: a wrong --dataset fails fast
         check_num_classes(model, CIFAR_NUM_CLASSES[dataset], "the model")

@@ -25,10 +25,11 @@ from ..describe import (
     describe_model,
 )
 from ..files import WEIGHTS_FILE
+from ..outputs import check_output_dir
 from ..segmentation.checkpoint import save_segmentation_weights
 from ..segmentation.config import SegmentationModelConfig
 from .card import PIPELINE_TAGS, evaluation_results, model_card, pretrained_card, shipped_entry
-from .load import CARD_NAME, CONFIG_NAME, weight_shapes
+from .load import CARD_NAME, CONFIG_NAME, is_hub_folder, weight_shapes
 
 __all__ = ["save_for_hub", "save_pretrained_for_hub", "push_to_hub"]
 
@@ -78,19 +79,25 @@ def _writable_parent(directory: Path) -> Path:
     return parent
 
 
-def _publish_directory(staging: Path, directory: Path, overwrite: bool) -> None:
-    """Move a finished staging folder into place, replacing an old one only when asked."""
-    if directory.exists():
-        if not directory.is_dir():
-            raise FileExistsError(f"{directory} exists and is not a directory; choose another path.")
-        if any(directory.iterdir()) and not overwrite:
-            raise FileExistsError(f"{directory} already exists and is not empty; pass overwrite=True to replace it.")
-        retired = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
-        os.replace(directory, retired / directory.name)
+def _publish_directory(staging: Path, directory: Path) -> None:
+    """Move a finished staging folder into place: renamed as a whole when ``directory`` is new, else file by file
+    (each replaced atomically), so that nothing but the files written here changes in an existing folder. The
+    files get the mode every other file written here gets (0666 less the umask), whatever the writer chose."""
+    mode = 0o666 & ~_umask()
+    for written in staging.iterdir():
+        os.chmod(written, mode)
+    if not directory.exists():
         os.replace(staging, directory)
-        shutil.rmtree(retired)
-    else:
-        os.replace(staging, directory)
+        return
+    for written in sorted(staging.iterdir(), key=lambda path: path.name == CARD_NAME):  # the card last
+        os.replace(written, directory / written.name)
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it, then restoring it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def save_for_hub(
@@ -111,6 +118,7 @@ def save_for_hub(
     notes: Optional[str] = None,
     eval_results: Sequence[EvalResult] = (),
     base_model: Optional[str] = None,
+    inputs: Sequence[Union[str, os.PathLike, None]] = (),
 ) -> Path:
     """Write ``config.json``, ``model.safetensors`` and a ``README.md`` model card into ``directory``.
 
@@ -120,8 +128,10 @@ def save_for_hub(
     ``notes`` (markdown) follows the evaluation; ``repo_id`` fills the usage snippets;
     ``base_model`` (a Hub id) names the checkpoint this one was made from. The folder is
     assembled under a temporary name beside ``directory`` and renamed into place, so it is
-    complete or absent.
+    complete or absent. ``directory`` must be new, empty or an earlier Hub folder, whose files
+    ``overwrite`` replaces (nothing else in it), and must not be or contain one of ``inputs``.
     """
+    check_output_dir(directory, "Hugging Face Hub folder", is_own=is_hub_folder, overwrite=overwrite, inputs=inputs)
     if metrics and not (dataset and dataset_id):
         raise ValueError("metrics need dataset= (a readable name) and dataset_id= (e.g. 'cifar10') for the model card.")
     directory = Path(directory)
@@ -154,7 +164,7 @@ def save_for_hub(
             notes=notes,
         )
         card.save(staging / CARD_NAME)
-        _publish_directory(staging, directory, overwrite)
+        _publish_directory(staging, directory)
     finally:
         if staging.exists():
             shutil.rmtree(staging)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Optional, TypeVar
 
 from ..files import WEIGHTS_FILE, PathLike, file_sha256, read_json, write_json
+from ..outputs import check_output_dir
 from .layout import CHECKPOINT_FILE, CONFIG_FILE, TASKS, WEIGHTS_SHA256
 from .state import load_training_state, weights_metadata
 
@@ -192,6 +193,7 @@ def check_run_dir(run_dir: PathLike, config: SerializableConfig, resume: bool) -
     if not (run_dir / CONFIG_FILE).is_file():
         if (run_dir / CHECKPOINT_FILE).is_file():
             raise FileExistsError(f"{run_dir} has a {CHECKPOINT_FILE} but no {CONFIG_FILE}; use a new --out.")
+        check_output_dir(run_dir, "training run", is_own=lambda _: False, option="--out")  # no run: new or empty
         return
     finished = (run_dir / WEIGHTS_FILE).is_file()
     if finished and not (run_dir / CHECKPOINT_FILE).is_file():

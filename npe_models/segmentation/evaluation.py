@@ -17,6 +17,7 @@ from torchvision.utils import draw_segmentation_masks
 
 from ..distributed import resolve_device
 from ..npe import has_pems
+from ..outputs import check_output_dir, is_evaluation_dir
 from ..runs import atomic_write, locked_dir, write_json
 from .config import SegmentationModelConfig
 from .losses import DEFAULT_IGNORE_INDEX
@@ -194,13 +195,19 @@ def evaluate_run(
     device: Union[str, torch.device] = "auto",
     progress: Optional[Callable[..., Any]] = None,
     about: Optional[dict[str, Any]] = None,
+    overwrite: bool = False,
+    inputs: Sequence[Union[str, Path]] = (),
 ) -> dict[str, dict[float, SegmentationMetrics]]:
     """Score a trained model on ``dataset``'s ``split`` against each annotation's masks; write ``metrics.json``
     (and the first ``overlays`` overlay PNGs per annotation) to ``out_dir``.
 
     ``alphas`` default to 0 (the main logits) and the model's own NPE-LA strength when it has
-    PEMs; ``progress`` is a tqdm-like factory called as ``progress(total=, desc=, unit=)``.
+    PEMs; ``progress`` is a tqdm-like factory called as ``progress(total=, desc=, unit=)``. ``out_dir`` must be
+    new, empty or an earlier evaluation (replaced with ``overwrite``), and not one of ``inputs``.
     """
+    check_output_dir(
+        out_dir, "evaluation", is_own=is_evaluation_dir, overwrite=overwrite, inputs=inputs, option="--out"
+    )
     alphas = list(alphas) if alphas is not None else [0.0, model_config.npe_alpha] if has_pems(model) else [0.0]
     out_dir, device = Path(out_dir), resolve_device(str(device))
     report: dict[str, Any] = {
