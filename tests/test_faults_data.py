@@ -439,3 +439,46 @@ def test_an_overflowing_label_is_one_line_on_the_command_line(tmp_path, capsys):
         err == f"npe-models train: error: {train}:11: label 99999999999999999999 is too large; labels are class "
         "indices 0..C-1.\n"
     )
+
+
+# --- 10. unreadable files are found, all at once, before training ------------------------------------------------
+
+
+def _damage(path: Path, how: str) -> None:
+    if how == "empty":
+        path.write_bytes(b"")
+    elif how == "not an image":
+        path.write_text("<html>404 Not Found</html>")
+    else:  # a header cut short
+        path.write_bytes(path.read_bytes()[:40])
+
+
+def test_every_unreadable_file_is_named_before_training_in_one_error(tmp_path, capsys):
+    _tree(tmp_path, {"cat": 6, "dog": 6})
+    bad = [tmp_path / "train" / name / f"{n}.png" for name in ("cat", "dog") for n in range(6)]
+    for number, path in enumerate(bad):
+        _damage(path, ["empty", "not an image", "cut short"][number % 3])
+    _damage(tmp_path / "val" / "dog" / "0.png", "empty")
+    with pytest.raises(ValueError) as error:
+        load_image_folder(tmp_path)
+    message = str(error.value)
+    first = bad[0]
+    assert message.startswith(
+        f"cannot read 13 of the 14 image files of {tmp_path / 'train'}, {tmp_path / 'val'}: {first} (empty file), "
+        f"{bad[1]} (not an image PIL can open, or its header is damaged), {bad[2]} (not an image PIL can open"
+    )
+    assert message.endswith(" and 3 more; replace these files or leave them out.") and "\n" not in message
+    assert message.count(" (") == 10  # the first ten named
+    argv = ["train", "--out", str(tmp_path / "run"), "--no-progress", "--model", "resnet20", "--device", "cpu"]
+    assert cli.main([*argv, "--dataset", "folder", "--data-dir", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == f"npe-models train: error: {message}\n"
+
+
+def test_a_missing_listed_image_is_found_before_training(tmp_path):
+    train, lines = _lists(tmp_path)
+    train.write_text("\n".join(lines) + "\n")
+    (tmp_path / "img" / "dog" / "3.png").unlink()
+    assert _list_error(tmp_path) == (
+        f"cannot read image {tmp_path / 'img' / 'dog' / '3.png'} (no such file); replace the file or leave it out. "
+        f"It is part of {train}."
+    )

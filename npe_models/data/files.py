@@ -19,13 +19,14 @@ import random
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from timm.data import create_transform, resolve_data_config
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
@@ -51,6 +52,8 @@ __all__ = [
     "load_image_lists",
     "image_transform",
     "read_image",
+    "image_file_problem",
+    "check_image_files",
     "to_rgb",
     "READABLE_MODES",
 ]
@@ -502,6 +505,65 @@ def read_image(path: PathLike) -> Image.Image:
         raise ValueError(f"cannot read image {path} ({error}); replace the file or leave it out.") from error
 
 
+_SHOWN_FILES = 10  # the unreadable files an error names before "... and N more"
+
+
+def image_file_problem(path: PathLike) -> Optional[str]:
+    """Why the file at ``path`` cannot be an image here, from its header only (nothing decoded), or None: missing,
+    empty, not an image PIL opens, or of a mode :func:`to_rgb` does not read."""
+    try:
+        if os.path.getsize(path) == 0:
+            return "empty file"
+        with Image.open(path) as image:
+            mode = image.mode
+    except FileNotFoundError:
+        return "no such file"
+    except UnidentifiedImageError:
+        return "not an image PIL can open, or its header is damaged"
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        return str(error) or type(error).__name__
+    return None if mode in READABLE_MODES else f"PIL mode {mode!r}, which has no RGB reading here"
+
+
+_CHUNK = 256  # files per thread task: one task per file costs as much as the check of a cached header
+
+
+def _chunk_problems(paths: list[str]) -> list[Optional[str]]:
+    return [image_file_problem(path) for path in paths]
+
+
+def _checking_threads() -> int:
+    # Opening headers waits on the disk more than on the CPU: a few threads per core hide its latency.
+    return min(32, 4 * (os.cpu_count() or 1))
+
+
+def check_image_files(*image_lists: ImageList) -> None:
+    """Open the header of every file of ``image_lists`` (see :func:`image_file_problem`) before any training, and
+    raise one ValueError naming how many cannot be read and the first of them; a missing, empty or foreign file
+    is found here, not when a batch draws it hours into a run."""
+    first_source: dict[str, str] = {}
+    for images in image_lists:
+        for path in images.paths:
+            first_source.setdefault(path, images.source)
+    paths = list(first_source.items())  # each file once, with the first list or folder that has it
+    chunks = [[path for path, _ in paths[start : start + _CHUNK]] for start in range(0, len(paths), _CHUNK)]
+    with ThreadPoolExecutor(_checking_threads()) as pool:
+        found = [why for whys in pool.map(_chunk_problems, chunks) for why in whys]
+    problems = [(path, source, why) for (path, source), why in zip(paths, found) if why]
+    if not problems:
+        return
+    if len(problems) == 1:
+        path, source, why = problems[0]
+        raise ValueError(f"cannot read image {path} ({why}); replace the file or leave it out. It is part of {source}.")
+    sources = ", ".join(dict.fromkeys(source for _, source, _ in problems))
+    shown = ", ".join(f"{path} ({why})" for path, _, why in problems[:_SHOWN_FILES])
+    more = f" and {len(problems) - _SHOWN_FILES} more" if len(problems) > _SHOWN_FILES else ""
+    raise ValueError(
+        f"cannot read {len(problems)} of the {len(paths)} image files of {sources}: {shown}{more}; replace these "
+        "files or leave them out."
+    )
+
+
 def image_transform(model: nn.Module, train: bool, image_size: Optional[int] = None) -> Any:
     """timm's train or eval transform for ``model``'s pretrained cfg, at ``image_size`` when given."""
     overrides = {"input_size": (3, image_size, image_size)} if image_size else {}
@@ -698,6 +760,7 @@ def load_image_folder(
     data = FileLT("folder", train, eval_sets, counts, names, rho, image_size, workers)
     if data.skipped:
         logger.warning("folder data set %s: %s", root, data.skipped_summary())
+    check_image_files(train, *eval_sets.values())
     return data
 
 
@@ -738,4 +801,5 @@ def load_image_lists(
     if not eval_sets:
         names = " or ".join(f"{prefix}_{split}.txt" for split in eval_splits)
         raise FileNotFoundError(f"no evaluation list in '{lists}': expected {names}.")
+    check_image_files(train, *eval_sets.values())
     return FileLT(dataset, train, eval_sets, _training_counts(train, num_classes), None, None, image_size, workers)
