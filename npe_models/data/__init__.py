@@ -21,7 +21,19 @@ from .cifar import (
     long_tailed_counts,
     long_tailed_indices,
 )
-from .files import IMAGE_LISTS, FileBatchStream, FileLT, ImageList, load_image_folder, load_image_lists
+from .files import (
+    IMAGE_EXTENSIONS,
+    IMAGE_LISTS,
+    FileBatchStream,
+    FileLT,
+    ImageFiles,
+    ImageList,
+    check_image_files,
+    collect_images,
+    load_image_folder,
+    load_image_lists,
+    read_image,
+)
 from .sampling import EpochSampler, epoch_order
 from .stare import STARE_CLASSES
 
@@ -33,9 +45,14 @@ __all__ = [
     "SEGMENTATION_DATASETS",
     "check_dataset",
     "IMAGE_LISTS",
+    "IMAGE_EXTENSIONS",
     "FileBatchStream",
     "FileLT",
+    "ImageFiles",
     "ImageList",
+    "collect_images",
+    "check_image_files",
+    "read_image",
     "load_image_folder",
     "load_image_lists",
     "EpochSampler",
