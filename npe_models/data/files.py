@@ -1,8 +1,12 @@
 """Long-tailed classification data from image files: ``ImageFolder``-style trees and the published split
 lists of ImageNet-LT, Places-LT (Liu et al. 2019) and iNaturalist 2018.
 
-Files are decoded by PIL in DataLoader workers and transformed by timm's train / eval transforms,
-built from the model's pretrained cfg (``timm.data.resolve_data_config`` + ``create_transform``).
+A folder's image files are gathered by :func:`collect_images`, the one collection of image files (also
+``predict``'s): hidden entries, other extensions, symlink loops and files reached twice are skipped, and what was
+skipped is reported. Split lists are UTF-8, one line per image. Every file's header is checked before training
+(:func:`check_image_files`). Files are decoded by PIL in DataLoader workers, read to 8-bit RGB whatever their mode
+(:func:`to_rgb`), and transformed by timm's train / eval transforms, built from the model's pretrained cfg
+(``timm.data.resolve_data_config`` + ``create_transform``).
 The epoch order comes from :mod:`npe_models.data.sampling`, as for the in-memory CIFAR source, so
 runs resume to the same batches and ``torchrun`` processes split one shared order. Labels keep
 the numbering of their list (or the sorted folder names); class counts, and with them the
