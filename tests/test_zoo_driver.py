@@ -16,15 +16,16 @@ DRIVER = Path(__file__).resolve().parents[1] / "benchmarks" / "train_cifar10_lt_
 # not finished and an --out that already finished, then finishes the run as a real one would.
 FAKE_NPE_MODELS = """#!/usr/bin/env bash
 set -euo pipefail
-out="" init=""
+out="" init="" amp=""
 while (( $# )); do
-  case $1 in --out) out=$2; shift ;; --init) init=$2; shift ;; esac
+  case $1 in --out) out=$2; shift ;; --init) init=$2; shift ;; --amp) amp=1 ;; esac
   shift
 done
 if [[ -n "$init" && ! -f "$init/metrics.json" ]]; then echo "init $init not finished" >&2; exit 3; fi
 if [[ -f "$out/metrics.json" ]]; then echo "$out trained twice" >&2; exit 4; fi
 [[ "$(basename "$out")" == "${SLOW_RUN:-}" ]] && sleep 2 || sleep 0.05
 echo "${out#"$ZOO_DIR"/} $( [[ -n "$init" ]] && basename "$init" || echo -)" >> "$TRAINED_LOG"
+[[ -n "$amp" && -n "${AMP_LOG:-}" ]] && echo "${out#"$ZOO_DIR"/}" >> "$AMP_LOG"
 echo '{}' > "$out/config.json"
 echo '{}' > "$out/metrics.json"
 """
@@ -149,3 +150,27 @@ def test_editing_the_driver_while_a_lane_trains_does_not_derail_it(fake_bin: Pat
     assert lane.returncode == 0, output
     assert "all runs finished" in output
     assert "resnet32_la_r100_hp1_onedevice_s1" in log.read_text()
+
+
+def test_zoo_amp_starts_new_runs_with_bf16_and_resumes_others_as_they_began(fake_bin: Path, tmp_path: Path) -> None:
+    """ZOO_AMP=1 adds --amp to the runs that start; a run that began before (its config.json exists) resumes
+    without it, keeping its recorded setting; the bf16 check run always has it."""
+    zoo, log, amp_log = tmp_path / "zoo", tmp_path / "trained.txt", tmp_path / "amp.txt"
+    begun = zoo / "resnet32_ce_r200_hp2_s1"
+    begun.mkdir(parents=True)
+    (begun / "config.json").write_text("{}")
+    env = {
+        **os.environ,
+        "PATH": f"{fake_bin}{os.pathsep}{os.environ['PATH']}",
+        "ZOO_DIR": str(zoo),
+        "ZOO_PACKAGE": "0",
+        "TRAINED_LOG": str(log),
+        "ZOO_AMP": "1",
+        "AMP_LOG": str(amp_log),
+    }
+    result = subprocess.run(["bash", str(DRIVER)], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    with_amp = set(amp_log.read_text().split())
+    trained = {line.split()[0] for line in log.read_text().splitlines()}
+    assert {"checks/resnet32_npe16_r100_hp2_bf16", "resnet32_ce_r200_hp2_s2"} <= with_amp
+    assert "resnet32_ce_r200_hp2_s1" in trained and "resnet32_ce_r200_hp2_s1" not in with_amp
