@@ -169,7 +169,7 @@ def test_adapt_measures_the_estimates_bootstrap_spread_and_warns_when_it_is_larg
     assert result.warning is None and "bootstrap standard deviation of the prior up to" in result.data
     assert "bootstrap standard deviation" in json.loads((tmp_path / "stable" / "prior.json").read_text())["data"]
     assert " +- " in adapt.format_adaptation(result) and "warning" not in adapt.format_adaptation(result)
-    monkeypatch.setattr(adapt, "MAX_PRIOR_STD", 0.001)
+    monkeypatch.setattr("npe_models.adapt.source.MAX_PRIOR_STD", 0.001)
     with pytest.warns(UserWarning, match="the estimated class mix is unstable: over 30 bootstrap resamples of the 300"):
         result = adapt.adapt_source("resnet32_npe16", out=tmp_path / "unstable", **options)
     assert "warning: the estimated class mix is unstable" in adapt.format_adaptation(result)

@@ -1,33 +1,9 @@
-"""Prior shift after deployment: estimate the class mix of unlabeled data, fold it into the classifier, follow a stream.
-
-Which posterior a model's logits approximate decides the *source prior* the estimators reweight:
-
-- NPE-LA (an NPE model's eval output, merged or not), the logit-adjusted loss (LA), post-hoc LA
-  and cross-entropy minus its log training prior give **balanced** logits: ``softmax`` of them
-  approximates ``p(y | x)`` under a uniform prior, i.e. ``log p(x | y)`` up to a per-image
-  constant. Their source prior is uniform (``source_prior=None``), so NPE models need no
-  training counts.
-- Plain cross-entropy gives **source-prior** logits: ``softmax`` approximates ``p_s(y | x)``
-  under the training prior, which must be passed as ``source_prior`` (the training counts).
-
-Deployment under a target prior ``pi_t`` then predicts ``argmax(balanced logits + log pi_t)``.
-:func:`em_prior` estimates ``pi_t`` by maximum likelihood (EM, Saerens et al. 2002) and is best run on
-logits calibrated by :func:`fit_bcts` (bias-corrected temperature scaling, Alexandari et al. 2020);
-:func:`bbse_prior` (black-box shift estimation, Lipton et al. 2018) needs only hard predictions.
-:func:`adapt_prior` folds the estimate (and the calibration) into the final bias, so the adapted
-model is the plain base architecture; :class:`OnlinePriorEstimator` and
-:class:`StreamingPriorAdapter` follow a drifting class mix.
-
-CIFAR-LT calibration data (:func:`cifar_calibration_set`): the training images the long-tailed
-subset leaves out (37,594 of CIFAR-10's 50,000 at rho 100), never the test set; the largest class
-has none, so its calibration images are training images. Calibration images must pass through the
-deployment's image pipeline (e.g. its JPEG compression), or the label-shift assumption breaks
-(benchmarks/RESULTS.md, issue 14). :func:`adapt_source` is ``npe-models adapt``.
-"""
+"""``npe-models adapt``: a model source and image data in, an adapted model out: read the unlabeled and
+calibration images (arrays, CIFAR splits or image folders), estimate the class mix, fold it in, save a Hub
+folder and ``prior.json``."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import warnings
@@ -38,12 +14,11 @@ from typing import Optional, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from timm.data import resolve_data_config
 from torch import Tensor, nn
 
-from .classification.evaluate import predict
-from .data import (
+from ..classification.evaluate import predict
+from ..data import (
     CIFAR_NUM_CLASSES,
     BatchStream,
     ImageArrays,
@@ -52,27 +27,18 @@ from .data import (
     load_long_tailed,
     long_tailed_indices,
 )
-from .data.files import FileBatchStream, ImageList, collect_images, image_transform, scan_image_folder
-from .describe import TARGET_PRIOR_KEY, describe_model
-from .distributed import resolve_device
-from .hub import is_hub_folder, save_for_hub
-from .hub.card import markdown_text, visible_text
-from .loading import CLASSIFICATION, LoadedModel, load_model, source_kind
-from .models import is_segmentation_model
-from .npe import has_pems
-from .outputs import check_output_dir
-from .priors import PriorRecord
+from ..data.files import FileBatchStream, ImageList, collect_images, image_transform, scan_image_folder
+from ..describe import TARGET_PRIOR_KEY, describe_model
+from ..distributed import resolve_device
+from ..hub import is_hub_folder, save_for_hub
+from ..hub.card import markdown_text, visible_text
+from ..loading import CLASSIFICATION, LoadedModel, load_model, source_kind
+from ..models import is_segmentation_model
+from ..outputs import check_output_dir
+from ..priors import PriorRecord
+from .prior import PRIOR_FLOOR, Calibration, adapt_prior, bbse_prior, check_logits, em_prior, fit_bcts
 
 __all__ = [
-    "TARGET_PRIOR_KEY",
-    "Calibration",
-    "fit_bcts",
-    "em_prior",
-    "bbse_prior",
-    "total_variation",
-    "adapt_prior",
-    "OnlinePriorEstimator",
-    "StreamingPriorAdapter",
     "predict_logits",
     "MIN_UNLABELED_PER_CLASS",
     "MAX_PRIOR_STD",
@@ -85,10 +51,8 @@ __all__ = [
     "format_adaptation",
 ]
 
-PriorLike = Union[Tensor, Sequence[float], np.ndarray]
 Images = Union[ImageArrays, ImageList]
 logger = logging.getLogger(__name__)
-_PRIOR_FLOOR = 1e-6  # estimates are floored here where a log must stay finite or EM must reach every class
 MIN_UNLABELED_PER_CLASS = 10
 """adapt_source refuses fewer unlabeled images than this many per class (on average: 100 for 10 classes); EM on a
 handful of images converges to a near one-hot prior, and a bootstrap over so few cannot measure how unstable it is."""
@@ -96,287 +60,6 @@ MAX_PRIOR_STD = 0.05
 """adapt_source warns when a bootstrap over the unlabeled images (:func:`prior_spread`) moves some class's estimated
 prior by more than this standard deviation: the estimate is too unstable to trust; give more unlabeled images."""
 BOOTSTRAP_SAMPLES = 30
-
-
-def _check_logits(logits: Tensor, name: str, num_classes: Optional[int] = None) -> Tensor:
-    """``logits`` as a float64 ``(N, C)`` Tensor, or a one-line error naming ``name``."""
-    if not isinstance(logits, Tensor) or logits.ndim != 2:
-        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-        raise ValueError(f"{name} must be a 2-D Tensor (images, classes), got {shape}.")
-    if logits.shape[0] == 0:
-        raise ValueError(f"{name} is empty: it needs the logits of at least one image.")
-    if num_classes is not None and logits.shape[1] != num_classes:
-        raise ValueError(f"{name} has {logits.shape[1]} classes, expected {num_classes}.")
-    if not torch.isfinite(logits).all():
-        raise ValueError(f"{name} has non-finite values (NaN or inf); check the model and its input.")
-    return logits.detach().double().cpu()
-
-
-def _check_prior(prior: PriorLike, num_classes: int, name: str) -> Tensor:
-    """``prior`` as a float64 probability vector of length ``num_classes`` (normalised), or a one-line error."""
-    prior = torch.as_tensor(prior, dtype=torch.float64).detach().cpu()
-    if prior.shape != (num_classes,):
-        raise ValueError(f"{name} must have one entry per class ({num_classes}), got shape {tuple(prior.shape)}.")
-    if not torch.isfinite(prior).all() or (prior < 0).any() or prior.sum() <= 0:
-        raise ValueError(f"{name} must be finite, non-negative and not all zero (class counts or frequencies).")
-    return prior / prior.sum()
-
-
-def _check_labels(labels: Tensor, num_images: int, num_classes: int) -> Tensor:
-    """Calibration labels: one per image, each class present (both estimators need every class)."""
-    labels = torch.as_tensor(labels).cpu()
-    if labels.shape != (num_images,) or labels.dtype.is_floating_point:
-        raise ValueError(
-            f"calibration labels must be {num_images} integer class indices, got {labels.dtype} {tuple(labels.shape)}."
-        )
-    if labels.min() < 0 or labels.max() >= num_classes:
-        raise ValueError(
-            f"calibration labels must lie in 0..{num_classes - 1}, got {int(labels.min())}..{int(labels.max())}."
-        )
-    missing = torch.nonzero(torch.bincount(labels, minlength=num_classes) == 0).flatten().tolist()
-    if missing:
-        raise ValueError(f"the calibration set has no image of classes {missing}; it needs every class.")
-    return labels.long()
-
-
-def _source_log_prior(source_prior: Optional[PriorLike], num_classes: int) -> Tensor:
-    """log of the prior the logits' posterior is under: uniform (0) for balanced logits."""
-    if source_prior is None:
-        return torch.zeros(num_classes, dtype=torch.float64)
-    prior = _check_prior(source_prior, num_classes, "source_prior")
-    if (prior == 0).any():
-        raise ValueError("source_prior must be positive for every class (the training counts of a trained model).")
-    return prior.log()
-
-
-def total_variation(p: PriorLike, q: PriorLike) -> float:
-    """Total-variation distance ``0.5 * sum |p - q|`` between two class priors (0: equal, 1: disjoint)."""
-    p = _check_prior(p, len(p), "p")
-    return 0.5 * float((p - _check_prior(q, len(p), "q")).abs().sum())
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """The affine map ``logits / temperature + bias`` from a model's logits to calibrated balanced logits.
-
-    Balanced means the calibrated softmax is a posterior under a uniform prior, whatever the
-    model's own source prior was (it is absorbed into ``bias``).
-    """
-
-    temperature: float
-    bias: Tensor
-
-    def __call__(self, logits: Tensor) -> Tensor:
-        """Calibrated balanced logits (float64) for ``logits`` ``(N, C)``."""
-        return logits.double() / self.temperature + self.bias.to(logits.device)
-
-    @classmethod
-    def from_source_prior(cls, source_prior: PriorLike) -> Calibration:
-        """No fit: subtract the log source prior (cross-entropy minus its log training prior, i.e. post-hoc LA)."""
-        return cls(1.0, -_source_log_prior(source_prior, len(source_prior)))
-
-
-def fit_bcts(
-    logits: Tensor, labels: Tensor, *, source_prior: Optional[PriorLike] = None, max_iter: int = 200
-) -> Calibration:
-    """Fit bias-corrected temperature scaling on a labeled calibration set, returning balanced calibrated logits.
-
-    Minimises the cross-entropy of ``softmax(a * (logits - log source_prior) + b + log pi_cal)``
-    over the inverse temperature ``a`` and class biases ``b`` (convex; L-BFGS), where
-    ``pi_cal`` is the calibration set's own class mix, so the set may have any mix but must
-    hold every class. The result maps logits to ``a * (logits - log source_prior) + b``.
-    """
-    logits = _check_logits(logits, "calibration logits")
-    num_classes = logits.shape[1]
-    labels = _check_labels(labels, len(logits), num_classes)
-    balanced = logits - _source_log_prior(source_prior, num_classes)
-    log_mix = torch.log(torch.bincount(labels, minlength=num_classes).double() / len(labels))
-    scale = torch.ones((), dtype=torch.float64, requires_grad=True)
-    bias = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([scale, bias], max_iter=max_iter, line_search_fn="strong_wolfe")
-
-    def closure() -> Tensor:
-        optimizer.zero_grad()
-        loss = F.cross_entropy(scale * balanced + bias + log_mix, labels)
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    fitted = float(scale.detach())
-    if not fitted > 0:
-        raise ValueError("the calibration logits carry no class information (fitted temperature is not positive).")
-    return Calibration(1.0 / fitted, bias.detach() - fitted * _source_log_prior(source_prior, num_classes))
-
-
-def em_prior(
-    logits: Tensor,
-    *,
-    source_prior: Optional[PriorLike] = None,
-    init: Optional[PriorLike] = None,
-    max_iter: int = 1000,
-    tol: float = 1e-6,
-) -> Tensor:
-    """Maximum-likelihood target prior of unlabeled images by EM (Saerens, Latinne & Decaestecker 2002).
-
-    ``logits`` ``(N, C)`` are a posterior under ``source_prior`` (default uniform: balanced or
-    :class:`Calibration`-ed logits). Each step reweights the posteriors by ``pi / source_prior``
-    and sets ``pi`` to their mean, from ``init`` (default uniform), until no class moves by more
-    than ``tol``. Returns ``pi`` (float64, sums to 1).
-    """
-    logits = _check_logits(logits, "logits")
-    num_classes = logits.shape[1]
-    likelihood = torch.log_softmax(logits, 1) - _source_log_prior(source_prior, num_classes)
-    prior = torch.full((num_classes,), 1.0 / num_classes, dtype=torch.float64)
-    if init is not None:
-        prior = _check_prior(init, num_classes, "init")
-    for _ in range(max_iter):
-        updated = torch.softmax(likelihood + prior.log(), 1).mean(0)
-        converged = float((updated - prior).abs().max()) < tol
-        prior = updated
-        if converged:
-            break
-    return prior
-
-
-def bbse_prior(logits: Tensor, calibration_logits: Tensor, calibration_labels: Tensor) -> Tensor:
-    """Target prior by black-box shift estimation (Lipton, Wang & Smola 2018) from hard predictions.
-
-    Solves ``C w = mu`` for the importance weights ``w = pi_t / pi_cal``, where ``C[i, j]`` is the
-    calibration set's joint frequency of prediction ``i`` and label ``j`` and ``mu`` the target's
-    prediction frequencies; negative weights are clipped to 0. Any fixed classifier works
-    (balanced or not), since only the calibration set's own mix ``pi_cal`` enters.
-    """
-    logits = _check_logits(logits, "logits")
-    num_classes = logits.shape[1]
-    calibration_logits = _check_logits(calibration_logits, "calibration logits", num_classes)
-    labels = _check_labels(calibration_labels, len(calibration_logits), num_classes)
-    predicted = calibration_logits.argmax(1)
-    joint = torch.bincount(predicted * num_classes + labels, minlength=num_classes**2).double()
-    joint = joint.view(num_classes, num_classes) / len(labels)
-    if torch.linalg.matrix_rank(joint) < num_classes:
-        raise ValueError(
-            "the calibration confusion matrix is singular (some class is never predicted); BBSE cannot invert it."
-        )
-    target = torch.bincount(logits.argmax(1), minlength=num_classes).double() / len(logits)
-    weights = torch.linalg.solve(joint, target).clamp_min(0)
-    prior = weights * joint.sum(0)
-    if prior.sum() <= 0:
-        raise ValueError("BBSE found no positive class weight; the target predictions contradict the calibration set.")
-    return prior / prior.sum()
-
-
-def _final_linear(model: nn.Module) -> nn.Linear:
-    """The timm classifier layer whose bias the prior is added to."""
-    if not hasattr(model, "get_classifier"):
-        raise TypeError(f"adapt_prior needs a timm classifier (with get_classifier), got {type(model).__name__}.")
-    layer = model.get_classifier()
-    if not isinstance(layer, nn.Linear) or layer.bias is None:
-        raise TypeError(f"adapt_prior folds the prior into a biased nn.Linear classifier, got {type(layer).__name__}.")
-    return layer
-
-
-def adapt_prior(
-    model: nn.Module, log_prior: PriorLike, *, calibration: Optional[Calibration] = None, data: str = ""
-) -> nn.Module:
-    """A copy of ``model`` computing ``calibration(model(x)) + log_prior`` with the base architecture's weights.
-
-    PEMs are merged first (``timm.utils.reparameterize_model``); the calibration's temperature
-    and bias and then ``log_prior`` are folded into the final linear layer, so the result loads
-    strictly into the plain architecture, costs what it costs and exports to ONNX. ``log_prior``
-    is added as given: for plain cross-entropy without ``calibration`` pass ``log pi_t - log pi_s``.
-    The normalised prior, calibration and ``data`` (where the estimate came from) are recorded
-    in ``pretrained_cfg[TARGET_PRIOR_KEY]``, which the Hub and ONNX exports carry.
-    """
-    from timm.utils import reparameterize_model
-
-    adapted = reparameterize_model(model) if has_pems(model) else copy.deepcopy(model)
-    layer = _final_linear(adapted)
-    log_prior = torch.as_tensor(log_prior, dtype=torch.float64).detach().cpu()
-    if log_prior.shape != (layer.out_features,) or not torch.isfinite(log_prior).all():
-        raise ValueError(
-            f"log_prior must be {layer.out_features} finite values (one per class), got shape {tuple(log_prior.shape)}."
-        )
-    with torch.no_grad():
-        if calibration is not None:
-            layer.weight.div_(calibration.temperature)
-            layer.bias.copy_(layer.bias / calibration.temperature + calibration.bias.to(layer.bias))
-        layer.bias.add_(log_prior.to(layer.bias))
-    record = PriorRecord(
-        prior=tuple(torch.softmax(log_prior, 0).tolist()),
-        temperature=None if calibration is None else calibration.temperature,
-        calibration_bias=None if calibration is None else tuple(calibration.bias.tolist()),
-        data=data,
-    )
-    adapted.pretrained_cfg = {**getattr(adapted, "pretrained_cfg", {}), TARGET_PRIOR_KEY: record.to_dict()}
-    return adapted
-
-
-class OnlinePriorEstimator:
-    """EM on a sliding window of the most recent ``window`` predictions, warm-started from the last estimate.
-
-    ``init`` (default uniform) is the estimate before any data; each :meth:`update` appends a
-    batch of logits (a posterior under ``source_prior``, default uniform), drops what falls out
-    of the window and re-runs :func:`em_prior` from the previous estimate (floored at 1e-6 so no
-    class becomes unreachable). After a change of class mix the estimate reflects only the new
-    mix once ``window`` new predictions have arrived.
-    """
-
-    def __init__(
-        self,
-        num_classes: int,
-        window: int = 2000,
-        *,
-        init: Optional[PriorLike] = None,
-        source_prior: Optional[PriorLike] = None,
-        max_iter: int = 100,
-        tol: float = 1e-6,
-    ) -> None:
-        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-            raise ValueError(f"window must be a positive number of predictions, got {window!r}.")
-        uniform = torch.full((num_classes,), 1.0 / num_classes, dtype=torch.float64)
-        self.num_classes, self.window = num_classes, window
-        self.init = uniform if init is None else _check_prior(init, num_classes, "init")
-        self.source_prior = None if source_prior is None else _check_prior(source_prior, num_classes, "source_prior")
-        self.max_iter, self.tol = max_iter, tol
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget every prediction and return to ``init``."""
-        self.prior = self.init.clone()
-        self._logits = torch.empty(0, self.num_classes, dtype=torch.float64)
-
-    def update(self, logits: Tensor) -> Tensor:
-        """Add a batch of logits ``(B, C)`` to the window and return the new prior estimate."""
-        logits = _check_logits(logits, "logits", self.num_classes)
-        self._logits = torch.cat([self._logits, logits])[-self.window :]
-        start = self.prior.clamp_min(_PRIOR_FLOOR)
-        self.prior = em_prior(
-            self._logits, source_prior=self.source_prior, init=start, max_iter=self.max_iter, tol=self.tol
-        )
-        return self.prior
-
-
-class StreamingPriorAdapter(nn.Module):
-    """Wraps a classifier for a stream: each batch first updates the prior estimate, then is classified with it.
-
-    Returns ``calibration(model(x)) + log prior`` (``calibration`` default: none, for balanced
-    logits), so predictions follow the drifting class mix without labels. The estimate after
-    the last batch is ``estimator.prior``; ``estimator.reset()`` restarts the stream.
-    """
-
-    def __init__(
-        self, model: nn.Module, estimator: OnlinePriorEstimator, calibration: Optional[Calibration] = None
-    ) -> None:
-        super().__init__()
-        self.model, self.estimator, self.calibration = model, estimator, calibration
-
-    @torch.no_grad()
-    def forward(self, x: Tensor) -> Tensor:
-        """Update the estimate with this batch, then return its adapted logits."""
-        logits = self.model(x)
-        calibrated = logits.double() if self.calibration is None else self.calibration(logits)
-        prior = self.estimator.update(calibrated)
-        return (calibrated + prior.log().to(calibrated.device)).to(logits.dtype)
 
 
 def predict_logits(
@@ -518,7 +201,7 @@ def prior_spread(
     Each resample draws ``len(logits)`` rows with replacement (seeded by ``seed``); the spread says how much the
     estimated class mix depends on which unlabeled images happened to be drawn.
     """
-    logits = _check_logits(logits, "logits")
+    logits = check_logits(logits, "logits")
     if samples < 2:
         raise ValueError(f"samples must be >= 2 to measure a spread, got {samples}.")
     generator = torch.Generator().manual_seed(seed)
@@ -538,7 +221,7 @@ def _estimate(
     """The prior ``method`` estimates; ``init`` and ``tol`` (EM only): start from an earlier estimate (floored), stop
     when no class moves by more than ``tol``."""
     if method == "em":
-        return em_prior(calibration(logits), init=None if init is None else init.clamp_min(_PRIOR_FLOOR), tol=tol)
+        return em_prior(calibration(logits), init=None if init is None else init.clamp_min(PRIOR_FLOOR), tol=tol)
     if method == "bbse":
         return bbse_prior(logits, cal_logits, cal_labels)
     raise ValueError(f"method must be 'em' (EM with BCTS) or 'bbse', got {method!r}.")
@@ -691,7 +374,7 @@ def adapt_source(
         f"{len(cal_labels)} of {calibration}{_read_note(cal_images, size)}; bootstrap standard deviation of the prior "
         f"up to {float(spread.max()):.3f}"
     )
-    adapted = adapt_prior(loaded.model.cpu(), prior.clamp_min(_PRIOR_FLOOR).log(), calibration=fitted, data=data)
+    adapted = adapt_prior(loaded.model.cpu(), prior.clamp_min(PRIOR_FLOOR).log(), calibration=fitted, data=data)
     folder = save_for_hub(
         adapted,
         out,
