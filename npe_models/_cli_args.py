@@ -86,7 +86,8 @@ def _add_data_and_hardware(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data and hardware")
     data.add_argument(
         "--dataset",
-        help="data set (default: cifar10 for classifiers, stare for segmentation, or the run's)",
+        help="data set (default: cifar10 for classifiers, stare for segmentation, or the run's); "
+        "segmentation: stare, seg_folder, ade20k",
     )
     data.add_argument(
         "--data-dir",
@@ -187,7 +188,10 @@ def add_train_arguments(train: argparse.ArgumentParser) -> None:
         help="also log each epoch's losses, lr and "
         "accuracies to RUN/tensorboard (needs: pip install npe-models[tensorboard])",
     )
-    seg = train.add_argument_group("segmentation (STARE)")
+    seg = train.add_argument_group(
+        "segmentation (STARE; seg_folder: --data-dir ROOT with images/{train,val}/NAME.* and "
+        "masks/{train,val}/NAME.png of class indices, classes.txt optional; ade20k: --data-dir ADEChallengeData2016)"
+    )
     seg.add_argument("--num-pems", type=int, help="PEMs for a plain architecture name (default: from the name)")
     seg.add_argument("--pem-type", choices=("linear", "fcn", "replica"), help="PEM architecture (default: linear)")
     seg.add_argument("--num-classes", type=int, help="default: the data set's class count")
@@ -203,6 +207,16 @@ def add_train_arguments(train: argparse.ArgumentParser) -> None:
     seg.add_argument("--weights", help="torchvision weights of the base model, e.g. DEFAULT (downloads)")
     seg.add_argument("--weights-backbone", help="torchvision backbone weights, e.g. IMAGENET1K_V1 (downloads)")
     seg.add_argument("--annotation", choices=("ah", "vk"), help="STARE training masks (default: ah)")
+    seg.add_argument(
+        "--ignore-index", type=int, help="mask value that is no class, left out of loss and metrics (default: 255)"
+    )
+    seg.add_argument(
+        "--reduce-zero-label",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="seg_folder / ade20k: mask value 0 is ignored and the rest shift down by one "
+        "(default: on for ade20k, off for seg_folder)",
+    )
     seg.add_argument("--iterations", type=int, help="SGD steps (default: 600)")
     seg.add_argument("--crop-size", type=_size, help="random training crop, e.g. 128 or 128x96 (default: 128)")
     seg.add_argument("--aux-weight", type=float, help="auxiliary loss weight (default: 0.4)")
@@ -251,8 +265,8 @@ def add_evaluate_arguments(evaluate: argparse.ArgumentParser) -> None:
         help="also report the expected top-1 under a class mix: uniform, "
         "train, inverse, dirichlet:A (seed 0) or a .json file of per-class weights (e.g. adapt's prior.json)",
     )
-    seg = evaluate.add_argument_group("segmentation (STARE)")
-    seg.add_argument("--split", choices=("train", "val"), help="STARE images to score (default: val)")
+    seg = evaluate.add_argument_group("segmentation (STARE, seg_folder, ade20k; data set and folder: the run's)")
+    seg.add_argument("--split", choices=("train", "val"), help="images to score (default: val)")
     seg.add_argument("--annotation", nargs="+", choices=("ah", "vk"), help="masks to score against (default: ah vk)")
     seg.add_argument("--mode", choices=("whole", "slide"), help="whole-image or sliding-window (default: slide)")
     seg.add_argument("--crop-size", type=_size, help="slide window (default: 128)")

@@ -99,6 +99,8 @@ def _train_segmentation(args: argparse.Namespace) -> int:
         model_kwargs=dict(args.model_arg) or None,
         dataset=args.dataset,
         annotation=args.annotation,
+        data_dir=args.data_dir,
+        reduce_zero_label=args.reduce_zero_label,
         init=args.init,
         weights=args.weights,
         weights_backbone=args.weights_backbone,
@@ -107,7 +109,7 @@ def _train_segmentation(args: argparse.Namespace) -> int:
     record = segmentation.train_run(
         config,
         args.out,
-        data_dir=resolve_data_dir(args.data_dir),
+        data_dir=args.data_dir,  # None: the folder a file data set's run records, else resolve_data_dir's
         resume=args.resume,
         device=args.device or "auto",
         progress=_progress(args),
@@ -126,18 +128,26 @@ def _evaluate(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else evaluation_dir(args.source)
     about = {"source": args.source, "merged": bool(args.merge)}
     if loaded.task == "segmentation":
+        run_data = loaded.config.data if loaded.config is not None else {}
+        dataset = args.dataset or loaded.dataset or "stare"
+        same_data = dataset == loaded.dataset
         results = segmentation.evaluate_run(
             model,
             loaded.segmentation_config,
             out,
-            data_dir=resolve_data_dir(args.data_dir),
+            data_dir=resolve_data_dir(args.data_dir or (loaded.data_dir if same_data else None)),
+            dataset=dataset,
+            **not_none(
+                ignore_index=loaded.config.train.ignore_index if loaded.config is not None else None,
+                reduce_zero_label=run_data.get("reduce_zero_label") if same_data else None,
+                class_pixels=run_data.get("class_pixels") if same_data else None,
+            ),
             overlays=args.overlays,
             progress=_progress(args),
             about=about,
             overwrite=args.overwrite,
             inputs=[args.source],
             **not_none(
-                dataset=args.dataset,
                 split=args.split,
                 annotations=args.annotation,
                 alphas=args.npe_alpha,

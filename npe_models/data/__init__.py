@@ -35,6 +35,7 @@ from .files import (
     read_image,
 )
 from .sampling import EpochSampler, epoch_order
+from .segfolder import ADE20K_CLASSES, FOLDER_SEGMENTATION_LAYOUTS, SegmentationFolder, segmentation_folder_classes
 from .stare import STARE_CLASSES
 
 __all__ = [
@@ -43,6 +44,10 @@ __all__ = [
     "load_long_tailed",
     "resolve_data_dir",
     "SEGMENTATION_DATASETS",
+    "FOLDER_SEGMENTATION_LAYOUTS",
+    "ADE20K_CLASSES",
+    "SegmentationFolder",
+    "segmentation_folder_classes",
     "check_dataset",
     "IMAGE_LISTS",
     "IMAGE_EXTENSIONS",
@@ -82,8 +87,10 @@ def resolve_data_dir(data_dir: Optional[Union[str, os.PathLike]] = None) -> str:
 
 
 CLASSIFICATION_DATASETS = (*CIFAR_NUM_CLASSES, "folder", *IMAGE_LISTS)
-SEGMENTATION_DATASETS: dict[str, tuple[str, ...]] = {"stare": STARE_CLASSES}
-"""The segmentation data sets, with their class names."""
+SEGMENTATION_DATASETS: dict[str, tuple[str, ...]] = {"stare": STARE_CLASSES, "ade20k": ADE20K_CLASSES, "seg_folder": ()}
+"""The segmentation data sets, with their class names (empty for ``seg_folder``: its classes come from its files,
+see :func:`segmentation_folder_classes`). ``stare`` is an array file; ``seg_folder`` and ``ade20k`` are image and mask
+files (:class:`SegmentationFolder`)."""
 _DATASETS_OF_TASK = {"classification": CLASSIFICATION_DATASETS, "segmentation": tuple(SEGMENTATION_DATASETS)}
 
 

@@ -15,7 +15,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from .._validation import check_number, check_numbers
-from ..data import SEGMENTATION_DATASETS, check_dataset
+from ..data import FOLDER_SEGMENTATION_LAYOUTS, SEGMENTATION_DATASETS, check_dataset, resolve_data_dir
+from ..data.segfolder import segmentation_folder_classes
 from ..models.segmentation import DEFAULT_SEGMENTATION_ALPHA, create_segmentation_model, parse_segmentation_model_name
 from ..npe import DEFAULT_NPE_T, check_npe_alpha, check_npe_t
 from ..runs import SerializableConfig, resumable_config
@@ -27,6 +28,7 @@ __all__ = [
     "SegmentationTrainConfig",
     "SegmentationRunConfig",
     "dataset_classes",
+    "is_folder_dataset",
     "segmentation_model_config",
     "resolve_segmentation_config",
 ]
@@ -141,8 +143,10 @@ class SegmentationTrainConfig(SerializableConfig):
 class SegmentationRunConfig(SerializableConfig):
     """A segmentation run's ``config.json``: the model, its training and the data (with the starting weights).
 
-    ``data`` holds ``dataset``, ``annotation``, ``images`` (the training images' ids) and what the
-    model started from: ``init`` (a trained run), ``weights`` / ``weights_backbone`` (torchvision's).
+    ``data`` holds ``dataset``, ``annotation`` (STARE), ``data_dir`` and ``reduce_zero_label`` (the file data sets
+    ``seg_folder`` and ``ade20k``), ``images`` (the training images' ids), ``class_pixels`` (labelled training pixels
+    per class, which group the classes into Many / Medium / Few) and what the model started from: ``init`` (a
+    trained run), ``weights`` / ``weights_backbone`` (torchvision's).
     """
 
     task: ClassVar[str] = "segmentation"
@@ -150,6 +154,8 @@ class SegmentationRunConfig(SerializableConfig):
         "train.iterations",
         "train.checkpoint_every",
         "train.log_every",
+        "data.data_dir",
+        "data.class_pixels",
         "data.init",
         "data.weights",
         "data.weights_backbone",
@@ -160,15 +166,46 @@ class SegmentationRunConfig(SerializableConfig):
     data: dict[str, Any] = field(default_factory=dict)
 
 
-def dataset_classes(dataset: str) -> tuple[str, ...]:
-    """The class names of segmentation data set ``dataset``; a clear error for other names."""
+def is_folder_dataset(dataset: str) -> bool:
+    """Whether segmentation data set ``dataset`` is image and mask files (``seg_folder``, ``ade20k``)."""
+    return dataset in FOLDER_SEGMENTATION_LAYOUTS
+
+
+def dataset_classes(
+    dataset: str,
+    data_dir: Union[str, Path, None] = None,
+    *,
+    num_classes: Optional[int] = None,
+    ignore_index: int = 255,
+    reduce_zero_label: Optional[bool] = None,
+) -> tuple[str, ...]:
+    """The class names of segmentation data set ``dataset``; a clear error for other names. A ``seg_folder``'s come
+    from ``data_dir`` (its class file, ``num_classes``, or its training masks)."""
     check_dataset(dataset, "segmentation")
+    if dataset == "seg_folder":
+        return tuple(
+            segmentation_folder_classes(
+                resolve_data_dir(data_dir),
+                dataset,
+                num_classes=num_classes,
+                ignore_index=ignore_index,
+                reduce_zero_label=reduce_zero_label,
+            )
+        )
     return SEGMENTATION_DATASETS[dataset]
 
 
-def segmentation_model_config(name: Optional[str], dataset: str = "stare", **settings: Any) -> SegmentationModelConfig:
+def segmentation_model_config(
+    name: Optional[str],
+    dataset: str = "stare",
+    *,
+    data_dir: Union[str, Path, None] = None,
+    ignore_index: int = 255,
+    reduce_zero_label: Optional[bool] = None,
+    **settings: Any,
+) -> SegmentationModelConfig:
     """The settings of segmentation model ``name`` trained on ``dataset``: its classes unless ``settings`` say
-    otherwise.
+    otherwise (a ``seg_folder``'s classes are read from ``data_dir``).
 
     ``settings`` are :class:`SegmentationModelConfig` fields (``num_pems``, ``pem_type``, ``npe_alpha``, ``npe_t``,
     ``aux_loss``, ``model_kwargs``, ...).
@@ -176,13 +213,19 @@ def segmentation_model_config(name: Optional[str], dataset: str = "stare", **set
     if name is None:
         raise ValueError("pass the segmentation model to train (--model), e.g. unet_fcn or unet_fcn_npe1.")
     parse_segmentation_model_name(name)
-    classes = dataset_classes(dataset)
+    classes = dataset_classes(
+        dataset,
+        data_dir,
+        num_classes=settings.get("num_classes"),
+        ignore_index=ignore_index,
+        reduce_zero_label=reduce_zero_label,
+    )
     return SegmentationModelConfig.from_dict(
         {"num_classes": len(classes), "class_names": list(classes), **settings, "name": name}
     )
 
 
-_DATA_SETTINGS = ("dataset", "annotation", "init", "weights", "weights_backbone")
+_DATA_SETTINGS = ("dataset", "annotation", "init", "weights", "weights_backbone", "data_dir", "reduce_zero_label")
 
 
 def _sections(given: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -199,24 +242,54 @@ def _sections(given: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {section: {k: v for k, v in given.items() if k in keys} for section, keys in names.items()}
 
 
+def _fresh_data_settings(given: dict[str, Any]) -> dict[str, Any]:
+    """A fresh run's data section: STARE's (dataset, annotation, starting weights) as before, a file data set's with
+    its folder (absolute) and ``reduce_zero_label`` (the data set's default: on for ADE20K) instead of annotation."""
+    dataset = given.get("dataset", "stare")
+    check_dataset(dataset, "segmentation")
+    starts = {k: given.get(k) for k in ("init", "weights", "weights_backbone")}
+    if not is_folder_dataset(dataset):
+        if given.get("reduce_zero_label") is not None:
+            raise ValueError(f"reduce_zero_label (--reduce-zero-label) applies to file data sets, not {dataset}.")
+        return {"dataset": dataset, "annotation": given.get("annotation", "ah"), **starts}
+    if given.get("annotation") is not None:
+        raise ValueError(f"annotation (--annotation) names STARE's masks; {dataset} has one mask per image.")
+    reduce = given.get("reduce_zero_label")
+    return {
+        "dataset": dataset,
+        "data_dir": str(Path(resolve_data_dir(given.get("data_dir"))).expanduser().resolve()),
+        "reduce_zero_label": FOLDER_SEGMENTATION_LAYOUTS[dataset][3] if reduce is None else bool(reduce),
+        **starts,
+    }
+
+
 def resolve_segmentation_config(out_dir: Union[str, Path], resume: bool, **given: Any) -> SegmentationRunConfig:
     """The settings of the segmentation run in ``out_dir``: with ``resume`` its ``config.json`` updated with
     ``given``, else the defaults (data set stare, annotation ah) updated with them.
 
     ``given`` holds ``model`` (the architecture name), any :class:`SegmentationModelConfig` or
-    :class:`SegmentationTrainConfig` field, and ``dataset``, ``annotation``, ``init``, ``weights``,
-    ``weights_backbone``; ``None`` values count as not given. Changes a resumed run may not make
+    :class:`SegmentationTrainConfig` field, and ``dataset``, ``annotation`` (STARE), ``data_dir`` and
+    ``reduce_zero_label`` (file data sets), ``init``, ``weights``, ``weights_backbone``; ``None`` values count as
+    not given. Changes a resumed run may not make
     are refused when it starts.
     """
     sections = _sections(given)
     if resume:
         base = SegmentationRunConfig.from_dict(resumable_config(out_dir, SegmentationRunConfig.task)).to_dict()
     else:
-        data = {"dataset": "stare", "annotation": "ah", **{k: None for k in _DATA_SETTINGS[2:]}, **sections["data"]}
+        data = _fresh_data_settings(sections["data"])
         model = sections["model"].pop("name", None)
-        base = {
-            "model": segmentation_model_config(model, data["dataset"], **sections["model"]).to_dict(),
-            "train": {},
-            "data": data,
-        }
+        model_config = segmentation_model_config(
+            model,
+            data["dataset"],
+            data_dir=data.get("data_dir"),
+            ignore_index=sections["train"].get("ignore_index", SegmentationTrainConfig.ignore_index),
+            reduce_zero_label=data.get("reduce_zero_label"),
+            **sections["model"],
+        )
+        base = {"model": model_config.to_dict(), "train": {}, "data": data}
+    if is_folder_dataset(base["data"]["dataset"]) and sections["data"].get("data_dir"):
+        sections["data"]["data_dir"] = str(Path(sections["data"]["data_dir"]).expanduser().resolve())
+    else:
+        sections["data"].pop("data_dir", None)
     return SegmentationRunConfig.from_dict({key: {**base[key], **sections[key]} for key in base})

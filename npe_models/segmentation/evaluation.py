@@ -19,11 +19,11 @@ from ..distributed import resolve_device
 from ..npe import has_pems
 from ..outputs import check_output_dir, is_evaluation_dir
 from ..runs import atomic_write, locked_dir, write_json
-from .config import SegmentationModelConfig
+from .config import SegmentationModelConfig, is_folder_dataset
 from .losses import DEFAULT_IGNORE_INDEX
-from .metrics import SegmentationMetrics, confusion_matrix
+from .metrics import PIXEL_GROUP_RULE, PIXEL_GROUPS, SegmentationMetrics, confusion_matrix, pixel_share_groups
 from .sampling import normalize_images
-from .training import segmentation_dataset
+from .training import class_pixel_counts, segmentation_dataset
 
 __all__ = ["EVAL_MODES", "predict_logits", "evaluate_segmentation", "evaluate_run", "overlay_panels", "class_palette"]
 
@@ -140,13 +140,15 @@ def evaluate_segmentation(
     overlay_dir: Union[str, Path, None] = None,
     num_overlays: int = 0,
     on_image: Optional[Callable[[int], None]] = None,
+    groups: Optional[Sequence[str]] = None,
 ) -> dict[float, SegmentationMetrics]:
     """Metrics of NPE-LA at every alpha in ``alphas`` over ``dataset``'s ``(uint8 image, mask)`` pairs, one pass.
 
     alpha 0 is the main logits ``z`` (the baseline when the main head was frozen). A model
     without PEMs (plain, or merged by ``reparameterize_model``) is evaluated as it is, under
     alpha 0 only. With ``overlay_dir``, the first ``num_overlays`` images get a PNG: the ground
-    truth, then the prediction at each alpha, drawn over the image.
+    truth, then the prediction at each alpha, drawn over the image. ``groups`` (each class's Many / Medium / Few
+    group, :func:`~npe_models.segmentation.metrics.pixel_share_groups`) adds the per-group means.
     """
     alphas = [float(a) for a in alphas]
     if not alphas:
@@ -175,7 +177,7 @@ def evaluate_segmentation(
             _write_overlay(Path(overlay_dir) / f"{name}.png", panels)
         if on_image is not None:
             on_image(index)
-    return {a: SegmentationMetrics(confusions[a], class_names) for a in alphas}
+    return {a: SegmentationMetrics(confusions[a], class_names, groups) for a in alphas}
 
 
 def evaluate_run(
@@ -186,7 +188,7 @@ def evaluate_run(
     data_dir: Union[str, Path, None] = None,
     dataset: str = "stare",
     split: str = "val",
-    annotations: Sequence[str] = ("ah", "vk"),
+    annotations: Optional[Sequence[str]] = None,
     alphas: Optional[Sequence[float]] = None,
     mode: str = "slide",
     crop_size: tuple[int, int] = (128, 128),
@@ -197,6 +199,9 @@ def evaluate_run(
     about: Optional[dict[str, Any]] = None,
     overwrite: bool = False,
     inputs: Sequence[Union[str, Path]] = (),
+    ignore_index: int = DEFAULT_IGNORE_INDEX,
+    reduce_zero_label: Optional[bool] = None,
+    class_pixels: Optional[Sequence[int]] = None,
 ) -> dict[str, dict[float, SegmentationMetrics]]:
     """Score a trained model on ``dataset``'s ``split`` against each annotation's masks; write ``metrics.json``
     (and the first ``overlays`` overlay PNGs per annotation) to ``out_dir``.
@@ -204,6 +209,11 @@ def evaluate_run(
     ``alphas`` default to 0 (the main logits) and the model's own NPE-LA strength when it has
     PEMs; ``progress`` is a tqdm-like factory called as ``progress(total=, desc=, unit=)``. ``out_dir`` must be
     new, empty or an earlier evaluation (replaced with ``overwrite``), and not one of ``inputs``.
+
+    ``annotations`` default to STARE's ``ah`` and ``vk``; a file data set (``seg_folder``, ``ade20k``) has one mask
+    per image, reported as ``masks``, read with ``ignore_index`` and ``reduce_zero_label`` (default: the data
+    set's). The classes are grouped into Many / Medium / Few by ``class_pixels`` (the run's training pixels per
+    class; counted from the training split when not given) and each group's mean IoU and accuracy reported.
     """
     check_output_dir(
         out_dir, "evaluation", is_own=is_evaluation_dir, overwrite=overwrite, inputs=inputs, option="--out"
@@ -219,7 +229,34 @@ def evaluate_run(
         "results": {},
     }
     results: dict[str, dict[float, SegmentationMetrics]] = {}
-    data = {annotation: segmentation_dataset(dataset, split, annotation, data_dir) for annotation in annotations}
+    folder = is_folder_dataset(dataset)
+    if annotations is None:
+        annotations = ("masks",) if folder else ("ah", "vk")
+    elif folder and list(annotations) != ["masks"]:
+        raise ValueError(f"annotations (--annotation) name STARE's masks; {dataset} has one mask per image.")
+
+    def opened(chosen_split: str, annotation: str) -> Dataset:
+        return segmentation_dataset(
+            dataset,
+            chosen_split,
+            None if folder else annotation,
+            data_dir,
+            class_names=model_config.class_names if folder else None,
+            ignore_index=ignore_index,
+            reduce_zero_label=reduce_zero_label,
+        )
+
+    data = {annotation: opened(split, annotation) for annotation in annotations}
+    if class_pixels is None:
+        training = opened("train", annotations[0])
+        class_pixels = class_pixel_counts(training, model_config.num_classes, ignore_index)
+    if len(class_pixels) != model_config.num_classes:
+        raise ValueError(f"{len(class_pixels)} class pixel counts for a model of {model_config.num_classes} classes.")
+    groups = pixel_share_groups(class_pixels)
+    names = model_config.class_names or [str(i) for i in range(model_config.num_classes)]
+    report["class_pixels"] = [int(n) for n in class_pixels]
+    report["group_rule"] = PIXEL_GROUP_RULE
+    report["class_groups"] = {g: [n for n, group in zip(names, groups) if group == g] for g in PIXEL_GROUPS}
     with locked_dir(out_dir):  # one evaluation at a time writes the folder (its overlays, then metrics.json)
         for annotation, images in data.items():
             bar = progress(total=len(images), desc=f"evaluate {annotation}", unit="image") if progress else None
@@ -235,6 +272,8 @@ def evaluate_run(
                 stride=stride,
                 device=device,
                 class_names=model_config.class_names,
+                ignore_index=ignore_index,
+                groups=groups,
                 overlay_dir=out_dir / "overlays" / annotation,
                 num_overlays=overlays,
                 on_image=(lambda _, bar=bar: bar.update(1)) if bar is not None else None,

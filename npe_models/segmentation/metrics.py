@@ -3,6 +3,10 @@
 Definitions follow MMSegmentation: a class's accuracy is its recall (correct pixels over its
 ground-truth pixels); a class with no ground truth and no prediction has undefined (NaN)
 IoU and Dice and is left out of the means, as is the accuracy of a class with no ground truth.
+
+Long-tailed groups (:func:`pixel_share_groups`): a class is Many when it holds at least 1 % of the labelled
+training pixels, Few below 0.1 % (a class without training pixels included), Medium in between; each group's mean
+IoU and accuracy are the means over its classes (NaN classes left out), beside mIoU and mAcc.
 """
 
 from __future__ import annotations
@@ -14,7 +18,26 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-__all__ = ["confusion_matrix", "SegmentationMetrics", "format_metrics_table"]
+__all__ = [
+    "confusion_matrix",
+    "SegmentationMetrics",
+    "format_metrics_table",
+    "PIXEL_GROUPS",
+    "PIXEL_GROUP_RULE",
+    "pixel_share_groups",
+]
+
+PIXEL_GROUPS = ("many", "medium", "few")
+MANY_SHARE, FEW_SHARE = 0.01, 0.001
+PIXEL_GROUP_RULE = "share of labelled training pixels: many >= 1%, few < 0.1%, medium in between"
+
+
+def pixel_share_groups(class_pixels: Sequence[int]) -> list[str]:
+    """Each class's group (``many`` / ``medium`` / ``few``) by its share of the labelled training pixels
+    (:data:`PIXEL_GROUP_RULE`)."""
+    total = max(sum(int(n) for n in class_pixels), 1)
+    shares = [int(n) / total for n in class_pixels]
+    return ["many" if s >= MANY_SHARE else "few" if s < FEW_SHARE else "medium" for s in shares]
 
 
 def confusion_matrix(prediction: Tensor, target: Tensor, num_classes: int, ignore_index: int = 255) -> Tensor:
@@ -38,6 +61,8 @@ class SegmentationMetrics:
 
     confusion: Tensor
     class_names: Optional[Sequence[str]] = None
+    groups: Optional[Sequence[str]] = None
+    """Each class's group (see :func:`pixel_share_groups`), for the per-group means; None: no groups."""
 
     @property
     def _true_positive(self) -> Tensor:
@@ -83,8 +108,19 @@ class SegmentationMetrics:
         """Correct pixels over all counted pixels (MMSegmentation's aAcc)."""
         return float(self._true_positive.sum() / self.confusion.sum().clamp(min=1))
 
+    def group_means(self, values: Tensor) -> dict[str, Optional[float]]:
+        """The mean of per-class ``values`` over each group's classes (NaN left out; None for an empty group)."""
+        if self.groups is None:
+            return {}
+        means: dict[str, Optional[float]] = {}
+        for group in PIXEL_GROUPS:
+            chosen = values[[g == group for g in self.groups]]
+            mean = float(chosen.nanmean()) if chosen.numel() else float("nan")
+            means[group] = None if mean != mean else mean
+        return means
+
     def to_dict(self) -> dict[str, Any]:
-        """Plain numbers (NaN kept as None) for JSON: per-class lists and the means."""
+        """Plain numbers (NaN kept as None) for JSON: per-class lists and the means (and per group, with groups)."""
         names = list(self.class_names) if self.class_names else [str(i) for i in range(len(self.confusion))]
 
         def as_list(values: Tensor) -> list[Optional[float]]:
@@ -99,6 +135,15 @@ class SegmentationMetrics:
             "mean_dice": self.mean_dice,
             "mean_accuracy": self.mean_accuracy,
             "pixel_accuracy": self.pixel_accuracy,
+            **(
+                {
+                    "groups": list(self.groups),
+                    "group_mean_iou": self.group_means(self.iou),
+                    "group_mean_accuracy": self.group_means(self.accuracy),
+                }
+                if self.groups is not None
+                else {}
+            ),
             "confusion": self.confusion.tolist(),
         }
 
@@ -109,10 +154,12 @@ def _setting_label(alpha: float) -> str:
 
 def format_metrics_table(title: str, results: Mapping[float, SegmentationMetrics]) -> str:
     """One row per NPE-LA strength: Dice, accuracy and IoU per class (up to 10 classes) and their means, in percent,
-    then the pixel accuracy."""
+    then the pixel accuracy, then (with groups) the mean IoU of the Many, Medium and Few classes."""
     first = next(iter(results.values()))
     names = list(first.class_names or range(len(first.confusion))) if len(first.confusion) <= 10 else []
     header = ["setting"] + [f"{metric} {n}" for metric in ("Dice", "Acc", "IoU") for n in names + ["mean"]] + ["aAcc"]
+    grouped = first.groups is not None
+    header += [f"IoU {group}" for group in PIXEL_GROUPS] if grouped else []
     lines = [title, " | ".join(header)]
     for alpha, metrics in results.items():
         cells = [_setting_label(alpha)]
@@ -123,5 +170,7 @@ def format_metrics_table(title: str, results: Mapping[float, SegmentationMetrics
         ):
             cells += [f"{100 * float(v):.2f}" for v in per_class[: len(names)]] + [f"{100 * mean:.2f}"]
         cells.append(f"{100 * metrics.pixel_accuracy:.2f}")
+        if grouped:
+            cells += ["-" if v is None else f"{100 * v:.2f}" for v in metrics.group_means(metrics.iou).values()]
         lines.append(" | ".join(cells))
     return "\n".join(lines)

@@ -16,17 +16,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional, Union
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..data import resolve_data_dir
+from ..data import FOLDER_SEGMENTATION_LAYOUTS, SegmentationFolder, check_dataset, resolve_data_dir
 from ..data.stare import StareSegmentation
 from ..distributed import resolve_device
 from ..npe import has_pems
 from ..runs import CHECKPOINT_FILE, WEIGHTS_FILE, TrainingLoop, check_out_dir, check_run_dir
 from .checkpoint import load_weights_for_pem_training, save_segmentation_weights
-from .config import SegmentationModelConfig, SegmentationRunConfig, SegmentationTrainConfig, dataset_classes
+from .config import SegmentationModelConfig, SegmentationRunConfig, SegmentationTrainConfig
 from .losses import segmentation_loss_terms
 from .sampling import RandomCropBatches, normalize_images
 
@@ -36,6 +37,7 @@ __all__ = [
     "has_pems",
     "train_segmentation",
     "segmentation_dataset",
+    "class_pixel_counts",
     "train_run",
 ]
 
@@ -185,11 +187,46 @@ def train_segmentation(
     return _SegmentationRun(model, dataset, run_config, output_dir, device, on_step).run(resume)
 
 
-def segmentation_dataset(dataset: str, split: str, annotation: str, data_dir: Optional[PathLike] = None) -> Dataset:
-    """The ``split`` images of a segmentation data set with ``annotation``'s masks, from ``data_dir``
-    (default: :func:`npe_models.data.resolve_data_dir`'s)."""
-    dataset_classes(dataset)
-    return StareSegmentation(resolve_data_dir(data_dir), split, annotation)
+def segmentation_dataset(
+    dataset: str,
+    split: str,
+    annotation: Optional[str] = "ah",
+    data_dir: Optional[PathLike] = None,
+    *,
+    class_names: Optional[list[str]] = None,
+    ignore_index: int = 255,
+    reduce_zero_label: Optional[bool] = None,
+) -> Dataset:
+    """The ``split`` images of a segmentation data set, from ``data_dir`` (default:
+    :func:`npe_models.data.resolve_data_dir`'s): STARE with ``annotation``'s masks, or a file data set
+    (``seg_folder``, ``ade20k``: :class:`~npe_models.data.SegmentationFolder`, checked when opened) with the
+    classes ``class_names`` (default: its own), ``ignore_index`` and ``reduce_zero_label`` (default: the data set's).
+    """
+    check_dataset(dataset, "segmentation")
+    root = resolve_data_dir(data_dir)
+    if dataset in FOLDER_SEGMENTATION_LAYOUTS:
+        return SegmentationFolder(
+            root,
+            split,
+            dataset,
+            class_names=class_names,
+            ignore_index=ignore_index,
+            reduce_zero_label=reduce_zero_label,
+        )
+    return StareSegmentation(root, split, annotation or "ah")
+
+
+def class_pixel_counts(dataset: Dataset, num_classes: int, ignore_index: int = 255) -> list[int]:
+    """Labelled pixels of each class over ``dataset``'s masks (a file data set counted them when it was opened)."""
+    counted = getattr(dataset, "class_pixels", None)
+    if counted is not None:
+        return [int(n) for n in counted]
+    pixels = np.zeros(num_classes, dtype=np.int64)
+    for index in range(len(dataset)):
+        mask = dataset[index][1]
+        labels = mask[(mask != ignore_index) & (mask >= 0) & (mask < num_classes)]
+        pixels += np.bincount(labels.numpy().ravel(), minlength=num_classes)
+    return [int(n) for n in pixels]
 
 
 def _starting_model(config: SegmentationRunConfig, continuing: bool) -> nn.Module:
@@ -223,7 +260,8 @@ class _ProgressReport:
 
 def _check_crop_fits(crop_size: tuple[int, int], dataset: Dataset) -> None:
     """A training crop may pad small images, but not exceed the largest image in both sides (a likely typo)."""
-    sizes = [tuple(dataset[i][0].shape[-2:]) for i in range(len(dataset))]  # each image read once
+    sizes = getattr(dataset, "image_sizes", None)  # from the headers of image files
+    sizes = sizes or [tuple(dataset[i][0].shape[-2:]) for i in range(len(dataset))]  # each image read once
     height, width = max(h for h, _ in sizes), max(w for _, w in sizes)
     if crop_size[0] > height and crop_size[1] > width:
         raise ValueError(
@@ -244,14 +282,25 @@ def train_run(
     """Train the run ``config`` describes (see :func:`resolve_segmentation_config`) in ``out_dir``, or continue it.
 
     Builds the model, loads the weights it starts from (``config.data``: init, weights,
-    weights_backbone), and trains it on the data set's training images; returns the last
-    iteration's record. ``progress`` is a tqdm-like factory called as ``progress(total=, desc=, unit=)``.
+    weights_backbone), and trains it on the data set's training images (from ``data_dir``, else the folder the config
+    records for a file data set, else :func:`~npe_models.data.resolve_data_dir`'s); returns the last
+    iteration's record. Every file of a file data set is checked before anything is written. ``progress`` is a
+    tqdm-like factory called as ``progress(total=, desc=, unit=)``.
     """
     check_out_dir(out_dir)  # before the data set is read
     data = config.data
-    dataset = segmentation_dataset(data["dataset"], "train", data["annotation"], data_dir)
+    dataset = segmentation_dataset(
+        data["dataset"],
+        "train",
+        data.get("annotation"),
+        data_dir if data_dir is not None else data.get("data_dir"),
+        class_names=config.model.class_names,
+        ignore_index=config.train.ignore_index,
+        reduce_zero_label=data.get("reduce_zero_label"),
+    )
     _check_crop_fits(config.train.crop_size, dataset)
-    config = dataclasses.replace(config, data={**data, "images": list(dataset.ids)})
+    pixels = class_pixel_counts(dataset, config.model.num_classes, config.train.ignore_index)
+    config = dataclasses.replace(config, data={**data, "images": list(dataset.ids), "class_pixels": pixels})
     model = _starting_model(config, resume and (Path(out_dir) / CHECKPOINT_FILE).is_file())
     bar = progress(total=config.train.iterations, desc=f"train {config.model.name}", unit="it") if progress else None
     try:
