@@ -9,7 +9,7 @@ from typing import Any
 
 import timm
 
-from . import segmentation  # noqa: F401  (importing registers the segmentation models with torchvision)
+from . import segmentation, smp  # noqa: F401  (importing registers the segmentation models with torchvision)
 from ._bundled import shipped_checkpoints
 from ._registry import npe_model_name, parse_npe_name, register_variants
 from .cifar_resnet import CifarResNet

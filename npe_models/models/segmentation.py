@@ -69,6 +69,7 @@ __all__ = [
     "is_segmentation_model",
     "list_segmentation_models",
     "parse_segmentation_model_name",
+    "register_segmentation_family",
     "unet_fcn",
 ]
 
@@ -325,10 +326,27 @@ class _NPELRASPP(NPESegmentationMixin):
         return low_logits + high_logits, low_pems + high_pems
 
 
+class _Family(NamedTuple):
+    """A family of segmentation models from another library: which classes it takes and its NPE mixin."""
+
+    accepts: Callable[[type], bool]
+    mixin: type
+
+
+_FAMILIES: list[_Family] = []
+
+
+def _family_of(base_cls: type) -> Optional[type]:
+    """The NPE mixin of a registered family (``register_segmentation_family``) that takes ``base_cls``, if any."""
+    return next((family.mixin for family in _FAMILIES if family.accepts(base_cls)), None)
+
+
 @functools.cache
 def _npe_class(base_cls: type) -> type:
-    """One NPE subclass per torchvision segmentation class, created once and reused."""
-    family = _NPELRASPP if issubclass(base_cls, LRASPP) else _NPESimpleSegmentation
+    """One NPE subclass per segmentation class, created once and reused."""
+    family = _family_of(base_cls)
+    if family is None:
+        family = _NPELRASPP if issubclass(base_cls, LRASPP) else _NPESimpleSegmentation
     return type(f"NPE{base_cls.__name__}", (family, base_cls), {"__module__": __name__})
 
 
@@ -353,7 +371,7 @@ def add_segmentation_npe(
     simple = isinstance(model, tv_segmentation._utils._SimpleSegmentationModel) and isinstance(
         getattr(model, "classifier", None), nn.Sequential
     )
-    if not (simple or isinstance(model, LRASPP)):
+    if not (simple or isinstance(model, LRASPP) or _family_of(type(model)) is not None):
         raise TypeError(
             "add_segmentation_npe needs a torchvision segmentation model (DeepLabV3, FCN or LRASPP) whose "
             f"classifier ends in a 1x1 conv; got {type(model).__name__}."
@@ -382,19 +400,48 @@ SEGMENTATION_ARCHITECTURES: dict[str, _Architecture] = {
 }
 
 
+_RESOLVERS: list[tuple[Callable[[str], Optional[_Architecture]], str]] = []
+
+
+def register_segmentation_family(
+    accepts: Callable[[type], bool],
+    mixin: type,
+    *,
+    resolve: Optional[Callable[[str], Optional[_Architecture]]] = None,
+    name_form: str = "",
+) -> None:
+    """Plug another library's segmentation models into ``add_segmentation_npe`` and ``create_segmentation_model``.
+
+    ``accepts(model_class)`` says which models ``mixin`` (an ``NPESegmentationMixin``) gives PEMs;
+    ``resolve(arch)`` builds architectures by a name pattern (``name_form`` documents it in errors).
+    Fixed names are entries of ``SEGMENTATION_ARCHITECTURES``. Used by :mod:`npe_models.models.smp`.
+    """
+    _FAMILIES.append(_Family(accepts, mixin))
+    if resolve is not None:
+        _RESOLVERS.append((resolve, name_form))
+
+
+def _architecture(arch: str) -> Optional[_Architecture]:
+    """``arch``'s entry: a fixed one of ``SEGMENTATION_ARCHITECTURES`` or one a registered family resolves."""
+    if arch in SEGMENTATION_ARCHITECTURES:
+        return SEGMENTATION_ARCHITECTURES[arch]
+    return next((found for resolve, _ in _RESOLVERS if (found := resolve(arch)) is not None), None)
+
+
 def _build_base(arch: str, **kwargs: Any) -> nn.Module:
     """The plain base model; ``kwargs`` always name ``weights_backbone`` (torchvision's default downloads)."""
     if kwargs.get("aux_loss") is None:
         kwargs.pop("aux_loss", None)  # lraspp rejects the argument; the others treat None as False
-    return SEGMENTATION_ARCHITECTURES[arch].builder(**kwargs)
+    return _architecture(arch).builder(**kwargs)
 
 
 def parse_segmentation_model_name(name: str) -> tuple[str, Optional[int]]:
     """Split ``<arch>_npe<K>`` into ``(arch, K)``; a bare architecture gives ``(arch, None)``."""
     arch, num_pems = parse_npe_name(name)
-    if arch not in SEGMENTATION_ARCHITECTURES or "." in name:
+    if _architecture(arch) is None or "." in name:
+        forms = "".join(f", or {form}" for _, form in _RESOLVERS if form)
         raise ValueError(
-            f"unknown segmentation model {name!r}; expected one of {sorted(SEGMENTATION_ARCHITECTURES)}, "
+            f"unknown segmentation model {name!r}; expected one of {sorted(SEGMENTATION_ARCHITECTURES)}{forms}, "
             "optionally followed by _npe<K> (e.g. deeplabv3_resnet50_npe16)."
         )
     return arch, num_pems or None
@@ -445,7 +492,7 @@ def _npe_form(
 
 def _verified_weights(arch: str, weights: Any) -> Optional[Weights]:
     """``weights`` as a member of ``arch``'s weights enum (given as a member or its name); a clear error otherwise."""
-    enum = SEGMENTATION_ARCHITECTURES[arch].weights_enum
+    enum = _architecture(arch).weights_enum
     try:
         return enum.verify(weights)
     except (KeyError, TypeError):
