@@ -28,6 +28,7 @@ from .models.segmentation import (
     UNetBackbone,
     parse_segmentation_model_name,
 )
+from .models.smp import is_smp_model
 from .npe import DEFAULT_NPE_ALPHA, DEFAULT_NPE_T, NPEHead, has_pems, npe_heads
 from .segmentation.config import SegmentationModelConfig
 
@@ -181,11 +182,13 @@ def _describe_classifier(model: nn.Module, label_names: Optional[Sequence[str]])
 
 
 def _is_segmentation_model(model: nn.Module) -> bool:
-    return isinstance(model, (DeepLabV3, FCN, LRASPP))
+    return isinstance(model, (DeepLabV3, FCN, LRASPP)) or is_smp_model(model)
 
 
 def _final_classifier(model: nn.Module) -> nn.Module:
-    """The 1x1 conv (or NPEHead) that produces a segmentation model's logits."""
+    """The conv (or NPEHead) that produces a segmentation model's logits."""
+    if is_smp_model(model):
+        return model.segmentation_head[0]
     return model.classifier.low_classifier if isinstance(model, LRASPP) else model.classifier[-1]
 
 
@@ -209,6 +212,8 @@ def _inferred_segmentation_configs(model: nn.Module) -> list[SegmentationModelCo
     )
     if npe and not merged:
         settings.update(num_pems=model.num_pems, pem_type=model.pem_type, npe_alpha=model.alpha, npe_t=model.t)
+    if is_smp_model(model):
+        return []  # an smp model's name (architecture and encoder) cannot be told from its weights: pass config=
     if isinstance(model.backbone, UNetBackbone):
         unet_kwargs = {"base_channels": model.backbone.out_channels, "num_stages": len(model.backbone.encoder)}
         return [SegmentationModelConfig(name="unet_fcn", model_kwargs=unet_kwargs, **settings)]

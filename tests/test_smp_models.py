@@ -215,3 +215,25 @@ def test_the_package_imports_and_lists_smp_names_without_smp() -> None:
         "assert 'smp_upernet_swin_t_npe16' in torchvision.models.list_models()\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
+def test_onnx_parity_and_hub_folder_round_trip(tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
+    from npe_models import hub, onnx
+    from npe_models.segmentation.config import SegmentationModelConfig
+
+    model = _model("fpn", "tu-resnet10t").eval()
+    _randomise_pems(model)
+    config = SegmentationModelConfig(
+        name="smp:fpn:tu-resnet10t_npe2", num_classes=NUM_CLASSES, num_pems=2, model_kwargs=SMALL_DECODERS["fpn"]
+    )
+    path = onnx.export_onnx(model, tmp_path / "model.onnx", input_size=(3, SIZE, SIZE), config=config)
+    parity = onnx.check_parity(model, path, image_sizes=[(SIZE, SIZE)])
+    assert max(parity.max_abs_diff.values()) <= parity.atol
+
+    hub.save_for_hub(model, tmp_path / "hub", config=config)
+    loaded = hub.load_from_hub(tmp_path / "hub").eval()
+    images = _images(1)
+    with torch.no_grad():
+        assert torch.equal(loaded(images)["out"], model(images)["out"])
+    assert loaded.num_pems == 2 and isinstance(loaded, smp.FPN)

@@ -56,6 +56,7 @@ __all__ = [
     "NPESMPSegmentation",
     "SMP_Weights",
     "build_smp_model",
+    "is_smp_model",
     "list_smp_models",
 ]
 
@@ -93,6 +94,11 @@ def _is_smp_class(cls: type) -> bool:
         base.__name__ == "SegmentationModel" and base.__module__.startswith("segmentation_models_pytorch.")
         for base in cls.__mro__
     )
+
+
+def is_smp_model(model: nn.Module) -> bool:
+    """Whether ``model`` is a segmentation_models_pytorch model (with or without PEMs)."""
+    return _is_smp_class(type(model))
 
 
 @functools.cache
