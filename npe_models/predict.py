@@ -25,8 +25,10 @@ from timm.data import create_transform
 from torch import Tensor, nn
 
 from .classification.train import ProgressFactory
-from .data.files import ImageFiles, image_transform, is_image_file, read_image
-from .data.files import collect_images as collect_image_files
+from .data.files import image_transform
+from .data.images import read_image
+from .data.scan import ImageFiles, is_image_file
+from .data.scan import collect_images as collect_image_files
 from .describe import CLASSIFICATION as _ONNX_CLASSIFICATION
 from .distributed import resolve_device
 from .hub.card import visible_text
@@ -83,7 +85,7 @@ def _is_image_file(path: Path) -> bool:
 
 def collect_images(inputs: Iterable[PathLike]) -> ImageFiles:
     """The image files among ``inputs``: files as given, folders searched recursively, by the data sets' rules
-    (:func:`npe_models.data.files.collect_images`: hidden entries, other extensions, symlink loops and files
+    (:func:`npe_models.data.scan.collect_images`: hidden entries, other extensions, symlink loops and files
     reached twice skipped); what was skipped is logged as a warning and kept in the result's ``skipped``."""
     images = collect_image_files(inputs)
     if images.skipped:

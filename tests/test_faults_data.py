@@ -18,7 +18,9 @@ from PIL import Image, ImageCms
 from npe_models import cli, predict
 from npe_models.classification import resolve_config
 from npe_models.data import load_cifar_class_names, load_image_folder, load_long_tailed
-from npe_models.data.files import IMAGE_EXTENSIONS, ImageFiles, collect_images, read_image, scan_image_folder, to_rgb
+from npe_models.data.files import scan_image_folder
+from npe_models.data.images import read_image, to_rgb
+from npe_models.data.scan import IMAGE_EXTENSIONS, ImageFiles, collect_images
 
 # --- 15. the CIFAR meta file is read without running code -------------------------------------------------------
 

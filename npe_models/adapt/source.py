@@ -27,7 +27,8 @@ from ..data import (
     load_long_tailed,
     long_tailed_indices,
 )
-from ..data.files import FileBatchStream, ImageList, collect_images, image_transform, scan_image_folder
+from ..data.files import FileBatchStream, image_transform, scan_image_folder
+from ..data.scan import ImageList, collect_images
 from ..describe import TARGET_PRIOR_KEY, describe_model
 from ..distributed import resolve_device
 from ..hub import is_hub_folder, save_for_hub
@@ -154,7 +155,7 @@ def read_images(
     (:func:`cifar_calibration_set` at ``rho``), both from ``data_dir``; an ``.npz`` file with ``x`` (N, H, W, 3)
     uint8 images and ``y`` labels (needed when ``labeled``); or a folder of image files: when ``labeled``, a folder
     of class folders named as ``class_names`` (:func:`read_class_folders`), else any tree of images
-    (:func:`npe_models.data.files.collect_images`: hidden entries and other extensions skipped). Arrays are
+    (:func:`npe_models.data.scan.collect_images`: hidden entries and other extensions skipped). Arrays are
     :class:`ImageArrays`, folders an :class:`ImageList` of files, decoded later with the model's eval transform."""
     dataset, _, split = spec.partition(":")
     if dataset in CIFAR_NUM_CLASSES and split == "test":

@@ -21,20 +21,10 @@ from .cifar import (
     long_tailed_counts,
     long_tailed_indices,
 )
-from .files import (
-    IMAGE_EXTENSIONS,
-    IMAGE_LISTS,
-    FileBatchStream,
-    FileLT,
-    ImageFiles,
-    ImageList,
-    check_image_files,
-    collect_images,
-    load_image_folder,
-    load_image_lists,
-    read_image,
-)
+from .files import IMAGE_LISTS, FileBatchStream, FileLT, load_image_folder, load_image_lists
+from .images import check_image_files, read_image
 from .sampling import EpochSampler, epoch_order
+from .scan import IMAGE_EXTENSIONS, ImageFiles, ImageList, collect_images
 from .segfolder import ADE20K_CLASSES, FOLDER_SEGMENTATION_LAYOUTS, SegmentationFolder, segmentation_folder_classes
 from .stare import STARE_CLASSES
 

@@ -32,7 +32,8 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .files import ImageList, check_image_files, collect_images, describe_skipped, read_image
+from .images import check_image_files, read_image
+from .scan import ImageList, collect_images, describe_skipped
 
 __all__ = [
     "ADE20K_CLASSES",
