@@ -180,6 +180,30 @@ def evaluate_segmentation(
     return {a: SegmentationMetrics(confusions[a], class_names, groups) for a in alphas}
 
 
+def _annotations_of(dataset: str, annotations: Optional[Sequence[str]]) -> Sequence[str]:
+    """The mask sets to score: STARE's two annotations by default, the one ``masks`` set of a file data set."""
+    folder = is_folder_dataset(dataset)
+    if annotations is None:
+        return ("masks",) if folder else ("ah", "vk")
+    if folder and list(annotations) != ["masks"]:
+        raise ValueError(f"annotations (--annotation) name STARE's masks; {dataset} has one mask per image.")
+    return annotations
+
+
+def _class_groups(class_pixels: Sequence[int], model_config: SegmentationModelConfig) -> tuple[Any, dict[str, Any]]:
+    """Each class's Many / Medium / Few group by its training pixels, and what metrics.json records of them."""
+    if len(class_pixels) != model_config.num_classes:
+        raise ValueError(f"{len(class_pixels)} class pixel counts for a model of {model_config.num_classes} classes.")
+    groups = pixel_share_groups(class_pixels)
+    names = model_config.class_names or [str(i) for i in range(model_config.num_classes)]
+    record = {
+        "class_pixels": [int(n) for n in class_pixels],
+        "group_rule": PIXEL_GROUP_RULE,
+        "class_groups": {g: [n for n, group in zip(names, groups) if group == g] for g in PIXEL_GROUPS},
+    }
+    return groups, record
+
+
 def evaluate_run(
     model: nn.Module,
     model_config: SegmentationModelConfig,
@@ -230,10 +254,7 @@ def evaluate_run(
     }
     results: dict[str, dict[float, SegmentationMetrics]] = {}
     folder = is_folder_dataset(dataset)
-    if annotations is None:
-        annotations = ("masks",) if folder else ("ah", "vk")
-    elif folder and list(annotations) != ["masks"]:
-        raise ValueError(f"annotations (--annotation) name STARE's masks; {dataset} has one mask per image.")
+    annotations = _annotations_of(dataset, annotations)
 
     def opened(chosen_split: str, annotation: str) -> Dataset:
         return segmentation_dataset(
@@ -250,13 +271,8 @@ def evaluate_run(
     if class_pixels is None:
         training = opened("train", annotations[0])
         class_pixels = class_pixel_counts(training, model_config.num_classes, ignore_index)
-    if len(class_pixels) != model_config.num_classes:
-        raise ValueError(f"{len(class_pixels)} class pixel counts for a model of {model_config.num_classes} classes.")
-    groups = pixel_share_groups(class_pixels)
-    names = model_config.class_names or [str(i) for i in range(model_config.num_classes)]
-    report["class_pixels"] = [int(n) for n in class_pixels]
-    report["group_rule"] = PIXEL_GROUP_RULE
-    report["class_groups"] = {g: [n for n, group in zip(names, groups) if group == g] for g in PIXEL_GROUPS}
+    groups, grouping = _class_groups(class_pixels, model_config)
+    report.update(grouping)
     with locked_dir(out_dir):  # one evaluation at a time writes the folder (its overlays, then metrics.json)
         for annotation, images in data.items():
             bar = progress(total=len(images), desc=f"evaluate {annotation}", unit="image") if progress else None
