@@ -484,3 +484,16 @@ def test_a_missing_listed_image_is_found_before_training(tmp_path):
         f"cannot read image {tmp_path / 'img' / 'dog' / '3.png'} (no such file); replace the file or leave it out. "
         f"It is part of {train}."
     )
+
+
+def test_evaluate_refuses_huge_image_size_and_workers_as_training_does(tmp_path, capsys) -> None:
+    """The bounds live with the file data sets (check_file_loading): evaluate's --image-size / --workers meet them
+    too, before any file is read."""
+    from npe_models import cli
+
+    for option, value in (("--image-size", "100000"), ("--workers", "100000")):
+        argv = ["evaluate", "resnet32_npe16", "--pretrained", "--dataset", "folder", "--data-dir", str(tmp_path)]
+        code = cli.main([*argv, option, value, "--out", str(tmp_path / "eval"), "--no-progress"])
+        err = capsys.readouterr().err
+        name = option[2:].replace("-", "_")
+        assert code == 1 and f"{name} ({option}) must be an integer >= " in err and f"got {value}." in err, err

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Optional
 import timm
 
 from .._validation import check_number, check_numbers
-from ..data import CIFAR_NUM_CLASSES, check_dataset
+from ..data import CIFAR_NUM_CLASSES, check_dataset, check_file_loading
 from ..models import npe_model_name, parse_npe_name
 from ..npe import DEFAULT_NPE_ALPHA, DEFAULT_NPE_T, check_npe_alpha, check_npe_t
 from ..runs import SerializableConfig
@@ -73,12 +73,6 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 _NUMBER_RULES: dict[str, dict[str, Any]] = {
     "rho": dict(minimum=1),
     "max_per_class": dict(integer=True, minimum=1),
-    # Upper bounds that no real run reaches, so a typo fails here and not as a MemoryError or "can't start new
-    # thread" later: 4096 px is 4x timm's largest pretrained input (1024) and one 4096^2 RGB image is 200 MB as
-    # float32 before any activation; 256 DataLoader worker processes per training process outnumber the cores
-    # of the largest machines (default_workers takes at most 8), and each holds its own copy of the file list.
-    "image_size": dict(integer=True, minimum=8, maximum=4096),
-    "workers": dict(integer=True, minimum=0, maximum=256),
     "epochs": dict(integer=True, minimum=0),
     "batch_size": dict(integer=True, minimum=1),
     "lr": dict(above=0),
@@ -91,7 +85,7 @@ _NUMBER_RULES: dict[str, dict[str, Any]] = {
     "eval_every": dict(integer=True, minimum=0),
     "eval_batch_size": dict(integer=True, minimum=1),
 }
-_OPTIONAL_NUMBERS = ("rho", "max_per_class", "image_size", "workers")
+_OPTIONAL_NUMBERS = ("rho", "max_per_class")
 
 
 def num_pems_of(model_name: str) -> int:
@@ -170,6 +164,7 @@ class TrainConfig(SerializableConfig):
 
     def _check_data(self) -> None:
         check_dataset(self.dataset, self.task)
+        check_file_loading(self.image_size, self.workers)
         if self.rho is None and self.dataset in CIFAR_NUM_CLASSES:
             raise ValueError(f"{self.dataset}-LT needs rho, the imbalance ratio (e.g. 100).")
 

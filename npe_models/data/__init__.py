@@ -21,7 +21,7 @@ from .cifar import (
     long_tailed_counts,
     long_tailed_indices,
 )
-from .files import IMAGE_LISTS, FileBatchStream, FileLT, load_image_folder, load_image_lists
+from .files import IMAGE_LISTS, FileBatchStream, FileLT, check_file_loading, load_image_folder, load_image_lists
 from .images import check_image_files, read_image
 from .sampling import EpochSampler, epoch_order
 from .scan import IMAGE_EXTENSIONS, ImageFiles, ImageList, collect_images
@@ -39,6 +39,7 @@ __all__ = [
     "SegmentationFolder",
     "segmentation_folder_classes",
     "check_dataset",
+    "check_file_loading",
     "IMAGE_LISTS",
     "IMAGE_EXTENSIONS",
     "FileBatchStream",
@@ -111,6 +112,7 @@ def load_long_tailed(
     """The classification data set ``dataset`` from ``data_dir``: CIFAR-LT (default rho 100), a folder tree
     (long-tailed subset with ``rho``, else as it is) or a data set's split lists (in ``split_dir``)."""
     check_dataset(dataset, "classification")
+    check_file_loading(image_size, workers)
     if dataset in CIFAR_NUM_CLASSES:
         if image_size not in (None, 32):
             raise ValueError(f"{dataset} is fed from memory at 32x32; --image-size applies to file data sets.")

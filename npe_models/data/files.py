@@ -31,6 +31,7 @@ from timm.data import create_transform, resolve_data_config
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from .._validation import check_number
 from .cifar import ClassCounts, long_tailed_indices
 from .images import check_image_files, read_image
 from .sampling import EpochSampler
@@ -45,6 +46,7 @@ __all__ = [
     "load_image_folder",
     "load_image_lists",
     "image_transform",
+    "check_file_loading",
 ]
 
 logger = logging.getLogger(__name__)
@@ -177,6 +179,24 @@ def scan_image_folder(folder: PathLike, classes: Optional[Sequence[str]] = None)
         )
     skipped = merge_skipped(outside, images.skipped)
     return ImageList(tuple(map(str, images.paths)), labels, str(folder), skipped), names
+
+
+# Upper bounds that no real run reaches, so a typo fails at once and not as a MemoryError or "can't start new
+# thread" later: 4096 px is 4x timm's largest pretrained input (1024) and one 4096^2 RGB image is 200 MB as float32
+# before any activation; 256 DataLoader worker processes per process outnumber the cores of the largest machines
+# (default_workers takes at most 8), and each holds its own copy of the file list.
+_LOADING_RULES = {
+    "image_size": dict(integer=True, minimum=8, maximum=4096),
+    "workers": dict(integer=True, minimum=0, maximum=256),
+}
+
+
+def check_file_loading(image_size: Optional[int] = None, workers: Optional[int] = None) -> None:
+    """The one range check of the file data sets' ``image_size`` (``--image-size``) and ``workers`` (``--workers``),
+    for training and evaluation alike; ``None`` means the default."""
+    for name, value in (("image_size", image_size), ("workers", workers)):
+        if value is not None:
+            check_number(name, value, **_LOADING_RULES[name])
 
 
 def image_transform(model: nn.Module, train: bool, image_size: Optional[int] = None) -> Any:
