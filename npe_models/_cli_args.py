@@ -48,6 +48,7 @@ EPILOG_PREDICT = """examples:
   npe-models predict runs/npe16_hp2 photos/ --top-k 3 --json       # a folder, searched recursively; JSON for scripts
   npe-models predict runs/npe16_hp2 photos/ --npe-alpha 0 --csv        # the unadjusted logits (no NPE-LA)
   npe-models predict resnet32_npe16.onnx photos/                   # an ONNX export, run with ONNX Runtime
+  npe-models predict runs/unet_npe1 scans/ --out masks/ --overlays --json  # segmentation: mask PNGs, class shares
 """
 EPILOG_ADAPT = """DATA: cifar10:test, cifar10:heldout (training images CIFAR-LT leaves out; --rho), cifar100:...,
 an .npz file with x (N, H, W, 3) uint8 images at the model's input size and y labels (y needed for --calibration),
@@ -354,7 +355,16 @@ def add_predict_arguments(predict: argparse.ArgumentParser) -> None:
         type=float,
         help="NPE-LA strength of an unmerged NPE model (0: unadjusted logits; default: the model's)",
     )
-    predict.add_argument("--top-k", type=int, default=5, help="classes per image, at most the class count (default: 5)")
+    predict.add_argument("--top-k", type=int, help="classes per image, at most the class count (default: 5)")
+    masks = predict.add_argument_group("segmentation models: class-index mask PNGs")
+    masks.add_argument(
+        "--out", help="folder for the masks (OUT/<path below the input folder>.png): new, empty or earlier masks"
+    )
+    masks.add_argument("--overlays", action="store_true", help="also write OUT/overlays/<name>.png, masks over images")
+    masks.add_argument("--overwrite", action="store_true", help="replace the masks of an earlier prediction in --out")
+    masks.add_argument("--mode", choices=("whole", "slide"), help="whole-image or sliding-window (default: slide)")
+    masks.add_argument("--crop-size", type=_size, help="slide window (default: 128)")
+    masks.add_argument("--stride", type=_size, help="slide stride (default: 85)")
     output = predict.add_mutually_exclusive_group()
     output.add_argument(
         "--json",

@@ -254,12 +254,39 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+_MASK_ONLY = ("overlays", "overwrite", "mode", "crop_size", "stride")
+
+
 def _predict(args: argparse.Namespace) -> int:
+    if args.out is not None:
+        given = [f"--{name.replace('_', '-')}" for name in ("top_k", "model") if getattr(args, name) is not None]
+        if given or args.format == "csv":
+            raise ValueError(f"{' and '.join(given) or '--csv'} apply to classifiers, not to masks (--out).")
+        masks = predict.predict_masks(
+            args.source,
+            args.images,
+            args.out,
+            pretrained=args.pretrained,
+            npe_alpha=args.npe_alpha,
+            mode=args.mode,
+            crop_size=args.crop_size,
+            stride=args.stride,
+            overlays=args.overlays,
+            overwrite=args.overwrite,
+            device=args.device,
+            progress=_progress(args),
+        )
+        print(predict.format_masks(masks, "json" if args.format == "json" else "table"))
+        return 0
+    given = [f"--{name.replace('_', '-')}" for name in _MASK_ONLY if getattr(args, name) not in (None, False)]
+    if given:
+        raise ValueError(f"{', '.join(given)} apply to masks: give --out DIR with a segmentation model.")
     classifier = predict.load_image_classifier(
         args.source, pretrained=args.pretrained, model_name=args.model, npe_alpha=args.npe_alpha, device=args.device
     )
+    top_k = 5 if args.top_k is None else args.top_k
     predictions = predict.predict_images(
-        classifier, args.images, top_k=args.top_k, batch_size=args.batch_size, progress=_progress(args)
+        classifier, args.images, top_k=top_k, batch_size=args.batch_size, progress=_progress(args)
     )
     print(predict.format_predictions(predictions, args.format))
     return 0

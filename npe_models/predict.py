@@ -1,4 +1,5 @@
-"""Top-k predictions for image files: ``load_image_classifier(source)`` then ``predict_images(classifier, paths)``.
+"""Top-k predictions for image files: ``load_image_classifier(source)`` then ``predict_images(classifier, paths)``;
+class-index masks from segmentation models: ``predict_masks(source, paths, out_dir)``.
 
 A source is anything :func:`npe_models.load_model` accepts (run directory, checkpoint or
 weights file, pretrained name, Hub folder) or an ONNX file written by
@@ -32,19 +33,24 @@ from .data.scan import collect_images as collect_image_files
 from .describe import CLASSIFICATION as _ONNX_CLASSIFICATION
 from .distributed import resolve_device
 from .hub.card import visible_text
-from .loading import CLASSIFICATION, load_model, source_kind
+from .loading import CLASSIFICATION, SEGMENTATION, LoadedModel, load_model, source_kind
 from .models import is_segmentation_model
 from .npe import has_pems, set_alpha
 from .onnx import INPUT_NAME, onnx_session, read_onnx_metadata
+from .segmentation import masks as _masks
+from .segmentation.masks import MaskPrediction
 
 __all__ = [
     "PREDICTION_STYLES",
     "ImageClassifier",
     "ImagePrediction",
+    "MaskPrediction",
     "collect_images",
     "load_image_classifier",
     "predict_images",
     "format_predictions",
+    "format_masks",
+    "predict_masks",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -112,6 +118,8 @@ def _torch_logits(model: nn.Module, device: torch.device) -> Callable[[Tensor], 
 
 
 def _not_a_classifier(source: PathLike, task: str) -> ValueError:
+    if task == SEGMENTATION:
+        return ValueError(f"{source} is a segmentation model: give --out DIR (predict_masks) to write its masks.")
     return ValueError(f"{source} is a {task} model; predict gives the classes of whole images, with classifiers.")
 
 
@@ -315,3 +323,86 @@ def format_predictions(predictions: Sequence[ImagePrediction], style: str = "tab
     if style not in _FORMATTERS:
         raise ValueError(f"style must be one of {', '.join(PREDICTION_STYLES)}, got {style!r}.")
     return _FORMATTERS[style](predictions)
+
+
+def _segmentation_model(source: Union[PathLike, LoadedModel], pretrained: bool) -> LoadedModel:
+    """The loaded segmentation model ``source`` names (or is); a clear error for a classifier or an ONNX file."""
+    if isinstance(source, LoadedModel):
+        loaded = source
+    else:
+        text = os.fspath(source)
+        if text.lower().endswith(_ONNX_SUFFIX):
+            raise ValueError(f"{text}: masks are predicted with PyTorch segmentation models, not ONNX files, for now.")
+        if _is_image_file(Path(text)):
+            raise ValueError(f"{text} is an image, not a model: name the segmentation model first, then the images.")
+        if source_kind(text) == "registered" and not pretrained:
+            raise ValueError(f"'{text}' is a model name: pass --pretrained (pretrained=True) for its trained weights.")
+        loaded = load_model(text, pretrained=pretrained)
+    if loaded.task != SEGMENTATION:
+        raise ValueError(
+            f"{loaded.source} is a {loaded.task} model; masks come from segmentation models "
+            "(drop --out for its classes)."
+        )
+    if loaded.segmentation_config is None:
+        raise ValueError(f"{loaded.source} does not record its segmentation settings (classes, normalisation).")
+    return loaded
+
+
+def predict_masks(
+    source: Union[PathLike, LoadedModel],
+    inputs: Sequence[PathLike],
+    out_dir: PathLike,
+    *,
+    pretrained: bool = False,
+    npe_alpha: Optional[float] = None,
+    mode: Optional[str] = None,
+    crop_size: Optional[tuple[int, int]] = None,
+    stride: Optional[tuple[int, int]] = None,
+    overlays: bool = False,
+    overwrite: bool = False,
+    device: Optional[str] = None,
+    progress: Optional[ProgressFactory] = None,
+) -> list[MaskPrediction]:
+    """Class-index mask PNGs (mode 'P', the evaluation overlays' palette) of the images in ``inputs`` (files and
+    folders), written under ``out_dir`` with the inputs' names (``out_dir/<path below the folder>.png``).
+
+    ``source`` is a segmentation model anything :func:`npe_models.load_model` loads (run directory, weights file,
+    Hub folder, a registered name with ``pretrained``) or a :class:`~npe_models.loading.LoadedModel`.
+    ``npe_alpha`` is the NPE-LA strength (default: the model's), ``mode`` / ``crop_size`` / ``stride`` evaluate's
+    inference (default: sliding 128x128 windows every 85 pixels), ``overlays`` also writes
+    ``out_dir/overlays/<name>.png``. ``out_dir`` follows :mod:`npe_models.outputs` (new, empty or an earlier mask
+    prediction replaced with ``overwrite``). See :func:`npe_models.segmentation.masks.predict_masks`.
+    """
+    loaded = _segmentation_model(source, pretrained)
+    images = collect_images(inputs)
+    names = _masks.mask_names(images, inputs)
+    settings = {"mode": mode, "crop_size": crop_size, "stride": stride}
+    return _masks.predict_masks(
+        loaded.model,
+        loaded.segmentation_config,
+        images,
+        out_dir,
+        names=names,
+        npe_alpha=npe_alpha,
+        overlays=overlays,
+        overwrite=overwrite,
+        inputs=[*inputs, loaded.source],
+        device=device or "auto",
+        progress=progress if any(Path(given).is_dir() for given in inputs) else None,
+        **{key: value for key, value in settings.items() if value is not None},
+    )
+
+
+def format_masks(predictions: Sequence[MaskPrediction], style: str = "table") -> str:
+    """Mask predictions as a JSON list (one object per image: its mask, size and class pixel fractions with the
+    class names) or a table (one line per image: the mask and its largest classes)."""
+    if style == "json":
+        return json.dumps([p.to_dict() for p in predictions], indent=2)
+    if style != "table":
+        raise ValueError(f"masks are listed as a table or JSON, got style {style!r}.")
+    lines = []
+    for p in predictions:
+        top = sorted(p.fractions, key=lambda item: -item[2])[:3]
+        shares = ", ".join(f"{visible_text(name)} {fraction:.1%}" for _, name, fraction in top if fraction > 0)
+        lines.append(f"{visible_text(str(p.mask))}  {p.size[0]}x{p.size[1]}  {shares}")
+    return "\n".join(lines)
