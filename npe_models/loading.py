@@ -30,7 +30,12 @@ from .models._bundled import forget_pretrained_weights
 from .models.segmentation import create_segmentation_model, parse_segmentation_model_name
 from .npe import set_alpha
 from .segmentation.checkpoint import load_segmentation_model
-from .segmentation.config import SegmentationModelConfig, SegmentationRunConfig
+from .segmentation.config import (
+    SEGMENTATION_DATASETS,
+    SegmentationModelConfig,
+    SegmentationRunConfig,
+    pretrained_segmentation_config,
+)
 
 __all__ = [
     "CLASSIFICATION",
@@ -163,7 +168,7 @@ def _is_registered(name: str) -> bool:
     if timm.is_model(name):
         return True
     try:
-        parse_segmentation_model_name(name)
+        parse_segmentation_model_name(name.partition(".")[0])  # <model>.<ENTRY>: a shipped weights entry
     except (TypeError, ValueError):
         return False
     return True
@@ -225,7 +230,12 @@ def _load_registered(
             require_pretrained_weights(name)
         model, task = timm.create_model(name, pretrained=pretrained, **kwargs), CLASSIFICATION
     elif pretrained:
-        raise ValueError(f"pretrained=True applies to classifiers; load weights into {name} with weights=FILE.")
+        return _load_pretrained_segmentation(name, num_classes, weights, pem_type)
+    elif "." in name:
+        raise ValueError(
+            f"{name} names shipped segmentation weights: load them with pretrained=True (--pretrained), or give "
+            f"{name.partition('.')[0]} alone for a fresh model."
+        )
     else:
         model, task = create_segmentation_model(name, pem_type=pem_type or "linear", **kwargs), SEGMENTATION
     if weights is not None:
@@ -243,6 +253,26 @@ def _load_registered(
     dataset, rho = tag_training_data(name) if pretrained else (None, None)
     names = model.pretrained_cfg.get("label_names") if pretrained else None
     return LoadedModel(model, task, name, dataset=dataset, rho=rho, class_names=list(names) if names else None)
+
+
+def _load_pretrained_segmentation(
+    name: str, num_classes: Optional[int], weights: Optional[PathLike], pem_type: Optional[str]
+) -> LoadedModel:
+    """``<model>`` (its DEFAULT weights) or ``<model>.<ENTRY>`` with the shipped weights, and the settings their meta
+    records."""
+    if weights is not None:
+        raise ValueError(f"pretrained=True loads {name}'s shipped weights; give weights=FILE without it.")
+    settings, entry = pretrained_segmentation_config(name)
+    if num_classes is not None and num_classes != settings.num_classes:
+        raise ValueError(f"{name}'s shipped weights have {settings.num_classes} classes, not {num_classes}.")
+    if pem_type is not None and pem_type != settings.pem_type:
+        raise ValueError(f"{name}'s shipped weights give {settings.pem_type!r} PEMs, not pem_type={pem_type!r}.")
+    model = settings.build(weights=entry)
+    tag = entry.meta["name"].partition(".")[2].split("_")[0]
+    dataset = tag if tag in SEGMENTATION_DATASETS else None
+    return LoadedModel(
+        model, SEGMENTATION, name, segmentation_config=settings, dataset=dataset, class_names=settings.class_names
+    )
 
 
 def _load_hub(source: str) -> LoadedModel:

@@ -248,8 +248,8 @@ def test_bad_sources_fail_with_one_clear_error(classifier_sources, tmp_path: Pat
         load_model("resnet20_npe4", weights=tmp_path / "missing.safetensors")
     with pytest.raises(ValueError, match="model_name and num_classes do not apply to .*hub"):
         load_model(sources["Hub folder"], num_classes=10)
-    with pytest.raises(ValueError, match="pretrained=True applies to classifiers"):
-        load_model("unet_fcn_npe1", pretrained=True)
+    with pytest.raises(ValueError, match="deeplabv3_resnet50_npe1 has no shipped weights"):
+        load_model("deeplabv3_resnet50_npe1", pretrained=True)
 
 
 def test_names_without_weights_fail_clearly() -> None:

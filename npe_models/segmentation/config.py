@@ -13,11 +13,13 @@ from typing import Any, ClassVar, Optional, Union
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
+from torchvision.models import Weights, WeightsEnum
 
 from .._validation import check_number, check_numbers
 from ..data import FOLDER_SEGMENTATION_LAYOUTS, SEGMENTATION_DATASETS, check_dataset, resolve_data_dir
 from ..data.segfolder import segmentation_folder_classes
 from ..models.segmentation import DEFAULT_SEGMENTATION_ALPHA, create_segmentation_model, parse_segmentation_model_name
+from ..models.unet import UNet_FCN_Weights
 from ..npe import DEFAULT_NPE_T, check_npe_alpha, check_npe_t
 from ..runs import SerializableConfig, resumable_config
 
@@ -31,6 +33,10 @@ __all__ = [
     "is_folder_dataset",
     "segmentation_model_config",
     "resolve_segmentation_config",
+    "SHIPPED_SEGMENTATION_WEIGHTS",
+    "shipped_segmentation_names",
+    "shipped_segmentation_weights",
+    "pretrained_segmentation_config",
 ]
 
 SCHEDULES = ("multistep", "poly")
@@ -223,6 +229,73 @@ def segmentation_model_config(
     return SegmentationModelConfig.from_dict(
         {"num_classes": len(classes), "class_names": list(classes), **settings, "name": name}
     )
+
+
+# The segmentation weights shipped with the package, by base architecture: loaded offline, sha256 checked.
+SHIPPED_SEGMENTATION_WEIGHTS: dict[str, type[WeightsEnum]] = {"unet_fcn": UNet_FCN_Weights}
+
+
+def shipped_segmentation_names() -> list[str]:
+    """The names that load shipped segmentation weights with ``pretrained=True``: ``<name>.<ENTRY>`` for each entry,
+    and each default form (``unet_fcn_npe1`` = ``unet_fcn_npe1.STARE_NPE1_FCN``, ``unet_fcn`` = its network)."""
+    names = []
+    for arch, enum in SHIPPED_SEGMENTATION_WEIGHTS.items():
+        for weights in enum:
+            trained = weights.meta.get("num_pems", 0)
+            base = f"{arch}_npe{trained}" if trained else arch
+            names.append(f"{base}.{weights.name}")
+            if weights is enum.DEFAULT:
+                names.append(base)
+    return names
+
+
+def shipped_segmentation_weights(name: str) -> tuple[str, Weights]:
+    """``(model name, weights entry)`` for ``<model>`` (its DEFAULT entry) or ``<model>.<ENTRY>``; a clear error,
+    listing what is shipped, for a model without shipped weights or an unknown entry."""
+    base, _, entry = name.partition(".")
+    arch, num_pems = parse_segmentation_model_name(base)
+    enum = SHIPPED_SEGMENTATION_WEIGHTS.get(arch)
+    shipped = f"shipped segmentation weights load as {shipped_segmentation_names()} (`npe-models list --pretrained`)"
+    if enum is None:
+        raise ValueError(
+            f"{base} has no shipped weights; {shipped}. Load weights into {base} with weights=FILE (--weights)."
+        )
+    try:
+        weights = enum.verify(entry or "DEFAULT")
+    except (KeyError, TypeError):
+        entries = [member.name for member in enum]
+        raise ValueError(f"{base} has no weights entry {entry!r}; its entries are {entries}; {shipped}.") from None
+    trained = weights.meta.get("num_pems", 0)
+    if num_pems and trained and num_pems != trained:
+        baselines = [f"{base}.{member.name}" for member in enum if not member.meta.get("num_pems", 0)]
+        raise ValueError(
+            f"{name} has no pretrained weights: {weights.name} holds {trained} trained PEM(s), not {num_pems}; "
+            f"name {baselines[0]} for the network with {num_pems} fresh PEMs, or {shipped}."
+        )
+    return base, weights
+
+
+def pretrained_segmentation_config(name: str) -> tuple[SegmentationModelConfig, Weights]:
+    """The settings of the model ``name`` (``<model>`` or ``<model>.<ENTRY>``) loads with its shipped weights, from
+    the weights' meta (classes, normalisation, builder arguments, PEM type), and the weights entry itself."""
+    base, weights = shipped_segmentation_weights(name)
+    meta = weights.meta
+    kwargs = dict(meta["model_kwargs"])
+    aux_loss = kwargs.pop("aux_loss", None)
+    num_pems = parse_segmentation_model_name(base)[1]
+    trained = num_pems and meta.get("num_pems", 0)
+    config = SegmentationModelConfig(
+        name=base,
+        num_classes=len(meta["categories"]),
+        num_pems=num_pems,
+        pem_type=meta["pem_type"] if trained else "linear",
+        aux_loss=aux_loss,
+        model_kwargs=kwargs,
+        class_names=list(meta["categories"]),
+        mean=tuple(meta["mean"]),
+        std=tuple(meta["std"]),
+    )
+    return config, weights
 
 
 _DATA_SETTINGS = ("dataset", "annotation", "init", "weights", "weights_backbone", "data_dir", "reduce_zero_label")
