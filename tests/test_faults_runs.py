@@ -238,7 +238,7 @@ def test_a_held_lock_refuses_trainings_and_evaluations_naming_its_holder(
         model = load_model(finished_run).model
         with pytest.raises(RunDirLockedError, match=holder):
             classification.evaluate_run(model, out, data_dir=tiny_data, rho=10, max_per_class=20, device="cpu")
-        monkeypatch.setattr("npe_models.segmentation.evaluation.segmentation_dataset", lambda *args: _Blobs())
+        monkeypatch.setattr("npe_models.segmentation.evaluation.segmentation_dataset", lambda *args, **kwargs: _Blobs())
         with pytest.raises(RunDirLockedError, match=holder):
             segmentation.evaluate_run(_segmentation_config().build(), _segmentation_config(), out, device="cpu")
     assert main(_argv(tiny_data, out)) == 0, "released when its holder is done"
