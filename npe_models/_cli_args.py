@@ -463,6 +463,51 @@ def _training_log(loaded: Any) -> Optional[Path]:
     return log if log.is_file() else None
 
 
+def segmentation_evaluate_options(args: argparse.Namespace, loaded: Any, about: dict[str, Any]) -> dict[str, Any]:
+    """``segmentation.evaluate_run``'s arguments (but the model, its config, the folder and the inputs) from the
+    ``evaluate`` options and what the loaded run records: its data set, folder, ignore index, zero-label reduction
+    and training pixels per class (used only when the evaluation is on the run's own data set)."""
+    run_data = loaded.config.data if loaded.config is not None else {}
+    dataset = args.dataset or loaded.dataset or "stare"
+    same_data = dataset == loaded.dataset
+    return {
+        "data_dir": resolve_data_dir(args.data_dir or (loaded.data_dir if same_data else None)),
+        "dataset": dataset,
+        "overlays": args.overlays,
+        "about": about,
+        "overwrite": args.overwrite,
+        **not_none(
+            ignore_index=loaded.config.train.ignore_index if loaded.config is not None else None,
+            reduce_zero_label=run_data.get("reduce_zero_label") if same_data else None,
+            class_pixels=run_data.get("class_pixels") if same_data else None,
+            split=args.split,
+            annotations=args.annotation,
+            alphas=args.npe_alpha,
+            mode=args.mode,
+            crop_size=args.crop_size,
+            stride=args.stride,
+            device=args.device,
+        ),
+    }
+
+
+_MASK_ONLY = ("overlays", "overwrite", "mode", "crop_size", "stride")
+"""``predict`` options that apply only to masks (``--out``)."""
+
+
+def check_predict_options(args: argparse.Namespace) -> None:
+    """Refuse ``predict`` options of the other output: classifier options with ``--out`` (masks), mask options
+    without it."""
+    if args.out is not None:
+        given = [f"--{name.replace('_', '-')}" for name in ("top_k", "model") if getattr(args, name) is not None]
+        if given or args.format == "csv":
+            raise ValueError(f"{' and '.join(given) or '--csv'} apply to classifiers, not to masks (--out).")
+        return
+    given = [f"--{name.replace('_', '-')}" for name in _MASK_ONLY if getattr(args, name) not in (None, False)]
+    if given:
+        raise ValueError(f"{', '.join(given)} apply to masks: give --out DIR with a segmentation model.")
+
+
 def classification_evaluate_options(args: argparse.Namespace, loaded: Any, about: dict[str, Any]) -> dict[str, Any]:
     """``classification.evaluate_run``'s arguments (but the model and folder) from the ``evaluate`` options and what
     the loaded model records: its data, its training method (which names the plots' variants) and its run's log."""

@@ -32,13 +32,15 @@ from ._cli_args import (
     add_list_arguments,
     add_predict_arguments,
     add_train_arguments,
+    check_predict_options,
     classification_evaluate_options,
     not_none,
     reject_other_task_options,
+    segmentation_evaluate_options,
 )
 from .adapt import adapt_source, format_adaptation
 from .classification import TrainConfig, format_metrics, resolve_train_config, train
-from .data import SEGMENTATION_DATASETS, check_dataset, resolve_data_dir
+from .data import SEGMENTATION_DATASETS, check_dataset
 from .hub import pretrained_card, push_to_hub, save_for_hub
 from .loading import evaluation_dir, load_model, read_label_names, source_kind
 from .models import is_segmentation_model, list_registered
@@ -128,34 +130,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else evaluation_dir(args.source)
     about = {"source": args.source, "merged": bool(args.merge)}
     if loaded.task == "segmentation":
-        run_data = loaded.config.data if loaded.config is not None else {}
-        dataset = args.dataset or loaded.dataset or "stare"
-        same_data = dataset == loaded.dataset
+        options = segmentation_evaluate_options(args, loaded, about)
         results = segmentation.evaluate_run(
-            model,
-            loaded.segmentation_config,
-            out,
-            data_dir=resolve_data_dir(args.data_dir or (loaded.data_dir if same_data else None)),
-            dataset=dataset,
-            **not_none(
-                ignore_index=loaded.config.train.ignore_index if loaded.config is not None else None,
-                reduce_zero_label=run_data.get("reduce_zero_label") if same_data else None,
-                class_pixels=run_data.get("class_pixels") if same_data else None,
-            ),
-            overlays=args.overlays,
-            progress=_progress(args),
-            about=about,
-            overwrite=args.overwrite,
-            inputs=[args.source],
-            **not_none(
-                split=args.split,
-                annotations=args.annotation,
-                alphas=args.npe_alpha,
-                mode=args.mode,
-                crop_size=args.crop_size,
-                stride=args.stride,
-                device=args.device,
-            ),
+            model, loaded.segmentation_config, out, progress=_progress(args), inputs=[args.source], **options
         )
         for annotation, table in results.items():
             print(format_metrics_table(f"\n'{annotation}' masks", table))
@@ -254,14 +231,9 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-_MASK_ONLY = ("overlays", "overwrite", "mode", "crop_size", "stride")
-
-
 def _predict(args: argparse.Namespace) -> int:
+    check_predict_options(args)
     if args.out is not None:
-        given = [f"--{name.replace('_', '-')}" for name in ("top_k", "model") if getattr(args, name) is not None]
-        if given or args.format == "csv":
-            raise ValueError(f"{' and '.join(given) or '--csv'} apply to classifiers, not to masks (--out).")
         masks = predict.predict_masks(
             args.source,
             args.images,
@@ -278,9 +250,6 @@ def _predict(args: argparse.Namespace) -> int:
         )
         print(predict.format_masks(masks, "json" if args.format == "json" else "table"))
         return 0
-    given = [f"--{name.replace('_', '-')}" for name in _MASK_ONLY if getattr(args, name) not in (None, False)]
-    if given:
-        raise ValueError(f"{', '.join(given)} apply to masks: give --out DIR with a segmentation model.")
     classifier = predict.load_image_classifier(
         args.source, pretrained=args.pretrained, model_name=args.model, npe_alpha=args.npe_alpha, device=args.device
     )
