@@ -148,13 +148,17 @@ class NPEHead(nn.Module):
             device=layer.weight.device,
             dtype=layer.weight.dtype,
         )
-        with torch.no_grad():
-            head.weight.copy_(layer.weight)
-            if layer.bias is not None:
-                head.bias.copy_(layer.bias)
-            else:
-                head.bias.zero_()
+        head.load_classifier(layer)
         return head
+
+    def load_classifier(self, layer: Union[nn.Linear, nn.Conv2d]) -> None:
+        """Take the weight and bias (zero when it has none) of the classifier layer this head replaces."""
+        with torch.no_grad():
+            self.weight.copy_(layer.weight)
+            if layer.bias is not None:
+                self.bias.copy_(layer.bias)
+            else:
+                self.bias.zero_()
 
     def reset_parameters(self) -> None:
         """Main classifier as torch's default layer init; PEMs N(0, 0.001) with zero bias (as in the paper)."""

@@ -225,12 +225,7 @@ def _linear_pem_head(conv: nn.Conv2d, num_pems: int, t: int, alpha: float) -> NP
         device=conv.weight.device,
         dtype=conv.weight.dtype,
     )
-    with torch.no_grad():
-        head.weight.copy_(conv.weight)
-        if conv.bias is not None:
-            head.bias.copy_(conv.bias)
-        else:
-            head.bias.zero_()
+    head.load_classifier(conv)
     return head
 
 
