@@ -123,6 +123,14 @@ def add_train_arguments(train: argparse.ArgumentParser) -> None:
     train.add_argument("--out", required=True, help="run directory (config.json, log.jsonl, checkpoint.pt, results)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     _add_data_and_hardware(train)
+    _add_optimisation_arguments(train)
+    _add_npe_arguments(train)
+    cls, seg = _add_classification_arguments(train), _add_segmentation_arguments(train)
+    train.set_defaults(task_options={"classification": _options_of(cls), "segmentation": _options_of(seg)})
+
+
+def _add_optimisation_arguments(train: argparse.ArgumentParser) -> None:
+    """``train``'s optimisation options, shared by both tasks (defaults from the recipe)."""
     optim = train.add_argument_group("optimisation (defaults from the task's recipe)")
     optim.add_argument("--batch-size", type=int, help="global batch size (split over torchrun processes)")
     optim.add_argument("--lr", type=float, help="initial SGD learning rate")
@@ -141,6 +149,10 @@ def add_train_arguments(train: argparse.ArgumentParser) -> None:
     optim.add_argument("--gamma", type=float, help="step schedule factor (default: 0.1)")
     optim.add_argument("--seed", type=int, help="random seed (default: 0)")
     optim.add_argument("--deterministic", action="store_true", default=None, help="deterministic kernels")
+
+
+def _add_npe_arguments(train: argparse.ArgumentParser) -> None:
+    """``train``'s NPE settings and the run it starts from."""
     npe = train.add_argument_group("NPE and initialisation")
     npe.add_argument(
         "--npe-alpha",
@@ -151,6 +163,10 @@ def add_train_arguments(train: argparse.ArgumentParser) -> None:
     )
     npe.add_argument("--npe-t", type=int, choices=(0, 1), help="PEM sign convention t (default: 1)")
     npe.add_argument("--init", help="trained run directory or weights to start from (crt, posthoc_la, frozen PEMs)")
+
+
+def _add_classification_arguments(train: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """``train``'s classification-only options; the group, for refusing them on a segmentation run."""
     cls = train.add_argument_group(
         "classification (CIFAR-LT, image folders, ImageNet-LT / Places-LT / iNaturalist lists)"
     )
@@ -189,6 +205,11 @@ def add_train_arguments(train: argparse.ArgumentParser) -> None:
         help="also log each epoch's losses, lr and "
         "accuracies to RUN/tensorboard (needs: pip install npe-models[tensorboard])",
     )
+    return cls
+
+
+def _add_segmentation_arguments(train: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """``train``'s segmentation-only options; the group, for refusing them on a classification run."""
     seg = train.add_argument_group(
         "segmentation (STARE; seg_folder: --data-dir ROOT with images/{train,val}/NAME.* and "
         "masks/{train,val}/NAME.png of class indices, classes.txt optional; ade20k: --data-dir ADEChallengeData2016)"
@@ -230,7 +251,7 @@ def add_train_arguments(train: argparse.ArgumentParser) -> None:
     seg.add_argument("--freeze-decode-head", action="store_true", default=None, help="also freeze the decode heads")
     seg.add_argument("--no-flip", dest="flip", action="store_false", default=None, help="no random horizontal flips")
     seg.add_argument("--checkpoint-every", type=int, help="iterations between checkpoints (default: 100)")
-    train.set_defaults(task_options={"classification": _options_of(cls), "segmentation": _options_of(seg)})
+    return seg
 
 
 def _options_of(group: argparse._ArgumentGroup) -> dict[str, str]:

@@ -307,6 +307,45 @@ def _training_prior(loaded: LoadedModel, data_dir: Union[str, Path]) -> Tensor:
     return torch.as_tensor(data.counts, dtype=torch.float64)
 
 
+def _check_request(source: str, source_prior: str, pretrained: bool) -> None:
+    """What adapt_source refuses before loading anything: an unknown source prior, a segmentation name, a
+    registered name without ``pretrained``."""
+    if source_prior not in ("uniform", "train"):
+        raise ValueError(
+            f"source_prior must be 'uniform' (balanced logits) or 'train' (plain CE), got {source_prior!r}."
+        )
+    if source_kind(source) == "registered" and is_segmentation_model(source):
+        raise _not_a_classifier(source, "segmentation")
+    if source_kind(source) == "registered" and not pretrained:
+        raise ValueError(f"'{source}' is a model name: pass pretrained=True (--pretrained) to adapt its weights.")
+
+
+def _save_adapted(
+    adapted: nn.Module,
+    out: Union[str, Path],
+    loaded: LoadedModel,
+    source: str,
+    method: str,
+    data: str,
+    *,
+    overwrite: bool,
+    inputs: Sequence[str],
+) -> Path:
+    """The adapted model's Hub folder, and beside it ``prior.json``: the prior record with where it came from."""
+    folder = save_for_hub(
+        adapted,
+        out,
+        label_names=loaded.class_names,
+        overwrite=overwrite,
+        inputs=inputs,
+        notes=f"Deployment prior folded into the classifier bias: {markdown_text(data)}.",
+    )
+    recorded = PriorRecord.from_dict(adapted.pretrained_cfg[TARGET_PRIOR_KEY])
+    class_names = tuple(loaded.class_names) if loaded.class_names else None
+    dataclasses.replace(recorded, method=method, source=str(source), class_names=class_names).write(folder)
+    return folder
+
+
 def adapt_source(
     source: str,
     unlabeled: str,
@@ -338,14 +377,7 @@ def adapt_source(
     the estimate is: its per-class standard deviation is returned (``prior_std``) and recorded in the notes, and a
     spread above ``MAX_PRIOR_STD`` (0.05) is warned about (``UserWarning`` and ``warning`` in the result).
     """
-    if source_prior not in ("uniform", "train"):
-        raise ValueError(
-            f"source_prior must be 'uniform' (balanced logits) or 'train' (plain CE), got {source_prior!r}."
-        )
-    if source_kind(source) == "registered" and is_segmentation_model(source):
-        raise _not_a_classifier(source, "segmentation")
-    if source_kind(source) == "registered" and not pretrained:
-        raise ValueError(f"'{source}' is a model name: pass pretrained=True (--pretrained) to adapt its weights.")
+    _check_request(source, source_prior, pretrained)
     inputs = [source, unlabeled, calibration]  # before any work: --out must not hold them, nor be someone's folder
     check_output_dir(
         out, "Hugging Face Hub folder", is_own=is_hub_folder, overwrite=overwrite, inputs=inputs, option="--out"
@@ -376,17 +408,7 @@ def adapt_source(
         f"up to {float(spread.max()):.3f}"
     )
     adapted = adapt_prior(loaded.model.cpu(), prior.clamp_min(PRIOR_FLOOR).log(), calibration=fitted, data=data)
-    folder = save_for_hub(
-        adapted,
-        out,
-        label_names=loaded.class_names,
-        overwrite=overwrite,
-        inputs=inputs,
-        notes=f"Deployment prior folded into the classifier bias: {markdown_text(data)}.",
-    )
-    recorded = PriorRecord.from_dict(adapted.pretrained_cfg[TARGET_PRIOR_KEY])
-    class_names = tuple(loaded.class_names) if loaded.class_names else None
-    dataclasses.replace(recorded, method=method, source=str(source), class_names=class_names).write(folder)
+    folder = _save_adapted(adapted, out, loaded, source, method, data, overwrite=overwrite, inputs=inputs)
     return PriorAdaptation(adapted, prior, method, fitted, data, folder, loaded.class_names, spread, unstable)
 
 

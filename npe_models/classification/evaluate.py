@@ -310,6 +310,16 @@ def summary(metrics: dict[str, object], variant: Optional[str] = None) -> dict[s
     }
 
 
+def _data_for(model: nn.Module, dataset: str, data_dir: Union[str, Path], **options: Any) -> LongTailedData:
+    """The long-tailed data set to score ``model`` on, refused when its class count is not the model's (for CIFAR
+    before any file is read)."""
+    if dataset in CIFAR_NUM_CLASSES:
+        check_num_classes(model, CIFAR_NUM_CLASSES[dataset], "the model")
+    data = load_long_tailed(dataset, data_dir, **options)
+    check_num_classes(model, data.num_classes, "the model")
+    return data
+
+
 def evaluate_run(
     model: nn.Module,
     out_dir: Union[str, Path],
@@ -351,9 +361,8 @@ def evaluate_run(
         out_dir, "evaluation", is_own=is_evaluation_dir, overwrite=overwrite, inputs=inputs, option="--out"
     )
     dataset = dataset or "cifar10"
-    if dataset in CIFAR_NUM_CLASSES:  # before reading the data: a wrong --dataset fails fast
-        check_num_classes(model, CIFAR_NUM_CLASSES[dataset], "the model")
-    data = load_long_tailed(
+    data = _data_for(
+        model,
         dataset,
         data_dir,
         rho=rho,
@@ -363,7 +372,6 @@ def evaluate_run(
         image_size=image_size,
         workers=workers,
     )
-    check_num_classes(model, data.num_classes, "the model")
     target = None if target_prior is None else resolve_target_prior(target_prior, data.counts)
     device = resolve_device(str(device))
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)

@@ -100,6 +100,20 @@ def _umask() -> int:
     return mask
 
 
+def _write_model_files(model: nn.Module, description: ModelDescription, folder: Path) -> None:
+    """The task's ``config.json`` and ``model.safetensors`` in ``folder``, checked to fit the architecture they name."""
+    write_files = _write_classifier_files if description.task == CLASSIFICATION else _write_segmentation_files
+    hub_config = write_files(model, description, folder)
+    (folder / CONFIG_NAME).write_text(json.dumps(hub_config, indent=2) + "\n", encoding="utf-8")
+    check_weights_fit(
+        description.architecture,
+        description.task,
+        description.model_args,
+        weight_shapes(folder / WEIGHTS_FILE),
+        f"the {type(model).__name__} being saved",
+    )
+
+
 def save_for_hub(
     model: nn.Module,
     directory: Union[str, os.PathLike],
@@ -142,16 +156,7 @@ def save_for_hub(
     staging = parent / f".{directory.name}.{uuid.uuid4().hex}.partial"
     staging.mkdir()
     try:
-        write_files = _write_classifier_files if description.task == CLASSIFICATION else _write_segmentation_files
-        hub_config = write_files(model, description, staging)
-        (staging / CONFIG_NAME).write_text(json.dumps(hub_config, indent=2) + "\n", encoding="utf-8")
-        check_weights_fit(
-            description.architecture,
-            description.task,
-            description.model_args,
-            weight_shapes(staging / WEIGHTS_FILE),
-            f"the {type(model).__name__} being saved",
-        )
+        _write_model_files(model, description, staging)
         card = model_card(
             description,
             model_name=model_name

@@ -204,6 +204,43 @@ def _class_groups(class_pixels: Sequence[int], model_config: SegmentationModelCo
     return groups, record
 
 
+def _opened(
+    dataset: str,
+    split: str,
+    annotation: str,
+    data_dir: Union[str, Path, None],
+    *,
+    class_names: Optional[Sequence[str]],
+    ignore_index: int,
+    reduce_zero_label: Optional[bool],
+) -> Dataset:
+    """One split of the data set to score: STARE's images with ``annotation``'s masks, or a file data set's images
+    and masks (read with the model's class names)."""
+    folder = is_folder_dataset(dataset)
+    return segmentation_dataset(
+        dataset,
+        split,
+        None if folder else annotation,
+        data_dir,
+        class_names=class_names if folder else None,
+        ignore_index=ignore_index,
+        reduce_zero_label=reduce_zero_label,
+    )
+
+
+def _scoring_settings(model_config: SegmentationModelConfig, ignore_index: int, groups: Any) -> dict[str, Any]:
+    """What evaluate_segmentation needs to know of the model and the classes: its classes, their names and groups,
+    its input normalisation and the label to ignore."""
+    return {
+        "num_classes": model_config.num_classes,
+        "mean": model_config.mean,
+        "std": model_config.std,
+        "class_names": model_config.class_names,
+        "ignore_index": ignore_index,
+        "groups": groups,
+    }
+
+
 def evaluate_run(
     model: nn.Module,
     model_config: SegmentationModelConfig,
@@ -244,32 +281,16 @@ def evaluate_run(
     )
     alphas = list(alphas) if alphas is not None else [0.0, model_config.npe_alpha] if has_pems(model) else [0.0]
     out_dir, device = Path(out_dir), resolve_device(str(device))
-    report: dict[str, Any] = {
-        **(about or {}),
-        "dataset": dataset,
-        "mode": mode,
-        "split": split,
-        "alphas": alphas,
-        "results": {},
-    }
+    report: dict[str, Any] = {**(about or {}), "dataset": dataset, "mode": mode, "split": split, "alphas": alphas}
+    report["results"] = {}
     results: dict[str, dict[float, SegmentationMetrics]] = {}
-    folder = is_folder_dataset(dataset)
     annotations = _annotations_of(dataset, annotations)
-
-    def opened(chosen_split: str, annotation: str) -> Dataset:
-        return segmentation_dataset(
-            dataset,
-            chosen_split,
-            None if folder else annotation,
-            data_dir,
-            class_names=model_config.class_names if folder else None,
-            ignore_index=ignore_index,
-            reduce_zero_label=reduce_zero_label,
-        )
-
-    data = {annotation: opened(split, annotation) for annotation in annotations}
+    settings = dict(
+        class_names=model_config.class_names, ignore_index=ignore_index, reduce_zero_label=reduce_zero_label
+    )
+    data = {annotation: _opened(dataset, split, annotation, data_dir, **settings) for annotation in annotations}
     if class_pixels is None:
-        training = opened("train", annotations[0])
+        training = _opened(dataset, "train", annotations[0], data_dir, **settings)
         class_pixels = class_pixel_counts(training, model_config.num_classes, ignore_index)
     groups, grouping = _class_groups(class_pixels, model_config)
     report.update(grouping)
@@ -279,17 +300,12 @@ def evaluate_run(
             results[annotation] = evaluate_segmentation(
                 model,
                 images,
-                num_classes=model_config.num_classes,
-                mean=model_config.mean,
-                std=model_config.std,
+                **_scoring_settings(model_config, ignore_index, groups),
                 alphas=alphas,
                 mode=mode,
                 crop_size=crop_size,
                 stride=stride,
                 device=device,
-                class_names=model_config.class_names,
-                ignore_index=ignore_index,
-                groups=groups,
                 overlay_dir=out_dir / "overlays" / annotation,
                 num_overlays=overlays,
                 on_image=(lambda _, bar=bar: bar.update(1)) if bar is not None else None,
