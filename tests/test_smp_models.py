@@ -24,6 +24,7 @@ from npe_models.models.segmentation import (
     parse_segmentation_model_name,
 )
 from npe_models.npe import NPEHead, has_pems, set_alpha
+from npe_models.segmentation import SegmentationModelConfig, SegmentationTrainConfig, train_segmentation
 
 smp = pytest.importorskip("segmentation_models_pytorch")
 
@@ -237,3 +238,17 @@ def test_onnx_parity_and_hub_folder_round_trip(tmp_path) -> None:
     with torch.no_grad():
         assert torch.equal(loaded(images)["out"], model(images)["out"])
     assert loaded.num_pems == 2 and isinstance(loaded, smp.FPN)
+
+
+@pytest.mark.parametrize("pem_type", ["linear", "replica"])
+def test_the_papers_protocol_trains_only_the_pems_of_a_frozen_smp_model(pem_type: str) -> None:
+    """Frozen encoder and decoder (BatchNorm in eval mode): a training run changes the PEMs and nothing else."""
+    model = _model("upernet", "tu-resnet10t", num_pems=2, pem_type=pem_type)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    images = (torch.rand(4, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1)) * 255).to(torch.uint8)
+    masks = torch.randint(0, NUM_CLASSES, (4, SIZE, SIZE), generator=torch.Generator().manual_seed(2))
+    config = SegmentationTrainConfig(iterations=2, batch_size=2, crop_size=(SIZE, SIZE), freeze_decode_head=True)
+    model_config = SegmentationModelConfig("smp:upernet:tu-resnet10t_npe2", num_classes=NUM_CLASSES)
+    train_segmentation(model, list(zip(images, masks)), config, model_config)
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all("pem" in k for k in changed), sorted(changed)

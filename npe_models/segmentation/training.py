@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 from ..data import FOLDER_SEGMENTATION_LAYOUTS, SegmentationFolder, check_dataset, resolve_data_dir
 from ..data.stare import StareSegmentation
 from ..distributed import resolve_device
+from ..models.smp import is_smp_model
 from ..npe import has_pems
 from ..runs import CHECKPOINT_FILE, WEIGHTS_FILE, TrainingLoop, check_out_dir, check_run_dir
 from .checkpoint import load_weights_for_pem_training, save_segmentation_weights
@@ -32,6 +33,7 @@ from .losses import segmentation_loss_terms
 from .sampling import RandomCropBatches, normalize_images
 
 __all__ = [
+    "backbone_and_heads",
     "freeze_model_parts",
     "set_train_mode",
     "has_pems",
@@ -49,16 +51,24 @@ def _is_pem_parameter(name: str) -> bool:
     return name.rsplit(".", 1)[-1] in ("pem_weight", "pem_bias") or name.split(".", 1)[0] == "pems"
 
 
+def backbone_and_heads(model: nn.Module) -> tuple[nn.Module, list[nn.Module]]:
+    """The feature extractor and the decode heads of a segmentation model: torchvision's ``backbone`` with
+    ``classifier`` (and ``aux_classifier``), an smp model's ``encoder`` with ``decoder`` and ``segmentation_head``."""
+    if is_smp_model(model):
+        return model.encoder, [model.decoder, model.segmentation_head]
+    heads = [model.classifier]
+    if getattr(model, "aux_classifier", None) is not None:
+        heads.append(model.aux_classifier)
+    return model.backbone, heads
+
+
 def freeze_model_parts(model: nn.Module, backbone: bool = True, decode_head: bool = False) -> list[nn.Module]:
-    """Stop gradients to the backbone and/or the decode head (with the auxiliary head); PEMs always train.
+    """Stop gradients to the backbone (smp: encoder) and/or the decode heads; PEMs always train.
 
     Returns the frozen modules, which :func:`set_train_mode` keeps in eval mode.
     """
-    parts = [model.backbone] if backbone else []
-    if decode_head:
-        parts.append(model.classifier)
-        if getattr(model, "aux_classifier", None) is not None:
-            parts.append(model.aux_classifier)
+    features, heads = backbone_and_heads(model)
+    parts = ([features] if backbone else []) + (heads if decode_head else [])
     for part in parts:
         for name, parameter in part.named_parameters():
             if not _is_pem_parameter(name):
