@@ -18,21 +18,45 @@ import statistics
 from pathlib import Path
 from typing import Any, Optional
 
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
 from npe_models.classification.config import RECIPES, resolve_config
 from npe_models.models import parse_npe_name
 from npe_models.runs import CONFIG_FILE, LOG_FILE, METRICS_FILE, read_json, read_jsonl
 
-# The paper's top-1 (%) for ResNet-32 on CIFAR-10-LT rho = 100 (design guide), by (recipe, method, PEMs).
+# The paper's top-1 (%), mean and std of 3 runs, ResNet-32 on the clean CIFAR-10-LT test set (design guide), by
+# (recipe, method, PEMs, rho).
+PAPER_RUNS = 3
 PAPER_TOP1 = {
-    ("hp1", "ce", 0): 71.24,
-    ("hp1", "la", 0): 77.37,
-    ("hp1", "npe", 1): 77.89,
-    ("hp1", "npe", 16): 78.17,
-    ("hp2", "ce", 0): 73.18,
-    ("hp2", "la", 0): 80.13,
-    ("hp2", "npe", 1): 79.35,
-    ("hp2", "npe", 16): 80.12,
+    (recipe, method, pems, rho): cell
+    for recipe, rows in {
+        "hp1": {
+            ("ce", 0): ((63.54, 0.28), (71.24, 0.29), (76.77, 0.37)),
+            ("crt", 0): ((67.19, 0.31), (73.80, 0.42), (79.07, 0.51)),
+            ("la", 0): ((72.10, 0.27), (77.37, 0.32), (81.25, 0.38)),
+            ("npe", 1): ((72.42, 0.21), (77.89, 0.38), (82.22, 0.46)),
+            ("npe", 16): ((73.18, 0.41), (78.17, 0.73), (82.31, 0.22)),
+        },
+        "hp2": {
+            ("ce", 0): ((65.59, 0.20), (73.18, 0.77), (77.76, 0.44)),
+            ("crt", 0): ((72.34, 0.71), (77.85, 0.25), (81.01, 0.50)),
+            ("la", 0): ((74.91, 0.51), (80.13, 0.13), (82.95, 0.36)),
+            ("npe", 1): ((74.37, 0.25), (79.35, 0.37), (82.32, 0.19)),
+            ("npe", 16): ((74.83, 0.55), (80.12, 0.31), (83.16, 0.08)),
+        },
+    }.items()
+    for (method, pems), cells in rows.items()
+    for rho, cell in zip((200, 100, 50), cells)
 }
+METHOD_LABELS = {
+    ("ce", 0): "CE",
+    ("crt", 0): "cRT",
+    ("la", 0): "LA",
+    ("npe", 1): "NPE-LA(1)",
+    ("npe", 16): "NPE-LA(16)",
+}
+EXACT_IMAGES = 1000
 
 SUPERSEDED = {"resnet32_la_r100_hp1": "resnet32_la_r100_hp1_onedevice"}
 """Runs replaced by a rerun of the same setting and seed (issue 15: LA HP-1 trained on one device), left out of
@@ -63,10 +87,8 @@ def _finished_row(name: str, config: dict[str, Any], metrics: dict[str, Any]) ->
         if primary == "npe_la"
         else ""
     )
-    comparable = config["rho"] == 100 and config["epochs"] == RECIPES[config["recipe"]]["epochs"]
-    paper = (
-        PAPER_TOP1.get((config["recipe"], config["method"], parse_npe_name(config["model"])[1])) if comparable else None
-    )
+    comparable = config["epochs"] == RECIPES[config["recipe"]]["epochs"]
+    paper = PAPER_TOP1.get(_setting(config), (None,))[0] if comparable else None
     training = metrics["training"]
     gap = f"{full['top1'] - paper:+.2f} / {exact['top1'] - paper:+.2f}" if paper is not None else "-"
     return (
@@ -89,8 +111,9 @@ def _unfinished_row(name: str, config: dict[str, Any], run: Path) -> str:
 
 
 def _setting(config: dict[str, Any]) -> tuple[str, str, int, float]:
-    """What runs share across seeds: recipe, method, PEM count, rho."""
-    return config["recipe"], config["method"], parse_npe_name(config["model"])[1], config["rho"]
+    """What runs share across seeds: recipe, method, PEM count, rho (an int where whole, as the paper's keys)."""
+    rho = config["rho"]
+    return config["recipe"], config["method"], parse_npe_name(config["model"])[1], int(rho) if rho == int(rho) else rho
 
 
 def _top1(metrics: dict[str, Any], variant: Optional[str] = None) -> tuple[float, float]:
@@ -114,25 +137,109 @@ def _spread(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} +- {statistics.stdev(values):.2f}"
 
 
-def seed_summary(finished: dict[str, tuple[dict[str, Any], dict[str, Any]]]) -> str:
-    """Each setting over its seeds: full and exact top-1 as mean +- std, the seeds, the paper's number (rho 100)."""
-    settings: dict[tuple, dict[int, tuple[float, float]]] = {}
+def combined_se(values: list[float], paper_std: float, test_images: int) -> float:
+    """The standard error of (our mean - the paper's mean), in points: our seeds' spread over sqrt(n) (with one seed
+    the paper's std stands in for ours), the paper's std over sqrt(3), and the binomial error of a test set of
+    ``test_images`` images (the paper's 10,000 clean images are taken as exact)."""
+    ours_std = statistics.stdev(values) if len(values) > 1 else paper_std
+    accuracy = statistics.mean(values) / 100
+    sampling = 100 * (accuracy * (1 - accuracy) / test_images) ** 0.5 if test_images < 10_000 else 0.0
+    return (ours_std**2 / len(values) + paper_std**2 / PAPER_RUNS + sampling**2) ** 0.5
+
+
+def _difference(values: list[float], paper: tuple[float, float], test_images: int) -> str:
+    """Our mean minus the paper's, and that difference in combined standard errors."""
+    difference = statistics.mean(values) - paper[0]
+    return f"{difference:+.2f} ({difference / combined_se(values, paper[1], test_images):+.1f})"
+
+
+def seeds_by_cell(finished: dict[str, tuple[dict[str, Any], dict[str, Any]]]) -> dict[tuple, dict[int, tuple]]:
+    """The finished full-schedule runs of each setting (recipe, method, PEMs, rho), by seed: (full, exact) top-1."""
+    cells: dict[tuple, dict[int, tuple[float, float]]] = {}
     for name, (config, metrics) in finished.items():
         if name not in SUPERSEDED and _full_recipe(config):
-            settings.setdefault(_setting(config), {})[config["seed"]] = _top1(metrics)
+            cells.setdefault(_setting(config), {})[config["seed"]] = _top1(metrics)
+    return cells
+
+
+def seed_summary(finished: dict[str, tuple[dict[str, Any], dict[str, Any]]]) -> str:
+    """Each setting over its seeds, full and exact top-1 as mean +- std, beside the paper's mean +- std, with the
+    difference in units of the combined standard error (|difference| < 2 SE: agrees)."""
     lines = [
-        "| recipe | method | PEMs | rho | seeds | top-1 full | top-1 exact | paper (rho 100) |",
-        "| --- | --- | ---: | ---: | --- | --- | --- | ---: |",
+        "| recipe | method | rho | seeds | top-1 full | top-1 exact | paper | full - paper (SE) "
+        "| exact - paper (SE) | exact agrees |",
+        "| --- | --- | ---: | --- | --- | --- | --- | ---: | ---: | --- |",
     ]
-    for (recipe, method, pems, rho), by_seed in sorted(settings.items()):
+    for setting, by_seed in sorted(seeds_by_cell(finished).items()):
+        recipe, method, pems, rho = setting
         seeds = sorted(by_seed)
         full, exact = ([by_seed[seed][i] for seed in seeds] for i in (0, 1))
-        paper = PAPER_TOP1.get((recipe, method, pems)) if rho == 100 else None
+        label = METHOD_LABELS.get((method, pems), f"{method}({pems})" if pems else method)
+        paper = PAPER_TOP1.get(setting)
+        if paper is None:
+            compared = "- | - | - | -"
+        else:
+            exact_difference = statistics.mean(exact) - paper[0]
+            agrees = abs(exact_difference) < 2 * combined_se(exact, paper[1], EXACT_IMAGES)
+            compared = (
+                f"{paper[0]:.2f} +- {paper[1]:.2f} | {_difference(full, paper, 10_000)} "
+                f"| {_difference(exact, paper, EXACT_IMAGES)} | {'yes' if agrees else 'no'}"
+            )
         lines.append(
-            f"| {recipe} | {method} | {pems} | {rho:g} | {', '.join(map(str, seeds))} | {_spread(full)} "
-            f"| {_spread(exact)} | {_fmt(paper)} |"
+            f"| {recipe} | {label} | {rho:g} | {', '.join(map(str, seeds))} | {_spread(full)} | {_spread(exact)} "
+            f"| {compared} |"
         )
     return "\n".join(lines)
+
+
+def _draw_cell_panel(axes: Any, cells: dict[tuple, dict[int, tuple]], recipe: str, rho: int) -> None:
+    """One recipe and rho: per method, our exact-image and full-set top-1 (mean, sample-std bars) and the paper's."""
+    for x, (method, pems) in enumerate(METHOD_LABELS):
+        paper = PAPER_TOP1[(recipe, method, pems, rho)]
+        axes.errorbar(x + 0.2, paper[0], yerr=paper[1], fmt="s", color="black", capsize=3)
+        by_seed = cells.get((recipe, method, pems, rho), {})
+        for offset, which, style in ((-0.2, 1, "o"), (0.0, 0, "^")):
+            values = [top1[which] for top1 in by_seed.values()]
+            if values:
+                spread = statistics.stdev(values) if len(values) > 1 else 0.0
+                axes.errorbar(
+                    x + offset,
+                    statistics.mean(values),
+                    yerr=spread,
+                    fmt=style,
+                    color="C0",
+                    capsize=3,
+                    mfc="C0" if which else "white",
+                )
+                axes.annotate(
+                    f"n={len(values)}",
+                    (x + offset, statistics.mean(values)),
+                    fontsize=6,
+                    xytext=(2, -9),
+                    textcoords="offset points",
+                )
+    axes.set_xticks(range(len(METHOD_LABELS)), list(METHOD_LABELS.values()), rotation=30, fontsize=8)
+    axes.set_title(f"{recipe.upper().replace('HP', 'HP-')}, rho = {rho}", fontsize=9)
+    axes.grid(axis="y", alpha=0.3)
+
+
+def cells_figure(finished: dict[str, tuple[dict[str, Any], dict[str, Any]]]) -> Figure:
+    """Top-1 per recipe (rows) and rho (columns) for CE, cRT, LA, NPE-LA(1) and NPE-LA(16): ours on the 1,000 exact
+    images (filled circles) and the full test set (open triangles), mean with sample-std bars over seeds, beside the
+    paper's mean +- std (black squares)."""
+    figure = Figure(figsize=(12, 7), layout="constrained")
+    cells = seeds_by_cell(finished)
+    grid = figure.subplots(2, 3, sharey="row")
+    for row, recipe in enumerate(("hp1", "hp2")):
+        for column, rho in enumerate((200, 100, 50)):
+            _draw_cell_panel(grid[row][column], cells, recipe, rho)
+        grid[row][0].set_ylabel("top-1 (%)")
+    figure.suptitle(
+        "ResNet-32, CIFAR-10-LT: ours (blue; filled: 1,000 exact test images, open: full test set) "
+        "vs the paper (black)",
+        fontsize=10,
+    )
+    return figure
 
 
 def pem_ablation(finished: dict[str, tuple[dict[str, Any], dict[str, Any]]]) -> str:
@@ -152,6 +259,15 @@ def pem_ablation(finished: dict[str, tuple[dict[str, Any], dict[str, Any]]]) -> 
         plain = "{:.2f} / {:.2f}".format(*_top1(metrics, "plain"))
         lines.append(f"| {pems} | {plain} | {npe_la} |")
     return "\n".join(lines)
+
+
+def finished_runs(zoo: Path) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """Every finished run directly under ``zoo``: name -> (config, metrics)."""
+    return {
+        run.name: (read_json(run / CONFIG_FILE), read_json(run / METRICS_FILE))
+        for run in sorted(zoo.iterdir())
+        if (run / METRICS_FILE).is_file() and (run / CONFIG_FILE).is_file()
+    }
 
 
 def report(zoo: Path) -> str:
@@ -175,7 +291,11 @@ def report(zoo: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--zoo", type=Path, default=Path("zoo"), help="folder of run directories (default: zoo)")
-    print(report(parser.parse_args().zoo))
+    parser.add_argument("--figure", type=Path, help="also draw the per-rho top-1 figure into this PNG file")
+    args = parser.parse_args()
+    print(report(args.zoo))
+    if args.figure is not None:
+        FigureCanvasAgg(cells_figure(finished_runs(args.zoo))).print_png(args.figure)
 
 
 if __name__ == "__main__":
