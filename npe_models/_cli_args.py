@@ -240,7 +240,10 @@ def _add_segmentation_arguments(train: argparse.ArgumentParser) -> argparse._Arg
         "(default: on for ade20k, off for seg_folder)",
     )
     seg.add_argument("--iterations", type=int, help="SGD steps (default: 600)")
-    seg.add_argument("--crop-size", type=_size, help="random training crop, e.g. 128 or 128x96 (default: 128)")
+    seg.add_argument(
+        "--crop-size", type=_size, help="random training crop, e.g. 128 or 128x96 (default: 512 for ade20k, else 128)"
+    )
+    _add_augment_arguments(seg)
     seg.add_argument("--aux-weight", type=float, help="auxiliary loss weight (default: 0.4)")
     seg.add_argument(
         "--freeze-backbone",
@@ -252,6 +255,43 @@ def _add_segmentation_arguments(train: argparse.ArgumentParser) -> argparse._Arg
     seg.add_argument("--no-flip", dest="flip", action="store_false", default=None, help="no random horizontal flips")
     seg.add_argument("--checkpoint-every", type=int, help="iterations between checkpoints (default: 100)")
     return seg
+
+
+def _add_augment_arguments(seg: argparse._ArgumentGroup) -> None:
+    """The training augmentation: today's crop and flip, or MMSegmentation's ADE20K pipeline and its settings."""
+    seg.add_argument(
+        "--augment",
+        choices=("crop", "mmseg"),
+        help="training augmentation: crop (a uniform crop and flip) or mmseg (MMSegmentation's ADE20K pipeline: "
+        "random rescale, crop with the class-ratio check, flip, photometric distortion, pad); "
+        "default: mmseg for ade20k, else crop",
+    )
+    seg.add_argument(
+        "--scale",
+        type=_size,
+        metavar="LONGxSHORT",
+        help="mmseg: base scale of the random rescale, bounds of the longer x shorter side (default: 2048x512)",
+    )
+    seg.add_argument(
+        "--ratio-range",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help="mmseg: the rescale ratio's range around --scale (default: 0.5 2.0)",
+    )
+    seg.add_argument(
+        "--cat-max-ratio",
+        type=float,
+        help="mmseg: redraw a crop (up to 10 times) while one class covers this share of its labelled pixels "
+        "(default: 0.75; 1 turns it off)",
+    )
+    seg.add_argument(
+        "--no-photometric",
+        dest="photometric",
+        action="store_false",
+        default=None,
+        help="mmseg: no photometric distortion (brightness, contrast, saturation, hue)",
+    )
 
 
 def _options_of(group: argparse._ArgumentGroup) -> dict[str, str]:

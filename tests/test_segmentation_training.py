@@ -17,6 +17,7 @@ import npe_models
 from npe_models.models import is_segmentation_model
 from npe_models.runs import NonFiniteLossError, write_run_config
 from npe_models.segmentation import (
+    CropAugmentation,
     RandomCropBatches,
     SegmentationMetrics,
     SegmentationModelConfig,
@@ -202,8 +203,9 @@ def test_segmentation_dataset_needs_a_data_directory(monkeypatch) -> None:
 
 def test_random_crops_are_seeded_and_padded() -> None:
     dataset = _Blobs(count=2, size=(20, 24))
-    first = RandomCropBatches(dataset, 3, (16, 30), seed=5, flip=False, ignore_index=255).next_batch()
-    second = RandomCropBatches(dataset, 3, (16, 30), seed=5, flip=False, ignore_index=255).next_batch()
+    augmentation = CropAugmentation((16, 30), flip=False, ignore_index=255)
+    first = RandomCropBatches(dataset, 3, augmentation, seed=5).batch(0)
+    second = RandomCropBatches(dataset, 3, augmentation, seed=5).batch(0)
     assert first[0].shape == (3, 3, 16, 30) and first[1].shape == (3, 16, 30)
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
     padded_columns = first[1][..., 24:]

@@ -5,6 +5,7 @@ Models live in :mod:`npe_models.models.segmentation`; the STARE data set in :mod
 the command line is ``npe-models`` (:mod:`npe_models.cli`).
 """
 
+from .augment import AUGMENTATIONS, CropAugmentation
 from .checkpoint import load_segmentation_model, load_weights_for_pem_training, save_segmentation_weights
 from .config import (
     SEGMENTATION_DATASETS,
@@ -21,6 +22,8 @@ from .sampling import RandomCropBatches, normalize_images
 from .training import freeze_model_parts, has_pems, segmentation_dataset, set_train_mode, train_run, train_segmentation
 
 __all__ = [
+    "AUGMENTATIONS",
+    "CropAugmentation",
     "DEFAULT_IGNORE_INDEX",
     "EVAL_MODES",
     "RandomCropBatches",

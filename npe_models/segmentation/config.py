@@ -17,11 +17,13 @@ from torchvision.models import Weights, WeightsEnum
 
 from .._validation import check_number, check_numbers
 from ..data import FOLDER_SEGMENTATION_LAYOUTS, SEGMENTATION_DATASETS, check_dataset, resolve_data_dir
+from ..data.files import check_file_loading
 from ..data.segfolder import segmentation_folder_classes
 from ..models.segmentation import DEFAULT_SEGMENTATION_ALPHA, create_segmentation_model, parse_segmentation_model_name
 from ..models.unet import UNet_FCN_Weights
 from ..npe import DEFAULT_NPE_T, check_npe_alpha, check_npe_t
 from ..runs import SerializableConfig, resumable_config
+from .augment import AUGMENTATIONS, CropAugmentation
 
 __all__ = [
     "SEGMENTATION_DATASETS",
@@ -37,6 +39,7 @@ __all__ = [
     "shipped_segmentation_names",
     "shipped_segmentation_weights",
     "pretrained_segmentation_config",
+    "shipped_init",
 ]
 
 SCHEDULES = ("multistep", "poly")
@@ -59,7 +62,12 @@ _TRAIN_NUMBER_RULES: dict[str, dict[str, Any]] = {
     "seed": dict(integer=True, minimum=0, below=2**32),
     "checkpoint_every": dict(integer=True, minimum=1),
     "log_every": dict(integer=True, minimum=1),
+    "cat_max_ratio": dict(above=0, maximum=1),
 }
+# The settings of MMSegmentation's pipeline (augment="mmseg"), refused when given with augment="crop".
+MMSEG_AUGMENT_SETTINGS = ("scale", "ratio_range", "cat_max_ratio", "photometric")
+# Training defaults of a data set, for a fresh run (given settings win): ADE20K trains as MMSegmentation's configs.
+_DATASET_TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {"ade20k": {"augment": "mmseg", "crop_size": (512, 512)}}
 
 
 @dataclass
@@ -108,6 +116,13 @@ class SegmentationTrainConfig(SerializableConfig):
     600 iterations, lr 1e-2 divided by 10 at 200 and 400, momentum 0.9, weight decay 5e-4
     (MMSegmentation's STARE recipe), 128x128 crops, frozen backbone. ``schedule="poly"`` decays
     as ``(1 - i / iterations) ** poly_power`` instead (MMSegmentation's baseline schedule).
+
+    ``augment``: ``"crop"`` (default; a uniform crop and ``flip``) or ``"mmseg"``, MMSegmentation's ADE20K pipeline
+    (:mod:`~npe_models.segmentation.augment`): rescale by ``scale`` (longer x shorter side bound, default 2048x512)
+    times a ratio in ``ratio_range`` (0.5-2.0), crop with ``cat_max_ratio`` (0.75; 1 turns the check off), flip,
+    ``photometric`` distortion (on), pad. A fresh ``ade20k`` run defaults to ``"mmseg"`` with 512x512 crops.
+    ``workers``: DataLoader processes that decode and augment (default: the CPUs, at most 8, for file data sets; 0
+    for STARE's arrays); the batches do not depend on it.
     """
 
     iterations: int = 600
@@ -128,9 +143,22 @@ class SegmentationTrainConfig(SerializableConfig):
     seed: int = 0
     checkpoint_every: int = 100
     log_every: int = 10
+    augment: str = "crop"
+    scale: tuple[int, int] = (2048, 512)
+    ratio_range: tuple[float, float] = (0.5, 2.0)
+    cat_max_ratio: float = 0.75
+    photometric: bool = True
+    workers: Optional[int] = None
 
     def __post_init__(self) -> None:
         check_numbers(self, _TRAIN_NUMBER_RULES)
+        check_file_loading(workers=self.workers)
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {self.augment!r}.")
+        if len(self.scale) != 2 or not all(isinstance(s, int) and s >= 1 for s in self.scale):
+            raise ValueError(f"scale must be two positive sizes (longer x shorter side), got {self.scale}.")
+        if len(self.ratio_range) != 2 or not 0 < self.ratio_range[0] <= self.ratio_range[1]:
+            raise ValueError(f"ratio_range must be (low, high) with 0 < low <= high, got {self.ratio_range}.")
         for milestone in self.milestones:
             check_number("milestones", milestone, integer=True, minimum=1)
         if self.schedule not in SCHEDULES:
@@ -143,6 +171,19 @@ class SegmentationTrainConfig(SerializableConfig):
         if self.schedule == "poly":
             return (1 - iteration / self.iterations) ** self.poly_power
         return self.gamma ** sum(iteration >= m for m in self.milestones)
+
+    def augmentation(self) -> CropAugmentation:
+        """The per-sample augmentation these settings describe."""
+        return CropAugmentation(
+            tuple(self.crop_size),
+            self.augment,
+            self.flip,
+            self.ignore_index,
+            tuple(self.scale),
+            tuple(self.ratio_range),
+            self.cat_max_ratio,
+            self.photometric,
+        )
 
 
 @dataclass
@@ -160,6 +201,7 @@ class SegmentationRunConfig(SerializableConfig):
         "train.iterations",
         "train.checkpoint_every",
         "train.log_every",
+        "train.workers",
         "data.data_dir",
         "data.class_pixels",
         "data.init",
@@ -298,6 +340,27 @@ def pretrained_segmentation_config(name: str) -> tuple[SegmentationModelConfig, 
     return config, weights
 
 
+def shipped_init(init: Optional[str]) -> Optional[tuple[SegmentationModelConfig, Weights]]:
+    """The settings and weights entry of ``init`` (``--init``) when it names shipped weights (as ``npe-models list
+    --pretrained`` lists them) and no file or folder of that name exists; else None (a run or weights file)."""
+    if not init or Path(init).expanduser().exists() or init not in shipped_segmentation_names():
+        return None
+    return pretrained_segmentation_config(init)
+
+
+def _shipped_model_settings(init: Optional[str]) -> dict[str, Any]:
+    """A fresh run's model defaults from shipped ``init`` weights: the architecture, its builder arguments and input
+    normalisation, and the PEM type of trained PEMs (the classes stay the data set's)."""
+    shipped = shipped_init(init)
+    if shipped is None:
+        return {}
+    config, weights = shipped
+    settings = {key: getattr(config, key) for key in ("name", "model_kwargs", "aux_loss", "mean", "std")}
+    if weights.meta.get("num_pems", 0):
+        settings["pem_type"] = config.pem_type
+    return {key: value for key, value in settings.items() if value is not None}
+
+
 _DATA_SETTINGS = ("dataset", "annotation", "init", "weights", "weights_backbone", "data_dir", "reduce_zero_label")
 
 
@@ -321,6 +384,8 @@ def _fresh_data_settings(given: dict[str, Any]) -> dict[str, Any]:
     dataset = given.get("dataset", "stare")
     check_dataset(dataset, "segmentation")
     starts = {k: given.get(k) for k in ("init", "weights", "weights_backbone")}
+    if shipped_init(starts["init"]) is not None and (starts["weights"] or starts["weights_backbone"]):
+        raise ValueError(f"--init {starts['init']} loads shipped weights; drop --weights / --weights-backbone.")
     if not is_folder_dataset(dataset):
         if given.get("reduce_zero_label") is not None:
             raise ValueError(f"reduce_zero_label (--reduce-zero-label) applies to file data sets, not {dataset}.")
@@ -344,13 +409,16 @@ def resolve_segmentation_config(out_dir: Union[str, Path], resume: bool, **given
     :class:`SegmentationTrainConfig` field, and ``dataset``, ``annotation`` (STARE), ``data_dir`` and
     ``reduce_zero_label`` (file data sets), ``init``, ``weights``, ``weights_backbone``; ``None`` values count as
     not given. Changes a resumed run may not make
-    are refused when it starts.
+    are refused when it starts. A fresh ``ade20k`` run defaults to ``augment="mmseg"`` with 512x512 crops; an
+    ``init`` naming shipped weights (:func:`shipped_init`) supplies the model's defaults (its architecture too).
     """
     sections = _sections(given)
     if resume:
         base = SegmentationRunConfig.from_dict(resumable_config(out_dir, SegmentationRunConfig.task)).to_dict()
     else:
         data = _fresh_data_settings(sections["data"])
+        sections["train"] = {**_DATASET_TRAIN_DEFAULTS.get(data["dataset"], {}), **sections["train"]}
+        sections["model"] = {**_shipped_model_settings(data["init"]), **sections["model"]}
         model = sections["model"].pop("name", None)
         model_config = segmentation_model_config(
             model,
@@ -365,4 +433,9 @@ def resolve_segmentation_config(out_dir: Union[str, Path], resume: bool, **given
         sections["data"]["data_dir"] = str(Path(sections["data"]["data_dir"]).expanduser().resolve())
     else:
         sections["data"].pop("data_dir", None)
-    return SegmentationRunConfig.from_dict({key: {**base[key], **sections[key]} for key in base})
+    config = SegmentationRunConfig.from_dict({key: {**base[key], **sections[key]} for key in base})
+    mmseg_only = [key for key in MMSEG_AUGMENT_SETTINGS if key in sections["train"]]
+    if mmseg_only and config.train.augment != "mmseg":
+        flags = ", ".join("--" + key.replace("_", "-").replace("photometric", "no-photometric") for key in mmseg_only)
+        raise ValueError(f"{flags} set MMSegmentation's pipeline; add --augment mmseg (this run uses crop).")
+    return config

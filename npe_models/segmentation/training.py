@@ -4,12 +4,15 @@ The paper's protocol freezes a trained network (backbone, and optionally its dec
 trains PEMs on top. Frozen parts keep ``requires_grad=False`` and their BatchNorm (and dropout)
 layers stay in eval mode, so their running statistics never change. Runs use the shared loop
 of :mod:`npe_models.runs` (checkpoints, exact resumption, the log); :func:`train_run` builds a
-run from its settings, which is what ``npe-models train`` calls.
+run from its settings, which is what ``npe-models train`` calls. Under ``torchrun`` every process
+trains its share of each global batch (DistributedDataParallel; gloo on CPU, nccl on CUDA) and
+rank 0 writes the run directory.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -18,17 +21,20 @@ from typing import Any, Optional, Union
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
 from ..data import FOLDER_SEGMENTATION_LAYOUTS, SegmentationFolder, check_dataset, resolve_data_dir
+from ..data.files import default_workers
 from ..data.stare import StareSegmentation
-from ..distributed import resolve_device
+from ..distributed import DistributedContext, all_reduce_sum, barrier, init_distributed
 from ..models.smp import is_smp_model
 from ..npe import has_pems
 from ..runs import CHECKPOINT_FILE, WEIGHTS_FILE, TrainingLoop, check_out_dir, check_run_dir
 from .checkpoint import load_weights_for_pem_training, save_segmentation_weights
-from .config import SegmentationModelConfig, SegmentationRunConfig, SegmentationTrainConfig
+from .config import SegmentationModelConfig, SegmentationRunConfig, SegmentationTrainConfig, shipped_init
 from .losses import segmentation_loss_terms
 from .sampling import RandomCropBatches, normalize_images
 
@@ -85,8 +91,37 @@ def set_train_mode(model: nn.Module, frozen_parts: list[nn.Module]) -> None:
                 module.eval()
 
 
+class _TrainingForward(nn.Module):
+    """The training forward pass (an NPE model's ``forward_train``) as a module, so DistributedDataParallel can wrap
+    it."""
+
+    def __init__(self, model: nn.Module, npe: bool) -> None:
+        super().__init__()
+        self.model, self.npe = model, npe
+
+    def forward(self, images: torch.Tensor) -> Any:
+        return self.model.forward_train(images) if self.npe else self.model(images)
+
+
+def _training_batches(dataset: Dataset, train: SegmentationTrainConfig, context: DistributedContext) -> Any:
+    """The run's :class:`RandomCropBatches`; ``workers`` defaults to the CPUs for files, 0 for arrays in memory."""
+    workers = train.workers
+    if workers is None:
+        workers = default_workers(context.world_size) if isinstance(dataset, SegmentationFolder) else 0
+    return RandomCropBatches(
+        dataset,
+        train.batch_size,
+        train.augmentation(),
+        train.seed,
+        rank=context.rank,
+        world_size=context.world_size,
+        workers=workers,
+        pin_memory=context.device.type == "cuda",
+    )
+
+
 class _SegmentationRun(TrainingLoop):
-    """A segmentation run: one SGD step on a batch of random crops per iteration."""
+    """A segmentation run: one SGD step on a batch of augmented crops per iteration."""
 
     task = SegmentationRunConfig.task
     unit = "iteration"
@@ -97,12 +132,13 @@ class _SegmentationRun(TrainingLoop):
         dataset: Dataset,
         config: SegmentationRunConfig,
         run_dir: Optional[PathLike],
-        device: Union[str, torch.device],
+        context: DistributedContext,
         on_step: Optional[Callable[[int, dict[str, float]], None]],
     ) -> None:
-        super().__init__(config, run_dir, config.train.iterations)
+        super().__init__(config, run_dir, config.train.iterations, is_main=context.is_main)
         train = config.train
-        self.model, self.device, self.on_step = model.to(device), device, on_step
+        self.model, self.context, self.device = model.to(context.device), context, context.device
+        self.on_step = on_step if context.is_main else None
         frozen = freeze_model_parts(model, train.freeze_backbone, train.freeze_decode_head)
         parameters = [p for p in model.parameters() if p.requires_grad]
         if not parameters:
@@ -110,11 +146,12 @@ class _SegmentationRun(TrainingLoop):
         self.optimizer = torch.optim.SGD(
             parameters, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay
         )
-        self.batches = RandomCropBatches(
-            dataset, train.batch_size, train.crop_size, train.seed, train.flip, train.ignore_index
-        )
+        self.batches = _training_batches(dataset, train, context)
         self.npe = has_pems(model)
         self.train_main = any(p.requires_grad for name, p in model.named_parameters() if not _is_pem_parameter(name))
+        self.forward = _TrainingForward(model, self.npe)
+        if context.enabled:
+            self.forward = DistributedDataParallel(self.forward)
         torch.manual_seed(train.seed)  # dropout draws from the global generator (a resumed run restores its state)
         set_train_mode(model, frozen)
 
@@ -127,44 +164,51 @@ class _SegmentationRun(TrainingLoop):
     def checkpoint_due(self, done: int) -> bool:
         return done % self.config.train.checkpoint_every == 0 or done == self.total
 
+    def _loss_terms(self, index: int) -> dict[str, torch.Tensor]:
+        """This process's loss terms on its share of iteration ``index``'s batch."""
+        images, masks = self.batches.batch(index)
+        model_config = self.config.model
+        images = normalize_images(images.to(self.device, non_blocking=True), model_config.mean, model_config.std)
+        return segmentation_loss_terms(
+            self.forward(images),
+            masks.to(self.device, non_blocking=True),
+            train_main=self.train_main,
+            t=getattr(self.model, "t", 1),
+            ignore_index=self.config.train.ignore_index,
+            aux_weight=self.config.train.aux_weight,
+        )
+
+    def _mean_over_processes(self, terms: dict[str, torch.Tensor], loss: torch.Tensor) -> dict[str, float]:
+        """The loss and its terms averaged over the processes, for the log and the finite check (same on all)."""
+        values = torch.stack([loss.detach(), *(term.detach() for term in terms.values())]).float()
+        values = all_reduce_sum(values, self.context) / self.context.world_size
+        return dict(zip(["loss", *terms], values.tolist()))
+
     def train_unit(self, index: int) -> dict[str, Any]:
         """Iteration ``index``: the scheduled learning rate, a batch of crops, the loss, one SGD step."""
-        began, train, model_config = time.perf_counter(), self.config.train, self.config.model
+        began, train = time.perf_counter(), self.config.train
         lr = train.lr * train.lr_factor(index)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        images, masks = self.batches.next_batch()
-        images = normalize_images(images.to(self.device), model_config.mean, model_config.std)
-        result = self.model.forward_train(images) if self.npe else self.model(images)
-        terms = segmentation_loss_terms(
-            result,
-            masks.to(self.device),
-            train_main=self.train_main,
-            t=getattr(self.model, "t", 1),
-            ignore_index=train.ignore_index,
-            aux_weight=train.aux_weight,
-        )
+        terms = self._loss_terms(index)
         loss = sum(terms.values())
-        if not torch.isfinite(loss):
-            raise self.non_finite(index, loss.item(), f" ({ {k: v.item() for k, v in terms.items()} })")
+        logged = self._mean_over_processes(terms, loss)
+        if not all(np.isfinite(list(logged.values()))):
+            raise self.non_finite(index, logged["loss"], f" ({ {k: v for k, v in logged.items() if k != 'loss'} })")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        record = {
-            "iteration": index + 1,
-            "lr": lr,
-            "loss": loss.item(),
-            **{k: v.item() for k, v in terms.items()},
-            "seconds": time.perf_counter() - began,
-        }
+        record = {"iteration": index + 1, "lr": lr, **logged, "seconds": time.perf_counter() - began}
         if self.on_step is not None:
             self.on_step(index + 1, record)
         return record
 
     def finish(self, record: Optional[dict[str, Any]]) -> dict[str, float]:
         """The final weights (with the model settings) in the run directory; the model in eval mode."""
-        if self.run_dir is not None:
+        self.batches.close()
+        if self.run_dir is not None and self.is_main:
             save_segmentation_weights(self.run_dir / WEIGHTS_FILE, self.model, self.config.model)
+        barrier(self.context)
         self.model.eval()
         return record or {}
 
@@ -190,11 +234,24 @@ def train_segmentation(
     final weights go to ``model.safetensors``.
     ``config.json`` records the model and training settings and ``data_info`` (the data set used).
     ``on_step(iteration, record)`` is called after every iteration (for progress bars).
+    Under ``torchrun`` every process calls this with its own copy of the model; ``config.batch_size`` is the global
+    batch, split over the processes, and rank 0 writes ``output_dir``.
     """
     run_config = SegmentationRunConfig(model_config, config, dict(data_info or {}))
-    if output_dir is not None:
-        check_run_dir(output_dir, run_config, resume)
-    return _SegmentationRun(model, dataset, run_config, output_dir, device, on_step).run(resume)
+    started_group = not dist.is_initialized()
+    context = init_distributed(str(device))
+    try:
+        if output_dir is not None:
+            check_run_dir(output_dir, run_config, resume)
+        barrier(context)  # every process has checked the folder before rank 0 writes into it
+        run = _SegmentationRun(model, dataset, run_config, output_dir, context, on_step)
+        try:
+            return run.run(resume)
+        finally:
+            run.batches.close()
+    finally:
+        if context.enabled and started_group and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def segmentation_dataset(
@@ -240,12 +297,15 @@ def class_pixel_counts(dataset: Dataset, num_classes: int, ignore_index: int = 2
 
 
 def _starting_model(config: SegmentationRunConfig, continuing: bool) -> nn.Module:
-    """The model with the weights it starts from; none when it continues from a checkpoint, which replaces them."""
+    """The model with the weights it starts from (``init``: a run, a weights file or shipped weights by name);
+    none when it continues from a checkpoint, which replaces them."""
     if continuing:
         return config.model.build()
     data = config.data
-    model = config.model.build(weights=data.get("weights"), weights_backbone=data.get("weights_backbone"))
-    if data.get("init"):
+    shipped = shipped_init(data.get("init"))
+    weights = shipped[1] if shipped is not None else data.get("weights")
+    model = config.model.build(weights=weights, weights_backbone=data.get("weights_backbone"))
+    if data.get("init") and shipped is None:
         load_weights_for_pem_training(model, data["init"])
     elif config.train.freeze_backbone and not (data.get("weights") or data.get("weights_backbone")):
         warnings.warn(
@@ -308,11 +368,13 @@ def train_run(
         ignore_index=config.train.ignore_index,
         reduce_zero_label=data.get("reduce_zero_label"),
     )
-    _check_crop_fits(config.train.crop_size, dataset)
+    if config.train.augment == "crop":  # MMSegmentation's pipeline rescales first: its crop may pad any image
+        _check_crop_fits(config.train.crop_size, dataset)
     pixels = class_pixel_counts(dataset, config.model.num_classes, config.train.ignore_index)
     config = dataclasses.replace(config, data={**data, "images": list(dataset.ids), "class_pixels": pixels})
     model = _starting_model(config, resume and (Path(out_dir) / CHECKPOINT_FILE).is_file())
-    bar = progress(total=config.train.iterations, desc=f"train {config.model.name}", unit="it") if progress else None
+    main = progress is not None and os.environ.get("RANK", "0") == "0"  # torchrun: rank 0 shows the bar
+    bar = progress(total=config.train.iterations, desc=f"train {config.model.name}", unit="it") if main else None
     try:
         return train_segmentation(
             model,
@@ -320,7 +382,7 @@ def train_run(
             config.train,
             config.model,
             output_dir=out_dir,
-            device=resolve_device(str(device)),
+            device=device,
             resume=resume,
             data_info=config.data,
             on_step=_ProgressReport(bar) if bar is not None else None,
