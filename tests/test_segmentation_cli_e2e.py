@@ -1,0 +1,88 @@
+"""`npe-models` end to end on segmentation folders (issue 45): train, resume, evaluate, predict masks and export
+to ONNX, for an smp model and a torchvision-style model, on ``seg_folder`` and ADE20K-layout trees of real images.
+
+The trees are 64x64 mosaics of four CIFAR-10 test images, each tile's pixels labelled with its class (three
+classes); in the ADE20K layout the labels are shifted up by one, as ADE20K's zero label is reduced.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from npe_models.cli import main
+from npe_models.data import ADE20K_CLASSES
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+_SIDE, _TILE, _CLASSES = 64, 32, 3
+# layout -> images folder, masks folder, split folders, image extension, label offset (ADE20K: 0 is "other")
+_LAYOUTS = {
+    "seg_folder": ("images", "masks", ("train", "val"), ".png", 0),
+    "ade20k": ("images", "annotations", ("training", "validation"), ".jpg", 1),
+}
+# (model, layout, extra train options): an smp U-Net with a small decoder, a narrow UNet-FCN (a torchvision FCN) and,
+# marked slow (its ONNX export alone takes about 30 s), torchvision's LR-ASPP
+_SMP_OPTIONS = ["--model-arg", "encoder_depth=3", "--model-arg", "decoder_channels=[16,8,8]"]
+_UNET_OPTIONS = ["--model-arg", "base_channels=4", "--model-arg", "num_stages=3", "--no-freeze-backbone"]
+_CASES = [
+    pytest.param("smp:unet:tu-resnet10t_npe1", "seg_folder", _SMP_OPTIONS, id="smp"),
+    pytest.param("unet_fcn_npe1", "ade20k", _UNET_OPTIONS, id="unet_fcn"),
+    pytest.param(
+        "lraspp_mobilenet_v3_large_npe1", "ade20k", ["--no-freeze-backbone"], id="lraspp", marks=pytest.mark.slow
+    ),
+]
+
+
+def _mosaic(x: np.ndarray, y: np.ndarray, picks: np.ndarray, offset: int) -> tuple[np.ndarray, np.ndarray]:
+    """A 64x64 image of four CIFAR tiles and its mask: each tile labelled with its class (mod 3) plus ``offset``."""
+    image, mask = np.zeros((_SIDE, _SIDE, 3), np.uint8), np.zeros((_SIDE, _SIDE), np.uint8)
+    for tile, index in enumerate(picks):
+        rows, cols = slice(tile // 2 * _TILE, (tile // 2 + 1) * _TILE), slice(tile % 2 * _TILE, (tile % 2 + 1) * _TILE)
+        image[rows, cols], mask[rows, cols] = x[index], y[index] % _CLASSES + offset
+    return image, mask
+
+
+def _write_tree(root: Path, layout: str, data_dir: Path) -> Path:
+    """Three training and two validation mosaics in ``layout``."""
+    images_dir, masks_dir, splits, extension, offset = _LAYOUTS[layout]
+    cifar = np.load(data_dir / "cifar10" / "test.npz")
+    rng = np.random.default_rng(0)
+    for split, count in zip(splits, (3, 2)):
+        (root / images_dir / split).mkdir(parents=True)
+        (root / masks_dir / split).mkdir(parents=True)
+        for index in range(count):
+            image, mask = _mosaic(cifar["x"], cifar["y"], rng.integers(0, len(cifar["y"]), 4), offset)
+            Image.fromarray(image).save(root / images_dir / split / f"{split}{index}{extension}")
+            Image.fromarray(mask).save(root / masks_dir / split / f"{split}{index}.png")
+    return root
+
+
+@pytest.mark.parametrize(("model", "layout", "options"), _CASES)
+def test_train_resume_evaluate_predict_export(model, layout, options, data_dir: Path, tmp_path: Path) -> None:
+    tree, run = _write_tree(tmp_path / layout, layout, data_dir), tmp_path / "run"
+    train = ["train", "--model", model, "--dataset", layout, "--data-dir", str(tree), "--out", str(run), *options]
+    common = ["--crop-size", "64", "--batch-size", "2", "--checkpoint-every", "1", "--no-progress"]
+    assert main([*train, "--iterations", "2", *common]) == 0
+    assert main(["train", "--out", str(run), "--resume", "--iterations", "3", "--no-progress"]) == 0
+    iterations = [json.loads(line)["iteration"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert iterations[-1] == 3 and iterations == sorted(set(iterations))  # resumed, not restarted
+
+    assert main(["evaluate", str(run), "--npe-alpha", "0", "0.5", "--no-progress"]) == 0
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    names = list(ADE20K_CLASSES[:_CLASSES]) if layout == "ade20k" else [f"class {i}" for i in range(_CLASSES)]
+    assert names[0] in json.dumps(metrics) and names[-1] in json.dumps(metrics)
+
+    val_images = tree / "images" / _LAYOUTS[layout][2][1]
+    assert main(["predict", str(run), str(val_images), "--out", str(tmp_path / "masks"), "--no-progress"]) == 0
+    for index in range(2):
+        mask = np.asarray(Image.open(tmp_path / "masks" / f"{_LAYOUTS[layout][2][1]}{index}.png"))
+        assert mask.shape == (_SIDE, _SIDE)
+
+    onnx_file = tmp_path / "model.onnx"
+    export = ["export", "onnx", str(run), "-o", str(onnx_file), "--input-size", "3", "64", "64", "--check"]
+    assert main(export) == 0 and onnx_file.is_file()
