@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 
 import npe_models
 from npe_models.models import is_segmentation_model
+from npe_models.models.unet import UNet_FCN_Weights
 from npe_models.runs import NonFiniteLossError, write_run_config
 from npe_models.segmentation import (
     CropAugmentation,
@@ -25,11 +26,13 @@ from npe_models.segmentation import (
     confusion_matrix,
     evaluate_segmentation,
     freeze_model_parts,
+    load_segmentation_model,
     normalize_images,
     predict_logits,
     resolve_segmentation_config,
     segmentation_dataset,
     set_train_mode,
+    train_run,
     train_segmentation,
 )
 
@@ -303,3 +306,22 @@ def test_non_finite_loss_stops_training_with_a_clear_error() -> None:
     model_config = _model_config()
     with pytest.raises(NonFiniteLossError, match="lower the learning rate"):
         train_segmentation(model_config.build(), _Blobs(), _train_config(lr=1e30, freeze_backbone=False), model_config)
+
+
+@pytest.mark.filterwarnings("error")
+def test_init_by_name_starts_from_shipped_weights(data_dir: Path, tmp_path: Path) -> None:
+    """``train --init unet_fcn.STARE``: the shipped network's settings and weights, fresh PEMs on top."""
+    shipped = UNet_FCN_Weights.STARE.get_state_dict()
+    run = tmp_path / "pems"
+    settings = dict(iterations=1, batch_size=1, crop_size=(32, 32), freeze_decode_head=True, data_dir=data_dir)
+    config = resolve_segmentation_config(run, False, model="unet_fcn_npe1", init="unet_fcn.STARE", **settings)
+    assert config.model.model_kwargs == {"num_stages": 5, "base_channels": 16} and config.model.aux_loss
+    assert config.data["init"] == "unet_fcn.STARE" and config.model.pem_type == "linear"
+    train_run(config, run, data_dir=data_dir, device="cpu")
+    trained = load_segmentation_model(run)[0].state_dict()
+    assert all(torch.equal(trained[key], value) for key, value in shipped.items() if key in trained)
+    assert {key for key in trained if "pem" in key} and not {key for key in shipped if "pem" in key} & set(trained)
+    default = resolve_segmentation_config(tmp_path / "other", False, init="unet_fcn_npe1")  # the name gives the model
+    assert (default.model.name, default.model.pem_type) == ("unet_fcn_npe1", "fcn")
+    with pytest.raises(ValueError, match="loads shipped weights; drop --weights"):
+        resolve_segmentation_config(tmp_path / "other", False, init="unet_fcn_npe1", weights="DEFAULT")

@@ -302,12 +302,13 @@ def _starting_model(config: SegmentationRunConfig, continuing: bool) -> nn.Modul
     if continuing:
         return config.model.build()
     data = config.data
+    torch.manual_seed(config.train.seed)  # fresh parts start alike in every torchrun process and every rerun
     shipped = shipped_init(data.get("init"))
     weights = shipped[1] if shipped is not None else data.get("weights")
     model = config.model.build(weights=weights, weights_backbone=data.get("weights_backbone"))
     if data.get("init") and shipped is None:
         load_weights_for_pem_training(model, data["init"])
-    elif config.train.freeze_backbone and not (data.get("weights") or data.get("weights_backbone")):
+    elif config.train.freeze_backbone and not (shipped or data.get("weights") or data.get("weights_backbone")):
         warnings.warn(
             "the backbone is frozen but randomly initialised; pass init (--init), weights / weights_backbone "
             "(--weights, --weights-backbone) or freeze_backbone=False (--no-freeze-backbone).",
