@@ -17,6 +17,8 @@ from safetensors.torch import load_file
 
 from npe_models.cli import main
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models: one thread is faster on a shared CPU
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -24,6 +24,8 @@ from npe_models.segmentation import (
 )
 from npe_models.segmentation.metrics import SegmentationMetrics, pixel_share_groups
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models: one thread is faster on a shared CPU
+
 SIZE = (24, 28)  # height, width
 
 
@@ -302,3 +304,20 @@ def test_stare_written_as_a_seg_folder_trains_and_scores_as_the_array_file(data_
     assert results["stare"]["loss"] == results["seg_folder"]["loss"]
     for alpha, stare_metrics in metrics["stare"].items():
         assert torch.equal(stare_metrics.confusion, metrics["seg_folder"][alpha].confusion)
+
+
+def test_a_command_decodes_each_training_mask_once(tmp_path: Path, monkeypatch) -> None:
+    """Without a class file the classes come from the training masks; training then opens the split again."""
+    import npe_models.data.segfolder as segfolder
+
+    root = _seg_folder(tmp_path / "data", train=3, classes=False)
+    decoded = []
+    original = segfolder.read_mask
+    monkeypatch.setattr(segfolder, "read_mask", lambda path: decoded.append(Path(path).name) or original(path))
+    config = resolve_segmentation_config(tmp_path / "run", False, model="unet_fcn", dataset="seg_folder", data_dir=root)
+    dataset = segmentation_dataset("seg_folder", "train", data_dir=root, class_names=config.model.class_names)
+    assert config.model.class_names == ["class 0", "class 1", "class 2"] and len(dataset) == 3
+    assert sorted(decoded) == ["img0.png", "img1.png", "img2.png"]
+    Image.fromarray(_mask(1)).save(root / "masks" / "train" / "img0.png")  # a changed file is read again
+    SegmentationFolder(root, "train")
+    assert sorted(decoded) == ["img0.png", "img0.png", "img1.png", "img2.png"]

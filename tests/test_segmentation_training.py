@@ -36,6 +36,8 @@ from npe_models.segmentation import (
     train_segmentation,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models: one thread is faster on a shared CPU
+
 
 class _Blobs(Dataset):
     """Synthetic images: a bright square on a dark background, labelled 1 inside the square."""

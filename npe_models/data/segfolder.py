@@ -15,11 +15,14 @@ the given class count, or the training masks' largest label + 1.
 Everything is checked when a split is opened, before any training: every image's header, every mask decoded
 (its mode, its size against its image's, its values), an image without a mask or a mask without an image, an
 empty split; each problem is a one-line error naming the file. The per-class pixel counts of the split
-(:attr:`SegmentationFolder.class_pixels`) come from the same pass.
+(:attr:`SegmentationFolder.class_pixels`) come from the same pass. Each mask's summary is kept for the process (keyed
+by both files' size and modification time), so a command that opens a split twice (its classes, then its training)
+decodes each mask once.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -136,9 +139,27 @@ def _label_map(reduce_zero_label: bool, ignore_index: int, largest: int) -> np.n
     return labels
 
 
+def _file_stamp(path: str) -> tuple[int, int]:
+    """(size, modification time in ns) of a file, or (-1, -1) when it cannot be read (reported when decoded)."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return -1, -1
+    return status.st_size, status.st_mtime_ns
+
+
 def _mask_summary(pair: tuple[str, str]) -> tuple[Optional[str], Optional[np.ndarray]]:
-    """(error, raw value histogram) of one (image, mask) pair: the mask read, its size against the image's."""
-    image_path, mask_path = pair
+    """(error, raw value histogram) of one (image, mask) pair; a pair whose files are unchanged since an earlier
+    call in this process is not decoded again."""
+    return _summary_of_files(*pair, _file_stamp(pair[0]), _file_stamp(pair[1]))
+
+
+@functools.lru_cache(maxsize=1 << 17)
+def _summary_of_files(
+    image_path: str, mask_path: str, image_stamp: tuple[int, int], mask_stamp: tuple[int, int]
+) -> tuple[Optional[str], Optional[np.ndarray]]:
+    """(error, raw value histogram) of one (image, mask) pair: the mask read, its size against the image's; the
+    stamps key the cache."""
     try:
         values = read_mask(mask_path)
     except ValueError as error:
@@ -154,7 +175,7 @@ def _mask_summary(pair: tuple[str, str]) -> tuple[Optional[str], Optional[np.nda
             f"{width}x{height}; a mask must have its image's size.",
             None,
         )
-    return None, np.bincount(values.ravel(), minlength=1)
+    return None, np.bincount(values.ravel(), minlength=1).astype(np.int32)  # int32: a smaller cache
 
 
 def _threads() -> int:
