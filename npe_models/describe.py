@@ -212,8 +212,12 @@ def _inferred_segmentation_configs(model: nn.Module) -> list[SegmentationModelCo
     )
     if npe and not merged:
         settings.update(num_pems=model.num_pems, pem_type=model.pem_type, npe_alpha=model.alpha, npe_t=model.t)
-    if is_smp_model(model):
-        return []  # an smp model's name (architecture and encoder) cannot be told from its weights: pass config=
+    if is_smp_model(model):  # its name (architecture and encoder) cannot be told from its weights: it records it
+        built = getattr(model, "build_cfg", None)
+        if built is None:
+            return []
+        name, model_kwargs = built["architecture"], dict(built["model_kwargs"])
+        return [SegmentationModelConfig(name=name, model_kwargs=model_kwargs, **settings)]
     if isinstance(model.backbone, UNetBackbone):
         unet_kwargs = {"base_channels": model.backbone.out_channels, "num_stages": len(model.backbone.encoder)}
         return [SegmentationModelConfig(name="unet_fcn", model_kwargs=unet_kwargs, **settings)]

@@ -192,6 +192,7 @@ def test_swin_t_upernet_at_64x64() -> None:
         merged = reparameterize_model(model)(images)["out"]
     assert out.shape == (1, NUM_CLASSES, SIZE, SIZE)
     assert (out - merged).abs().max() <= 1e-5
+    assert model.build_cfg["architecture"] == "smp_upernet_swin_t"  # the registered name, not smp:upernet:tu-swin...
 
 
 def test_without_smp_the_error_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -218,26 +219,36 @@ def test_the_package_imports_and_lists_smp_names_without_smp() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
 
 
-def test_onnx_parity_and_hub_folder_round_trip(tmp_path) -> None:
+def test_a_named_smp_model_exports_to_onnx_and_a_hub_folder_without_config(tmp_path) -> None:
+    """The model records the name that rebuilds it (``build_cfg``), so describing it needs no config=."""
     pytest.importorskip("onnxruntime")
     from npe_models import hub, onnx
-    from npe_models.segmentation.config import SegmentationModelConfig
+    from npe_models.describe import describe_model
 
     model = _model("fpn", "tu-resnet10t").eval()
     _randomise_pems(model)
-    config = SegmentationModelConfig(
-        name="smp:fpn:tu-resnet10t_npe2", num_classes=NUM_CLASSES, num_pems=2, model_kwargs=SMALL_DECODERS["fpn"]
-    )
-    path = onnx.export_onnx(model, tmp_path / "model.onnx", input_size=(3, SIZE, SIZE), config=config)
+    description = describe_model(model)
+    assert description.architecture == "smp:fpn:tu-resnet10t_npe2" and description.num_pems == 2
+    assert description.model_args["model_kwargs"] == SMALL_DECODERS["fpn"]
+    path = onnx.export_onnx(model, tmp_path / "model.onnx", input_size=(3, SIZE, SIZE))
+    assert onnx.read_onnx_metadata(path)["architecture"] == "smp:fpn:tu-resnet10t"  # merged: the plain smp model
     parity = onnx.check_parity(model, path, image_sizes=[(SIZE, SIZE)])
     assert max(parity.max_abs_diff.values()) <= parity.atol
 
-    hub.save_for_hub(model, tmp_path / "hub", config=config)
+    hub.save_for_hub(model, tmp_path / "hub")
     loaded = hub.load_from_hub(tmp_path / "hub").eval()
     images = _images(1)
     with torch.no_grad():
         assert torch.equal(loaded(images)["out"], model(images)["out"])
     assert loaded.num_pems == 2 and isinstance(loaded, smp.FPN)
+
+
+def test_an_smp_model_built_by_smp_itself_needs_its_config_to_be_described() -> None:
+    from npe_models.describe import describe_model
+
+    plain = smp.create_model("fpn", encoder_name="tu-resnet10t", encoder_weights=None, classes=NUM_CLASSES)
+    with pytest.raises(ValueError, match="pass config="):
+        describe_model(plain)
 
 
 @pytest.mark.parametrize("pem_type", ["linear", "replica"])

@@ -120,9 +120,14 @@ def build_smp_model(
     num_classes: Optional[int] = None,
     progress: bool = True,
     aux_loss: Optional[bool] = None,
+    name: Optional[str] = None,
     **kwargs: Any,
 ) -> nn.Module:
-    """A plain smp model (``smp.create_model``) with torchvision's output contract; ``kwargs`` go to smp."""
+    """A plain smp model (``smp.create_model``) with torchvision's output contract; ``kwargs`` go to smp.
+
+    The model records the name that rebuilds it (``name``, default ``smp:<arch>:<encoder>``) and ``kwargs`` in
+    ``build_cfg``, as timm models record theirs in ``pretrained_cfg``: describing and exporting it needs no config.
+    """
     del progress  # smp's downloads show no progress option
     if weights is not None:
         raise ValueError(f"smp models have no weights entries; got weights={weights!r}. Use weights_backbone=.")
@@ -139,6 +144,7 @@ def build_smp_model(
         **kwargs,
     )
     model.__class__ = _dict_output_class(type(model))
+    model.build_cfg = {"architecture": name or f"smp:{arch}:{encoder}", "model_kwargs": kwargs}
     return model
 
 
@@ -151,7 +157,7 @@ def _resolve(arch: str) -> Optional[_Architecture]:
         if match is None:
             return None
         smp_arch, encoder, defaults = match["arch"], match["encoder"], {}
-    return _Architecture(functools.partial(build_smp_model, smp_arch, encoder, **defaults), SMP_Weights)
+    return _Architecture(functools.partial(build_smp_model, smp_arch, encoder, name=arch, **defaults), SMP_Weights)
 
 
 class NPEConvHead(NPEHead):
