@@ -31,12 +31,14 @@ from .data.images import read_image
 from .data.scan import ImageFiles, is_image_file
 from .data.scan import collect_images as collect_image_files
 from .describe import CLASSIFICATION as _ONNX_CLASSIFICATION
+from .describe import SEGMENTATION as _ONNX_SEGMENTATION
 from .distributed import resolve_device
 from .hub.card import visible_text
 from .loading import CLASSIFICATION, SEGMENTATION, LoadedModel, load_model, source_kind
 from .models import is_segmentation_model
 from .npe import has_pems, set_alpha
 from .onnx import INPUT_NAME, onnx_session, read_onnx_metadata
+from .segmentation import SegmentationModelConfig
 from .segmentation import masks as _masks
 from .segmentation.masks import MaskPrediction
 
@@ -187,17 +189,22 @@ def _onnx_data_config(path: Path, metadata: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _onnx_classifier(path: Path, alpha: Optional[float], device: Optional[str]) -> ImageClassifier:
+def _onnx_source_metadata(path: Path, device: Optional[str]) -> dict[str, Any]:
+    """The metadata of an ONNX file to predict with; clear errors for a missing or unreadable file or a GPU device."""
     if not path.is_file():
         raise FileNotFoundError(f"ONNX file {path} not found; export one with `npe-models export onnx MODEL -o FILE`.")
     if device not in _ONNX_DEVICES:
         raise ValueError(f"ONNX files run on ONNX Runtime's CPU provider; drop device={device!r} for {path}.")
     try:
-        metadata = read_onnx_metadata(path)
+        return read_onnx_metadata(path)
     except ImportError:
         raise
     except Exception as error:  # protobuf's DecodeError, among others, for a file that is not ONNX
         raise ValueError(f"{path} is not a readable ONNX file ({type(error).__name__}: {error}).") from error
+
+
+def _onnx_classifier(path: Path, alpha: Optional[float], device: Optional[str]) -> ImageClassifier:
+    metadata = _onnx_source_metadata(path, device)
     if metadata.get("task", _ONNX_CLASSIFICATION) != _ONNX_CLASSIFICATION:
         raise _not_a_classifier(path, metadata["task"])
     if alpha is not None:
@@ -325,14 +332,52 @@ def format_predictions(predictions: Sequence[ImagePrediction], style: str = "tab
     return _FORMATTERS[style](predictions)
 
 
-def _segmentation_model(source: Union[PathLike, LoadedModel], pretrained: bool) -> LoadedModel:
-    """The loaded segmentation model ``source`` names (or is); a clear error for a classifier or an ONNX file."""
+class _OnnxSegmentation(nn.Module):
+    """An exported segmentation graph run by ONNX Runtime, called as a segmentation model: ``{"out": logits}``."""
+
+    def __init__(self, session: Any) -> None:
+        super().__init__()
+        self.session = session
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        return {"out": torch.from_numpy(self.session.run(None, {INPUT_NAME: images.numpy()})[0])}
+
+
+def _onnx_segmentation(path: Path, alpha: Optional[float], device: Optional[str]) -> LoadedModel:
+    """An ONNX export of a segmentation model, with the settings its metadata records (classes, normalisation)."""
+    metadata = _onnx_source_metadata(path, device)
+    if metadata.get("task") != _ONNX_SEGMENTATION:
+        raise ValueError(f"{path} is a {metadata.get('task', 'classification')} model; drop --out for its classes.")
+    if alpha is not None:
+        raise _onnx_alpha_error(path, metadata)
+    if not metadata.get("dynamic_size"):
+        raise ValueError(
+            f"{path} takes only {metadata.get('input_size')} inputs; masks of images of any size need an export "
+            "with dynamic height and width (npe-models export onnx MODEL --dynamic-size)."
+        )
+    config = SegmentationModelConfig(
+        name=metadata.get("npe_architecture") or metadata["architecture"],
+        num_classes=metadata["num_classes"],
+        class_names=metadata.get("class_names"),
+        mean=tuple(metadata["mean"]),
+        std=tuple(metadata["std"]),
+    )
+    model = _OnnxSegmentation(onnx_session(path, threads=torch.get_num_threads()))
+    return LoadedModel(model, SEGMENTATION, str(path), segmentation_config=config)
+
+
+def _segmentation_model(
+    source: Union[PathLike, LoadedModel], pretrained: bool, alpha: Optional[float], device: Optional[str]
+) -> LoadedModel:
+    """The loaded segmentation model ``source`` names (or is), an ONNX file's too; a clear error for a classifier."""
     if isinstance(source, LoadedModel):
         loaded = source
     else:
         text = os.fspath(source)
         if text.lower().endswith(_ONNX_SUFFIX):
-            raise ValueError(f"{text}: masks are predicted with PyTorch segmentation models, not ONNX files, for now.")
+            if pretrained:
+                raise ValueError(f"pretrained applies to PyTorch models, not to the ONNX file {text}.")
+            return _onnx_segmentation(Path(text), alpha, device)
         if _is_image_file(Path(text)):
             raise ValueError(f"{text} is an image, not a model: name the segmentation model first, then the images.")
         if source_kind(text) == "registered" and not pretrained:
@@ -367,13 +412,14 @@ def predict_masks(
     folders), written under ``out_dir`` with the inputs' names (``out_dir/<path below the folder>.png``).
 
     ``source`` is a segmentation model anything :func:`npe_models.load_model` loads (run directory, weights file,
-    Hub folder, a registered name with ``pretrained``) or a :class:`~npe_models.loading.LoadedModel`.
+    Hub folder, a registered name with ``pretrained``), a :class:`~npe_models.loading.LoadedModel`, or an ONNX
+    export with dynamic height and width, run by ONNX Runtime at its exported NPE-LA strength.
     ``npe_alpha`` is the NPE-LA strength (default: the model's), ``mode`` / ``crop_size`` / ``stride`` evaluate's
     inference (default: sliding 128x128 windows every 85 pixels), ``overlays`` also writes
     ``out_dir/overlays/<name>.png``. ``out_dir`` follows :mod:`npe_models.outputs` (new, empty or an earlier mask
     prediction replaced with ``overwrite``). See :func:`npe_models.segmentation.masks.predict_masks`.
     """
-    loaded = _segmentation_model(source, pretrained)
+    loaded = _segmentation_model(source, pretrained, npe_alpha, device)
     images = collect_images(inputs)
     names = _masks.mask_names(images, inputs)
     settings = {"mode": mode, "crop_size": crop_size, "stride": stride}
@@ -387,7 +433,7 @@ def predict_masks(
         overlays=overlays,
         overwrite=overwrite,
         inputs=[*inputs, loaded.source],
-        device=device or "auto",
+        device="cpu" if isinstance(loaded.model, _OnnxSegmentation) else device or "auto",
         progress=progress if any(Path(given).is_dir() for given in inputs) else None,
         **{key: value for key, value in settings.items() if value is not None},
     )

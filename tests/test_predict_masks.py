@@ -113,3 +113,17 @@ def test_tasks_crossed_get_one_line_messages(run: Path, photos: Path, tmp_path: 
     err = capsys.readouterr().err.strip()
     assert "classification model" in err and "segmentation" in err and "\n" not in err
     assert not (tmp_path / "m").exists()
+
+
+def test_masks_from_an_onnx_export_equal_the_runs(run: Path, photos: Path, tmp_path: Path, capsys) -> None:
+    pytest.importorskip("onnxruntime")
+    exported = tmp_path / "unet.onnx"
+    assert main(["export", "onnx", str(run), "-o", str(exported), "--input-size", "3", "64", "64"]) == 0
+    assert main(["predict", str(run), str(photos), "--out", str(tmp_path / "torch")]) == 0
+    assert main(["predict", str(exported), str(photos), "--out", str(tmp_path / "onnx"), "--json"]) == 0
+    capsys.readouterr()
+    for name in ("a.png", Path("sub") / "b.png"):
+        from_run, from_onnx = (np.asarray(Image.open(tmp_path / folder / name)) for folder in ("torch", "onnx"))
+        assert from_run.shape == from_onnx.shape and np.array_equal(from_run, from_onnx)
+    assert main(["predict", str(exported), str(photos), "--out", str(tmp_path / "a"), "--alpha", "0"]) == 1
+    assert "export again with the alpha you want" in capsys.readouterr().err
