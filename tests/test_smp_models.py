@@ -116,8 +116,11 @@ def test_unet_3x3_head_conv_carries_conv_pems() -> None:
     assert type(fpn.segmentation_head[0]) is NPEHead  # 1x1 convs take the torchvision models' NPEHead
 
 
-@pytest.mark.parametrize("pem_type", ["fcn", "replica"])
-@pytest.mark.parametrize("arch", ["unet", "upernet"])
+@pytest.mark.parametrize(
+    ("arch", "pem_type"),
+    # DeepLabV3+: the replica of its ASPP decoder, whose BatchNorms follow separable (depthwise, pointwise) convs
+    [("unet", "fcn"), ("unet", "replica"), ("upernet", "fcn"), ("upernet", "replica"), ("deeplabv3plus", "replica")],
+)
 def test_fcn_and_replica_pems_forward_backward(arch: str, pem_type: str) -> None:
     model = _model(arch, "tu-resnet10t", num_pems=2, pem_type=pem_type)
     images, labels = _images(), torch.randint(0, NUM_CLASSES, (2, SIZE, SIZE))
@@ -146,11 +149,14 @@ def test_fcn_and_replica_pems_forward_backward(arch: str, pem_type: str) -> None
         assert (kept(images)["out"] - model(images)["out"]).abs().max() <= 1e-5
     if pem_type == "replica":
         assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.pems.modules())
+        norms = sum(isinstance(m, nn.BatchNorm2d) for m in model.decoder.modules())
+        biased = sum(isinstance(m, nn.Conv2d) and m.bias is not None for m in model.pems[0].modules())
+        assert biased == norms + 1  # each BatchNorm's shift taken over by the conv before it, and the head conv
 
 
 def test_replica_of_a_decoder_with_unpaired_batchnorm_says_what_to_use() -> None:
     with pytest.raises(ValueError, match="pem_type='fcn' or 'linear'"):
-        _model("deeplabv3plus", "tu-resnet10t", pem_type="replica")
+        create_segmentation_model("smp:linknet:tu-resnet10t", num_classes=NUM_CLASSES, num_pems=1, pem_type="replica")
 
 
 def test_names_parse_and_the_plain_model_keeps_the_output_contract() -> None:

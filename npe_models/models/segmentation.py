@@ -128,13 +128,24 @@ def _with_bias(conv: nn.Conv2d) -> nn.Conv2d:
     )
 
 
+def _conv_feeding(sequence: nn.Sequential, index: int) -> Optional[tuple[nn.Module, str]]:
+    """``(parent, name)`` of the conv whose output ``sequence[index]`` reads: ``sequence[index - 1]``, or the last
+    module of the ``nn.Sequential`` there (smp's ``SeparableConv2d``: depthwise then pointwise conv); else None."""
+    parent, name = sequence, str(index - 1)
+    while isinstance(getattr(parent, name), nn.Sequential) and len(getattr(parent, name)):
+        parent = getattr(parent, name)
+        name = str(len(parent) - 1)
+    return (parent, name) if isinstance(getattr(parent, name), nn.Conv2d) else None
+
+
 def _replica_head(head: nn.Module) -> nn.Module:
     """A freshly initialised copy of a decode head without BatchNorm: each conv -> BN pair becomes one biased conv."""
     replica = copy.deepcopy(head)
     for sequence in [m for m in replica.modules() if isinstance(m, nn.Sequential)]:
         for index in range(1, len(sequence)):
-            if isinstance(sequence[index], nn.BatchNorm2d) and isinstance(sequence[index - 1], nn.Conv2d):
-                sequence[index - 1] = _with_bias(sequence[index - 1])
+            conv = _conv_feeding(sequence, index) if isinstance(sequence[index], nn.BatchNorm2d) else None
+            if conv is not None:
+                setattr(*conv, _with_bias(getattr(*conv)))
                 sequence[index] = nn.Identity()
     leftover = [name for name, m in replica.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if leftover:

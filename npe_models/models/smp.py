@@ -9,7 +9,8 @@ NPE forms follow :mod:`npe_models.models.segmentation` (same mixin, PEM types, o
   so a merged model's state_dict loads with ``strict=True`` into the plain smp model;
 - ``fcn``: the paper's single-layer FCN PEM on the decoder output;
 - ``replica``: a copy of the decoder and head conv without BatchNorm (for UPerNet, the paper's
-  UPerNet PEM), reading the encoder features.
+  UPerNet PEM; for DeepLabV3+, its ASPP PEM), reading the encoder features; decoders whose
+  BatchNorm does not follow a conv in an ``nn.Sequential`` (smp's DeepLabV3, Linknet, PAN) are refused.
 
 Names (``create_segmentation_model``; the ``_npe1`` / ``_npe16`` variants also
 ``torchvision.models.get_model``): ``smp_upernet_swin_t`` (UPerNet on timm's
