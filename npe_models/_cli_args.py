@@ -330,9 +330,18 @@ def add_evaluate_arguments(evaluate: argparse.ArgumentParser) -> None:
     seg = evaluate.add_argument_group("segmentation (STARE, seg_folder, ade20k; data set and folder: the run's)")
     seg.add_argument("--split", choices=("train", "val"), help="images to score (default: val)")
     seg.add_argument("--annotation", nargs="+", choices=("ah", "vk"), help="masks to score against (default: ah vk)")
-    seg.add_argument("--mode", choices=("whole", "slide"), help="whole-image or sliding-window (default: slide)")
+    seg.add_argument(
+        "--mode", choices=("whole", "slide"), help="whole-image or sliding-window (default: slide; ade20k: whole)"
+    )
     seg.add_argument("--crop-size", type=_size, help="slide window (default: 128)")
     seg.add_argument("--stride", type=_size, help="slide stride (default: 85)")
+    seg.add_argument(
+        "--scale",
+        type=_size,
+        metavar="LONGxSHORT",
+        help="resize each image to fit LONGxSHORT, keeping its aspect ratio, before inference; scored at the "
+        "masks' size (default: none; ade20k: 2048x512, as MMSegmentation tests)",
+    )
     seg.add_argument("--overlays", type=int, default=0, help="overlay PNGs for the first N images")
 
 
@@ -547,6 +556,7 @@ def segmentation_evaluate_options(args: argparse.Namespace, loaded: Any, about: 
             mode=args.mode,
             crop_size=args.crop_size,
             stride=args.stride,
+            scale=args.scale,
             device=args.device,
         ),
     }

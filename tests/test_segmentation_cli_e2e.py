@@ -12,10 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from npe_models.cli import main
 from npe_models.data import ADE20K_CLASSES
+from npe_models.segmentation.evaluation import predict_image_logits
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -74,6 +77,9 @@ def test_train_resume_evaluate_predict_export(model, layout, options, data_dir: 
 
     assert main(["evaluate", str(run), "--npe-alpha", "0", "0.5", "--no-progress"]) == 0
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    # ADE20K: MMSegmentation's test pipeline (whole images resized to fit 2048x512); seg_folder: sliding windows
+    expected = {"mode": "whole", "scale": [2048, 512]} if layout == "ade20k" else {"mode": "slide"}
+    assert {key: metrics.get(key) for key in ("mode", "scale")} == {"scale": None, **expected}
     names = list(ADE20K_CLASSES[:_CLASSES]) if layout == "ade20k" else [f"class {i}" for i in range(_CLASSES)]
     assert names[0] in json.dumps(metrics) and names[-1] in json.dumps(metrics)
 
@@ -86,3 +92,27 @@ def test_train_resume_evaluate_predict_export(model, layout, options, data_dir: 
     onnx_file = tmp_path / "model.onnx"
     export = ["export", "onnx", str(run), "-o", str(onnx_file), "--input-size", "3", "64", "64", "--check"]
     assert main(export) == 0 and onnx_file.is_file()
+
+
+class _SizeSpy(torch.nn.Module):
+    """Logits that are a function of position, at the input's size; remembers the sizes it was called with."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[tuple[int, int]] = []
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.sizes.append(tuple(images.shape[-2:]))
+        rows = torch.linspace(0, 1, images.shape[-2])[:, None].expand(images.shape[-2:])
+        return {"out": torch.stack([rows, 1 - rows])[None].expand(len(images), -1, -1, -1)}
+
+
+def test_an_image_resized_to_fit_the_scale_gets_logits_at_its_own_size() -> None:
+    spy, image = _SizeSpy(), torch.zeros(3, 48, 64, dtype=torch.uint8)
+    logits, estimate = predict_image_logits(spy, image, (0.5,) * 3, (0.25,) * 3, mode="whole", scale=(2048, 512))
+    assert spy.sizes == [(512, 683)]  # the shorter side reaches 512 before the longer one reaches 2048
+    assert logits.shape == (1, 2, 48, 64) and estimate is None
+    at_scale = spy(torch.zeros(1, 3, 512, 683))["out"]
+    assert torch.equal(logits, F.interpolate(at_scale, (48, 64), mode="bilinear", align_corners=False))
+    predict_image_logits(spy, image, (0.5,) * 3, (0.25,) * 3, mode="whole")
+    assert spy.sizes[-1] == (48, 64)  # no scale: the image's own size

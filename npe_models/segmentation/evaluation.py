@@ -1,5 +1,10 @@
 """Evaluating segmentation models: whole-image or sliding-window inference, several NPE-LA strengths from one
-forward pass (NPE-LA is ``z - alpha * eta``), per-class metrics and overlay images of the predictions."""
+forward pass (NPE-LA is ``z - alpha * eta``), per-class metrics and overlay images of the predictions.
+
+Inference defaults to sliding 128x128 windows every 85 pixels at the image's own resolution (STARE's protocol);
+ADE20K follows MMSegmentation's ADE20K test pipeline (:data:`DATASET_EVAL_DEFAULTS`): each image resized to fit
+``scale`` (2048, 512) keeping its aspect ratio, whole-image inference, the logits resized back to the label's size.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import Dataset
@@ -25,9 +31,24 @@ from .metrics import PIXEL_GROUP_RULE, PIXEL_GROUPS, SegmentationMetrics, confus
 from .sampling import normalize_images
 from .training import class_pixel_counts, segmentation_dataset
 
-__all__ = ["EVAL_MODES", "predict_logits", "evaluate_segmentation", "evaluate_run", "overlay_panels", "class_palette"]
+__all__ = [
+    "DATASET_EVAL_DEFAULTS",
+    "DEFAULT_CROP_SIZE",
+    "DEFAULT_MODE",
+    "DEFAULT_STRIDE",
+    "EVAL_MODES",
+    "predict_image_logits",
+    "predict_logits",
+    "evaluate_segmentation",
+    "evaluate_run",
+    "overlay_panels",
+    "class_palette",
+]
 
 EVAL_MODES = ("whole", "slide")
+DEFAULT_MODE, DEFAULT_CROP_SIZE, DEFAULT_STRIDE = "slide", (128, 128), (85, 85)
+DATASET_EVAL_DEFAULTS: dict[str, dict[str, Any]] = {"ade20k": {"mode": "whole", "scale": (2048, 512)}}
+"""Inference settings a data set's evaluation uses unless given (MMSegmentation's ADE20K test pipeline)."""
 
 
 def _window_starts(size: int, crop: int, stride: int) -> list[int]:
@@ -93,6 +114,40 @@ def predict_logits(
     return logits_sum / count, None if estimate_sum is None else estimate_sum / count
 
 
+def _fit_size(size: tuple[int, int], scale: tuple[int, int]) -> tuple[int, int]:
+    """MMSegmentation's ``Resize(scale, keep_ratio=True)``: the size, aspect ratio kept, whose longer side fits the
+    larger bound of ``scale`` and whose shorter side fits the smaller one (one of them reached)."""
+    height, width = size
+    factor = min(max(scale) / max(height, width), min(scale) / min(height, width))
+    return max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))
+
+
+def predict_image_logits(
+    model: nn.Module,
+    image: Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    mode: str = DEFAULT_MODE,
+    crop_size: Optional[tuple[int, int]] = DEFAULT_CROP_SIZE,
+    stride: Optional[tuple[int, int]] = DEFAULT_STRIDE,
+    scale: Optional[tuple[int, int]] = None,
+    device: Union[str, torch.device] = "cpu",
+) -> tuple[Tensor, Optional[Tensor]]:
+    """:func:`predict_logits` of one uint8 image ``(3, H, W)``, first resized to fit ``scale`` when given (bilinear,
+    rounded to uint8 as MMSegmentation's test ``Resize``); logits and estimate come back at ``(H, W)``."""
+    size = tuple(image.shape[-2:])
+    inputs = image[None].to(device)
+    if scale is not None and _fit_size(size, scale) != size:
+        resized = F.interpolate(inputs.float(), _fit_size(size, scale), mode="bilinear", align_corners=False)
+        inputs = resized.round().clamp(0, 255).to(torch.uint8)
+    logits, estimate = predict_logits(model, normalize_images(inputs, mean, std), mode, crop_size, stride)
+    if logits.shape[-2:] != size:  # bilinear resizing is linear, so NPE-LA commutes with it
+        logits = F.interpolate(logits, size, mode="bilinear", align_corners=False)
+        estimate = None if estimate is None else F.interpolate(estimate, size, mode="bilinear", align_corners=False)
+    return logits, estimate
+
+
 def class_palette(num_classes: int) -> list[tuple[int, int, int]]:
     """Distinct, fixed RGB colours (evenly spaced hues)."""
     colours = [colorsys.hsv_to_rgb(i / max(num_classes, 1), 0.9, 1.0) for i in range(num_classes)]
@@ -134,6 +189,7 @@ def evaluate_segmentation(
     mode: str = "whole",
     crop_size: Optional[tuple[int, int]] = None,
     stride: Optional[tuple[int, int]] = None,
+    scale: Optional[tuple[int, int]] = None,
     ignore_index: int = DEFAULT_IGNORE_INDEX,
     device: Union[str, torch.device] = "cpu",
     class_names: Optional[Sequence[str]] = None,
@@ -144,7 +200,8 @@ def evaluate_segmentation(
 ) -> dict[float, SegmentationMetrics]:
     """Metrics of NPE-LA at every alpha in ``alphas`` over ``dataset``'s ``(uint8 image, mask)`` pairs, one pass.
 
-    alpha 0 is the main logits ``z`` (the baseline when the main head was frozen). A model
+    ``scale`` resizes each image to fit it before inference (:func:`predict_image_logits`); the metrics are at the
+    masks' resolution. alpha 0 is the main logits ``z`` (the baseline when the main head was frozen). A model
     without PEMs (plain, or merged by ``reparameterize_model``) is evaluated as it is, under
     alpha 0 only. With ``overlay_dir``, the first ``num_overlays`` images get a PNG: the ground
     truth, then the prediction at each alpha, drawn over the image. ``groups`` (each class's Many / Medium / Few
@@ -164,8 +221,8 @@ def evaluate_segmentation(
     ids = getattr(dataset, "ids", None)
     for index in range(len(dataset)):
         image, mask = dataset[index]
-        inputs = normalize_images(image[None].to(device), mean, std)
-        logits, estimate = predict_logits(model, inputs, mode, crop_size, stride)
+        inference = dict(mode=mode, crop_size=crop_size, stride=stride, scale=scale, device=device)
+        logits, estimate = predict_image_logits(model, image, mean, std, **inference)
         predictions = {}
         for alpha in alphas:
             adjusted = logits if alpha == 0 or estimate is None else logits - alpha * estimate
@@ -251,9 +308,10 @@ def evaluate_run(
     split: str = "val",
     annotations: Optional[Sequence[str]] = None,
     alphas: Optional[Sequence[float]] = None,
-    mode: str = "slide",
-    crop_size: tuple[int, int] = (128, 128),
-    stride: tuple[int, int] = (85, 85),
+    mode: Optional[str] = None,
+    crop_size: tuple[int, int] = DEFAULT_CROP_SIZE,
+    stride: tuple[int, int] = DEFAULT_STRIDE,
+    scale: Optional[tuple[int, int]] = None,
     overlays: int = 0,
     device: Union[str, torch.device] = "auto",
     progress: Optional[Callable[..., Any]] = None,
@@ -268,7 +326,9 @@ def evaluate_run(
     (and the first ``overlays`` overlay PNGs per annotation) to ``out_dir``.
 
     ``alphas`` default to 0 (the main logits) and the model's own NPE-LA strength when it has
-    PEMs; ``progress`` is a tqdm-like factory called as ``progress(total=, desc=, unit=)``. ``out_dir`` must be
+    PEMs. ``mode`` (default ``slide``) and ``scale`` (resize to fit before inference; default none) default to the
+    data set's :data:`DATASET_EVAL_DEFAULTS` (ADE20K: whole images resized to fit (2048, 512), as MMSegmentation
+    tests); ``progress`` is a tqdm-like factory called as ``progress(total=, desc=, unit=)``. ``out_dir`` must be
     new, empty or an earlier evaluation (replaced with ``overwrite``), and not one of ``inputs``.
 
     ``annotations`` default to STARE's ``ah`` and ``vk``; a file data set (``seg_folder``, ``ade20k``) has one mask
@@ -281,7 +341,11 @@ def evaluate_run(
     )
     alphas = list(alphas) if alphas is not None else [0.0, model_config.npe_alpha] if has_pems(model) else [0.0]
     out_dir, device = Path(out_dir), resolve_device(str(device))
+    defaults = DATASET_EVAL_DEFAULTS.get(dataset, {})
+    mode, scale = mode or defaults.get("mode", DEFAULT_MODE), scale or defaults.get("scale")
     report: dict[str, Any] = {**(about or {}), "dataset": dataset, "mode": mode, "split": split, "alphas": alphas}
+    if scale is not None:
+        report["scale"] = list(scale)
     report["results"] = {}
     results: dict[str, dict[float, SegmentationMetrics]] = {}
     annotations = _annotations_of(dataset, annotations)
@@ -305,6 +369,7 @@ def evaluate_run(
                 mode=mode,
                 crop_size=crop_size,
                 stride=stride,
+                scale=scale,
                 device=device,
                 overlay_dir=out_dir / "overlays" / annotation,
                 num_overlays=overlays,

@@ -9,7 +9,6 @@ The output folder follows :mod:`npe_models.outputs`: new, empty, or an earlier m
 
 from __future__ import annotations
 
-import inspect
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,8 +28,15 @@ from ..npe import check_npe_alpha, has_pems
 from ..outputs import check_output_dir
 from ..runs import locked_dir
 from .config import SegmentationModelConfig
-from .evaluation import EVAL_MODES, class_palette, evaluate_run, overlay_panels, predict_logits
-from .sampling import normalize_images
+from .evaluation import (
+    DEFAULT_CROP_SIZE,
+    DEFAULT_MODE,
+    DEFAULT_STRIDE,
+    EVAL_MODES,
+    class_palette,
+    overlay_panels,
+    predict_image_logits,
+)
 
 __all__ = ["MASKS_FILE", "MaskPrediction", "is_mask_dir", "mask_names", "palette_image", "predict_masks"]
 
@@ -40,11 +46,6 @@ MASKS_FILE = "masks.json"
 _KIND = "npe-models masks"
 _OVERLAYS = "overlays"
 _PALETTE_CLASSES = 256  # a mode 'P' PNG holds at most 256 palette entries
-# evaluate's defaults (evaluate_run's signature): the inference a model's evaluation numbers were measured with
-_EVAL_DEFAULTS = {name: p.default for name, p in inspect.signature(evaluate_run).parameters.items()}
-DEFAULT_MODE: str = _EVAL_DEFAULTS["mode"]
-DEFAULT_CROP_SIZE: tuple[int, int] = _EVAL_DEFAULTS["crop_size"]
-DEFAULT_STRIDE: tuple[int, int] = _EVAL_DEFAULTS["stride"]
 
 
 @dataclass(frozen=True)
@@ -168,8 +169,8 @@ def predict_masks(
     with locked_dir(out_dir):
         for path, name in zip(images.paths, names):
             image = torch.from_numpy(np.asarray(read_image(path)).copy()).permute(2, 0, 1)
-            inputs_ = normalize_images(image[None].to(device), model_config.mean, model_config.std)
-            logits, estimate = predict_logits(model, inputs_, mode, crop_size, stride)
+            inference = dict(mode=mode, crop_size=crop_size, stride=stride, device=device)
+            logits, estimate = predict_image_logits(model, image, model_config.mean, model_config.std, **inference)
             if estimate is not None and alpha != 0:
                 logits = logits - alpha * estimate
             labels = logits.argmax(1)[0].cpu()
