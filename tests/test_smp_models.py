@@ -269,3 +269,18 @@ def test_the_papers_protocol_trains_only_the_pems_of_a_frozen_smp_model(pem_type
     train_segmentation(model, list(zip(images, masks)), config, model_config)
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
     assert changed and all("pem" in k for k in changed), sorted(changed)
+
+
+def test_evaluation_pads_an_image_to_the_size_smp_models_take() -> None:
+    """smp models take multiples of 32 only; inference pads (zeros at the bottom and right) and crops back."""
+    from npe_models.segmentation.evaluation import predict_logits
+
+    model = _model("fpn", "tu-resnet10t").eval()
+    images = torch.randn(1, 3, 40, 56, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(RuntimeError, match="divisible by 32"):
+        model(images)
+    logits, estimate = predict_logits(model, images, "whole")
+    assert logits.shape == estimate.shape == (1, NUM_CLASSES, 40, 56)
+    padded = nn.functional.pad(images, (0, 8, 0, 24))
+    with torch.no_grad():
+        assert torch.equal(logits, model.forward_logits_and_estimate(padded)[0][..., :40, :56])
