@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 import timm
 import torch
 from huggingface_hub import ModelCard, metadata_load
@@ -15,8 +16,11 @@ from onnx_validate import random_model_for_parity  # export/, on the test path
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-from npe_models.hub import CITATION, pretrained_card, save_for_hub, save_pretrained_for_hub
+from npe_models.cli import main
+from npe_models.hub import CITATION, has_pretrained_card, pretrained_card, save_for_hub, save_pretrained_for_hub
+from npe_models.loading import load_model
 from npe_models.models._bundled import shipped_checkpoints
+from npe_models.segmentation.config import shipped_segmentation_weights
 
 SHIPPED = shipped_checkpoints()
 CRT = "resnet32.cifar10_lt_r100_hp2_crt"
@@ -109,3 +113,46 @@ def test_card_usage_sections_run_and_model_stats_match_the_model(tmp_path: Path)
     assert f"  - Params (M): {params / 1e6:.3g} ({params:,} parameters)\n" in text
     assert f"  - GMACs: {counter.get_total_flops() / 2e9:.3g}\n" in text
     assert "  - Image size: 32 x 32\n" in text
+
+
+def _stare_scores(name: str) -> dict:
+    """The recorded STARE scores of shipped segmentation weights: ``{masks: {alpha: scores}}``."""
+    return shipped_segmentation_weights(name)[1].meta["_metrics"]
+
+
+def test_shipped_segmentation_weights_get_a_card_with_their_data_and_recorded_metrics(tmp_path: Path) -> None:
+    loaded = load_model("unet_fcn_npe1", pretrained=True)
+    folder = save_for_hub(
+        loaded.model, tmp_path / "unet", config=loaded.segmentation_config, **pretrained_card("unet_fcn_npe1")
+    )
+    text = (folder / "README.md").read_text()
+    assert "STARE" in text and "Hoover" in text and "sliding window 128/85" in text
+    results = _model_index(folder / "README.md")
+    assert {r.dataset_type for r in results} == {"stare"} and {r.dataset_split for r in results} == {"validation"}
+    recorded = _stare_scores("unet_fcn_npe1")
+    by_name = {(r.dataset_name, r.metric_name): r.metric_value for r in results}
+    for masks, alpha, label in [("ah", "0", "main logits (alpha 0)"), ("vk", "0.1", "NPE-LA alpha 0.1")]:
+        scores = recorded[f"STARE-val-{masks}"][alpha]
+        dataset = f"STARE, '{masks}' masks, {label}"
+        assert by_name[(dataset, "Mean Dice")] == round(100 * scores["mean_dice"], 2)
+        assert by_name[(dataset, "Mean IoU")] == round(100 * scores["mean_iou"], 2)
+    # every recorded NPE-LA strength in the notes' table, e.g. the best 'ah' mDice at alpha 0.5
+    assert f"| 'ah' | NPE-LA alpha 0.5 | {100 * recorded['STARE-val-ah']['0.5']['mean_dice']:.2f} |" in text
+
+
+def test_the_baseline_weights_card_has_only_the_main_logits() -> None:
+    card = pretrained_card("unet_fcn.STARE")
+    assert card["label_names"] == ["background", "vessel"] and card["recipe"]["iterations"] == 20000
+    assert {r.dataset_name for r in card["eval_results"]} == {
+        "STARE, 'ah' masks, main logits (alpha 0)",
+        "STARE, 'vk' masks, main logits (alpha 0)",
+    }
+    assert has_pretrained_card("unet_fcn_npe1") and has_pretrained_card(CE) and not has_pretrained_card("unet_fcn")
+
+
+@pytest.mark.xfail(
+    strict=True, reason="needs cli.py's _export_hub to test has_pretrained_card(args.model) (owned by another engineer)"
+)
+def test_export_hub_pretrained_segmentation_weights_writes_their_card(tmp_path: Path) -> None:
+    assert main(["export", "hub", "unet_fcn_npe1", "--pretrained", "-o", str(tmp_path / "unet")]) == 0
+    assert "| 'ah' | NPE-LA alpha 0.5 |" in (tmp_path / "unet" / "README.md").read_text()

@@ -15,7 +15,7 @@ The modules: :mod:`.card` (the model card's prose), :mod:`.folder` (writing and 
 """
 
 from ..describe import ModelDescription, describe_model
-from .card import CITATION, DATASET_NAMES, pretrained_card
+from .card import CITATION, DATASET_NAMES, has_pretrained_card, pretrained_card
 from .folder import push_to_hub, save_for_hub, save_pretrained_for_hub
 from .load import (
     CARD_NAME,
@@ -32,6 +32,7 @@ from .load import (
 __all__ = [
     "CONFIG_NAME",
     "CARD_NAME",
+    "has_pretrained_card",
     "HUB_FILES",
     "CITATION",
     "DATASET_NAMES",

@@ -17,13 +17,17 @@ from ..describe import (
     ModelStats,
     model_stats,
 )
+from ..models import is_segmentation_model, parse_npe_name
 from ..models._bundled import BUNDLED_IN_WHEEL, ORIGIN_URL, PAPER_ID, PAPER_NAME, hub_repo_id, shipped_checkpoints
+from ..models.segmentation import DEFAULT_SEGMENTATION_ALPHA
+from ..segmentation.config import shipped_segmentation_names, shipped_segmentation_weights
 
 __all__ = [
     "CITATION",
     "DATASET_NAMES",
     "PIPELINE_TAGS",
     "evaluation_results",
+    "has_pretrained_card",
     "markdown_text",
     "model_card",
     "pretrained_card",
@@ -49,8 +53,16 @@ _METRICS = {
     "few": ("accuracy", "Few-shot accuracy (< 20 training images)", "few"),
     "miou": ("mean_iou", "Mean IoU", None),
     "mdice": ("dice", "Mean Dice", None),
+    "macc": ("accuracy", "Mean class accuracy", "mean_class"),
     "pixel_accuracy": ("accuracy", "Pixel accuracy", "pixel"),
 }
+_SEGMENTATION_SCORES = {
+    "mdice": "mean_dice",
+    "miou": "mean_iou",
+    "macc": "mean_accuracy",
+    "pixel_accuracy": "pixel_accuracy",
+}
+"""Card metric -> the key of a shipped segmentation entry's recorded scores (fractions)."""
 DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 """Readable names of the data sets the shipped checkpoints were trained on."""
 _TEST_SETS = {"full": "full 10,000", "exact": "exact 1,000", "jpeg_twins": "JPEG twins of the exact 1,000"}
@@ -386,14 +398,80 @@ def _base_model(entry: Mapping[str, Any]) -> Optional[str]:
     return hub_repo_id(start) if start and "." in start and timm.is_model(start) else None
 
 
+def _annotation(masks: str) -> str:
+    """The STARE annotation of a recorded evaluation set (``STARE-val-ah`` -> ``ah``)."""
+    return masks.rsplit("-", 1)[-1]
+
+
+def _iterations(iterations: Any) -> dict[str, Any]:
+    """Recipe rows of the recorded iterations: one number, or the baseline's and the PEM's."""
+    if isinstance(iterations, Mapping):
+        return {f"iterations ({stage})": count for stage, count in iterations.items()}
+    return {"iterations": iterations}
+
+
+def _alpha_label(alpha: str) -> str:
+    return "main logits (alpha 0)" if float(alpha) == 0 else f"NPE-LA alpha {alpha}"
+
+
+def _segmentation_scores_table(scores: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
+    """Every recorded score of shipped segmentation weights: per annotation and NPE-LA strength, in percent."""
+    rows = ["| masks | prediction | mDice | mIoU | mAcc | aAcc |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for masks, by_alpha in scores.items():
+        for alpha, record in by_alpha.items():
+            values = " | ".join(f"{100 * record[key]:.2f}" for key in _SEGMENTATION_SCORES.values())
+            rows.append(f"| '{_annotation(masks)}' | {_alpha_label(alpha)} | {values} |")
+    return "\n".join(rows)
+
+
+def _pretrained_segmentation_card(name: str) -> dict[str, Any]:
+    """``save_for_hub`` keyword arguments for shipped segmentation weights (``npe-models list --pretrained``), from
+    their manifest entry: the data, the recipe, and the recorded scores of the main logits and, with trained PEMs,
+    of NPE-LA at the models' default strength in the model-index (every strength in the notes)."""
+    base, weights = shipped_segmentation_weights(name)
+    meta, trained = weights.meta, weights.meta.get("num_pems", 0)
+    alphas = ["0", str(DEFAULT_SEGMENTATION_ALPHA)] if trained else ["0"]
+    results = []
+    for masks, by_alpha in meta["_metrics"].items():
+        for alpha in alphas:
+            metrics = {key: round(100 * by_alpha[alpha][score], 2) for key, score in _SEGMENTATION_SCORES.items()}
+            dataset = f"STARE, '{_annotation(masks)}' masks, {_alpha_label(alpha)}"
+            config = f"{_annotation(masks)}-alpha-{alpha}"  # the model-index tells entries apart by their config
+            results += evaluation_results(metrics, PIPELINE_TAGS[SEGMENTATION], dataset, "stare", "validation", config)
+    fresh = "" if trained or not parse_npe_name(base)[1] else " Its PEMs are fresh: the scores are the network's."
+    notes = (
+        f"Trained on STARE (Hoover et al., 2000), retinal vessel segmentation: the first 10 image ids, sorted, with "
+        f"the 'ah' masks. Evaluated on {meta['evaluation']}.{fresh}\n\n{_segmentation_scores_table(meta['_metrics'])}"
+        f"\n\nWeights: `npe_models/weights/{meta['file']}` in the package ({meta['name']})."
+    )
+    return dict(
+        label_names=meta["categories"],
+        eval_results=results,
+        recipe={"recipe": meta["recipe"], **_iterations(meta["iterations"])},
+        repo_id=hub_repo_id(meta["name"]),
+        model_name=name,
+        notes=notes,
+    )
+
+
+def has_pretrained_card(name: str) -> bool:
+    """Whether ``name`` (``--pretrained``) names weights shipped with npe-models, whose card :func:`pretrained_card`
+    fills: a shipped classifier checkpoint or shipped segmentation weights."""
+    return name in shipped_checkpoints() or name in shipped_segmentation_names()
+
+
 def pretrained_card(name: str, entry: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
     """``save_for_hub`` keyword arguments for a checkpoint trained by npe-models, from its manifest entry.
 
-    ``entry`` defaults to the bundled manifest's. The card carries the recorded accuracy (the full
+    Shipped segmentation weights (``unet_fcn_npe1``, ``unet_fcn.STARE``) get their STARE scores
+    (:func:`_pretrained_segmentation_card`). For a classifier, ``entry`` defaults to the bundled manifest's. The
+    card carries the recorded accuracy (the full
     test set and its 1,000 exact images as separate ``model-index`` entries in ``eval_results``,
     so ``metrics`` given on top add entries; every test set in the notes), the training recipe,
     the checkpoint it was made from and the ``npe-models/<name>`` repository.
     """
+    if entry is None and is_segmentation_model(name.partition(".")[0]):
+        return _pretrained_segmentation_card(name)
     entry = shipped_entry(name) if entry is None else entry
     return dict(
         label_names=entry["cfg"]["label_names"],
