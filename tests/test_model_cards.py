@@ -121,11 +121,12 @@ def _stare_scores(name: str) -> dict:
 
 
 def test_shipped_segmentation_weights_get_a_card_with_their_data_and_recorded_metrics(tmp_path: Path) -> None:
-    loaded = load_model("unet_fcn_npe1", pretrained=True)
-    folder = save_for_hub(
-        loaded.model, tmp_path / "unet", config=loaded.segmentation_config, **pretrained_card("unet_fcn_npe1")
-    )
+    folder = save_pretrained_for_hub("unet_fcn_npe1", tmp_path / "unet")
     text = (folder / "README.md").read_text()
+    saved, shipped = load_model(folder).model, load_model("unet_fcn_npe1", pretrained=True).model
+    images = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():  # the folder holds the shipped weights
+        assert torch.equal(saved(images)["out"], shipped(images)["out"])
     assert "STARE" in text and "Hoover" in text and "sliding window 128/85" in text
     results = _model_index(folder / "README.md")
     assert {r.dataset_type for r in results} == {"stare"} and {r.dataset_split for r in results} == {"validation"}

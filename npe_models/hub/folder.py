@@ -27,7 +27,7 @@ from ..describe import (
 from ..files import WEIGHTS_FILE
 from ..outputs import check_output_dir
 from ..segmentation.checkpoint import save_segmentation_weights
-from ..segmentation.config import SegmentationModelConfig
+from ..segmentation.config import SegmentationModelConfig, pretrained_segmentation_config, shipped_segmentation_names
 from .card import PIPELINE_TAGS, evaluation_results, model_card, pretrained_card, shipped_entry
 from .load import CARD_NAME, CONFIG_NAME, is_hub_folder, weight_shapes
 
@@ -194,11 +194,16 @@ def _shipped_model(name: str) -> nn.Module:
 
 
 def save_pretrained_for_hub(name: str, directory: Union[str, os.PathLike], *, overwrite: bool = False) -> Path:
-    """Write the Hub folder of a checkpoint shipped with the package (``npe-models list --pretrained``), card included.
+    """Write the Hub folder of a checkpoint or segmentation weights shipped with the package (``npe-models list
+    --pretrained``), card included.
 
     The folders are not kept in git: this regenerates one, as the packaging wrote it.
     """
     card = pretrained_card(name)
+    if name in shipped_segmentation_names():
+        config, weights = pretrained_segmentation_config(name)
+        model = config.build(weights=weights).eval()
+        return save_for_hub(model, directory, overwrite=overwrite, config=config, **card)
     return save_for_hub(_shipped_model(name), directory, overwrite=overwrite, **card)
 
 
