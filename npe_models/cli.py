@@ -76,6 +76,8 @@ def _is_segmentation_run(args: argparse.Namespace) -> bool:
         return args.dataset in SEGMENTATION_DATASETS
     if args.model is not None:
         return is_segmentation_model(args.model)
+    if segmentation.shipped_init(args.init) is not None:  # train --init unet_fcn_npe1: shipped weights name the model
+        return True
     return args.resume and Path(args.out).is_dir() and run_task(args.out) == "segmentation"
 
 

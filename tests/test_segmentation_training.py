@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections import OrderedDict
 from pathlib import Path
@@ -14,6 +15,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 import npe_models
+import npe_models.cli
 from npe_models.models import is_segmentation_model
 from npe_models.models.unet import UNet_FCN_Weights
 from npe_models.runs import NonFiniteLossError, write_run_config
@@ -323,7 +325,10 @@ def test_init_by_name_starts_from_shipped_weights(data_dir: Path, tmp_path: Path
     trained = load_segmentation_model(run)[0].state_dict()
     assert all(torch.equal(trained[key], value) for key, value in shipped.items() if key in trained)
     assert {key for key in trained if "pem" in key} and not {key for key in shipped if "pem" in key} & set(trained)
-    default = resolve_segmentation_config(tmp_path / "other", False, init="unet_fcn_npe1")  # the name gives the model
-    assert (default.model.name, default.model.pem_type) == ("unet_fcn_npe1", "fcn")
+    cli = ["train", "--init", "unet_fcn_npe1", "--out", str(tmp_path / "cli"), "--data-dir", str(data_dir)]
+    cli += ["--iterations", "1", "--batch-size", "1", "--crop-size", "32", "--no-progress"]
+    assert npe_models.cli.main(cli) == 0
+    default = json.loads((tmp_path / "cli" / "config.json").read_text())  # the shipped name gives the model
+    assert (default["model"]["name"], default["model"]["pem_type"]) == ("unet_fcn_npe1", "fcn")
     with pytest.raises(ValueError, match="loads shipped weights; drop --weights"):
         resolve_segmentation_config(tmp_path / "other", False, init="unet_fcn_npe1", weights="DEFAULT")

@@ -14,6 +14,7 @@ from .config import (
     SegmentationTrainConfig,
     resolve_segmentation_config,
     segmentation_model_config,
+    shipped_init,
 )
 from .evaluation import EVAL_MODES, evaluate_run, evaluate_segmentation, overlay_panels, predict_logits
 from .losses import DEFAULT_IGNORE_INDEX, dense_npe_loss, segmentation_loss_terms
@@ -50,6 +51,7 @@ __all__ = [
     "segmentation_loss_terms",
     "segmentation_model_config",
     "set_train_mode",
+    "shipped_init",
     "train_run",
     "train_segmentation",
 ]
