@@ -40,6 +40,7 @@ from .npe import has_pems, set_alpha
 from .onnx import INPUT_NAME, onnx_session, read_onnx_metadata
 from .segmentation import SegmentationModelConfig
 from .segmentation import masks as _masks
+from .segmentation.evaluation import DATASET_EVAL_DEFAULTS
 from .segmentation.masks import MaskPrediction
 
 __all__ = [
@@ -415,14 +416,17 @@ def predict_masks(
     Hub folder, a registered name with ``pretrained``), a :class:`~npe_models.loading.LoadedModel`, or an ONNX
     export with dynamic height and width, run by ONNX Runtime at its exported NPE-LA strength.
     ``npe_alpha`` is the NPE-LA strength (default: the model's), ``mode`` / ``crop_size`` / ``stride`` evaluate's
-    inference (default: sliding 128x128 windows every 85 pixels), ``overlays`` also writes
+    inference (default: the evaluation defaults of the data set the model was trained on, ADE20K's whole images
+    resized to fit 2048x512, else sliding 128x128 windows every 85 pixels), ``overlays`` also writes
     ``out_dir/overlays/<name>.png``. ``out_dir`` follows :mod:`npe_models.outputs` (new, empty or an earlier mask
     prediction replaced with ``overwrite``). See :func:`npe_models.segmentation.masks.predict_masks`.
     """
     loaded = _segmentation_model(source, pretrained, npe_alpha, device)
     images = collect_images(inputs)
     names = _masks.mask_names(images, inputs)
-    settings = {"mode": mode, "crop_size": crop_size, "stride": stride}
+    given = {"mode": mode, "crop_size": crop_size, "stride": stride}
+    settings = {**DATASET_EVAL_DEFAULTS.get(loaded.dataset or "", {})}
+    settings.update({key: value for key, value in given.items() if value is not None})
     return _masks.predict_masks(
         loaded.model,
         loaded.segmentation_config,
@@ -435,7 +439,7 @@ def predict_masks(
         inputs=[*inputs, loaded.source],
         device="cpu" if isinstance(loaded.model, _OnnxSegmentation) else device or "auto",
         progress=progress if any(Path(given).is_dir() for given in inputs) else None,
-        **{key: value for key, value in settings.items() if value is not None},
+        **settings,
     )
 
 

@@ -88,6 +88,8 @@ def test_train_resume_evaluate_predict_export(model, layout, options, data_dir: 
     for index in range(2):
         mask = np.asarray(Image.open(tmp_path / "masks" / f"{_LAYOUTS[layout][2][1]}{index}.png"))
         assert mask.shape == (_SIDE, _SIDE)
+    record = json.loads((tmp_path / "masks" / "masks.json").read_text())
+    assert {key: record.get(key) for key in ("mode", "scale")} == {"scale": None, **expected}  # as evaluated
 
     onnx_file = tmp_path / "model.onnx"
     export = ["export", "onnx", str(run), "-o", str(onnx_file), "--input-size", "3", "64", "64", "--check"]

@@ -138,6 +138,7 @@ def predict_masks(
     mode: str = DEFAULT_MODE,
     crop_size: tuple[int, int] = DEFAULT_CROP_SIZE,
     stride: tuple[int, int] = DEFAULT_STRIDE,
+    scale: Optional[tuple[int, int]] = None,
     overlays: bool = False,
     overwrite: bool = False,
     inputs: Sequence[PathLike] = (),
@@ -148,8 +149,9 @@ def predict_masks(
     ``overlays`` ``out_dir / "overlays" / names[i]`` (the mask drawn over the image); then ``masks.json``.
 
     ``npe_alpha`` is the NPE-LA strength (``z - alpha * eta``; 0: the main logits) of a model with PEMs, default
-    the model's own (``model_config.npe_alpha``). ``mode``, ``crop_size`` and ``stride`` are evaluate's inference
-    (default: sliding 128x128 windows every 85 pixels). ``out_dir`` must be new, empty or an earlier mask
+    the model's own (``model_config.npe_alpha``). ``mode``, ``crop_size``, ``stride`` and ``scale`` (resize to fit
+    before inference) are evaluate's inference (default: sliding 128x128 windows every 85 pixels, no resizing); the
+    masks are at the images' own size. ``out_dir`` must be new, empty or an earlier mask
     prediction (replaced with ``overwrite``), and not hold one of ``inputs``.
     """
     num_classes = model_config.num_classes
@@ -169,7 +171,7 @@ def predict_masks(
     with locked_dir(out_dir):
         for path, name in zip(images.paths, names):
             image = torch.from_numpy(np.asarray(read_image(path)).copy()).permute(2, 0, 1)
-            inference = dict(mode=mode, crop_size=crop_size, stride=stride, device=device)
+            inference = dict(mode=mode, crop_size=crop_size, stride=stride, scale=scale, device=device)
             logits, estimate = predict_image_logits(model, image, model_config.mean, model_config.std, **inference)
             if estimate is not None and alpha != 0:
                 logits = logits - alpha * estimate
@@ -190,6 +192,8 @@ def predict_masks(
         record = {"kind": _KIND, "alpha": alpha, "mode": mode, "images": [p.to_dict() for p in predictions]}
         if mode == "slide":
             record.update(crop_size=list(crop_size), stride=list(stride))
+        if scale is not None:
+            record["scale"] = list(scale)
         write_json(out_dir / MASKS_FILE, record)
     if bar is not None:
         bar.close()
