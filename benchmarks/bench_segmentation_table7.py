@@ -8,11 +8,16 @@ command, printed before it runs; the table (mIoU, mAcc, aAcc, Many / Medium / Fe
 written to ``OUT/table7.md`` and ``OUT/table7.json``. Finished steps (a run with ``model.safetensors``, an
 evaluation with ``metrics.json``) are skipped, so the script resumes where it stopped.
 
-Reproduce (about an hour on 2 shared CPU cores)::
+Reproduce (the two models side by side, one thread each: on 2 cores shared with other work, two 2-thread processes
+thrash; about 30 minutes)::
 
     python benchmarks/make_cifar_mosaic.py --data-dir ../shared/data/cifar10 --out /work/bench-out/cifar_mosaic
-    OMP_NUM_THREADS=2 python benchmarks/bench_segmentation_table7.py \\
-        --data-dir /work/bench-out/cifar_mosaic/seg_folder --out /work/bench-out/table7
+    for model in upernet_r18 deeplabv3_mbv3; do
+        OMP_NUM_THREADS=1 python benchmarks/bench_segmentation_table7.py --models $model \\
+            --data-dir /work/bench-out/cifar_mosaic/seg_folder --out /work/bench-out/table7b &
+    done; wait
+    python benchmarks/bench_segmentation_table7.py --data-dir /work/bench-out/cifar_mosaic/seg_folder \\
+        --out /work/bench-out/table7b   # every step done: the table of both models
 """
 
 from __future__ import annotations
@@ -154,10 +159,10 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, required=True, help="the mosaics' seg_folder tree")
     parser.add_argument("--out", type=Path, required=True, help="folder of the runs and the table")
     parser.add_argument("--models", nargs="+", choices=tuple(MODELS), default=list(MODELS))
-    parser.add_argument("--baseline-iterations", type=int, default=300)
+    parser.add_argument("--baseline-iterations", type=int, default=1500)
     parser.add_argument("--pem-iterations", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--crop-size", type=int, default=128)
+    parser.add_argument("--crop-size", type=int, default=64)
     parser.add_argument("--baseline-lr", type=float, default=0.05)
     parser.add_argument("--pem-lr", type=float, default=0.01)
     parser.add_argument("--num-pems", type=int, default=16)

@@ -81,7 +81,9 @@ def run_variant(variant: str, frozen: bool, args: argparse.Namespace) -> dict:
     command = [sys.executable, __file__, "--child", variant, "--frozen" if frozen else "--no-frozen"]
     command += ["--size", str(args.size), "--batch-size", str(args.batch_size)]
     command += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
-    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{variant} (frozen={frozen}) failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
