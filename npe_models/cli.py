@@ -41,10 +41,9 @@ from ._cli_args import (
 from .adapt import adapt_source, format_adaptation
 from .classification import TrainConfig, format_metrics, resolve_train_config, train
 from .data import SEGMENTATION_DATASETS, check_dataset
-from .hub import pretrained_card, push_to_hub, save_for_hub
+from .hub import has_pretrained_card, pretrained_card, push_to_hub, save_for_hub
 from .loading import evaluation_dir, load_model, read_label_names, source_kind
 from .models import is_segmentation_model, list_registered
-from .models._bundled import shipped_checkpoints
 from .npe import set_alpha
 from .onnx import check_parity, export_onnx, format_parity, onnx_summary
 from .runs import NonFiniteLossError, run_task
@@ -200,7 +199,7 @@ def _export_hub(args: argparse.Namespace) -> int:
         raise ValueError("give --output-dir DIR, or --push with --repo-id.")
     loaded, label_names = _load_for_export(args)
     model = reparameterize_model(loaded.model) if args.merge else loaded.model
-    shipped = args.pretrained and not args.merge and args.model in shipped_checkpoints()
+    shipped = args.pretrained and not args.merge and has_pretrained_card(args.model)
     given = not_none(
         label_names=label_names,
         metrics=dict(args.metric) or None,

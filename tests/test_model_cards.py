@@ -7,7 +7,6 @@ import json
 import re
 from pathlib import Path
 
-import pytest
 import timm
 import torch
 from huggingface_hub import ModelCard, metadata_load
@@ -151,9 +150,6 @@ def test_the_baseline_weights_card_has_only_the_main_logits() -> None:
     assert has_pretrained_card("unet_fcn_npe1") and has_pretrained_card(CE) and not has_pretrained_card("unet_fcn")
 
 
-@pytest.mark.xfail(
-    strict=True, reason="needs cli.py's _export_hub to test has_pretrained_card(args.model) (owned by another engineer)"
-)
 def test_export_hub_pretrained_segmentation_weights_writes_their_card(tmp_path: Path) -> None:
     assert main(["export", "hub", "unet_fcn_npe1", "--pretrained", "-o", str(tmp_path / "unet")]) == 0
     assert "| 'ah' | NPE-LA alpha 0.5 |" in (tmp_path / "unet" / "README.md").read_text()
