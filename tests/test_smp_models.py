@@ -159,6 +159,12 @@ def test_replica_of_a_decoder_with_unpaired_batchnorm_says_what_to_use() -> None
         create_segmentation_model("smp:linknet:tu-resnet10t", num_classes=NUM_CLASSES, num_pems=1, pem_type="replica")
 
 
+def test_a_head_without_a_classifier_conv_is_refused_in_one_line() -> None:
+    """smp's DPT head starts with a feature-projection block, not the classifier conv the PEMs sit beside."""
+    with pytest.raises(ValueError, match="DPTSegmentationHead does not: choose another architecture"):
+        create_segmentation_model("smp:dpt:tu-vit_tiny_patch16_224", num_classes=NUM_CLASSES, num_pems=1)
+
+
 def test_names_parse_and_the_plain_model_keeps_the_output_contract() -> None:
     assert parse_segmentation_model_name("smp:unet:resnet18_npe4") == ("smp:unet:resnet18", 4)
     assert parse_segmentation_model_name("smp_upernet_swin_t_npe16") == ("smp_upernet_swin_t", 16)

@@ -252,6 +252,12 @@ class NPESMPSegmentation(NPESegmentationMixin):
     def _attach_pems(self, num_pems: int, pem_type: str, alpha: float, t: int) -> None:
         if getattr(self, "classification_head", None) is not None:
             raise ValueError("NPE smp models take no classification head (aux_params); build the model without it.")
+        head = self.segmentation_head
+        if not isinstance(head, nn.Sequential) or not isinstance(head[0], nn.Conv2d):
+            raise ValueError(
+                f"NPE needs an smp segmentation head that starts with its classifier conv; {type(self).__name__}'s "
+                f"{type(head).__name__} does not: choose another architecture (e.g. upernet, fpn)."
+            )
         if not isinstance(self.segmentation_head[-1].activation, nn.Identity):
             raise ValueError("NPE smp models need logits: build the smp model with activation=None.")
         self.pem_type, self.num_pems, self.t, self._alpha = pem_type, num_pems, t, float(alpha)
