@@ -20,6 +20,7 @@ from npe_models.segmentation import (
     load_segmentation_model,
     resolve_segmentation_config,
     segmentation_dataset,
+    segmentation_model_config,
     train_run,
 )
 from npe_models.segmentation.metrics import SegmentationMetrics, pixel_share_groups
@@ -321,3 +322,10 @@ def test_a_command_decodes_each_training_mask_once(tmp_path: Path, monkeypatch) 
     Image.fromarray(_mask(1)).save(root / "masks" / "train" / "img0.png")  # a changed file is read again
     SegmentationFolder(root, "train")
     assert sorted(decoded) == ["img0.png", "img0.png", "img1.png", "img2.png"]
+
+
+@pytest.mark.parametrize(("dataset", "classes"), [("ade20k", 150), ("stare", 2)])
+def test_a_fixed_class_list_refuses_another_num_classes(dataset: str, classes: int) -> None:
+    """ADE20K and STARE name their classes: --num-classes 10 would write a 10-class model with 150 (2) class names."""
+    with pytest.raises(ValueError, match=f"{dataset} has {classes} classes, not --num-classes 10.*seg_folder"):
+        segmentation_model_config("unet_fcn_npe1", dataset, num_classes=10)

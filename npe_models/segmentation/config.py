@@ -240,7 +240,13 @@ def dataset_classes(
                 reduce_zero_label=reduce_zero_label,
             )
         )
-    return SEGMENTATION_DATASETS[dataset]
+    classes = SEGMENTATION_DATASETS[dataset]
+    if num_classes is not None and num_classes != len(classes):
+        raise ValueError(
+            f"{dataset} has {len(classes)} classes, not --num-classes {num_classes}; leave --num-classes out, or lay "
+            "out a data set with other classes as --dataset seg_folder (with a classes.txt)."
+        )
+    return classes
 
 
 def segmentation_model_config(
