@@ -83,6 +83,7 @@ def test_groups_follow_the_pixel_share_rule(mosaics: tuple[Path, dict]) -> None:
     assert summary["splits"]["train"]["pixels"] == [n * LABELLED_PER_TILE for n in TRAIN_TILES]
 
 
+@pytest.mark.slow  # runs the generator twice more (about 18 s); the trees themselves are checked in the default suite
 def test_the_seed_decides_the_mosaics(mosaics: tuple[Path, dict], cifar_dir: Path, tmp_path: Path) -> None:
     out, _ = mosaics
     generate(cifar_dir, tmp_path / "same", seed=0)
