@@ -307,6 +307,24 @@ def _scoring_settings(model_config: SegmentationModelConfig, ignore_index: int, 
     }
 
 
+def _scored_data(
+    dataset: str,
+    split: str,
+    annotations: Sequence[str],
+    data_dir: Union[str, Path, None],
+    settings: dict[str, Any],
+    class_pixels: Optional[Sequence[int]],
+    model_config: SegmentationModelConfig,
+) -> tuple[dict[str, Dataset], Sequence[int]]:
+    """The images to score per annotation, and the training pixels per class (counted from the training split when
+    the run does not record them)."""
+    data = {annotation: _opened(dataset, split, annotation, data_dir, **settings) for annotation in annotations}
+    if class_pixels is None:
+        training = _opened(dataset, "train", annotations[0], data_dir, **settings)
+        class_pixels = class_pixel_counts(training, model_config.num_classes, settings["ignore_index"])
+    return data, class_pixels
+
+
 def evaluate_run(
     model: nn.Module,
     model_config: SegmentationModelConfig,
@@ -357,14 +375,12 @@ def evaluate_run(
         report["scale"] = list(scale)
     report["results"] = {}
     results: dict[str, dict[float, SegmentationMetrics]] = {}
-    annotations = _annotations_of(dataset, annotations)
     settings = dict(
         class_names=model_config.class_names, ignore_index=ignore_index, reduce_zero_label=reduce_zero_label
     )
-    data = {annotation: _opened(dataset, split, annotation, data_dir, **settings) for annotation in annotations}
-    if class_pixels is None:
-        training = _opened(dataset, "train", annotations[0], data_dir, **settings)
-        class_pixels = class_pixel_counts(training, model_config.num_classes, ignore_index)
+    data, class_pixels = _scored_data(
+        dataset, split, _annotations_of(dataset, annotations), data_dir, settings, class_pixels, model_config
+    )
     groups, grouping = _class_groups(class_pixels, model_config)
     report.update(grouping)
     with locked_dir(out_dir):  # one evaluation at a time writes the folder (its overlays, then metrics.json)
