@@ -165,12 +165,13 @@ def test_short_npe_run_on_real_cifar10_lt(capsys, data_dir, tmp_path):
         "--out",
         str(out),
         "--no-progress",
+        "--amp",  # bf16 autocast: 1.6x faster on this CPU, and the zoo's bf16 check found it as accurate as fp32
     ]
     assert main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     full = metrics["sets"]["full"]
     assert full["npe_la"]["num_images"] == 10000 and metrics["sets"]["exact"]["npe_la"]["num_images"] == 1000
-    assert full["npe_la"]["top1"] > 22.0, full["npe_la"]  # chance is 10%; this run reaches about 30%
+    assert full["npe_la"]["top1"] > 22.0, full["npe_la"]  # chance is 10%; this run reaches about 29%
     assert full["plain"]["top1"] > 22.0, full["plain"]
     assert full["prior"]["spearman"] >= 0.8, full["prior"]
     assert "Spearman" in capsys.readouterr().out
