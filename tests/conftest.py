@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,6 +13,9 @@ import pytest
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+MOSAIC_GENERATOR = REPO_ROOT / "benchmarks" / "make_cifar_mosaic.py"
+# 64x64 mosaics of 2 x 2 CIFAR-10 tiles with a 2-px ignore border, rho 10: 20 training and 5 validation mosaics
+TINY_MOSAIC_OPTIONS = ["--grid", "2", "--border", "2", "--rho", "10", "--train-max-tiles", "20", "--val-max-tiles", "2"]
 
 
 @pytest.fixture(scope="session")
@@ -102,3 +106,27 @@ def watched_run(watched_run_args, tmp_path_factory):
     done = subprocess.run(argv, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     return out, done
+
+
+@pytest.fixture(scope="session")
+def write_cifar_mosaics(data_dir: Path):
+    """``write_cifar_mosaics(out, seed)``: the tiny mosaic trees (seg_folder/ and ade20k/) written under ``out`` by
+    benchmarks/make_cifar_mosaic.py from the real CIFAR-10 training and test images; returns its summary.json."""
+    cifar = data_dir / "cifar10"
+    if not (cifar / "train.npz").is_file():
+        pytest.skip(f"CIFAR-10 arrays not found in {cifar}")
+
+    def write(out: Path, seed: int = 0) -> dict:
+        options = [*TINY_MOSAIC_OPTIONS, "--seed", str(seed)]
+        command = [sys.executable, str(MOSAIC_GENERATOR), "--data-dir", str(cifar), "--out", str(out), *options]
+        subprocess.run(command, check=True, capture_output=True, text=True, timeout=300)
+        return json.loads((out / "summary.json").read_text())
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def cifar_mosaics(write_cifar_mosaics, tmp_path_factory) -> tuple[Path, dict]:
+    """``(root, summary)`` of the seed-0 tiny mosaic trees, written once per session; tests only read them."""
+    root = tmp_path_factory.mktemp("cifar_mosaics")
+    return root, write_cifar_mosaics(root)

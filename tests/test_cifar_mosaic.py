@@ -1,10 +1,7 @@
-"""The CIFAR-10 mosaic generator (benchmarks/make_cifar_mosaic.py) at a tiny size: both trees open with the package's
-segmentation sources with the class pixel counts the long-tailed tile counts give, tiles are CIFAR images of their
-label, and a seed gives the same files."""
+"""The CIFAR-10 mosaic generator (benchmarks/make_cifar_mosaic.py) at the conftest's tiny size: both trees open with
+the package's segmentation sources with the class pixel counts the long-tailed tile counts give, tiles are CIFAR
+images of their label, and a seed gives the same files."""
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,39 +10,18 @@ from PIL import Image
 
 from npe_models.data import SegmentationFolder, load_cifar
 
-GENERATOR = Path(__file__).resolve().parents[1] / "benchmarks" / "make_cifar_mosaic.py"
-BORDER = 2
+BORDER = 2  # the conftest's TINY_MOSAIC_OPTIONS
 LABELLED_PER_TILE = (32 - 2 * BORDER) ** 2
 # long_tailed_counts(10, 20, rho=10), class 0 padded from 20 to 22 to fill 20 mosaics of 2 x 2 tiles
 TRAIN_TILES = [22, 15, 11, 9, 7, 5, 4, 3, 2, 2]
 VAL_TILES = [2] * 10
 
 
-def generate(cifar_dir: Path, out: Path, seed: int = 0) -> dict:
-    options = ["--grid", "2", "--border", str(BORDER), "--rho", "10", "--train-max-tiles", "20"]
-    options += ["--val-max-tiles", "2", "--seed", str(seed)]
-    command = [sys.executable, str(GENERATOR), "--data-dir", str(cifar_dir), "--out", str(out), *options]
-    subprocess.run(command, check=True, capture_output=True, text=True, timeout=300)
-    return json.loads((out / "summary.json").read_text())
-
-
-@pytest.fixture(scope="module")
-def cifar_dir(data_dir: Path) -> Path:
-    folder = data_dir / "cifar10"
-    if not (folder / "train.npz").is_file():
-        pytest.skip(f"CIFAR-10 arrays not found in {folder}")
-    return folder
-
-
-@pytest.fixture(scope="module")
-def mosaics(cifar_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    out = tmp_path_factory.mktemp("mosaic")
-    return out, generate(cifar_dir, out)
-
-
 @pytest.mark.parametrize("split, tiles", [("train", TRAIN_TILES), ("val", VAL_TILES)])
-def test_both_trees_open_with_the_tile_counts_pixels(mosaics: tuple[Path, dict], split: str, tiles: list[int]) -> None:
-    out, summary = mosaics
+def test_both_trees_open_with_the_tile_counts_pixels(
+    cifar_mosaics: tuple[Path, dict], split: str, tiles: list[int]
+) -> None:
+    out, summary = cifar_mosaics
     expected = [count * LABELLED_PER_TILE for count in tiles]
     seg_folder = SegmentationFolder(out / "seg_folder", split, "seg_folder")
     names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -62,9 +38,9 @@ def test_both_trees_open_with_the_tile_counts_pixels(mosaics: tuple[Path, dict],
     assert (ade20k[0][1] == mask).all()
 
 
-def test_each_tile_is_a_cifar_image_of_its_label(mosaics: tuple[Path, dict], cifar_dir: Path) -> None:
-    out, _ = mosaics
-    arrays = load_cifar(cifar_dir, train=True)
+def test_each_tile_is_a_cifar_image_of_its_label(cifar_mosaics: tuple[Path, dict], data_dir: Path) -> None:
+    out, _ = cifar_mosaics
+    arrays = load_cifar(data_dir / "cifar10", train=True)
     image = np.asarray(Image.open(out / "seg_folder" / "images" / "train" / "train_00000.png"))
     mask = np.asarray(Image.open(out / "seg_folder" / "masks" / "train" / "train_00000.png"))
     for top in (0, 32):
@@ -75,8 +51,8 @@ def test_each_tile_is_a_cifar_image_of_its_label(mosaics: tuple[Path, dict], cif
             assert mask[top + 16, left + 16] in arrays.labels[matches]
 
 
-def test_groups_follow_the_pixel_share_rule(mosaics: tuple[Path, dict]) -> None:
-    _, summary = mosaics
+def test_groups_follow_the_pixel_share_rule(cifar_mosaics: tuple[Path, dict]) -> None:
+    _, summary = cifar_mosaics
     shares = np.array(TRAIN_TILES) / sum(TRAIN_TILES)
     expected = ["many" if s >= 0.01 else "few" if s < 0.001 else "medium" for s in shares]
     assert summary["groups"] == expected
@@ -84,10 +60,10 @@ def test_groups_follow_the_pixel_share_rule(mosaics: tuple[Path, dict]) -> None:
 
 
 @pytest.mark.slow  # runs the generator twice more (about 18 s); the trees themselves are checked in the default suite
-def test_the_seed_decides_the_mosaics(mosaics: tuple[Path, dict], cifar_dir: Path, tmp_path: Path) -> None:
-    out, _ = mosaics
-    generate(cifar_dir, tmp_path / "same", seed=0)
-    generate(cifar_dir, tmp_path / "other", seed=1)
+def test_the_seed_decides_the_mosaics(cifar_mosaics: tuple[Path, dict], write_cifar_mosaics, tmp_path: Path) -> None:
+    out, _ = cifar_mosaics
+    write_cifar_mosaics(tmp_path / "same", seed=0)
+    write_cifar_mosaics(tmp_path / "other", seed=1)
     name = Path("ade20k") / "images" / "training" / "train_00003.png"
     assert (out / name).read_bytes() == (tmp_path / "same" / name).read_bytes()
     assert (out / name).read_bytes() != (tmp_path / "other" / name).read_bytes()

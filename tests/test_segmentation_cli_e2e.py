@@ -1,8 +1,9 @@
 """`npe-models` end to end on segmentation folders (issue 45): train, resume, evaluate, predict masks and export
 to ONNX, for an smp model and a torchvision-style model, on ``seg_folder`` and ADE20K-layout trees of real images.
 
-The trees are 64x64 mosaics of four CIFAR-10 test images, each tile's pixels labelled with its class (three
-classes); in the ADE20K layout the labels are shifted up by one, as ADE20K's zero label is reduced.
+The trees are the conftest's tiny CIFAR-10 mosaics (benchmarks/make_cifar_mosaic.py): 64x64 images of four CIFAR-10
+tiles, each tile's pixels labelled with its class; in the ADE20K layout the labels are shifted up by one, as
+ADE20K's zero label is reduced.
 """
 
 from __future__ import annotations
@@ -22,12 +23,10 @@ from npe_models.segmentation.evaluation import predict_image_logits
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-_SIDE, _TILE, _CLASSES = 64, 32, 3
-# layout -> images folder, masks folder, split folders, image extension, label offset (ADE20K: 0 is "other")
-_LAYOUTS = {
-    "seg_folder": ("images", "masks", ("train", "val"), ".png", 0),
-    "ade20k": ("images", "annotations", ("training", "validation"), ".jpg", 1),
-}
+_SIDE = 64
+_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+# layout -> the validation images' folder
+_VAL_IMAGES = {"seg_folder": Path("images") / "val", "ade20k": Path("images") / "validation"}
 # (model, layout, extra train options): an smp U-Net with a small decoder, a narrow UNet-FCN (a torchvision FCN) and,
 # marked slow (its ONNX export alone takes about 30 s), torchvision's LR-ASPP
 _SMP_OPTIONS = ["--model-arg", "encoder_depth=3", "--model-arg", "decoder_channels=[16,8,8]"]
@@ -41,33 +40,9 @@ _CASES = [
 ]
 
 
-def _mosaic(x: np.ndarray, y: np.ndarray, picks: np.ndarray, offset: int) -> tuple[np.ndarray, np.ndarray]:
-    """A 64x64 image of four CIFAR tiles and its mask: each tile labelled with its class (mod 3) plus ``offset``."""
-    image, mask = np.zeros((_SIDE, _SIDE, 3), np.uint8), np.zeros((_SIDE, _SIDE), np.uint8)
-    for tile, index in enumerate(picks):
-        rows, cols = slice(tile // 2 * _TILE, (tile // 2 + 1) * _TILE), slice(tile % 2 * _TILE, (tile % 2 + 1) * _TILE)
-        image[rows, cols], mask[rows, cols] = x[index], y[index] % _CLASSES + offset
-    return image, mask
-
-
-def _write_tree(root: Path, layout: str, data_dir: Path) -> Path:
-    """Three training and two validation mosaics in ``layout``."""
-    images_dir, masks_dir, splits, extension, offset = _LAYOUTS[layout]
-    cifar = np.load(data_dir / "cifar10" / "test.npz")
-    rng = np.random.default_rng(0)
-    for split, count in zip(splits, (3, 2)):
-        (root / images_dir / split).mkdir(parents=True)
-        (root / masks_dir / split).mkdir(parents=True)
-        for index in range(count):
-            image, mask = _mosaic(cifar["x"], cifar["y"], rng.integers(0, len(cifar["y"]), 4), offset)
-            Image.fromarray(image).save(root / images_dir / split / f"{split}{index}{extension}")
-            Image.fromarray(mask).save(root / masks_dir / split / f"{split}{index}.png")
-    return root
-
-
 @pytest.mark.parametrize(("model", "layout", "options"), _CASES)
-def test_train_resume_evaluate_predict_export(model, layout, options, data_dir: Path, tmp_path: Path) -> None:
-    tree, run = _write_tree(tmp_path / layout, layout, data_dir), tmp_path / "run"
+def test_train_resume_evaluate_predict_export(model, layout, options, cifar_mosaics, tmp_path: Path) -> None:
+    tree, run = cifar_mosaics[0] / layout, tmp_path / "run"
     train = ["train", "--model", model, "--dataset", layout, "--data-dir", str(tree), "--out", str(run), *options]
     common = ["--crop-size", "64", "--batch-size", "2", "--checkpoint-every", "1", "--no-progress"]
     assert main([*train, "--iterations", "2", *common]) == 0
@@ -80,13 +55,13 @@ def test_train_resume_evaluate_predict_export(model, layout, options, data_dir: 
     # ADE20K: MMSegmentation's test pipeline (whole images resized to fit 2048x512); seg_folder: sliding windows
     expected = {"mode": "whole", "scale": [2048, 512]} if layout == "ade20k" else {"mode": "slide"}
     assert {key: metrics.get(key) for key in ("mode", "scale")} == {"scale": None, **expected}
-    names = list(ADE20K_CLASSES[:_CLASSES]) if layout == "ade20k" else [f"class {i}" for i in range(_CLASSES)]
+    names = list(ADE20K_CLASSES[: len(_CLASSES)]) if layout == "ade20k" else list(_CLASSES)
     assert names[0] in json.dumps(metrics) and names[-1] in json.dumps(metrics)
 
-    val_images = tree / "images" / _LAYOUTS[layout][2][1]
+    val_images = tree / _VAL_IMAGES[layout]
     assert main(["predict", str(run), str(val_images), "--out", str(tmp_path / "masks"), "--no-progress"]) == 0
-    for index in range(2):
-        mask = np.asarray(Image.open(tmp_path / "masks" / f"{_LAYOUTS[layout][2][1]}{index}.png"))
+    for image in val_images.iterdir():
+        mask = np.asarray(Image.open(tmp_path / "masks" / image.with_suffix(".png").name))
         assert mask.shape == (_SIDE, _SIDE)
     record = json.loads((tmp_path / "masks" / "masks.json").read_text())
     assert {key: record.get(key) for key in ("mode", "scale")} == {"scale": None, **expected}  # as evaluated
