@@ -13,6 +13,7 @@ import torch
 import torchvision
 from timm.utils import reparameterize_model
 from torch import nn
+from torch.nn.modules.conv import _ConvNd
 
 import npe_models
 from npe_models.losses import one_way_logistic_loss
@@ -23,7 +24,7 @@ from npe_models.models.segmentation import (
     is_segmentation_model,
     parse_segmentation_model_name,
 )
-from npe_models.npe import NPEHead, has_pems, set_alpha
+from npe_models.npe import PEM_INIT_STD, NPEHead, has_pems, set_alpha
 from npe_models.segmentation import SegmentationModelConfig, SegmentationTrainConfig, train_segmentation
 
 smp = pytest.importorskip("segmentation_models_pytorch")
@@ -36,8 +37,16 @@ SMALL_DECODERS = {
     "fpn": {"decoder_pyramid_channels": 32, "decoder_segmentation_channels": 32},
     "deeplabv3plus": {"decoder_channels": 32},
     "upernet": {"decoder_channels": 32},
+    "linknet": {},
+    "deeplabv3": {"decoder_channels": 32},
+    # depth 3: PAN's pyramid pools its deepest features three times more, so 64x64 needs them at stride 8
+    "pan": {"decoder_channels": 16, "encoder_depth": 3},
 }
 ENCODERS = ("tu-resnet10t", "tu-pvt_v2_b0")  # a CNN and a transformer (PVT v2) timm encoder
+# smp dilates these architectures' encoders (output stride 8 or 16), which timm's transformers cannot
+DILATED = ("deeplabv3plus", "deeplabv3", "pan")
+PEM_STRIDE = {"unet": 1, "linknet": 1, "deeplabv3": 8}
+"""How much coarser than the input the decoder output, which the PEMs share, is: 4 where not listed."""
 
 
 @pytest.fixture(autouse=True)
@@ -71,12 +80,11 @@ def _model(arch: str, encoder: str, num_pems: int = 2, pem_type: str = "linear")
 
 @pytest.mark.parametrize(
     ("arch", "encoder"),
-    # smp's DeepLabV3+ dilates its encoder (output_stride 16), which timm's transformers cannot
     [
         (arch, encoder)
         for arch in SMALL_DECODERS
         for encoder in ENCODERS
-        if (arch, encoder) != ("deeplabv3plus", ENCODERS[1])
+        if not (arch in DILATED and encoder == ENCODERS[1])
     ],
 )
 def test_linear_pems_merge_exactly_and_load_strictly_into_plain_smp(arch: str, encoder: str) -> None:
@@ -118,16 +126,21 @@ def test_unet_3x3_head_conv_carries_conv_pems() -> None:
 
 @pytest.mark.parametrize(
     ("arch", "pem_type"),
-    # DeepLabV3+: the replica of its ASPP decoder, whose BatchNorms follow separable (depthwise, pointwise) convs
-    [("unet", "fcn"), ("unet", "replica"), ("upernet", "fcn"), ("upernet", "replica"), ("deeplabv3plus", "replica")],
+    # DeepLabV3+: the replica of its ASPP decoder, whose BatchNorms follow separable (depthwise, pointwise) convs;
+    # DeepLabV3 and PAN: BatchNorms that follow a conv as attributes (conv, bn); Linknet: BatchNorms after
+    # transposed convs
+    [("unet", "fcn"), ("unet", "replica"), ("upernet", "fcn"), ("upernet", "replica")]
+    + [(arch, "replica") for arch in ("deeplabv3plus", "deeplabv3", "linknet", "pan")],
 )
 def test_fcn_and_replica_pems_forward_backward(arch: str, pem_type: str) -> None:
     model = _model(arch, "tu-resnet10t", num_pems=2, pem_type=pem_type)
+    fresh = [m.weight for m in model.pems.modules() if isinstance(m, _ConvNd)]
+    assert max(w.abs().max() for w in fresh) < 10 * PEM_INIT_STD  # transposed convs too: no decoder weights kept
     images, labels = _images(), torch.randint(0, NUM_CLASSES, (2, SIZE, SIZE))
     model.train()
     out = model.forward_train(images)
     assert out.logits.shape == (2, NUM_CLASSES, SIZE, SIZE) and out.aux_logits is None
-    low = SIZE if arch == "unet" else SIZE // 4  # the PEMs' resolution: the decoder output's
+    low = SIZE // PEM_STRIDE.get(arch, 4)  # the PEMs' resolution: the decoder output's
     assert out.pem_logits.shape == (2, 2, NUM_CLASSES, low, low)
     pem_labels = labels[:, :: SIZE // low, :: SIZE // low]
     loss = nn.functional.cross_entropy(out.logits, labels) + one_way_logistic_loss(out.pem_logits, pem_labels)
@@ -147,16 +160,29 @@ def test_fcn_and_replica_pems_forward_backward(arch: str, pem_type: str) -> None
             kept = reparameterize_model(model)
         assert any(issubclass(w.category, PEMNotMergedWarning) for w in caught)
         assert (kept(images)["out"] - model(images)["out"]).abs().max() <= 1e-5
+        assert torch.equal(logits, _plain_twin(model, arch)(images))  # the PEMs leave the main logits alone
     if pem_type == "replica":
         assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.pems.modules())
         norms = sum(isinstance(m, nn.BatchNorm2d) for m in model.decoder.modules())
-        biased = sum(isinstance(m, nn.Conv2d) and m.bias is not None for m in model.pems[0].modules())
+        biased = sum(isinstance(m, _ConvNd) and m.bias is not None for m in model.pems[0].modules())
         assert biased == norms + 1  # each BatchNorm's shift taken over by the conv before it, and the head conv
 
 
+def _plain_twin(model: nn.Module, arch: str) -> nn.Module:
+    """The plain smp model with ``model``'s weights less its PEMs, in eval mode."""
+    plain = smp.create_model(
+        arch, encoder_name="tu-resnet10t", encoder_weights=None, classes=NUM_CLASSES, **SMALL_DECODERS[arch]
+    )
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("pems.")}, strict=True)
+    return plain.eval()
+
+
 def test_replica_of_a_decoder_with_unpaired_batchnorm_says_what_to_use() -> None:
-    with pytest.raises(ValueError, match="pem_type='fcn' or 'linear'"):
-        create_segmentation_model("smp:linknet:tu-resnet10t", num_classes=NUM_CLASSES, num_pems=1, pem_type="replica")
+    """A BatchNorm after a layer that is no conv (here Linknet upsampling without its transposed conv) stays."""
+    plain = create_segmentation_model("smp:linknet:tu-resnet10t", num_classes=NUM_CLASSES)
+    plain.decoder.blocks[0].block[1][0] = nn.Upsample(scale_factor=2)
+    with pytest.raises(ValueError, match=r"PEM of LinknetDecoder: .* Use pem_type='fcn' or 'linear'"):
+        npe_models.models.segmentation.add_segmentation_npe(plain, 1, pem_type="replica")
 
 
 def test_a_head_without_a_classifier_conv_is_refused_in_one_line() -> None:

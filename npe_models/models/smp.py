@@ -9,8 +9,10 @@ NPE forms follow :mod:`npe_models.models.segmentation` (same mixin, PEM types, o
   so a merged model's state_dict loads with ``strict=True`` into the plain smp model;
 - ``fcn``: the paper's single-layer FCN PEM on the decoder output;
 - ``replica``: a copy of the decoder and head conv without BatchNorm (for UPerNet, the paper's
-  UPerNet PEM; for DeepLabV3+, its ASPP PEM), reading the encoder features; decoders whose
-  BatchNorm does not follow a conv in an ``nn.Sequential`` (smp's DeepLabV3, Linknet, PAN) are refused.
+  UPerNet PEM; for DeepLabV3 and DeepLabV3+, its ASPP PEM), reading the encoder features. Each
+  BatchNorm goes and the conv before it takes over its shift with a bias: in an ``nn.Sequential``
+  (as for the torchvision models), in smp's conv -> bn blocks (DeepLabV3's decoder, PAN's
+  ``ConvBnRelu``) and after Linknet's biased transposed convs; a decoder with any other BatchNorm is refused.
 
 Names (``create_segmentation_model``; the ``_npe1`` / ``_npe16`` variants also
 ``torchvision.models.get_model``): ``smp_upernet_swin_t`` (UPerNet on timm's
@@ -36,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import WeightsEnum
 
-from ..npe import DEFAULT_NPE_T, NPEHead
+from ..npe import DEFAULT_NPE_T, PEM_INIT_STD, NPEHead
 from ._registry import npe_model_name, parse_npe_name, register_variants
 from .segmentation import (
     REGISTERED_NUM_PEMS,
@@ -47,6 +49,7 @@ from .segmentation import (
     _init_pem_convs,
     _replica_head,
     _upsample,
+    _with_bias,
     create_segmentation_model,
     register_segmentation_family,
 )
@@ -62,6 +65,7 @@ __all__ = [
 ]
 
 SMP_INSTALL_HINT = 'pip install "npe-models[smp]"'
+_SMP_MODULE = "segmentation_models_pytorch."
 SMP_ARCHITECTURES: dict[str, tuple[str, str, dict[str, Any]]] = {
     # strict_img_size=False: timm's Swin pads its windows, so any input divisible by 32 works, not only 224
     "smp_upernet_swin_t": ("upernet", "tu-swin_tiny_patch4_window7_224", {"strict_img_size": False}),
@@ -91,10 +95,12 @@ def _smp() -> Any:
 
 def _is_smp_class(cls: type) -> bool:
     """Whether ``cls`` is an smp ``SegmentationModel`` (checked without importing smp)."""
-    return any(
-        base.__name__ == "SegmentationModel" and base.__module__.startswith("segmentation_models_pytorch.")
-        for base in cls.__mro__
-    )
+    return any(base.__name__ == "SegmentationModel" and base.__module__.startswith(_SMP_MODULE) for base in cls.__mro__)
+
+
+def _is_smp_module(module: nn.Module) -> bool:
+    """Whether ``module``'s class is defined by smp (checked without importing smp)."""
+    return type(module).__module__.startswith(_SMP_MODULE)
 
 
 def is_smp_model(model: nn.Module) -> bool:
@@ -236,11 +242,51 @@ def _linear_pem_head(conv: nn.Conv2d, num_pems: int, t: int, alpha: float) -> NP
     return head
 
 
+# smp blocks that apply their BatchNorm ``bn`` right after their conv ``conv``, both attributes rather than an
+# nn.Sequential: DeepLabV3's decoder (ASPP, then conv -> bn -> ReLU) and PAN's ConvBnRelu
+_CONV_BN_BLOCKS = frozenset({"DeepLabV3Decoder", "ConvBnRelu"})
+
+
+def _remove_attribute_batchnorms(decoder: nn.Module) -> None:
+    """Each conv -> bn block of ``_CONV_BN_BLOCKS``: one biased conv, as ``_replica_head`` makes in Sequentials."""
+    for block in decoder.modules():
+        if type(block).__name__ in _CONV_BN_BLOCKS and _is_smp_module(block):
+            block.conv, block.bn = _with_bias(block.conv), nn.Identity()
+
+
+def _remove_batchnorms_after_transposed_convs(decoder: nn.Module) -> None:
+    """A BatchNorm right after a biased transposed conv in an nn.Sequential (Linknet's TransposeX2) goes: the
+    conv's own bias takes over its shift; ``_replica_head`` pairs BatchNorm with ``nn.Conv2d`` only."""
+    for sequence in [m for m in decoder.modules() if isinstance(m, nn.Sequential)]:
+        for index in range(1, len(sequence)):
+            conv = sequence[index - 1]
+            if isinstance(sequence[index], nn.BatchNorm2d) and _is_biased_transposed_conv(conv):
+                sequence[index] = nn.Identity()
+
+
+def _is_biased_transposed_conv(module: nn.Module) -> bool:
+    """Whether ``module`` is a transposed conv with a bias that can take over a following BatchNorm's shift."""
+    return isinstance(module, nn.ConvTranspose2d) and module.bias is not None
+
+
+def _init_transposed_pem_convs(module: nn.Module) -> None:
+    """Transposed convs drawn as ``_init_pem_convs`` draws the others (it initialises ``nn.Conv2d`` only)."""
+    for conv in [m for m in module.modules() if isinstance(m, nn.ConvTranspose2d)]:
+        nn.init.normal_(conv.weight, std=PEM_INIT_STD)
+        if conv.bias is not None:
+            nn.init.zeros_(conv.bias)
+
+
 def _replica_pem(decoder: nn.Module, conv: nn.Module) -> nn.Sequential:
     """The decoder without BatchNorm and a fresh head conv: a PEM reading the encoder features."""
+    copied = copy.deepcopy(decoder)
+    _remove_attribute_batchnorms(copied)
+    _remove_batchnorms_after_transposed_convs(copied)
+    replica = _replica_head(copied)
+    _init_transposed_pem_convs(replica)
     final = copy.deepcopy(conv)
     _init_pem_convs(final)
-    return nn.Sequential(_replica_head(decoder), final)
+    return nn.Sequential(replica, final)
 
 
 class NPESMPSegmentation(NPESegmentationMixin):
