@@ -4,8 +4,8 @@
 merge (dense ``fcn`` / ``replica`` PEMs do not, and export as the full NPE-LA graph), with
 torch's dynamo exporter, into one self-contained file with a dynamic batch axis (and dynamic
 height and width for segmentation), checked by ``onnx.checker`` and labelled with metadata
-(architecture, classes, alpha, mean, std, input size, eval resize and crop, pretrained tag,
-model version).
+(architecture, classes, alpha, mean, std, input size and the multiple its height and width
+must be, eval resize and crop, pretrained tag, model version).
 ``check_parity`` compares PyTorch's eval output with ONNX Runtime's. What a model is comes from
 ``npe_models.describe``; random-weight parity models, int8 quantisation and the validation
 sweep are release tooling, in ``export/onnx_validate.py``.
@@ -34,6 +34,7 @@ from ._version import __version__
 from .describe import SEGMENTATION, ModelDescription, describe_model
 from .outputs import check_output_file
 from .segmentation.config import SegmentationModelConfig
+from .segmentation.evaluation import _input_multiple
 
 __all__ = [
     "MIN_OPSET",
@@ -162,8 +163,11 @@ def _dynamic_shapes(dynamic_size: bool) -> tuple[dict[int, Any]]:
     return (dims,)
 
 
-def _metadata(description: ModelDescription, dynamic_size: bool) -> dict[str, str]:
+def _metadata(description: ModelDescription, dynamic_size: bool, input_multiple: int) -> dict[str, str]:
     """ONNX ``metadata_props``: strings, lists as JSON.
+
+    ``input_multiple`` is what the input's height and width must be a multiple of (an smp model's encoder output
+    stride, else 1): inference pads an image to it, as it pads for the PyTorch model.
 
     ``pretrained_tag`` is the tag of the model's ``pretrained_cfg`` (``cifar10_lt_r100_hp2``; timm
     sets the default tag also on a model it built without loading weights). ``model_version`` is
@@ -189,6 +193,7 @@ def _metadata(description: ModelDescription, dynamic_size: bool) -> dict[str, st
         "crop_pct": description.crop_pct,
         "crop_mode": description.crop_mode,
         "dynamic_size": dynamic_size,
+        "input_multiple": input_multiple,
         "target_prior": description.target_prior,
         "pretrained_tag": description.pretrained_tag,
         "model_version": __version__,
@@ -250,7 +255,7 @@ def export_onnx(
             dynamic_shapes=_dynamic_shapes(dynamic_size),
         )
     _check_exported_opset(program, opset_version)
-    program.model.metadata_props.update(_metadata(description, dynamic_size))
+    program.model.metadata_props.update(_metadata(description, dynamic_size, _input_multiple(deployed)))
     program.model.doc_string = f"{description.npe_architecture or description.architecture} exported by npe-models"
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
     try:

@@ -18,6 +18,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Optional, Union
 
 import torch
@@ -334,11 +335,17 @@ def format_predictions(predictions: Sequence[ImagePrediction], style: str = "tab
 
 
 class _OnnxSegmentation(nn.Module):
-    """An exported segmentation graph run by ONNX Runtime, called as a segmentation model: ``{"out": logits}``."""
+    """An exported segmentation graph run by ONNX Runtime, called as a segmentation model: ``{"out": logits}``.
 
-    def __init__(self, session: Any) -> None:
+    It says what its input's height and width must be a multiple of as smp models do
+    (``requires_divisible_input_shape``, ``encoder.output_stride``), so inference pads images as for the model.
+    """
+
+    def __init__(self, session: Any, input_multiple: int) -> None:
         super().__init__()
         self.session = session
+        self.requires_divisible_input_shape = input_multiple > 1
+        self.encoder = SimpleNamespace(output_stride=input_multiple)
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         return {"out": torch.from_numpy(self.session.run(None, {INPUT_NAME: images.numpy()})[0])}
@@ -363,7 +370,8 @@ def _onnx_segmentation(path: Path, alpha: Optional[float], device: Optional[str]
         mean=tuple(metadata["mean"]),
         std=tuple(metadata["std"]),
     )
-    model = _OnnxSegmentation(onnx_session(path, threads=torch.get_num_threads()))
+    session = onnx_session(path, threads=torch.get_num_threads())
+    model = _OnnxSegmentation(session, metadata.get("input_multiple", 1))
     return LoadedModel(model, SEGMENTATION, str(path), segmentation_config=config)
 
 

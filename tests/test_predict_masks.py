@@ -19,22 +19,31 @@ from npe_models.segmentation.evaluation import class_palette
 from npe_models.segmentation.masks import MASKS_FILE
 
 CLASSES = ["background", "vessel", "blob"]
+UNET, SMP = "unet_fcn_npe1", "smp:fpn:tu-resnet10t_npe1"  # smp models take sizes divisible by 32: inference pads
+MODEL_KWARGS = {UNET: {"base_channels": 4}, SMP: {"decoder_pyramid_channels": 32, "decoder_segmentation_channels": 32}}
 
 
-def _settings() -> SegmentationModelConfig:
+def _settings(name: str = UNET) -> SegmentationModelConfig:
     return SegmentationModelConfig(
-        name="unet_fcn_npe1", num_classes=3, num_pems=1, model_kwargs={"base_channels": 4}, class_names=CLASSES
+        name=name, num_classes=3, num_pems=1, model_kwargs=MODEL_KWARGS[name], class_names=CLASSES
     )
 
 
-def _model() -> torch.nn.Module:
+def _model(name: str = UNET) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = _settings().build().eval()
-    head = model.classifier[-1]
+    model = _settings(name).build().eval()
     with torch.no_grad():  # no class favoured by the bias, PEM weights large enough that NPE-LA changes the argmax
-        head.bias.zero_()
-        head.pem_weight.normal_(0, 3)
+        for head in model.npe_heads():
+            head.bias.zero_()
+            head.pem_weight.normal_(0, 3)
     return model
+
+
+def _run(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    folder = tmp_path_factory.mktemp("run") / "run"
+    folder.mkdir()
+    save_segmentation_weights(folder / "model.safetensors", _model(name), _settings(name))
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +53,13 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("run") / "run"
-    folder.mkdir()
-    save_segmentation_weights(folder / "model.safetensors", _model(), _settings())
-    return folder
+    return _run(tmp_path_factory, UNET)
+
+
+@pytest.fixture(scope="module")
+def smp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("segmentation_models_pytorch")
+    return _run(tmp_path_factory, SMP)
 
 
 @pytest.fixture()
@@ -115,12 +127,20 @@ def test_tasks_crossed_get_one_line_messages(run: Path, photos: Path, tmp_path: 
     assert not (tmp_path / "m").exists()
 
 
-def test_masks_from_an_onnx_export_equal_the_runs(run: Path, photos: Path, tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize(
+    ("source", "mode"),
+    # the smp model in whole mode: the 37x50 and 140x150 images padded to multiples of 32, as the run pads them
+    [("run", []), ("smp_run", ["--mode", "whole"])],
+)
+def test_masks_from_an_onnx_export_equal_the_runs(
+    source: str, mode: list[str], photos: Path, tmp_path: Path, capsys, request: pytest.FixtureRequest
+) -> None:
     pytest.importorskip("onnxruntime")
-    exported = tmp_path / "unet.onnx"
+    run = request.getfixturevalue(source)
+    exported = tmp_path / "model.onnx"
     assert main(["export", "onnx", str(run), "-o", str(exported), "--input-size", "3", "64", "64"]) == 0
-    assert main(["predict", str(run), str(photos), "--out", str(tmp_path / "torch")]) == 0
-    assert main(["predict", str(exported), str(photos), "--out", str(tmp_path / "onnx"), "--json"]) == 0
+    assert main(["predict", str(run), str(photos), "--out", str(tmp_path / "torch"), *mode]) == 0
+    assert main(["predict", str(exported), str(photos), "--out", str(tmp_path / "onnx"), "--json", *mode]) == 0
     capsys.readouterr()
     for name in ("a.png", Path("sub") / "b.png"):
         from_run, from_onnx = (np.asarray(Image.open(tmp_path / folder / name)) for folder in ("torch", "onnx"))

@@ -269,7 +269,9 @@ def test_a_named_smp_model_exports_to_onnx_and_a_hub_folder_without_config(tmp_p
     assert description.architecture == "smp:fpn:tu-resnet10t_npe2" and description.num_pems == 2
     assert description.model_args["model_kwargs"] == SMALL_DECODERS["fpn"]
     path = onnx.export_onnx(model, tmp_path / "model.onnx", input_size=(3, SIZE, SIZE))
-    assert onnx.read_onnx_metadata(path)["architecture"] == "smp:fpn:tu-resnet10t"  # merged: the plain smp model
+    metadata = onnx.read_onnx_metadata(path)
+    assert metadata["architecture"] == "smp:fpn:tu-resnet10t"  # merged: the plain smp model
+    assert metadata["input_multiple"] == 32  # its encoder's output stride: predict pads images to it
     parity = onnx.check_parity(model, path, image_sizes=[(SIZE, SIZE)])
     assert max(parity.max_abs_diff.values()) <= parity.atol
 
