@@ -126,6 +126,57 @@ def _write_png(path: Path, picture: Image.Image) -> None:
     atomic_write(path, lambda temp: picture.save(temp, format="PNG"))
 
 
+def _predicted_labels(
+    model: nn.Module,
+    image: torch.Tensor,
+    model_config: SegmentationModelConfig,
+    alpha: float,
+    inference: dict[str, Any],
+) -> torch.Tensor:
+    """The class-index map ``(H, W)`` of a uint8 image ``(3, H, W)``: the argmax of its NPE-LA logits
+    ``z - alpha * eta`` (the main logits where ``alpha`` is 0 or the model has no estimate)."""
+    logits, estimate = predict_image_logits(model, image, model_config.mean, model_config.std, **inference)
+    if estimate is not None and alpha != 0:
+        logits = logits - alpha * estimate
+    return logits.argmax(1)[0].cpu()
+
+
+def _write_mask(
+    out_dir: Path,
+    path: Path,
+    name: Path,
+    image: torch.Tensor,
+    labels: torch.Tensor,
+    model_config: SegmentationModelConfig,
+    overlays: bool,
+) -> MaskPrediction:
+    """Write the mask PNG of ``labels`` (and with ``overlays`` the mask drawn over ``image``) as ``name``; return
+    what was written with the share of the image's pixels in each class."""
+    num_classes = model_config.num_classes
+    _write_png(out_dir / name, palette_image(labels.numpy(), num_classes))
+    overlay = None
+    if overlays:
+        overlay = out_dir / _OVERLAYS / name
+        panels = overlay_panels(image, [labels], num_classes)
+        _write_png(overlay, Image.fromarray(panels.permute(1, 2, 0).contiguous().numpy()))
+    counts = torch.bincount(labels.flatten(), minlength=num_classes).tolist()
+    class_names = model_config.class_names or [str(i) for i in range(num_classes)]
+    fractions = [(c, class_names[c], counts[c] / labels.numel()) for c in range(num_classes)]
+    size = (image.shape[2], image.shape[1])
+    return MaskPrediction(path, out_dir / name, overlay, size, fractions)
+
+
+def _masks_record(predictions: list[MaskPrediction], alpha: float, inference: dict[str, Any]) -> dict[str, Any]:
+    """``masks.json``: the masks written and the inference settings that made them (window settings when sliding)."""
+    mode, scale = inference["mode"], inference["scale"]
+    record = {"kind": _KIND, "alpha": alpha, "mode": mode, "images": [p.to_dict() for p in predictions]}
+    if mode == "slide":
+        record.update(crop_size=list(inference["crop_size"]), stride=list(inference["stride"]))
+    if scale is not None:
+        record["scale"] = list(scale)
+    return record
+
+
 @torch.no_grad()
 def predict_masks(
     model: nn.Module,
@@ -154,47 +205,26 @@ def predict_masks(
     masks are at the images' own size. ``out_dir`` must be new, empty or an earlier mask
     prediction (replaced with ``overwrite``), and not hold one of ``inputs``.
     """
-    num_classes = model_config.num_classes
-    _check_settings(model, num_classes, npe_alpha, mode)
+    _check_settings(model, model_config.num_classes, npe_alpha, mode)
     if len(names) != len(images):
         raise ValueError(f"{len(names)} mask names for {len(images)} images.")
     out_dir = check_output_dir(
         out_dir, "mask prediction", is_own=is_mask_dir, overwrite=overwrite, inputs=inputs, option="--out"
     )
-    npe = has_pems(model)
-    alpha = (model_config.npe_alpha if npe_alpha is None else npe_alpha) if npe else 0.0
-    class_names = model_config.class_names or [str(i) for i in range(num_classes)]
+    alpha = (model_config.npe_alpha if npe_alpha is None else npe_alpha) if has_pems(model) else 0.0
     device = resolve_device(str(device))
     model.eval().to(device)
+    inference = dict(mode=mode, crop_size=crop_size, stride=stride, scale=scale, device=device)
     bar = progress(total=len(images), desc="predict", unit="image", leave=False) if progress else None
     predictions = []
     with locked_dir(out_dir):
         for path, name in zip(images.paths, names):
             image = torch.from_numpy(np.asarray(read_image(path)).copy()).permute(2, 0, 1)
-            inference = dict(mode=mode, crop_size=crop_size, stride=stride, scale=scale, device=device)
-            logits, estimate = predict_image_logits(model, image, model_config.mean, model_config.std, **inference)
-            if estimate is not None and alpha != 0:
-                logits = logits - alpha * estimate
-            labels = logits.argmax(1)[0].cpu()
-            counts = torch.bincount(labels.flatten(), minlength=num_classes).tolist()
-            _write_png(out_dir / name, palette_image(labels.numpy(), num_classes))
-            overlay = None
-            if overlays:
-                overlay = out_dir / _OVERLAYS / name
-                panels = overlay_panels(image, [labels], num_classes)
-                _write_png(overlay, Image.fromarray(panels.permute(1, 2, 0).contiguous().numpy()))
-            total = labels.numel()
-            fractions = [(c, class_names[c], counts[c] / total) for c in range(num_classes)]
-            size = (image.shape[2], image.shape[1])
-            predictions.append(MaskPrediction(path, out_dir / name, overlay, size, fractions))
+            labels = _predicted_labels(model, image, model_config, alpha, inference)
+            predictions.append(_write_mask(out_dir, path, name, image, labels, model_config, overlays))
             if bar is not None:
                 bar.update(1)
-        record = {"kind": _KIND, "alpha": alpha, "mode": mode, "images": [p.to_dict() for p in predictions]}
-        if mode == "slide":
-            record.update(crop_size=list(crop_size), stride=list(stride))
-        if scale is not None:
-            record["scale"] = list(scale)
-        write_json(out_dir / MASKS_FILE, record)
+        write_json(out_dir / MASKS_FILE, _masks_record(predictions, alpha, inference))
     if bar is not None:
         bar.close()
     return predictions
