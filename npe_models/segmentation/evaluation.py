@@ -33,6 +33,7 @@ from .training import class_pixel_counts, segmentation_dataset
 
 __all__ = [
     "DATASET_EVAL_DEFAULTS",
+    "dataset_inference",
     "DEFAULT_CROP_SIZE",
     "DEFAULT_MODE",
     "DEFAULT_STRIDE",
@@ -325,6 +326,41 @@ def _scored_data(
     return data, class_pixels
 
 
+def dataset_inference(
+    dataset: Optional[str], *, mode: Optional[str] = None, scale: Optional[tuple[int, int]] = None
+) -> dict[str, Any]:
+    """The inference a data set is evaluated with: ``mode`` and ``scale`` (resize to fit; absent when none) as given,
+    else the data set's :data:`DATASET_EVAL_DEFAULTS`, else sliding windows at the image's own size."""
+    defaults = DATASET_EVAL_DEFAULTS.get(dataset or "", {})
+    inference: dict[str, Any] = {"mode": mode or defaults.get("mode", DEFAULT_MODE)}
+    if scale or defaults.get("scale"):
+        inference["scale"] = tuple(scale or defaults["scale"])
+    return inference
+
+
+def _score_annotation(
+    model: nn.Module,
+    images: Dataset,
+    annotation: str,
+    out_dir: Path,
+    scoring: dict[str, Any],
+    progress: Optional[Callable[..., Any]],
+) -> dict[float, SegmentationMetrics]:
+    """One annotation's scores (evaluate_segmentation with ``scoring``), its overlays under ``out_dir/overlays``."""
+    bar = progress(total=len(images), desc=f"evaluate {annotation}", unit="image") if progress else None
+    try:
+        return evaluate_segmentation(
+            model,
+            images,
+            **scoring,
+            overlay_dir=out_dir / "overlays" / annotation,
+            on_image=(lambda _: bar.update(1)) if bar is not None else None,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def evaluate_run(
     model: nn.Module,
     model_config: SegmentationModelConfig,
@@ -367,14 +403,9 @@ def evaluate_run(
         out_dir, "evaluation", is_own=is_evaluation_dir, overwrite=overwrite, inputs=inputs, option="--out"
     )
     alphas = list(alphas) if alphas is not None else [0.0, model_config.npe_alpha] if has_pems(model) else [0.0]
-    out_dir, device = Path(out_dir), resolve_device(str(device))
-    defaults = DATASET_EVAL_DEFAULTS.get(dataset, {})
-    mode, scale = mode or defaults.get("mode", DEFAULT_MODE), scale or defaults.get("scale")
-    report: dict[str, Any] = {**(about or {}), "dataset": dataset, "mode": mode, "split": split, "alphas": alphas}
-    if scale is not None:
-        report["scale"] = list(scale)
-    report["results"] = {}
-    results: dict[str, dict[float, SegmentationMetrics]] = {}
+    out_dir, inference = Path(out_dir), dataset_inference(dataset, mode=mode, scale=scale)
+    report: dict[str, Any] = {**(about or {}), "dataset": dataset, "split": split, "alphas": alphas}
+    report.update({key: list(value) if key == "scale" else value for key, value in inference.items()})
     settings = dict(
         class_names=model_config.class_names, ignore_index=ignore_index, reduce_zero_label=reduce_zero_label
     )
@@ -383,25 +414,22 @@ def evaluate_run(
     )
     groups, grouping = _class_groups(class_pixels, model_config)
     report.update(grouping)
+    scoring = dict(
+        **_scoring_settings(model_config, ignore_index, groups),
+        **inference,
+        alphas=alphas,
+        crop_size=crop_size,
+        stride=stride,
+        device=resolve_device(str(device)),
+        num_overlays=overlays,
+    )
     with locked_dir(out_dir):  # one evaluation at a time writes the folder (its overlays, then metrics.json)
-        for annotation, images in data.items():
-            bar = progress(total=len(images), desc=f"evaluate {annotation}", unit="image") if progress else None
-            results[annotation] = evaluate_segmentation(
-                model,
-                images,
-                **_scoring_settings(model_config, ignore_index, groups),
-                alphas=alphas,
-                mode=mode,
-                crop_size=crop_size,
-                stride=stride,
-                scale=scale,
-                device=device,
-                overlay_dir=out_dir / "overlays" / annotation,
-                num_overlays=overlays,
-                on_image=(lambda _, bar=bar: bar.update(1)) if bar is not None else None,
-            )
-            if bar is not None:
-                bar.close()
-            report["results"][annotation] = {str(a): m.to_dict() for a, m in results[annotation].items()}
+        results = {
+            annotation: _score_annotation(model, images, annotation, out_dir, scoring, progress)
+            for annotation, images in data.items()
+        }
+        report["results"] = {
+            annotation: {str(a): m.to_dict() for a, m in scores.items()} for annotation, scores in results.items()
+        }
         write_json(out_dir / "metrics.json", report)
     return results
