@@ -6,7 +6,8 @@ baseline without PEMs, everything trained; then, starting from it (``--init``), 
 validation mosaics (whole image) at NPE-LA alpha 0, 0.2, 0.5 and 1 in one pass. Every step is an ``npe-models``
 command, printed before it runs; the table (mIoU, mAcc, aAcc, Many / Medium / Few IoU) is printed at the end and
 written to ``OUT/table7.md`` and ``OUT/table7.json``. Finished steps (a run with ``model.safetensors``, an
-evaluation with ``metrics.json``) are skipped, so the script resumes where it stopped.
+evaluation with ``metrics.json``) are skipped and a training stopped part way (a ``checkpoint.pt``) resumes from its
+checkpoint, so the script goes on where it stopped.
 
 Reproduce (the two models side by side, one thread each: on 2 cores shared with other work, two 2-thread processes
 thrash; about 30 minutes)::
@@ -126,12 +127,19 @@ def markdown_table(rows: list[dict]) -> str:
     return header + "\n".join(lines) + "\n"
 
 
+def resumed(command: list[str], run: Path) -> list[str]:
+    """``command``, or, for a training whose ``run`` stopped part way (it has a checkpoint), its resume."""
+    if command[1] == "train" and (run / "checkpoint.pt").is_file():
+        return ["npe-models", "train", "--out", str(run), "--resume", "--no-progress"]
+    return command
+
+
 def run_step(command: list[str], done: Path, log: Path, timings: dict, key: str) -> None:
     """Run ``command`` unless ``done`` exists (a finished earlier step); record its wall time."""
     if done.exists():
         print(f"done already: {done}")
         return
-    timings[key] = run_command(command, log)
+    timings[key] = run_command(resumed(command, done.parent), log)
 
 
 def run_model(args: argparse.Namespace, label: str, timings: dict) -> list[dict]:
