@@ -1,8 +1,9 @@
-"""Devices and data parallelism for every task: ``resolve_device`` (auto, cpu, cuda[:N]) and ``torch.distributed``
-set up from ``torchrun``'s environment (gloo on CPU, nccl on CUDA)."""
+"""Devices and data parallelism for every task: ``resolve_device`` (auto, cpu, cuda[:N]), ``bf16_autocast`` (``--amp``)
+and ``torch.distributed`` set up from ``torchrun``'s environment (gloo on CPU, nccl on CUDA)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -10,7 +11,15 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistributedContext", "init_distributed", "resolve_device", "device_for_resume", "all_reduce_sum", "barrier"]
+__all__ = [
+    "DistributedContext",
+    "init_distributed",
+    "resolve_device",
+    "device_for_resume",
+    "bf16_autocast",
+    "all_reduce_sum",
+    "barrier",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +68,11 @@ def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
             resolved = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(resolved)
     return resolved
+
+
+def bf16_autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast on ``device`` (CPU or CUDA) when ``enabled`` (``--amp``); a no-op otherwise."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def init_distributed(device: str = "auto") -> DistributedContext:

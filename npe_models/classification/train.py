@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data import LongTailedData, load_long_tailed
-from ..distributed import DistributedContext, all_reduce_sum, barrier, init_distributed
+from ..distributed import DistributedContext, all_reduce_sum, barrier, bf16_autocast, init_distributed
 from ..runs import (
     LOG_FILE,
     METRICS_FILE,
@@ -195,9 +195,6 @@ class _Run(TrainingLoop):
     def checkpointed(self) -> dict[str, Any]:
         return {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler}
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.amp)
-
     def _gradient_sync(self, steps_now: bool) -> contextlib.AbstractContextManager:
         """DDP's all-reduce only on the micro-batch that ends an accumulation group."""
         if steps_now or self.ddp is None:
@@ -255,7 +252,7 @@ class _Run(TrainingLoop):
         for step, (images, labels) in enumerate(batches):
             steps_now = (step + 1) % self.config.accum_steps == 0 or step + 1 == len(self.stream)
             with self._gradient_sync(steps_now):
-                with self._autocast():
+                with bf16_autocast(self.device, self.config.amp):
                     output = self.forward(images)
                     loss, loss_parts = self.method.loss(output, labels)
                 (loss / self.config.accum_steps).backward()
