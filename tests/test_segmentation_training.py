@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 
 import npe_models
 import npe_models.cli
+import npe_models.segmentation.training as segmentation_training
 from npe_models.models import is_segmentation_model
 from npe_models.models.unet import UNet_FCN_Weights
 from npe_models.runs import NonFiniteLossError, write_run_config
@@ -33,6 +34,7 @@ from npe_models.segmentation import (
     predict_logits,
     resolve_segmentation_config,
     segmentation_dataset,
+    segmentation_loss_terms,
     set_train_mode,
     train_run,
     train_segmentation,
@@ -101,6 +103,27 @@ def test_frozen_backbone_only_trains_heads_and_keeps_its_batchnorm_statistics() 
     assert not any(name.startswith("backbone.") for name in changed)
     assert "classifier.1.running_mean" in changed and "classifier.4.weight" in changed
     assert "classifier.4.pem_weight" in changed and "aux_classifier.4.weight" in changed
+
+
+def test_amp_trains_in_bfloat16_and_a_resumed_run_keeps_it(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """``--amp``: the forward pass and loss in bf16 autocast, recorded in config.json; --resume without it keeps it."""
+    logits_dtypes = []
+
+    def spy(output, *args, **kwargs):
+        logits_dtypes.append(output.logits.dtype)
+        return segmentation_loss_terms(output, *args, **kwargs)
+
+    monkeypatch.setattr(segmentation_training, "segmentation_loss_terms", spy)
+    run = tmp_path / "amp"
+    cli = ["train", "--out", str(run), "--data-dir", str(data_dir), "--no-progress"]
+    model = ["--model", "unet_fcn_npe1", "--model-arg", "base_channels=4", "--no-freeze-backbone", "--amp"]
+    shape = ["--batch-size", "1", "--crop-size", "32", "--iterations", "1"]
+    assert npe_models.cli.main([*cli, *model, *shape]) == 0
+    assert npe_models.cli.main([*cli, "--resume", "--iterations", "2"]) == 0
+    assert json.loads((run / "config.json").read_text())["train"]["amp"] is True
+    assert logits_dtypes == [torch.bfloat16, torch.bfloat16]
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [record["iteration"] for record in log] == [1, 2] and all(math.isfinite(r["loss"]) for r in log)
 
 
 def test_set_train_mode_keeps_frozen_modules_in_eval() -> None:

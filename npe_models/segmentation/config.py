@@ -122,7 +122,8 @@ class SegmentationTrainConfig(SerializableConfig):
     times a ratio in ``ratio_range`` (0.5-2.0), crop with ``cat_max_ratio`` (0.75; 1 turns the check off), flip,
     ``photometric`` distortion (on), pad. A fresh ``ade20k`` run defaults to ``"mmseg"`` with 512x512 crops.
     ``workers``: DataLoader processes that decode and augment (default: the CPUs, at most 8, for file data sets; 0
-    for STARE's arrays); the batches do not depend on it.
+    for STARE's arrays); the batches do not depend on it. ``amp``: the forward pass and loss in bfloat16 autocast
+    (``--amp``; on CPU too), a runtime setting like ``workers`` that a resumed run keeps unless given.
     """
 
     iterations: int = 600
@@ -149,6 +150,7 @@ class SegmentationTrainConfig(SerializableConfig):
     cat_max_ratio: float = 0.75
     photometric: bool = True
     workers: Optional[int] = None
+    amp: bool = False
 
     def __post_init__(self) -> None:
         check_numbers(self, _TRAIN_NUMBER_RULES)
@@ -202,6 +204,7 @@ class SegmentationRunConfig(SerializableConfig):
         "train.checkpoint_every",
         "train.log_every",
         "train.workers",
+        "train.amp",
         "data.data_dir",
         "data.class_pixels",
         "data.init",

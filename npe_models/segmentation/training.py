@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 from ..data import FOLDER_SEGMENTATION_LAYOUTS, SegmentationFolder, check_dataset, resolve_data_dir
 from ..data.files import default_workers
 from ..data.stare import StareSegmentation
-from ..distributed import DistributedContext, all_reduce_sum, barrier, init_distributed
+from ..distributed import DistributedContext, all_reduce_sum, barrier, bf16_autocast, init_distributed
 from ..models.smp import is_smp_model
 from ..npe import has_pems
 from ..runs import CHECKPOINT_FILE, WEIGHTS_FILE, TrainingLoop, check_out_dir, check_run_dir
@@ -165,18 +165,19 @@ class _SegmentationRun(TrainingLoop):
         return done % self.config.train.checkpoint_every == 0 or done == self.total
 
     def _loss_terms(self, index: int) -> dict[str, torch.Tensor]:
-        """This process's loss terms on its share of iteration ``index``'s batch."""
+        """This process's loss terms on its share of iteration ``index``'s batch (in bf16 autocast with ``amp``)."""
         images, masks = self.batches.batch(index)
         model_config = self.config.model
         images = normalize_images(images.to(self.device, non_blocking=True), model_config.mean, model_config.std)
-        return segmentation_loss_terms(
-            self.forward(images),
-            masks.to(self.device, non_blocking=True),
-            train_main=self.train_main,
-            t=getattr(self.model, "t", 1),
-            ignore_index=self.config.train.ignore_index,
-            aux_weight=self.config.train.aux_weight,
-        )
+        with bf16_autocast(self.device, self.config.train.amp):
+            return segmentation_loss_terms(
+                self.forward(images),
+                masks.to(self.device, non_blocking=True),
+                train_main=self.train_main,
+                t=getattr(self.model, "t", 1),
+                ignore_index=self.config.train.ignore_index,
+                aux_weight=self.config.train.aux_weight,
+            )
 
     def _mean_over_processes(self, terms: dict[str, torch.Tensor], loss: torch.Tensor) -> dict[str, float]:
         """The loss and its terms averaged over the processes, for the log and the finite check (same on all)."""
