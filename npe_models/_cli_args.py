@@ -244,7 +244,9 @@ def _add_segmentation_arguments(train: argparse.ArgumentParser) -> argparse._Arg
         "--crop-size", type=_size, help="random training crop, e.g. 128 or 128x96 (default: 512 for ade20k, else 128)"
     )
     _add_augment_arguments(seg)
-    seg.add_argument("--aux-weight", type=float, help="auxiliary loss weight (default: 0.4)")
+    seg.add_argument(
+        "--aux-weight", type=float, help="auxiliary loss weight (default: 0.4; 0 freezes the auxiliary head)"
+    )
     seg.add_argument(
         "--freeze-backbone",
         action=argparse.BooleanOptionalAction,

@@ -105,6 +105,22 @@ def test_frozen_backbone_only_trains_heads_and_keeps_its_batchnorm_statistics() 
     assert "classifier.4.pem_weight" in changed and "aux_classifier.4.weight" in changed
 
 
+def test_aux_head_at_aux_weight_0_is_frozen_and_left_out_of_the_optimizer(tmp_path: Path) -> None:
+    """No loss term reaches the aux head at aux weight 0: it is frozen (BatchNorm statistics too) and not optimised,
+    so DistributedDataParallel meets no trainable parameter without a gradient."""
+    model_config = _model_config()
+    model = model_config.build()
+    before = _snapshot(model)
+    settings = _train_config(freeze_backbone=False, aux_weight=0)
+    train_segmentation(model, _Blobs(), settings, model_config, output_dir=tmp_path / "run")
+    changed = _changed(before, model)
+    assert not any(name.startswith("aux_classifier.") for name in changed)
+    assert "classifier.4.weight" in changed and any(name.startswith("backbone.") for name in changed)
+    assert not any(p.requires_grad for p in model.aux_classifier.parameters())
+    optimised = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["optimizer"]["param_groups"][0]
+    assert len(optimised["params"]) == sum(p.requires_grad for p in model.parameters())
+
+
 def test_amp_trains_in_bfloat16_and_a_resumed_run_keeps_it(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
     """``--amp``: the forward pass and loss in bf16 autocast, recorded in config.json; --resume without it keeps it."""
     logits_dtypes = []

@@ -57,24 +57,34 @@ def _is_pem_parameter(name: str) -> bool:
     return name.rsplit(".", 1)[-1] in ("pem_weight", "pem_bias") or name.split(".", 1)[0] == "pems"
 
 
+def _aux_head(model: nn.Module) -> Optional[nn.Module]:
+    """The auxiliary head (torchvision's ``aux_classifier``), or None for a model without one (smp models)."""
+    return getattr(model, "aux_classifier", None)
+
+
 def backbone_and_heads(model: nn.Module) -> tuple[nn.Module, list[nn.Module]]:
     """The feature extractor and the decode heads of a segmentation model: torchvision's ``backbone`` with
     ``classifier`` (and ``aux_classifier``), an smp model's ``encoder`` with ``decoder`` and ``segmentation_head``."""
     if is_smp_model(model):
         return model.encoder, [model.decoder, model.segmentation_head]
-    heads = [model.classifier]
-    if getattr(model, "aux_classifier", None) is not None:
-        heads.append(model.aux_classifier)
-    return model.backbone, heads
+    aux = _aux_head(model)
+    return model.backbone, [model.classifier] + ([aux] if aux is not None else [])
 
 
-def freeze_model_parts(model: nn.Module, backbone: bool = True, decode_head: bool = False) -> list[nn.Module]:
-    """Stop gradients to the backbone (smp: encoder) and/or the decode heads; PEMs always train.
+def freeze_model_parts(
+    model: nn.Module, backbone: bool = True, decode_head: bool = False, aux_head: bool = False
+) -> list[nn.Module]:
+    """Stop gradients to the backbone (smp: encoder), the decode heads and/or the auxiliary head; PEMs always train.
 
-    Returns the frozen modules, which :func:`set_train_mode` keeps in eval mode.
+    ``aux_head`` freezes the auxiliary head alone, for an aux loss weight of 0: no loss term would reach it, so it
+    would get no gradient (an error under DistributedDataParallel). Returns the frozen modules, which
+    :func:`set_train_mode` keeps in eval mode.
     """
     features, heads = backbone_and_heads(model)
     parts = ([features] if backbone else []) + (heads if decode_head else [])
+    aux = _aux_head(model)
+    if aux_head and aux is not None and aux not in parts:
+        parts.append(aux)
     for part in parts:
         for name, parameter in part.named_parameters():
             if not _is_pem_parameter(name):
@@ -139,7 +149,9 @@ class _SegmentationRun(TrainingLoop):
         train = config.train
         self.model, self.context, self.device = model.to(context.device), context, context.device
         self.on_step = on_step if context.is_main else None
-        frozen = freeze_model_parts(model, train.freeze_backbone, train.freeze_decode_head)
+        frozen = freeze_model_parts(
+            model, train.freeze_backbone, train.freeze_decode_head, aux_head=not train.aux_weight
+        )
         parameters = [p for p in model.parameters() if p.requires_grad]
         if not parameters:
             raise ValueError("every parameter is frozen: unfreeze the decode head or train a model with PEMs.")
