@@ -225,6 +225,13 @@ class _Run(TrainingLoop):
         if bar is not None:
             bar.set_postfix(loss=f"{sums[0] / max(1, images):.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.4g}")
 
+    def _step_bar(self, epoch: int) -> Any:
+        """The bar over epoch ``epoch``'s steps, beneath the run-level one; None without progress bars."""
+        if self.progress is None:
+            return None
+        desc = f"epoch {epoch + 1}/{self.config.epochs}"
+        return self.progress(self.stream, total=len(self.stream), desc=desc, leave=False, position=1)
+
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         """One pass over the training stream; returns the epoch's log fields."""
         num_classes = self.data.num_classes
@@ -234,17 +241,7 @@ class _Run(TrainingLoop):
         seen = torch.zeros(num_classes, dtype=torch.long, device=self.device)
         self.stream.set_epoch(epoch)
         self.method.set_train_mode(self.model)
-        bar = (
-            None
-            if self.progress is None
-            else self.progress(
-                self.stream,
-                total=len(self.stream),
-                desc=f"epoch {epoch + 1}/{self.config.epochs}",
-                leave=False,
-                position=1,
-            )
-        )
+        bar = self._step_bar(epoch)
         batches: Iterable = self.stream if bar is None else bar
         images_seen = 0  # on this process, counted on the host
         start = time.perf_counter()
