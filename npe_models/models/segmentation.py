@@ -103,9 +103,9 @@ def _upsample(x: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 def _init_pem_convs(module: nn.Module) -> None:
-    """Every conv of a PEM drawn from N(0, 0.001) with zero bias, as the paper initialises PEMs."""
+    """Every conv of a PEM, transposed ones too, drawn from N(0, 0.001) with zero bias, as the paper has it."""
     for conv in module.modules():
-        if isinstance(conv, nn.Conv2d):
+        if isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d)):
             nn.init.normal_(conv.weight, std=PEM_INIT_STD)
             if conv.bias is not None:
                 nn.init.zeros_(conv.bias)

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import WeightsEnum
 
-from ..npe import DEFAULT_NPE_T, PEM_INIT_STD, NPEHead
+from ..npe import DEFAULT_NPE_T, NPEHead
 from ._registry import npe_model_name, parse_npe_name, register_variants
 from .segmentation import (
     REGISTERED_NUM_PEMS,
@@ -269,21 +269,12 @@ def _is_biased_transposed_conv(module: nn.Module) -> bool:
     return isinstance(module, nn.ConvTranspose2d) and module.bias is not None
 
 
-def _init_transposed_pem_convs(module: nn.Module) -> None:
-    """Transposed convs drawn as ``_init_pem_convs`` draws the others (it initialises ``nn.Conv2d`` only)."""
-    for conv in [m for m in module.modules() if isinstance(m, nn.ConvTranspose2d)]:
-        nn.init.normal_(conv.weight, std=PEM_INIT_STD)
-        if conv.bias is not None:
-            nn.init.zeros_(conv.bias)
-
-
 def _replica_pem(decoder: nn.Module, conv: nn.Module) -> nn.Sequential:
     """The decoder without BatchNorm and a fresh head conv: a PEM reading the encoder features."""
     copied = copy.deepcopy(decoder)
     _remove_attribute_batchnorms(copied)
     _remove_batchnorms_after_transposed_convs(copied)
     replica = _replica_head(copied)
-    _init_transposed_pem_convs(replica)
     final = copy.deepcopy(conv)
     _init_pem_convs(final)
     return nn.Sequential(replica, final)
