@@ -41,7 +41,7 @@ from .npe import has_pems, set_alpha
 from .onnx import INPUT_NAME, onnx_session, read_onnx_metadata
 from .segmentation import SegmentationModelConfig
 from .segmentation import masks as _masks
-from .segmentation.evaluation import DATASET_EVAL_DEFAULTS
+from .segmentation.evaluation import dataset_inference
 from .segmentation.masks import MaskPrediction
 
 __all__ = [
@@ -432,9 +432,8 @@ def predict_masks(
     loaded = _segmentation_model(source, pretrained, npe_alpha, device)
     images = collect_images(inputs)
     names = _masks.mask_names(images, inputs)
-    given = {"mode": mode, "crop_size": crop_size, "stride": stride}
-    settings = {**DATASET_EVAL_DEFAULTS.get(loaded.dataset or "", {})}
-    settings.update({key: value for key, value in given.items() if value is not None})
+    settings = dataset_inference(loaded.dataset, mode=mode)
+    settings.update({key: value for key, value in {"crop_size": crop_size, "stride": stride}.items() if value})
     return _masks.predict_masks(
         loaded.model,
         loaded.segmentation_config,
