@@ -34,7 +34,7 @@ from ._version import __version__
 from .describe import SEGMENTATION, ModelDescription, describe_model
 from .outputs import check_output_file
 from .segmentation.config import SegmentationModelConfig
-from .segmentation.evaluation import _input_multiple
+from .segmentation.evaluation import input_multiple
 
 __all__ = [
     "MIN_OPSET",
@@ -255,7 +255,7 @@ def export_onnx(
             dynamic_shapes=_dynamic_shapes(dynamic_size),
         )
     _check_exported_opset(program, opset_version)
-    program.model.metadata_props.update(_metadata(description, dynamic_size, _input_multiple(deployed)))
+    program.model.metadata_props.update(_metadata(description, dynamic_size, input_multiple(deployed)))
     program.model.doc_string = f"{description.npe_architecture or description.architecture} exported by npe-models"
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
     try:

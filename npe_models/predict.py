@@ -18,7 +18,6 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Optional, Union
 
 import torch
@@ -337,15 +336,14 @@ def format_predictions(predictions: Sequence[ImagePrediction], style: str = "tab
 class _OnnxSegmentation(nn.Module):
     """An exported segmentation graph run by ONNX Runtime, called as a segmentation model: ``{"out": logits}``.
 
-    It says what its input's height and width must be a multiple of as smp models do
-    (``requires_divisible_input_shape``, ``encoder.output_stride``), so inference pads images as for the model.
+    ``input_multiple`` (the export's metadata) is what its input's height and width must be a multiple of, so
+    inference pads images as for the exported model.
     """
 
     def __init__(self, session: Any, input_multiple: int) -> None:
         super().__init__()
         self.session = session
-        self.requires_divisible_input_shape = input_multiple > 1
-        self.encoder = SimpleNamespace(output_stride=input_multiple)
+        self.input_multiple = input_multiple
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         return {"out": torch.from_numpy(self.session.run(None, {INPUT_NAME: images.numpy()})[0])}

@@ -34,6 +34,7 @@ from .training import class_pixel_counts, segmentation_dataset
 __all__ = [
     "DATASET_EVAL_DEFAULTS",
     "dataset_inference",
+    "input_multiple",
     "DEFAULT_CROP_SIZE",
     "DEFAULT_MODE",
     "DEFAULT_STRIDE",
@@ -60,8 +61,11 @@ def _window_starts(size: int, crop: int, stride: int) -> list[int]:
     return sorted({min(i * stride, size - crop) for i in range(count)})
 
 
-def _input_multiple(model: nn.Module) -> int:
-    """What an input's height and width must be a multiple of: an smp model's encoder output stride, else 1."""
+def input_multiple(model: nn.Module) -> int:
+    """What an input's height and width must be a multiple of: the model's own ``input_multiple`` (an ONNX export
+    run as a model states its export's), an smp model's encoder output stride, else 1."""
+    if hasattr(model, "input_multiple"):
+        return model.input_multiple
     return model.encoder.output_stride if getattr(model, "requires_divisible_input_shape", False) else 1
 
 
@@ -69,7 +73,7 @@ def _logits_and_estimate(model: nn.Module, images: Tensor, npe: bool) -> tuple[T
     """The model's logits (and estimate), the input zero-padded at the bottom and right to the size the model
     takes (smp models: a multiple of 32), the padding cropped off again."""
     height, width = images.shape[-2:]
-    multiple = _input_multiple(model)
+    multiple = input_multiple(model)
     padded = F.pad(images, (0, -width % multiple, 0, -height % multiple))
     logits, estimate = model.forward_logits_and_estimate(padded) if npe else (model(padded)["out"], None)
     return logits[..., :height, :width], None if estimate is None else estimate[..., :height, :width]
