@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data import CIFAR_NUM_CLASSES, GROUP_NAMES, LongTailedData, class_groups, load_long_tailed
-from ..distributed import resolve_device
+from ..distributed import bf16_autocast, resolve_device
 from ..npe import NPEHead, npe_heads
 from ..outputs import check_output_dir, is_evaluation_dir
 from ..priors import PriorRecord
@@ -96,7 +96,7 @@ def predict(
     if log_prior is not None:
         logits["posthoc_la"] = []
     for images, targets in batches:
-        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
+        with bf16_autocast(images.device, amp):
             if head is None:
                 plain = model(images).float()
             else:
