@@ -5,7 +5,8 @@ ratio to fp32 is the number to read. Each step is the training's own: the forwar
 ``npe_models.distributed.bf16_autocast`` (as ``npe-models train --amp``), backward and an SGD step.
 
     python benchmarks/bench_segmentation_amp.py                       # smp UPerNet-R18, batch 8 of 64 x 64
-    python benchmarks/bench_segmentation_amp.py --model unet_fcn --model-arg base_channels=16 --crop-size 128
+    python benchmarks/bench_segmentation_amp.py --model deeplabv3_mobilenet_v3_large
+    python benchmarks/bench_segmentation_amp.py --model unet_fcn --num-classes 2 --crop-size 128 --batch-size 4
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from npe_models.distributed import bf16_autocast
 from npe_models.segmentation import SegmentationModelConfig, segmentation_loss_terms
 
+DEFAULT_MODEL, DEFAULT_MODEL_ARGS = "smp:upernet:tu-resnet18", ["decoder_channels=64"]  # the Table-7 analogue's
 VARIANTS = {  # label -> (amp, channels_last)
     "fp32": (False, False),
     "amp": (True, False),
@@ -42,15 +44,18 @@ def timed_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="smp:upernet:tu-resnet18")
-    parser.add_argument("--model-arg", action="append", default=["decoder_channels=64"], help="KEY=JSON_VALUE")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument(
+        "--model-arg", action="append", help=f"KEY=JSON_VALUE (default: {DEFAULT_MODEL_ARGS} for the default model)"
+    )
     parser.add_argument("--num-classes", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--crop-size", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=12, help="timed steps per variant")
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
     args = parser.parse_args()
-    kwargs = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.model_arg)}
+    model_args = args.model_arg or (DEFAULT_MODEL_ARGS if args.model == DEFAULT_MODEL else [])
+    kwargs = {key: json.loads(value) for key, value in (item.split("=", 1) for item in model_args)}
     torch.manual_seed(0)
     model = SegmentationModelConfig(name=args.model, num_classes=args.num_classes, model_kwargs=kwargs).build()
     model.train()
