@@ -111,7 +111,7 @@ def _add_data_and_hardware(parser: argparse.ArgumentParser) -> None:
         "--channels-last",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="channels-last memory format (default: on for training)",
+        help="channels-last memory format (default: on for classification training, off for segmentation)",
     )
     data.add_argument("--eval-batch-size", type=int, help="evaluation batch size (default: 500)")
     data.add_argument("--no-progress", action="store_true", help="no progress bars")

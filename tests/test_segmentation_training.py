@@ -142,6 +142,34 @@ def test_amp_trains_in_bfloat16_and_a_resumed_run_keeps_it(data_dir: Path, tmp_p
     assert [record["iteration"] for record in log] == [1, 2] and all(math.isfinite(r["loss"]) for r in log)
 
 
+def test_channels_last_feeds_the_model_channels_last_inputs_for_the_same_loss(
+    data_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """``--channels-last``: the model and its inputs in channels-last memory, recorded in config.json; about the same
+    loss as without."""
+    layouts = []
+    forward = segmentation_training._TrainingForward.forward
+
+    def spy(self, images):
+        conv = next(m for m in self.model.modules() if isinstance(m, torch.nn.Conv2d))
+        layouts.append([x.is_contiguous(memory_format=torch.channels_last) for x in (images, conv.weight)])
+        return forward(self, images)
+
+    monkeypatch.setattr(segmentation_training._TrainingForward, "forward", spy)
+    losses = {}
+    for channels_last in (False, True):
+        run = tmp_path / f"channels_last_{channels_last}"
+        cli = ["train", "--out", str(run), "--data-dir", str(data_dir), "--no-progress", "--iterations", "1"]
+        model = ["--model", "unet_fcn_npe1", "--model-arg", "base_channels=4", "--no-freeze-backbone"]
+        flag = ["--channels-last"] if channels_last else []
+        assert npe_models.cli.main([*cli, *model, "--batch-size", "2", "--crop-size", "32", *flag]) == 0
+        assert json.loads((run / "config.json").read_text())["train"]["channels_last"] is channels_last
+        losses[channels_last] = json.loads((run / "log.jsonl").read_text().splitlines()[-1])["loss"]
+    assert layouts == [[False, False], [True, True]]
+    # the same images and weights; dropout draws its mask in memory order, so only the masks differ
+    assert losses[True] == pytest.approx(losses[False], rel=1e-2)
+
+
 def test_set_train_mode_keeps_frozen_modules_in_eval() -> None:
     model = _model_config().build()
     frozen = freeze_model_parts(model, backbone=True, decode_head=True)

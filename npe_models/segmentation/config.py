@@ -123,7 +123,9 @@ class SegmentationTrainConfig(SerializableConfig):
     ``photometric`` distortion (on), pad. A fresh ``ade20k`` run defaults to ``"mmseg"`` with 512x512 crops.
     ``workers``: DataLoader processes that decode and augment (default: the CPUs, at most 8, for file data sets; 0
     for STARE's arrays); the batches do not depend on it. ``amp``: the forward pass and loss in bfloat16 autocast
-    (``--amp``; on CPU too), a runtime setting like ``workers`` that a resumed run keeps unless given.
+    (``--amp``; on CPU too); ``channels_last``: the model and its inputs in channels-last memory
+    (``--channels-last``; off by default: it slows some models in fp32). Both are runtime settings like ``workers``,
+    which a resumed run keeps unless given.
     """
 
     iterations: int = 600
@@ -151,6 +153,7 @@ class SegmentationTrainConfig(SerializableConfig):
     photometric: bool = True
     workers: Optional[int] = None
     amp: bool = False
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         check_numbers(self, _TRAIN_NUMBER_RULES)
@@ -205,6 +208,7 @@ class SegmentationRunConfig(SerializableConfig):
         "train.log_every",
         "train.workers",
         "train.amp",
+        "train.channels_last",
         "data.data_dir",
         "data.class_pixels",
         "data.init",

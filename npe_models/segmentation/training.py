@@ -147,7 +147,9 @@ class _SegmentationRun(TrainingLoop):
     ) -> None:
         super().__init__(config, run_dir, config.train.iterations, is_main=context.is_main)
         train = config.train
-        self.model, self.context, self.device = model.to(context.device), context, context.device
+        memory_format = torch.channels_last if train.channels_last else torch.preserve_format
+        self.model = model.to(context.device, memory_format=memory_format)
+        self.context, self.device = context, context.device
         self.on_step = on_step if context.is_main else None
         frozen = freeze_model_parts(
             model, train.freeze_backbone, train.freeze_decode_head, aux_head=not train.aux_weight
@@ -181,6 +183,8 @@ class _SegmentationRun(TrainingLoop):
         images, masks = self.batches.batch(index)
         model_config = self.config.model
         images = normalize_images(images.to(self.device, non_blocking=True), model_config.mean, model_config.std)
+        if self.config.train.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         with bf16_autocast(self.device, self.config.train.amp):
             return segmentation_loss_terms(
                 self.forward(images),
