@@ -87,7 +87,7 @@ def pem_command(
 def evaluate_command(args: argparse.Namespace, run: Path, alphas: tuple[str, ...]) -> list[str]:
     return [
         "npe-models", "evaluate", str(run), "--npe-alpha", *alphas, "--mode", "whole",
-        "--workers", str(args.workers), "--no-progress", "--out", str(run / "eval"), "--overwrite",
+        "--no-progress", "--out", str(run / "eval"), "--overwrite",
     ]  # fmt: skip
 
 

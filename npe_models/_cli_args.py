@@ -83,6 +83,12 @@ def _key_value(text: str) -> tuple[str, Any]:
         return key, value
 
 
+# shared data options that only classification training reads (segmentation sources take their own sizes)
+_CLASSIFIER_DATA_OPTIONS = ("split_dir", "image_size", "download", "eval_batch_size")
+# ... and evaluation: segmentation evaluates image by image, in fp32, in the main process
+_CLASSIFIER_EVALUATION_OPTIONS = (*_CLASSIFIER_DATA_OPTIONS, "amp", "channels_last", "workers")
+
+
 def _add_data_and_hardware(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data and hardware")
     data.add_argument(
@@ -126,7 +132,8 @@ def add_train_arguments(train: argparse.ArgumentParser) -> None:
     _add_optimisation_arguments(train)
     _add_npe_arguments(train)
     cls, seg = _add_classification_arguments(train), _add_segmentation_arguments(train)
-    train.set_defaults(task_options={"classification": _options_of(cls), "segmentation": _options_of(seg)})
+    classification = {**_options_of(cls), **_shared_options(train, _CLASSIFIER_DATA_OPTIONS)}
+    train.set_defaults(task_options={"classification": classification, "segmentation": _options_of(seg)})
 
 
 def _add_optimisation_arguments(train: argparse.ArgumentParser) -> None:
@@ -301,6 +308,11 @@ def _options_of(group: argparse._ArgumentGroup) -> dict[str, str]:
     return {action.dest: action.option_strings[0] for action in group._group_actions}
 
 
+def _shared_options(parser: argparse.ArgumentParser, dests: tuple[str, ...]) -> dict[str, str]:
+    """``{dest: --flag}`` of the shared options named by ``dests`` (those only one task's training reads)."""
+    return {action.dest: action.option_strings[0] for action in parser._actions if action.dest in dests}
+
+
 def add_evaluate_arguments(evaluate: argparse.ArgumentParser) -> None:
     """Options of ``evaluate``: the source, shared data/hardware options, then each task's group."""
     evaluate.add_argument("source", help="run directory, checkpoint.pt / .safetensors, model name[.tag] or Hub folder")
@@ -344,7 +356,9 @@ def add_evaluate_arguments(evaluate: argparse.ArgumentParser) -> None:
         help="resize each image to fit LONGxSHORT, keeping its aspect ratio, before inference; scored at the "
         "masks' size (default: none; ade20k: 2048x512, as MMSegmentation tests)",
     )
-    seg.add_argument("--overlays", type=int, default=0, help="overlay PNGs for the first N images")
+    seg.add_argument("--overlays", type=int, help="overlay PNGs for the first N images (default: 0)")
+    classification = {**_options_of(cls), **_shared_options(evaluate, _CLASSIFIER_EVALUATION_OPTIONS)}
+    evaluate.set_defaults(task_options={"classification": classification, "segmentation": _options_of(seg)})
 
 
 def add_export_arguments(onnx: argparse.ArgumentParser, hub: argparse.ArgumentParser) -> None:
@@ -545,7 +559,7 @@ def segmentation_evaluate_options(args: argparse.Namespace, loaded: Any, about: 
     return {
         "data_dir": resolve_data_dir(args.data_dir or (loaded.data_dir if same_data else None)),
         "dataset": dataset,
-        "overlays": args.overlays,
+        "overlays": args.overlays or 0,
         "about": about,
         "overwrite": args.overwrite,
         **not_none(
@@ -611,11 +625,12 @@ def classification_evaluate_options(args: argparse.Namespace, loaded: Any, about
     }
 
 
-def reject_other_task_options(args: argparse.Namespace, task: str) -> None:
-    """Options of the other task's group are an error, not silently ignored."""
+def reject_other_task_options(args: argparse.Namespace, task: str, step: str = "training") -> None:
+    """Options that only the other task's ``step`` (training, evaluation) reads are an error, not silently ignored."""
     other = "classification" if task == "segmentation" else "segmentation"
     given = [flag for dest, flag in args.task_options[other].items() if getattr(args, dest) not in (None, [])]
     if given:
+        subject = "run" if step == "training" else "model"
         raise ValueError(
-            f"option(s) {', '.join(given)} belong to {other} training, but this is a {task} run; remove them."
+            f"option(s) {', '.join(given)} belong to {other} {step}, but this is a {task} {subject}; remove them."
         )

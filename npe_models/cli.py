@@ -130,6 +130,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     model = reparameterize_model(loaded.model) if args.merge else loaded.model
     out = Path(args.out) if args.out else evaluation_dir(args.source)
     about = {"source": args.source, "merged": bool(args.merge)}
+    reject_other_task_options(args, loaded.task, "evaluation")
     if loaded.task == "segmentation":
         options = segmentation_evaluate_options(args, loaded, about)
         results = segmentation.evaluate_run(

@@ -1,5 +1,5 @@
 """Bad input gets one clear line naming the setting or file and what to do: settings out of range, options of
-the other task, damaged npz files, a headless model given to add_npe, the device of a resumed run."""
+the other task (train, evaluate), damaged npz files, a headless model given to add_npe, the device of a resumed run."""
 
 from __future__ import annotations
 
@@ -48,6 +48,10 @@ BAD_SETTINGS = {
         SEGMENTER + ["--rho", "10", "--method", "la"],
         "option(s) --method, --rho belong to classification training, but this is a segmentation run",
     ),
+    "classification data options to a segmenter": (
+        SEGMENTER + ["--image-size", "64", "--eval-batch-size", "4"],
+        "option(s) --image-size, --eval-batch-size belong to classification training, but this is a segmentation run",
+    ),
     "segmentation lr nan": (SEGMENTER + ["--lr", "nan"], "lr (--lr) must be a finite number > 0; got nan."),
     "segmentation alpha nan": (
         ["--model", "unet_fcn_npe1", "--npe-alpha", "nan"],
@@ -74,6 +78,30 @@ def test_bad_settings_are_refused_before_anything_is_created(case, capsys, tmp_p
     err = _train_error(capsys, tmp_path / "run", [*options, "--data-dir", str(data_dir)])
     assert message in err and err.count("\n") == 1, err
     assert not (tmp_path / "run").exists()
+
+
+EVALUATE_OTHER_TASK = {
+    # model, options of the other task, the error
+    "classification options to a segmenter": (
+        "unet_fcn_npe1",
+        ["--sets", "exact", "--workers", "2", "--amp"],
+        "option(s) --sets, --workers, --amp belong to classification evaluation, but this is a segmentation model",
+    ),
+    "segmentation options to a classifier": (
+        "resnet32_npe16",
+        ["--mode", "whole", "--overlays", "2"],
+        "option(s) --mode, --overlays belong to segmentation evaluation, but this is a classification model",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EVALUATE_OTHER_TASK))
+def test_evaluate_refuses_the_other_tasks_options_before_writing(case, capsys, tmp_path):
+    model, options, message = EVALUATE_OTHER_TASK[case]
+    code = cli.main(["evaluate", model, "--pretrained", "--out", str(tmp_path / "eval"), "--no-progress", *options])
+    err = capsys.readouterr().err
+    assert code == 1 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "eval").exists()
 
 
 def test_a_crop_larger_than_every_image_is_refused_before_the_run_starts(capsys, tmp_path, data_dir):
