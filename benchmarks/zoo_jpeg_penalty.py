@@ -1,0 +1,85 @@
+"""Each zoo run's JPEG penalty on the same 1,000 images: top-1 on CIFAR-10's exact (lossless) test images minus top-1
+on their JPEG twins, with its paired standard error.
+
+The full test set is mostly JPEG-recovered, the paper's is clean, so the exact images stand in for the paper's set.
+Every run is scored on the same 1,000 images, and its twins' top-1 tracks its full-set top-1. A run whose penalty
+is low beside the other runs' did not lose accuracy to JPEG any less: it had a low draw on the clean 1,000 (issue 46's
+gap analysis). The standard error is paired (McNemar): sqrt(b + c - (b - c)^2 / n) / n over the b + c images that
+one version gets right and the other wrong.
+
+    python benchmarks/zoo_jpeg_penalty.py --zoo zoo --data-dir ../shared/data [--runs 'resnet32_*_r200_*']
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from npe_models.data import load_image_npz
+from npe_models.loading import load_model
+
+BATCH = 500
+
+
+def predictions(model: torch.nn.Module, images: np.ndarray, mean, std) -> np.ndarray:
+    """The model's eval-output class for each uint8 ``(N, 32, 32, 3)`` image (NPE-LA for a model with PEMs)."""
+    scale = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    classes = []
+    with torch.inference_mode():
+        for start in range(0, len(images), BATCH):
+            batch = torch.from_numpy(images[start : start + BATCH]).permute(0, 3, 1, 2).float() / 255
+            classes.append(model((batch - scale[0]) / scale[1]).argmax(1).numpy())
+    return np.concatenate(classes)
+
+
+def paired_penalty(exact_right: np.ndarray, twin_right: np.ndarray) -> tuple[float, float]:
+    """Top-1 difference exact - twins in points, and its paired (McNemar) standard error."""
+    n = len(exact_right)
+    b, c = int((exact_right & ~twin_right).sum()), int((~exact_right & twin_right).sum())
+    return 100 * (b - c) / n, 100 * math.sqrt(b + c - (b - c) ** 2 / n) / n
+
+
+def run_penalty(run: Path, originals: np.ndarray, twins: np.ndarray, labels: np.ndarray) -> dict:
+    """One run's exact and twins top-1 (checked against its metrics.json) and its penalty."""
+    loaded = load_model(run)
+    model, cfg = loaded.model.eval(), loaded.model.pretrained_cfg
+    exact_right = predictions(model, originals, cfg["mean"], cfg["std"]) == labels
+    twin_right = predictions(model, twins, cfg["mean"], cfg["std"]) == labels
+    penalty, se = paired_penalty(exact_right, twin_right)
+    recorded = json.loads((run / "metrics.json").read_text())["sets"]["exact"]
+    variant = "npe_la" if "npe_la" in recorded else "plain"
+    exact = 100 * exact_right.mean()
+    if abs(exact - recorded[variant]["top1"]) > 100 / len(labels) + 1e-6:  # one image may flip with the float order
+        raise SystemExit(f"{run.name}: exact top-1 {exact:.2f} here, {recorded[variant]['top1']:.2f} recorded")
+    return {"run": run.name, "exact": exact, "twins": 100 * twin_right.mean(), "penalty": penalty, "se": se}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--zoo", type=Path, default=Path("zoo"))
+    parser.add_argument("--data-dir", type=Path, required=True, help="folder holding cifar10/")
+    parser.add_argument("--runs", default="resnet32_*", help="run folder names to score (glob)")
+    args = parser.parse_args()
+    test = np.load(args.data_dir / "cifar10" / "test.npz")
+    twins = load_image_npz(args.data_dir / "cifar10" / "test_jpeg_twins.npz")
+    index = np.load(args.data_dir / "cifar10" / "test_jpeg_twins.npz")["index"]
+    originals, labels = test["x"][index], test["y"][index].astype(np.int64)
+    if not (labels == twins.labels).all():
+        raise SystemExit("test_jpeg_twins.npz's labels differ from its originals'")
+    runs = [
+        r for r in sorted(args.zoo.iterdir()) if fnmatch.fnmatch(r.name, args.runs) and (r / "metrics.json").is_file()
+    ]
+    print("| run | exact | JPEG twins | penalty (exact - twins) | paired SE |\n| --- | ---: | ---: | ---: | ---: |")
+    for run in runs:
+        row = run_penalty(run, originals, twins.images, labels)
+        print(f"| {row['run']} | {row['exact']:.2f} | {row['twins']:.2f} | {row['penalty']:+.2f} | {row['se']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
