@@ -27,16 +27,14 @@ _SIDE = 64
 _CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # layout -> the validation images' folder
 _VAL_IMAGES = {"seg_folder": Path("images") / "val", "ade20k": Path("images") / "validation"}
-# (model, layout, extra train options): an smp U-Net with a small decoder, a narrow UNet-FCN (a torchvision FCN) and,
-# marked slow (its ONNX export alone takes about 30 s), torchvision's LR-ASPP
+# (model, layout, extra train options): an smp U-Net with a small decoder, a narrow UNet-FCN (a torchvision FCN) and
+# torchvision's LR-ASPP (its ONNX export alone takes about 30 s)
 _SMP_OPTIONS = ["--model-arg", "encoder_depth=3", "--model-arg", "decoder_channels=[16,8,8]"]
 _UNET_OPTIONS = ["--model-arg", "base_channels=4", "--model-arg", "num_stages=3", "--no-freeze-backbone"]
 _CASES = [
     pytest.param("smp:unet:tu-resnet10t_npe1", "seg_folder", _SMP_OPTIONS, id="smp"),
     pytest.param("unet_fcn_npe1", "ade20k", _UNET_OPTIONS, id="unet_fcn"),
-    pytest.param(
-        "lraspp_mobilenet_v3_large_npe1", "ade20k", ["--no-freeze-backbone"], id="lraspp", marks=pytest.mark.slow
-    ),
+    pytest.param("lraspp_mobilenet_v3_large_npe1", "ade20k", ["--no-freeze-backbone"], id="lraspp"),
 ]
 
 
