@@ -257,6 +257,13 @@ def export_onnx(
     _check_exported_opset(program, opset_version)
     program.model.metadata_props.update(_metadata(description, dynamic_size, input_multiple(deployed)))
     program.model.doc_string = f"{description.npe_architecture or description.architecture} exported by npe-models"
+    _save_checked(program, path, onnx)
+    return path
+
+
+def _save_checked(program: Any, path: Path, onnx: Any) -> None:
+    """Save the exported program under a temporary name, run ``onnx.checker``'s full check on it, then rename it
+    to ``path``: a failed export or check leaves no file behind."""
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
     try:
         program.save(temporary, external_data=False)
@@ -265,7 +272,6 @@ def export_onnx(
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
-    return path
 
 
 def _is_npe_export(path: Path) -> bool:

@@ -346,6 +346,27 @@ def _save_adapted(
     return folder
 
 
+def _class_names(loaded: LoadedModel) -> list[str]:
+    """The model's recorded class names when there is one per class, else the class indices."""
+    num_classes = loaded.model.num_classes
+    recorded = loaded.class_names if loaded.class_names and len(loaded.class_names) == num_classes else None
+    return recorded or [f"{c}" for c in range(num_classes)]
+
+
+def _read_inputs(
+    loaded: LoadedModel, source: str, unlabeled: str, calibration: str, data_dir: Union[str, Path], rho: float
+) -> tuple[Images, Images]:
+    """The unlabeled and the calibration images, refused unless they have the model's input size and the unlabeled
+    ones are enough for its classes."""
+    size = _input_size(loaded)
+    images = read_images(unlabeled, data_dir, labeled=False, rho=rho)
+    _check_image_size(images, size, source, "unlabeled", unlabeled)
+    _check_unlabeled_count(len(images), loaded.model.num_classes, unlabeled)
+    cal_images = read_images(calibration, data_dir, labeled=True, rho=rho, class_names=_class_names(loaded))
+    _check_image_size(cal_images, size, source, "calibration", calibration)
+    return images, cal_images
+
+
 def adapt_source(
     source: str,
     unlabeled: str,
@@ -386,14 +407,8 @@ def adapt_source(
     if loaded.task != CLASSIFICATION:
         raise _not_a_classifier(source, loaded.task)
     train_prior = _training_prior(loaded, data_dir) if source_prior == "train" else None
-    size, num_classes = _input_size(loaded), loaded.model.num_classes
-    recorded_names = loaded.class_names if loaded.class_names and len(loaded.class_names) == num_classes else None
-    names = recorded_names or [f"{c}" for c in range(num_classes)]
-    images = read_images(unlabeled, data_dir, labeled=False, rho=rho)
-    _check_image_size(images, size, source, "unlabeled", unlabeled)
-    _check_unlabeled_count(len(images), num_classes, unlabeled)
-    cal_images = read_images(calibration, data_dir, labeled=True, rho=rho, class_names=names)
-    _check_image_size(cal_images, size, source, "calibration", calibration)
+    size, names = _input_size(loaded), _class_names(loaded)
+    images, cal_images = _read_inputs(loaded, source, unlabeled, calibration, data_dir, rho)
     logits, _ = _model_logits(loaded, images, batch_size, device)
     cal_logits, cal_labels = _model_logits(loaded, cal_images, batch_size, device)
     fitted = fit_bcts(cal_logits, cal_labels, source_prior=train_prior)

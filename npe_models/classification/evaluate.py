@@ -348,14 +348,12 @@ def evaluate_run(
 ) -> EvaluationResult:
     """Score a trained classifier on a data set's evaluation sets; write ``metrics.json`` and plots to ``out_dir``.
 
-    ``dataset`` (default cifar10; rho 100 for CIFAR) names the long-tailed training set whose counts
-    define the Many / Medium / Few groups and the post-hoc LA prior (see
-    :func:`npe_models.data.load_long_tailed` for the data options); ``about`` (e.g. the source, its
-    training method and whether it was merged) is recorded at the top of ``metrics.json`` and names the
-    plots' variants; ``target_prior`` (see :func:`resolve_target_prior`) adds each variant's expected top-1
-    under that class mix; ``training_log`` (a run's ``log.jsonl``) adds its training curves to the plots;
-    ``progress`` (e.g. ``tqdm.tqdm``) shows a bar per evaluated set. ``out_dir`` must be new, empty or an
-    earlier evaluation (replaced with ``overwrite``), and not one of ``inputs`` (see :mod:`npe_models.outputs`).
+    ``dataset`` (default cifar10; rho 100 for CIFAR) names the long-tailed training set whose counts define the Many
+    / Medium / Few groups and the post-hoc LA prior (:func:`npe_models.data.load_long_tailed` has the data
+    options); ``about`` (e.g. the source, its method, whether merged) heads ``metrics.json`` and names the plots'
+    variants; ``target_prior`` (:func:`resolve_target_prior`) adds each variant's expected top-1 under that class mix;
+    ``training_log`` (a run's ``log.jsonl``) adds training curves to the plots; ``progress`` (e.g. ``tqdm.tqdm``)
+    shows a bar per set. ``out_dir`` must be new, empty or an earlier evaluation (replaced with ``overwrite``).
     """
     check_output_dir(
         out_dir, "evaluation", is_own=is_evaluation_dir, overwrite=overwrite, inputs=inputs, option="--out"
@@ -375,18 +373,23 @@ def evaluate_run(
     target = None if target_prior is None else resolve_target_prior(target_prior, data.counts)
     device = resolve_device(str(device))
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-    out_dir = Path(out_dir)
-    with locked_dir(out_dir):  # one evaluation at a time writes the folder: its metrics.json and plots agree
+    with locked_dir(Path(out_dir)):  # one evaluation at a time writes the folder: its metrics.json and plots agree
         metrics = evaluate_model(
             model, data, device, batch_size, posthoc_tau, channels_last, amp, sets, target, progress
         )
         metrics = {**(about or {}), "dataset": dataset, "rho": data.rho, **metrics}
-        records = read_jsonl(training_log) if training_log is not None else None
-        plots = save_evaluation_plots(
-            metrics, out_dir, next(iter(metrics["sets"])), f"{title} {data.title}".strip(), records
-        )
-        write_json(out_dir / "metrics.json", metrics)
+        plots = _save_evaluation(Path(out_dir), metrics, f"{title} {data.title}".strip(), training_log)
     return EvaluationResult(metrics, plots)
+
+
+def _save_evaluation(
+    out_dir: Path, metrics: dict[str, Any], title: str, training_log: Optional[Union[str, Path]]
+) -> list[Path]:
+    """The plots (with the run's training curves when its log is given), then ``metrics.json``; the plots' paths."""
+    records = read_jsonl(training_log) if training_log is not None else None
+    plots = save_evaluation_plots(metrics, out_dir, next(iter(metrics["sets"])), title, records)
+    write_json(out_dir / "metrics.json", metrics)
+    return plots
 
 
 def _cell(value: Optional[float]) -> str:

@@ -299,9 +299,11 @@ def _opened(
     )
 
 
-def _scoring_settings(model_config: SegmentationModelConfig, ignore_index: int, groups: Any) -> dict[str, Any]:
-    """What evaluate_segmentation needs to know of the model and the classes: its classes, their names and groups,
-    its input normalisation and the label to ignore."""
+def _scoring_settings(
+    model_config: SegmentationModelConfig, ignore_index: int, groups: Any, **inference: Any
+) -> dict[str, Any]:
+    """What evaluate_segmentation needs to know of the model and the classes (its classes, their names and groups,
+    its input normalisation, the label to ignore) and of the ``inference`` (mode, scale, windows, alphas...)."""
     return {
         "num_classes": model_config.num_classes,
         "mean": model_config.mean,
@@ -309,6 +311,7 @@ def _scoring_settings(model_config: SegmentationModelConfig, ignore_index: int, 
         "class_names": model_config.class_names,
         "ignore_index": ignore_index,
         "groups": groups,
+        **inference,
     }
 
 
@@ -317,12 +320,16 @@ def _scored_data(
     split: str,
     annotations: Sequence[str],
     data_dir: Union[str, Path, None],
-    settings: dict[str, Any],
-    class_pixels: Optional[Sequence[int]],
     model_config: SegmentationModelConfig,
+    ignore_index: int,
+    reduce_zero_label: Optional[bool],
+    class_pixels: Optional[Sequence[int]],
 ) -> tuple[dict[str, Dataset], Sequence[int]]:
-    """The images to score per annotation, and the training pixels per class (counted from the training split when
-    the run does not record them)."""
+    """The images to score per annotation (read with the model's class names), and the training pixels per class
+    (counted from the training split when the run does not record them)."""
+    settings = dict(
+        class_names=model_config.class_names, ignore_index=ignore_index, reduce_zero_label=reduce_zero_label
+    )
     data = {annotation: _opened(dataset, split, annotation, data_dir, **settings) for annotation in annotations}
     if class_pixels is None:
         training = _opened(dataset, "train", annotations[0], data_dir, **settings)
@@ -392,11 +399,9 @@ def evaluate_run(
     """Score a trained model on ``dataset``'s ``split`` against each annotation's masks; write ``metrics.json``
     (and the first ``overlays`` overlay PNGs per annotation) to ``out_dir``.
 
-    ``alphas`` default to 0 (the main logits) and the model's own NPE-LA strength when it has
-    PEMs. ``mode`` (default ``slide``) and ``scale`` (resize to fit before inference; default none) default to the
-    data set's :data:`DATASET_EVAL_DEFAULTS` (ADE20K: whole images resized to fit (2048, 512), as MMSegmentation
-    tests); ``progress`` is a tqdm-like factory called as ``progress(total=, desc=, unit=)``. ``out_dir`` must be
-    new, empty or an earlier evaluation (replaced with ``overwrite``), and not one of ``inputs``.
+    ``alphas`` default to 0 (the main logits) and the model's own NPE-LA strength when it has PEMs. ``mode`` and
+    ``scale`` default to the data set's inference (:func:`dataset_inference`). ``progress`` is a tqdm-like factory.
+    ``out_dir`` must be new, empty or an earlier evaluation (replaced with ``overwrite``), and not one of ``inputs``.
 
     ``annotations`` default to STARE's ``ah`` and ``vk``; a file data set (``seg_folder``, ``ade20k``) has one mask
     per image, reported as ``masks``, read with ``ignore_index`` and ``reduce_zero_label`` (default: the data
@@ -410,30 +415,24 @@ def evaluate_run(
     out_dir, inference = Path(out_dir), dataset_inference(dataset, mode=mode, scale=scale)
     report: dict[str, Any] = {**(about or {}), "dataset": dataset, "split": split, "alphas": alphas}
     report.update({key: list(value) if key == "scale" else value for key, value in inference.items()})
-    settings = dict(
-        class_names=model_config.class_names, ignore_index=ignore_index, reduce_zero_label=reduce_zero_label
-    )
+    annotations = _annotations_of(dataset, annotations)
     data, class_pixels = _scored_data(
-        dataset, split, _annotations_of(dataset, annotations), data_dir, settings, class_pixels, model_config
+        dataset, split, annotations, data_dir, model_config, ignore_index, reduce_zero_label, class_pixels
     )
     groups, grouping = _class_groups(class_pixels, model_config)
     report.update(grouping)
-    scoring = dict(
-        **_scoring_settings(model_config, ignore_index, groups),
-        **inference,
-        alphas=alphas,
-        crop_size=crop_size,
-        stride=stride,
-        device=resolve_device(str(device)),
-        num_overlays=overlays,
-    )
+    windows = dict(crop_size=crop_size, stride=stride, num_overlays=overlays, device=resolve_device(str(device)))
+    scoring = _scoring_settings(model_config, ignore_index, groups, alphas=alphas, **inference, **windows)
     with locked_dir(out_dir):  # one evaluation at a time writes the folder (its overlays, then metrics.json)
         results = {
             annotation: _score_annotation(model, images, annotation, out_dir, scoring, progress)
             for annotation, images in data.items()
         }
-        report["results"] = {
-            annotation: {str(a): m.to_dict() for a, m in scores.items()} for annotation, scores in results.items()
-        }
+        report["results"] = {annotation: _scores_record(scores) for annotation, scores in results.items()}
         write_json(out_dir / "metrics.json", report)
     return results
+
+
+def _scores_record(scores: dict[float, SegmentationMetrics]) -> dict[str, Any]:
+    """One annotation's metrics per alpha, as metrics.json records them."""
+    return {str(alpha): metrics.to_dict() for alpha, metrics in scores.items()}
