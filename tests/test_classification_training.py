@@ -211,6 +211,19 @@ def test_deterministic_runs_match_and_resume_reproduces_them(tiny_data, tmp_path
         train(_config(tiny_data, model="resnet20_npe4", method="npe", lr=0.1), tmp_path / "c", resume=True)
 
 
+def test_amp_run_records_the_fp32_scores_of_its_weights(tiny_data, tmp_path):
+    """bf16 autocast trains, but the recorded evaluation is of the fp32 weights as users load them."""
+    config = _config(tiny_data, model="resnet20_npe4", method="npe", amp=True, epochs=2, milestones=(1,))
+    result = train(config, tmp_path / "run")
+    model, _ = load_trained_model(tmp_path / "run")
+    scored = evaluate_model(model, load_cifar_lt(str(tiny_data), "cifar10", 10), torch.device("cpu"), 64)
+    for name, recorded in result.metrics["sets"].items():  # fp32 scores agree to rounding; bf16 ones by about 1e-2
+        assert recorded["prior"]["mean_estimate"] == pytest.approx(scored["sets"][name]["prior"]["mean_estimate"])
+        assert {v: recorded[v]["top1"] for v in ("npe_la", "plain")} == {
+            v: scored["sets"][name][v]["top1"] for v in ("npe_la", "plain")
+        }
+
+
 def test_compile_needs_what_its_mode_needs_before_any_work(tiny_data, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="reduce-overhead captures CUDA graphs and needs a CUDA device"):
         train(_config(tiny_data, compile="reduce-overhead"), tmp_path / "graphs")

@@ -285,14 +285,14 @@ class _Run(TrainingLoop):
         return record
 
     def evaluate(self, sets: Optional[list[str]] = None) -> dict[str, Any]:
-        """The evaluation of ``sets`` (default: all), its bar beneath the run-level one."""
+        """The evaluation of ``sets`` (default: all), its bar beneath the run-level one. In fp32 whatever ``--amp``
+        says: the run records what its fp32 weights score as they are loaded (bf16 logits flip a few predictions)."""
         return evaluate_model(
             self.model,
             self.data,
             self.device,
             self.config.eval_batch_size,
             channels_last=self.config.channels_last,
-            amp=self.config.amp,
             sets=sets,
             progress=None if self.progress is None else functools.partial(self.progress, position=1),
         )
