@@ -88,6 +88,7 @@ _RUN_FIELDS = (
     "npe_t",
     "seed",
     "deterministic",
+    "amp",
 )
 _SCHEDULE_FIELDS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule", "milestones", "gamma")
 _DEFAULT_TAG_SUFFIX = "_lt_r100_hp2"
