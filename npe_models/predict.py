@@ -431,7 +431,8 @@ def predict_masks(
     images = collect_images(inputs)
     names = _masks.mask_names(images, inputs)
     settings = dataset_inference(loaded.dataset, mode=mode)
-    settings.update({key: value for key, value in {"crop_size": crop_size, "stride": stride}.items() if value})
+    windows = {"crop_size": crop_size, "stride": stride}
+    settings.update({key: value for key, value in windows.items() if value is not None})
     return _masks.predict_masks(
         loaded.model,
         loaded.segmentation_config,

@@ -333,7 +333,7 @@ def _scored_data(
     data = {annotation: _opened(dataset, split, annotation, data_dir, **settings) for annotation in annotations}
     if class_pixels is None:
         training = _opened(dataset, "train", annotations[0], data_dir, **settings)
-        class_pixels = class_pixel_counts(training, model_config.num_classes, settings["ignore_index"])
+        class_pixels = class_pixel_counts(training, model_config.num_classes, ignore_index)
     return data, class_pixels
 
 
