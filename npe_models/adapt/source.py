@@ -354,15 +354,20 @@ def _class_names(loaded: LoadedModel) -> list[str]:
 
 
 def _read_inputs(
-    loaded: LoadedModel, source: str, unlabeled: str, calibration: str, data_dir: Union[str, Path], rho: float
+    source: str,
+    unlabeled: str,
+    calibration: str,
+    data_dir: Union[str, Path],
+    rho: float,
+    size: tuple[int, int],
+    names: list[str],
 ) -> tuple[Images, Images]:
-    """The unlabeled and the calibration images, refused unless they have the model's input size and the unlabeled
-    ones are enough for its classes."""
-    size = _input_size(loaded)
+    """The unlabeled and the calibration images, refused unless they have the model's input ``size`` and the
+    unlabeled ones are enough for its classes (``names``, one per class)."""
     images = read_images(unlabeled, data_dir, labeled=False, rho=rho)
     _check_image_size(images, size, source, "unlabeled", unlabeled)
-    _check_unlabeled_count(len(images), loaded.model.num_classes, unlabeled)
-    cal_images = read_images(calibration, data_dir, labeled=True, rho=rho, class_names=_class_names(loaded))
+    _check_unlabeled_count(len(images), len(names), unlabeled)
+    cal_images = read_images(calibration, data_dir, labeled=True, rho=rho, class_names=names)
     _check_image_size(cal_images, size, source, "calibration", calibration)
     return images, cal_images
 
@@ -408,7 +413,7 @@ def adapt_source(
         raise _not_a_classifier(source, loaded.task)
     train_prior = _training_prior(loaded, data_dir) if source_prior == "train" else None
     size, names = _input_size(loaded), _class_names(loaded)
-    images, cal_images = _read_inputs(loaded, source, unlabeled, calibration, data_dir, rho)
+    images, cal_images = _read_inputs(source, unlabeled, calibration, data_dir, rho, size, names)
     logits, _ = _model_logits(loaded, images, batch_size, device)
     cal_logits, cal_labels = _model_logits(loaded, cal_images, batch_size, device)
     fitted = fit_bcts(cal_logits, cal_labels, source_prior=train_prior)

@@ -371,14 +371,14 @@ def evaluate_run(
         workers=workers,
     )
     target = None if target_prior is None else resolve_target_prior(target_prior, data.counts)
-    device = resolve_device(str(device))
+    device, out_dir = resolve_device(str(device)), Path(out_dir)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-    with locked_dir(Path(out_dir)):  # one evaluation at a time writes the folder: its metrics.json and plots agree
+    with locked_dir(out_dir):  # one evaluation at a time writes the folder: its metrics.json and plots agree
         metrics = evaluate_model(
             model, data, device, batch_size, posthoc_tau, channels_last, amp, sets, target, progress
         )
         metrics = {**(about or {}), "dataset": dataset, "rho": data.rho, **metrics}
-        plots = _save_evaluation(Path(out_dir), metrics, f"{title} {data.title}".strip(), training_log)
+        plots = _save_evaluation(out_dir, metrics, f"{title} {data.title}".strip(), training_log)
     return EvaluationResult(metrics, plots)
 
 
