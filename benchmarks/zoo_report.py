@@ -64,6 +64,13 @@ the summaries so that a seed counts once; the per-run table still lists them."""
 ABLATION_PEMS = (0, 1, 4, 8, 16)
 
 
+def method_label(method: str, pems: int) -> str:
+    """The name a reader knows a method by: the paper's for the figure's methods, NPE-LA(k) for any PEM count."""
+    if (method, pems) in METHOD_LABELS:
+        return METHOD_LABELS[method, pems]
+    return f"NPE-LA({pems})" if method == "npe" else {"posthoc_la": "post-hoc LA"}.get(method, method)
+
+
 def _fmt(value: Optional[float], digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -174,7 +181,7 @@ def seed_summary(finished: dict[str, tuple[dict[str, Any], dict[str, Any]]]) -> 
         recipe, method, pems, rho = setting
         seeds = sorted(by_seed)
         full, exact = ([by_seed[seed][i] for seed in seeds] for i in (0, 1))
-        label = METHOD_LABELS.get((method, pems), f"{method}({pems})" if pems else method)
+        label = method_label(method, pems)
         paper = PAPER_TOP1.get(setting)
         if paper is None:
             compared = "- | - | - | -"

@@ -41,3 +41,10 @@ def test_the_figure_has_a_panel_per_recipe_and_rho(zoo_report) -> None:
     figure = zoo_report.cells_figure(zoo_report.finished_runs(ROOT / "zoo"))
     titles = [axes.get_title() for axes in figure.axes]
     assert titles == [f"HP-{r}, rho = {rho}" for r in (1, 2) for rho in (200, 100, 50)]
+
+
+def test_every_method_is_named_as_the_paper_names_it(zoo_report) -> None:
+    """The table's rows outside the figure (PEM ablation, post-hoc LA) read like its other rows."""
+    assert [zoo_report.method_label("npe", k) for k in (1, 4, 16)] == ["NPE-LA(1)", "NPE-LA(4)", "NPE-LA(16)"]
+    assert zoo_report.method_label("posthoc_la", 0) == "post-hoc LA"
+    assert zoo_report.method_label("crt", 0) == "cRT"
