@@ -60,6 +60,14 @@ def run_penalty(run: Path, originals: np.ndarray, twins: np.ndarray, labels: np.
     return {"run": run.name, "exact": exact, "twins": 100 * twin_right.mean(), "penalty": penalty, "se": se}
 
 
+def matching_runs(zoo: Path, pattern: str) -> list[Path]:
+    """The finished runs (with a metrics.json) whose folder name matches the glob ``pattern``."""
+    runs = [r for r in sorted(zoo.iterdir()) if fnmatch.fnmatch(r.name, pattern) and (r / "metrics.json").is_file()]
+    if not runs:
+        raise SystemExit(f"no finished run in {zoo} matches {pattern!r}")
+    return runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--zoo", type=Path, default=Path("zoo"))
@@ -72,9 +80,7 @@ def main() -> None:
     originals, labels = test["x"][index], test["y"][index].astype(np.int64)
     if not (labels == twins.labels).all():
         raise SystemExit("test_jpeg_twins.npz's labels differ from its originals'")
-    runs = [
-        r for r in sorted(args.zoo.iterdir()) if fnmatch.fnmatch(r.name, args.runs) and (r / "metrics.json").is_file()
-    ]
+    runs = matching_runs(args.zoo, args.runs)
     print("| run | exact | JPEG twins | penalty (exact - twins) | paired SE |\n| --- | ---: | ---: | ---: | ---: |")
     for run in runs:
         row = run_penalty(run, originals, twins.images, labels)

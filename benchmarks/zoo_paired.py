@@ -14,13 +14,11 @@ terms are each method's top-1 std over sqrt(its seeds) (issue 46: NPE-LA(16) aga
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import math
-import statistics
 from pathlib import Path
 
 import numpy as np
-from zoo_jpeg_penalty import predictions
+from zoo_jpeg_penalty import matching_runs, predictions
 
 from npe_models.loading import load_model
 
@@ -40,17 +38,9 @@ def paired_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     and its standard error: the image-by-image difference's sampling term plus each method's seed term."""
     per_image = a.mean(0) - b.mean(0)
     n = per_image.size
-    images_term = per_image.std(ddof=1) ** 2 / n
-    seeds_terms = sum(statistics.variance(x.mean(1)) / len(x) for x in (a, b) if len(x) > 1)
+    images_term = per_image.var(ddof=1) / n
+    seeds_terms = sum(x.mean(1).var(ddof=1) / len(x) for x in (a, b) if len(x) > 1)
     return 100 * per_image.mean(), 100 * math.sqrt(images_term + seeds_terms)
-
-
-def matching_runs(zoo: Path, pattern: str) -> list[Path]:
-    """The finished runs whose folder name matches ``pattern``."""
-    runs = [r for r in sorted(zoo.iterdir()) if fnmatch.fnmatch(r.name, pattern) and (r / "metrics.json").is_file()]
-    if not runs:
-        raise SystemExit(f"no finished run in {zoo} matches {pattern!r}")
-    return runs
 
 
 def main() -> None:
