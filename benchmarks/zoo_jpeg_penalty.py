@@ -19,23 +19,16 @@ import math
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from npe_models.data import load_image_npz
+from npe_models.adapt import predict_logits
+from npe_models.data import ImageArrays, load_cifar, load_image_npz
 from npe_models.loading import load_model
 
-BATCH = 500
 
-
-def predictions(model: torch.nn.Module, images: np.ndarray, mean, std) -> np.ndarray:
-    """The model's eval-output class for each uint8 ``(N, 32, 32, 3)`` image (NPE-LA for a model with PEMs)."""
-    scale = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
-    classes = []
-    with torch.inference_mode():
-        for start in range(0, len(images), BATCH):
-            batch = torch.from_numpy(images[start : start + BATCH]).permute(0, 3, 1, 2).float() / 255
-            classes.append(model((batch - scale[0]) / scale[1]).argmax(1).numpy())
-    return np.concatenate(classes)
+def deployed_correct(run: Path, images: ImageArrays) -> np.ndarray:
+    """Whether the run's deployed output (NPE-LA for a model with PEMs) gets each image right."""
+    logits, labels = predict_logits(load_model(run).model, images)
+    return (logits.argmax(1) == labels).numpy()
 
 
 def paired_penalty(exact_right: np.ndarray, twin_right: np.ndarray) -> tuple[float, float]:
@@ -45,17 +38,14 @@ def paired_penalty(exact_right: np.ndarray, twin_right: np.ndarray) -> tuple[flo
     return 100 * (b - c) / n, 100 * math.sqrt(b + c - (b - c) ** 2 / n) / n
 
 
-def run_penalty(run: Path, originals: np.ndarray, twins: np.ndarray, labels: np.ndarray) -> dict:
+def run_penalty(run: Path, originals: ImageArrays, twins: ImageArrays) -> dict:
     """One run's exact and twins top-1 (checked against its metrics.json) and its penalty."""
-    loaded = load_model(run)
-    model, cfg = loaded.model.eval(), loaded.model.pretrained_cfg
-    exact_right = predictions(model, originals, cfg["mean"], cfg["std"]) == labels
-    twin_right = predictions(model, twins, cfg["mean"], cfg["std"]) == labels
+    exact_right, twin_right = deployed_correct(run, originals), deployed_correct(run, twins)
     penalty, se = paired_penalty(exact_right, twin_right)
     recorded = json.loads((run / "metrics.json").read_text())["sets"]["exact"]
     variant = "npe_la" if "npe_la" in recorded else "plain"
     exact = 100 * exact_right.mean()
-    if abs(exact - recorded[variant]["top1"]) > 100 / len(labels) + 1e-6:  # one image may flip with the float order
+    if abs(exact - recorded[variant]["top1"]) > 100 / len(originals) + 1e-6:  # one image may flip with the float order
         raise SystemExit(f"{run.name}: exact top-1 {exact:.2f} here, {recorded[variant]['top1']:.2f} recorded")
     return {"run": run.name, "exact": exact, "twins": 100 * twin_right.mean(), "penalty": penalty, "se": se}
 
@@ -74,16 +64,15 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, required=True, help="folder holding cifar10/")
     parser.add_argument("--runs", default="resnet32_*", help="run folder names to score (glob)")
     args = parser.parse_args()
-    test = np.load(args.data_dir / "cifar10" / "test.npz")
+    test = load_cifar(args.data_dir, train=False)
+    originals = test.subset(test.exact)
     twins = load_image_npz(args.data_dir / "cifar10" / "test_jpeg_twins.npz")
-    index = np.load(args.data_dir / "cifar10" / "test_jpeg_twins.npz")["index"]
-    originals, labels = test["x"][index], test["y"][index].astype(np.int64)
-    if not (labels == twins.labels).all():
+    if not (originals.labels == twins.labels).all():
         raise SystemExit("test_jpeg_twins.npz's labels differ from its originals'")
     runs = matching_runs(args.zoo, args.runs)
     print("| run | exact | JPEG twins | penalty (exact - twins) | paired SE |\n| --- | ---: | ---: | ---: | ---: |")
     for run in runs:
-        row = run_penalty(run, originals, twins.images, labels)
+        row = run_penalty(run, originals, twins)
         print(f"| {row['run']} | {row['exact']:.2f} | {row['twins']:.2f} | {row['penalty']:+.2f} | {row['se']:.2f} |")
 
 

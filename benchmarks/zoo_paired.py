@@ -18,19 +18,9 @@ import math
 from pathlib import Path
 
 import numpy as np
-from zoo_jpeg_penalty import matching_runs, predictions
+from zoo_jpeg_penalty import deployed_correct, matching_runs
 
-from npe_models.loading import load_model
-
-
-def correct(runs: list[Path], images: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """``(runs, images)`` booleans: whether each run's eval output (NPE-LA for a model with PEMs) is right."""
-    rows = []
-    for run in runs:
-        model = load_model(run).model.eval()
-        cfg = model.pretrained_cfg
-        rows.append(predictions(model, images, cfg["mean"], cfg["std"]) == labels)
-    return np.stack(rows)
+from npe_models.data import load_cifar
 
 
 def paired_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
@@ -51,13 +41,11 @@ def main() -> None:
     parser.add_argument("--b", required=True, help="run folder names of the second method (glob)")
     args = parser.parse_args()
     runs_a, runs_b = matching_runs(args.zoo, args.a), matching_runs(args.zoo, args.b)
-    test = np.load(args.data_dir / "cifar10" / "test.npz")
-    exact = np.load(args.data_dir / "cifar10" / "test_jpeg_twins.npz")["index"]
-    labels = test["y"].astype(np.int64)
-    a, b = correct(runs_a, test["x"], labels), correct(runs_b, test["x"], labels)
+    test = load_cifar(args.data_dir, train=False)
+    a, b = (np.stack([deployed_correct(run, test) for run in runs]) for runs in (runs_a, runs_b))
     print(f"a: {', '.join(r.name for r in runs_a)}\nb: {', '.join(r.name for r in runs_b)}\n")
     print("| test images | a top-1 | b top-1 | a - b | SE | (a - b) / SE |\n| --- | ---: | ---: | ---: | ---: | ---: |")
-    for name, index in (("full (10,000)", slice(None)), (f"exact ({len(exact):,})", exact)):
+    for name, index in (("full (10,000)", slice(None)), (f"exact ({test.exact.sum():,})", test.exact)):
         difference, se = paired_difference(a[:, index], b[:, index])
         top1_a, top1_b = 100 * a[:, index].mean(), 100 * b[:, index].mean()
         print(f"| {name} | {top1_a:.2f} | {top1_b:.2f} | {difference:+.2f} | {se:.2f} | {difference / se:+.1f} |")
