@@ -19,15 +19,16 @@ import math
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from npe_models.adapt import predict_logits
 from npe_models.data import ImageArrays, load_cifar, load_image_npz
 from npe_models.loading import load_model
 
 
-def deployed_correct(run: Path, images: ImageArrays) -> np.ndarray:
-    """Whether the run's deployed output (NPE-LA for a model with PEMs) gets each image right."""
-    logits, labels = predict_logits(load_model(run).model, images)
+def deployed_correct(model: torch.nn.Module, images: ImageArrays) -> np.ndarray:
+    """Whether the model's deployed output (NPE-LA for a model with PEMs) gets each image right."""
+    logits, labels = predict_logits(model, images)
     return (logits.argmax(1) == labels).numpy()
 
 
@@ -40,7 +41,8 @@ def paired_penalty(exact_right: np.ndarray, twin_right: np.ndarray) -> tuple[flo
 
 def run_penalty(run: Path, originals: ImageArrays, twins: ImageArrays) -> dict:
     """One run's exact and twins top-1 (checked against its metrics.json) and its penalty."""
-    exact_right, twin_right = deployed_correct(run, originals), deployed_correct(run, twins)
+    model = load_model(run).model  # loaded once for both image sets
+    exact_right, twin_right = deployed_correct(model, originals), deployed_correct(model, twins)
     penalty, se = paired_penalty(exact_right, twin_right)
     recorded = json.loads((run / "metrics.json").read_text())["sets"]["exact"]
     variant = "npe_la" if "npe_la" in recorded else "plain"

@@ -21,6 +21,7 @@ import numpy as np
 from zoo_jpeg_penalty import deployed_correct, matching_runs
 
 from npe_models.data import load_cifar
+from npe_models.loading import load_model
 
 
 def paired_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
@@ -42,10 +43,10 @@ def main() -> None:
     args = parser.parse_args()
     runs_a, runs_b = matching_runs(args.zoo, args.a), matching_runs(args.zoo, args.b)
     test = load_cifar(args.data_dir, train=False)
-    a, b = (np.stack([deployed_correct(run, test) for run in runs]) for runs in (runs_a, runs_b))
+    a, b = (np.stack([deployed_correct(load_model(run).model, test) for run in runs]) for runs in (runs_a, runs_b))
     print(f"a: {', '.join(r.name for r in runs_a)}\nb: {', '.join(r.name for r in runs_b)}\n")
     print("| test images | a top-1 | b top-1 | a - b | SE | (a - b) / SE |\n| --- | ---: | ---: | ---: | ---: | ---: |")
-    for name, index in (("full (10,000)", slice(None)), (f"exact ({test.exact.sum():,})", test.exact)):
+    for name, index in ((f"full ({len(test):,})", slice(None)), (f"exact ({test.exact.sum():,})", test.exact)):
         difference, se = paired_difference(a[:, index], b[:, index])
         top1_a, top1_b = 100 * a[:, index].mean(), 100 * b[:, index].mean()
         print(f"| {name} | {top1_a:.2f} | {top1_b:.2f} | {difference:+.2f} | {se:.2f} | {difference / se:+.1f} |")
